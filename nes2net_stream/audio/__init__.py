@@ -1,0 +1,1 @@
+"""Audio components of nes2net-stream."""

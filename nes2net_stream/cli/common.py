@@ -1,0 +1,48 @@
+"""Helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from nes2net_stream.config import cli_overrides, load_settings
+from nes2net_stream.settings import Settings
+
+if TYPE_CHECKING:
+    from nes2net_stream.models.detector import Detector
+
+config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="TOML configuration (default: $NES2NET_CONFIG or ./config.toml or built-in defaults).")
+model_option = click.option(
+    "--model", "model_path", default=None,
+    help="Model bundle: a directory, .tar.gz/.zip archive or builtin:NAME "
+         "(default: [model] path of the configuration).")
+device_option = click.option(
+    "--device", default=None, help="auto, cpu, cuda or cuda:N (default: [model] device).")
+
+
+def settings_from(config_file: Path | None, **flags: Any) -> Settings:
+    """Load settings with CLI flags (``section__key=value``) as the top layer."""
+    return load_settings(config_file, overrides=cli_overrides(**flags))
+
+
+def resolve_device(spec: str) -> str:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if spec != "auto":
+        return spec
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def open_detector(settings: Settings) -> Detector:
+    """Load the configured model bundle on the configured device."""
+    import torch
+
+    from nes2net_stream.bundle import load_model
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    return load_model(settings.model.path, device=resolve_device(settings.model.device))

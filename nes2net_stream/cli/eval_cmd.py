@@ -1,0 +1,103 @@
+"""``nes2net-stream eval``: ASVspoof metrics, plots and calibration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from nes2net_stream.cli.common import (
+    config_option,
+    device_option,
+    model_option,
+    open_detector,
+    settings_from,
+)
+
+
+@click.command("eval")
+@click.option("--scores", "score_file", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Evaluate an existing score file (official layouts, "
+              "higher = bona fide) instead of scoring with a model.")
+@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Protocol/key file for --scores.")
+@click.option("--database", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="ASVspoof 2019 LA layout database (or a demo corpus) to score with --model.")
+@click.option("--split", default="eval", show_default=True,
+              type=click.Choice(["train", "dev", "eval"]), help="Split of --database to score.")
+@click.option("--calibrate-on", type=click.Choice(["none", "dev", "train"]), default="none",
+              show_default=True, help="Fit the score calibration on this split first.")
+@click.option("--save-calibration", is_flag=True,
+              help="Store the fitted calibration in the model bundle (directory bundles).")
+@click.option("--mode", type=click.Choice(["4s", "windows"]), default="4s", show_default=True,
+              help="4s: official 4-second crop per trial; windows: mean over speech windows.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for scores.txt, metrics.json, det.png and hist.png.")
+@click.option("--layout", type=click.Choice(["2021", "asvspoof5"]), default="2021",
+              show_default=True, help="Score file layout written to --out.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@model_option
+@config_option
+@device_option
+def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | None, split: str,
+             calibrate_on: str, save_calibration: bool, mode: str, out_dir: Path | None,
+             layout: str, batch_size: int, model_path: str | None, config_file: Path | None,
+             device: str | None) -> None:
+    """Compute EER, minDCF, actDCF (ASVspoof 5 costs) and Cllr, draw DET and histograms."""
+    from nes2net_stream.evaluation.report import evaluate_score_file, format_report
+    from nes2net_stream.evaluation.scorefiles import write_scores
+
+    if score_file is not None:
+        if key_file is None:
+            raise click.UsageError("--scores needs --key")
+        report = evaluate_score_file(score_file, key_file, plots_dir=out_dir)
+        _finish(report, out_dir)
+        click.echo(format_report(report))
+        return
+    if database is None:
+        raise click.UsageError("give --database (with --model) or --scores with --key")
+
+    from nes2net_stream.bundle import CALIBRATION, resolve_model_path
+    from nes2net_stream.data.protocols import database_split, read_protocol
+    from nes2net_stream.evaluation.protocol_scoring import cm_scores, fit_calibration, score_trials
+
+    settings = settings_from(config_file, model__path=model_path, model__device=device)
+    detector = open_detector(settings)
+    kwargs = {"mode": mode, "vad": settings.vad.to_config(),
+              "windows": settings.windows.to_config(), "batch_size": batch_size}
+    if calibrate_on != "none":
+        protocol, audio = database_split(database, calibrate_on)
+        trials = read_protocol(protocol)
+        raw = score_trials(detector, trials, audio, **kwargs)
+        detector.calibration = fit_calibration(raw, trials,
+                                               source=f"{database.name}/{calibrate_on}")
+        cal = detector.calibration
+        click.echo(f"calibration fitted on {calibrate_on}: llr = {cal.scale:.4f} * raw "
+                   f"{cal.offset:+.4f}", err=True)
+        if save_calibration:
+            bundle = resolve_model_path(settings.model.path)
+            if not bundle.is_dir():
+                raise click.UsageError("--save-calibration needs a directory bundle")
+            (bundle / CALIBRATION).write_text(json.dumps(cal.to_dict(), indent=2) + "\n",
+                                              encoding="utf-8")
+            click.echo(f"calibration saved in {bundle / CALIBRATION}", err=True)
+    protocol, audio = database_split(database, split)
+    trials = read_protocol(protocol)
+    raw = score_trials(detector, trials, audio, **kwargs)
+    out = out_dir or Path(".")
+    out.mkdir(parents=True, exist_ok=True)
+    scores_path = write_scores(out / "scores.txt", cm_scores(raw, detector.calibration), layout)
+    report = evaluate_score_file(scores_path, protocol, plots_dir=out_dir)
+    report["model_id"] = detector.model_id
+    report["calibrated"] = detector.calibration.fitted
+    report["mode"] = mode
+    _finish(report, out_dir)
+    click.echo(format_report(report))
+
+
+def _finish(report: dict, out_dir: Path | None) -> None:
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n",
+                                              encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Data components of nes2net-stream."""

@@ -1,0 +1,86 @@
+"""Scoring every trial of a protocol with a detector, and fitting its calibration.
+
+Trial scores are the raw spoof scores of the detector (see ``models/detector.py``); the
+evaluation code works on CM scores, higher = bona fide, i.e. ``-llr``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from nes2net_stream.audio.io import load_audio
+from nes2net_stream.audio.vad import VADConfig
+from nes2net_stream.audio.windows import WindowConfig, pad_by_repetition
+from nes2net_stream.data.protocols import Trial, audio_path
+from nes2net_stream.errors import DataError
+from nes2net_stream.evaluation.calibration import fit_affine_calibration
+from nes2net_stream.models.detector import Calibration, Detector
+from nes2net_stream.scoring.files import OFFICIAL_SAMPLES, pipeline_windows, score_arrays
+
+ProtocolMode = Literal["4s", "windows"]
+
+
+def score_trials(detector: Detector, trials: Sequence[Trial], audio_dir: str | Path, *,
+                 mode: ProtocolMode = "4s", vad: VADConfig | None = None,
+                 windows: WindowConfig | None = None, batch_size: int = 32,
+                 progress: bool = True) -> dict[str, float]:
+    """Raw spoof score of every trial (``4s``: official crop; ``windows``: mean over windows)."""
+    vad = vad or VADConfig()
+    windows = windows or WindowConfig()
+    raw: dict[str, float] = {}
+    pending: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> None:
+        scores = score_arrays(detector, [x for _, x in pending], batch_size=batch_size)
+        for (utt, _), s in zip(pending, scores, strict=True):
+            raw[utt] = s["raw"]
+        pending.clear()
+
+    for trial in tqdm(trials, desc="scoring trials", unit="trial", disable=not progress,
+                      file=sys.stderr):
+        path = audio_path(audio_dir, trial.utterance)
+        if mode == "4s":
+            x = load_audio(path, sample_rate=16000, allow_silence=True).samples
+            pending.append((trial.utterance, pad_by_repetition(x, OFFICIAL_SAMPLES)))
+            if len(pending) >= batch_size:
+                flush()
+            continue
+        clip = load_audio(path, sample_rate=None, allow_silence=True)
+        cut = pipeline_windows(clip.samples, clip.sample_rate, vad, windows)
+        if not cut:  # too little speech for a window: score the whole clip, padded
+            x = load_audio(path, sample_rate=16000, allow_silence=True).samples
+            cut_samples = [pad_by_repetition(x, int(windows.window_s * 16000))]
+        else:
+            cut_samples = [w.samples for w in cut]
+        scores = score_arrays(detector, cut_samples, batch_size=batch_size)
+        raw[trial.utterance] = float(np.mean([s["raw"] for s in scores]))
+    if pending:
+        flush()
+    return raw
+
+
+def fit_calibration(raw: dict[str, float], trials: Sequence[Trial], *,
+                    spoof_prior: float = 0.5, source: str = "") -> Calibration:
+    """Fit the affine raw-score -> spoof-LLR map by prior-weighted logistic regression."""
+    missing = [t.utterance for t in trials if t.utterance not in raw]
+    if missing:
+        raise DataError(f"no score for {len(missing)} trial(s), e.g. {missing[:3]}")
+    scores = np.array([raw[t.utterance] for t in trials])
+    labels = np.array([1 if t.is_spoof else 0 for t in trials])
+    fit = fit_affine_calibration(scores, labels, prior=spoof_prior)
+    return Calibration(scale=float(fit.scale), offset=float(fit.offset), fitted=True,
+                       spoof_prior=0.5,
+                       details={"method": "prior-weighted logistic regression",
+                                "fit_prior": spoof_prior, "n_bonafide": int(fit.n_negative),
+                                "n_spoof": int(fit.n_positive), "source": source})
+
+
+def cm_scores(raw: dict[str, float], calibration: Calibration) -> dict[str, float]:
+    """CM scores in the official convention (higher = bona fide): ``-llr``."""
+    return {u: -(calibration.scale * r + calibration.offset) for u, r in raw.items()}

@@ -1,0 +1,135 @@
+"""Evaluate a score file against a key: metrics, per-attack EERs, plots and a text report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nes2net_stream.data.protocols import Trial, read_protocol
+from nes2net_stream.errors import DataError
+from nes2net_stream.evaluation.metrics import CostModel, check_scores, compute_eer, evaluate
+from nes2net_stream.evaluation.scorefiles import detect_layout, join_with_key, read_scores
+
+__all__ = ["evaluate_score_file", "format_report", "per_system_eer"]
+
+
+def per_system_eer(scores: Mapping[str, float], trials: Iterable[Trial]) -> dict[str, float]:
+    """EER of all bona fide trials against the spoof trials of each attack system.
+
+    Args:
+        scores: Scores by utterance id (higher = more bona fide).
+        trials: Key trials; the spoof system is ``Trial.system`` (e.g. ``A07``).
+
+    Returns:
+        EER (fraction) per spoof system, sorted by system name.
+
+    Raises:
+        DataError: If a key trial has no score, or there are no bona fide or spoof trials.
+    """
+    trials = list(trials)
+    bona, spoof, _ = join_with_key(scores, trials)
+    bona, _ = check_scores(bona, spoof)
+    by_system: dict[str, list[float]] = {}
+    for t in trials:
+        if t.is_spoof:
+            by_system.setdefault(t.system, []).append(scores[t.utterance])
+    result: dict[str, float] = {}
+    for system in sorted(by_system):
+        sys_scores = np.asarray(by_system[system], dtype=np.float64)
+        if np.unique(np.concatenate((bona, sys_scores))).size < 3:
+            result[system] = float("nan")  # too few distinct values for a DET curve
+            continue
+        result[system] = compute_eer(bona, sys_scores)[0]
+    return result
+
+
+def evaluate_score_file(score_path: str | Path, key_path: str | Path,
+                        costs: CostModel | None = None,
+                        plots_dir: str | Path | None = None) -> dict[str, Any]:
+    """Score a CM score file against a key file.
+
+    Args:
+        score_path: Score file in the ``"2021"`` or ``"asvspoof5"`` layout (higher = more
+            bona fide).
+        key_path: Key or protocol file readable by
+            :func:`nes2net_stream.data.protocols.read_protocol`.
+        costs: Detection cost model (default: ASVspoof 5).
+        plots_dir: If given, ``det.png`` and ``hist.png`` are written there.
+
+    Returns:
+        A JSON-ready dictionary with ``metrics`` (see :class:`Metrics`), ``costs``,
+        ``per_system_eer``, ``score_file``, ``key_file``, ``layout``, ``extra_scores`` (ids not
+        in the key, ignored) and ``plots`` (paths, empty without ``plots_dir``).
+
+    Raises:
+        DataError: On unreadable files, missing scores or degenerate scores.
+    """
+    costs = costs or CostModel()
+    scores = read_scores(score_path)
+    trials = read_protocol(key_path)
+    bona, spoof, n_extra = join_with_key(scores, trials)
+    metrics = evaluate(bona, spoof, costs)
+    plots: dict[str, str] = {}
+    if plots_dir is not None:
+        from nes2net_stream.evaluation.plots import plot_det, plot_histograms  # matplotlib
+
+        out = Path(plots_dir)
+        if out.exists() and not out.is_dir():
+            raise DataError(f"plots folder is a file: {out}")
+        plots["det"] = str(plot_det(bona, spoof, out / "det.png",
+                                    title=f"DET: {Path(score_path).name}"))
+        plots["hist"] = str(plot_histograms(bona, spoof, out / "hist.png",
+                                            threshold=metrics.eer_threshold,
+                                            title=f"Scores: {Path(score_path).name}"))
+    return {
+        "score_file": str(score_path),
+        "key_file": str(key_path),
+        "layout": detect_layout(score_path),
+        "metrics": metrics.to_dict(),
+        "costs": asdict(costs),
+        "per_system_eer": per_system_eer(scores, trials),
+        "extra_scores": n_extra,
+        "plots": plots,
+    }
+
+
+def format_report(metrics: Mapping[str, Any]) -> str:
+    """Short human-readable table of an evaluation.
+
+    Args:
+        metrics: The dictionary of :func:`evaluate_score_file` or ``Metrics.to_dict()``.
+
+    Returns:
+        Multi-line text without a trailing newline.
+
+    Raises:
+        DataError: If a required metric is missing.
+    """
+    m = metrics.get("metrics", metrics)
+    try:
+        lines = [
+            f"trials      {m['n_bonafide']} bona fide, {m['n_spoof']} spoof",
+            f"EER         {100 * m['eer']:7.3f} %   (threshold {m['eer_threshold']:.6g})",
+            f"minDCF      {m['min_dcf']:9.4f}   (threshold {m['min_dcf_threshold']:.6g})",
+            f"actDCF      {m['act_dcf']:9.4f}   (threshold {m['act_dcf_threshold']:.6g})",
+            f"Cllr        {m['cllr']:9.4f} bits",
+        ]
+        if "min_cllr" in m:
+            lines.append(f"minCllr     {m['min_cllr']:9.4f} bits")
+    except KeyError as exc:
+        raise DataError(f"report: missing metric {exc.args[0]!r}") from None
+    costs = metrics.get("costs")
+    if costs:
+        lines.append(f"costs       Pspoof={costs['p_spoof']:g}, Cmiss={costs['c_miss']:g}, "
+                     f"Cfa={costs['c_fa']:g}")
+    systems = metrics.get("per_system_eer") or {}
+    if systems:
+        lines.append("EER per attack: " + ", ".join(
+            f"{k} {100 * v:.2f} %" for k, v in systems.items()))
+    if metrics.get("extra_scores"):
+        lines.append(f"note        {metrics['extra_scores']} scores not in the key were ignored")
+    return "\n".join(lines)

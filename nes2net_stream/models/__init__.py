@@ -1,0 +1,1 @@
+"""Models components of nes2net-stream."""

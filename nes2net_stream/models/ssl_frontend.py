@@ -1,0 +1,175 @@
+"""Speech foundation-model front-ends (wav2vec 2.0 / XLS-R, WavLM, HuBERT) via transformers.
+
+The network is always built locally from a configuration (stored in the model bundle) and
+weights. A Hugging Face hub id is only resolved when the caller explicitly allows downloads.
+
+Hidden states are collected with forward hooks on the transformer layers, so the definition
+does not depend on the transformers version: ``hidden[0]`` is the input of the first layer
+(after the convolutional positional embedding) and ``hidden[i]`` the raw output of layer ``i``;
+``last`` uses the encoder's final output (after the final layer norm of pre-LN models such as
+XLS-R and WavLM Large). Layer aggregations follow the CtrSVDD Nes2Net code: SE-attention merge
+(``sea``), softmax-weighted sum and attentive merge (``attentive_merge``); parameter names match
+the official modules (``fc_att_merge``, ``weight_hidd``, ``W``, ``W1``, ``W2``, ``linear_proj``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nes2net_stream.errors import BundleError, DependencyError
+from nes2net_stream.models.config import SSLConfig
+
+_OVERRIDES = {"apply_spec_augment": False, "layerdrop": 0.0, "mask_time_prob": 0.0,
+              "mask_feature_prob": 0.0}
+
+
+def _classes(family: str) -> tuple[Any, Any]:
+    import transformers as tf
+
+    table = {
+        "wav2vec2": (tf.Wav2Vec2Config, tf.Wav2Vec2Model),
+        "wavlm": (tf.WavLMConfig, tf.WavLMModel),
+        "hubert": (tf.HubertConfig, tf.HubertModel),
+    }
+    if family not in table:
+        raise BundleError(f"unknown SSL family {family!r}; expected one of {sorted(table)}")
+    return table[family]
+
+
+def build_hf_config(family: str, hf_config: dict[str, Any]) -> Any:
+    """A transformers config object for ``family`` with training-time masking disabled."""
+    config_cls, _ = _classes(family)
+    skip = ("architectures", "transformers_version")
+    data = {k: v for k, v in hf_config.items() if k not in skip}
+    data.update(_OVERRIDES)
+    try:
+        return config_cls(**data)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"frontend.ssl.hf_config: {exc}") from exc
+
+
+class SSLFrontend(nn.Module):
+    """Waveform (B, S) at 16 kHz to frame features (B, D, frames) from a speech SSL model."""
+
+    def __init__(self, cfg: SSLConfig, model: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        _, model_cls = _classes(cfg.family)
+        if model is None:
+            model = model_cls(build_hf_config(cfg.family, cfg.hf_config))
+        self.model = model
+        hf = self.model.config
+        self.n_layer = int(hf.num_hidden_layers) + 1
+        self.n_feat = int(hf.hidden_size)
+        layers = self.n_layer
+        if cfg.aggregation == "sea":
+            self.fc_att_merge = nn.Sequential(
+                nn.Linear(layers, layers // 3, bias=False),
+                nn.ReLU(),
+                nn.Linear(layers // 3, layers, bias=False),
+                nn.Sigmoid(),
+            )
+        elif cfg.aggregation == "weighted_sum":
+            self.weight_hidd = nn.Parameter(torch.ones(layers))
+        elif cfg.aggregation == "attentive_merge":
+            self.W = nn.Parameter(torch.randn(self.n_feat, 1))
+            self.W1 = nn.Parameter(torch.randn(layers, layers // 2))
+            self.W2 = nn.Parameter(torch.randn(layers // 2, layers))
+            self.linear_proj = nn.Linear(layers * self.n_feat, self.n_feat)
+        if cfg.freeze:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def output_dim(self) -> int:
+        """Feature dimension D (the transformer width)."""
+        return self.n_feat
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, cfg: SSLConfig, *,
+                        allow_download: bool = False) -> SSLFrontend:
+        """Build with weights from a local transformers directory (or a hub id if allowed)."""
+        _, model_cls = _classes(cfg.family)
+        path = Path(source)
+        if not path.is_dir():
+            if not allow_download:
+                raise BundleError(
+                    f"SSL weights {str(source)!r} are not a local directory. Point to a folder "
+                    "with config.json and model weights, or allow downloads explicitly "
+                    "(--allow-download) on a machine with network access."
+                )
+            local_only = False
+        else:
+            if not (path / "config.json").is_file():
+                raise BundleError(f"{path}: no config.json (not a transformers model folder)")
+            local_only = True
+        try:
+            model = model_cls.from_pretrained(str(source), local_files_only=local_only,
+                                              **_OVERRIDES)
+        except OSError as exc:
+            if local_only:
+                raise BundleError(f"cannot load SSL weights from {path}: {exc}") from exc
+            raise DependencyError(f"cannot download {source!r}: {exc}") from exc
+        hf_dict = model.config.to_dict()
+        full = dataclasses.replace(cfg, hf_config=hf_dict)
+        return cls(full, model=model)
+
+    def hidden_states(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the SSL model; return (final output, per-layer hidden states), each (B, T, F)."""
+        captured: list[torch.Tensor] = []
+        layers = self.model.encoder.layers
+
+        def pre_hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = args[0] if args else kwargs["hidden_states"]
+            captured.append(x)
+
+        def post_hook(_m: nn.Module, _args: Any, out: Any) -> None:
+            captured.append(out[0] if isinstance(out, tuple) else out)
+
+        handles = [layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        handles += [layer.register_forward_hook(post_hook) for layer in layers]
+        try:
+            out = self.model(wave)
+        finally:
+            for h in handles:
+                h.remove()
+        if len(captured) != self.n_layer:
+            raise RuntimeError(f"captured {len(captured)} hidden states, expected {self.n_layer}")
+        return out.last_hidden_state, captured
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, S) waveform -> (B, D, frames)."""
+        if self.cfg.normalize_waveform:
+            wave = (wave - wave.mean(dim=1, keepdim=True)) / (wave.std(dim=1, keepdim=True) + 1e-7)
+        if self.cfg.aggregation == "last":
+            feats = self.model(wave).last_hidden_state
+        else:
+            _, hidden = self.hidden_states(wave)
+            feats = self.aggregate(hidden)
+        return feats.transpose(1, 2)
+
+    def aggregate(self, hidden: list[torch.Tensor]) -> torch.Tensor:
+        """Combine L hidden states (each (B, T, F)) into one (B, T, F)."""
+        agg = self.cfg.aggregation
+        if agg == "weighted_sum":
+            weights = F.softmax(self.weight_hidd[: len(hidden)], dim=-1)
+            return torch.einsum("l,lbtf->btf", weights, torch.stack(hidden, dim=0))
+        stacked = torch.stack(hidden, dim=1)  # (B, L, T, F)
+        if agg == "sea":
+            gate = self.fc_att_merge(stacked.mean(dim=(2, 3)))  # (B, L)
+            return (stacked * gate[:, :, None, None]).sum(dim=1)
+        if agg == "attentive_merge":
+            pooled = stacked.mean(dim=2, keepdim=True)  # (B, L, 1, F)
+            z = F.silu(pooled @ self.W).reshape(-1, self.n_layer)  # (B, L)
+            z = torch.sigmoid(F.silu(z @ self.W1) @ self.W2)
+            weighted = stacked * z[:, :, None, None]
+            b, layers, t, f = weighted.shape
+            merged = weighted.permute(0, 2, 3, 1).reshape(b, t, f * layers)
+            return self.linear_proj(merged)
+        raise BundleError(f"unknown aggregation {agg!r}")

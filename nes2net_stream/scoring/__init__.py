@@ -1,0 +1,1 @@
+"""Scoring audio with a detector: windows, files and score aggregation."""

@@ -1,0 +1,1 @@
+"""Training components of nes2net-stream."""

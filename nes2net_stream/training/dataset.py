@@ -1,0 +1,105 @@
+"""Datasets over ASVspoof-style protocols (the ASVspoof 2019 LA layout and the demo corpus)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from nes2net_stream.audio.io import load_audio
+from nes2net_stream.audio.windows import pad_by_repetition
+from nes2net_stream.data.protocols import Trial, audio_path, database_split, read_protocol
+from nes2net_stream.errors import AudioError, DataError
+
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def load_split(root: str | Path, split: str, *, limit: int | None = None,
+               seed: int = 0) -> tuple[list[Trial], Path]:
+    """Trials and audio folder of one split; ``limit`` keeps a class-stratified random subset."""
+    protocol, audio_dir = database_split(root, split)
+    trials = read_protocol(protocol)
+    if limit is not None and limit < len(trials):
+        rng = np.random.default_rng(seed)
+        bona = [t for t in trials if not t.is_spoof]
+        spoof = [t for t in trials if t.is_spoof]
+        n_bona = max(1, round(limit * len(bona) / len(trials)))
+        pick_b = rng.choice(len(bona), size=min(n_bona, len(bona)), replace=False)
+        pick_s = rng.choice(len(spoof), size=min(limit - len(pick_b), len(spoof)), replace=False)
+        trials = [bona[i] for i in sorted(pick_b)] + [spoof[i] for i in sorted(pick_s)]
+    return trials, audio_dir
+
+
+class ProtocolDataset(Dataset):
+    """Fixed-length crops of the trials of a protocol with their labels (1 = bona fide).
+
+    Training crops are random (a random start, padded by repetition when the file is shorter)
+    and pass through ``augment``; evaluation crops take the first ``segment_samples`` like the
+    official 4-second protocol. Decoded audio is cached in memory when ``cache`` is true.
+    """
+
+    def __init__(self, trials: Sequence[Trial], audio_dir: str | Path, *,
+                 segment_samples: int = 64_000, train: bool = True,
+                 augment: Augment | None = None, seed: int = 0, cache: bool = True):
+        if not trials:
+            raise DataError("empty protocol: no trials to load")
+        self.trials = list(trials)
+        self.audio_dir = Path(audio_dir)
+        self.segment = segment_samples
+        self.train = train
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        missing = [t.utterance for t in self.trials[:50] if not self._exists(t)]
+        if missing:
+            raise DataError(f"audio missing in {self.audio_dir}: {', '.join(missing[:5])}")
+
+    def _exists(self, trial: Trial) -> bool:
+        try:
+            audio_path(self.audio_dir, trial.utterance)
+        except DataError:
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self.trials)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the random crops and augmentations for a new epoch (reproducibly)."""
+        self.epoch = epoch
+
+    def labels(self) -> np.ndarray:
+        """Class labels of all trials (1 = bona fide, 0 = spoof)."""
+        return np.array([t.label for t in self.trials], dtype=np.int64)
+
+    def _audio(self, index: int) -> np.ndarray:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        path = audio_path(self.audio_dir, self.trials[index].utterance)
+        try:
+            x = load_audio(path, sample_rate=16000, allow_silence=True).samples
+        except AudioError as exc:
+            raise DataError(f"trial {self.trials[index].utterance}: {exc}") from exc
+        if self._cache is not None:
+            self._cache[index] = x
+        return x
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = self._audio(index)
+        if self.train:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            if x.shape[0] > self.segment:
+                start = int(rng.integers(0, x.shape[0] - self.segment + 1))
+                x = x[start:start + self.segment]
+            else:
+                x = pad_by_repetition(x, self.segment)
+            if self.augment is not None:
+                x = self.augment(x, rng)
+        else:
+            x = pad_by_repetition(x, self.segment)
+        x = np.clip(np.nan_to_num(x), -1.0, 1.0).astype(np.float32, copy=False)
+        return torch.from_numpy(np.ascontiguousarray(x)), self.trials[index].label

@@ -1,0 +1,34 @@
+"""Shared test helpers: tiny SSL configurations and audio generators."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def tiny_hf_config(family: str = "wav2vec2", *, stable_layer_norm: bool = True,
+                   hidden: int = 32, layers: int = 2) -> dict:
+    """A randomly initialised transformers config small enough for CPU tests."""
+    import transformers as tf
+
+    cls = {"wav2vec2": tf.Wav2Vec2Config, "wavlm": tf.WavLMConfig,
+           "hubert": tf.HubertConfig}[family]
+    kwargs = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                  intermediate_size=2 * hidden, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+                  num_conv_pos_embedding_groups=2, do_stable_layer_norm=stable_layer_norm,
+                  feat_extract_norm="layer" if stable_layer_norm else "group")
+    if family == "wavlm":
+        kwargs["num_buckets"] = 32
+        kwargs["max_bucket_distance"] = 100
+    return cls(**kwargs).to_dict()
+
+
+def tone_bursts(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """Voiced-speech-like harmonic bursts separated by pauses (float32 in [-1, 1])."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    x = sum(np.sin(k * phase) / k for k in range(1, 15))
+    envelope = (np.sin(2 * np.pi * 0.7 * t) > -0.3).astype(float)
+    x = x * envelope + 0.003 * rng.standard_normal(t.shape)
+    return (0.3 * x / np.max(np.abs(x))).astype(np.float32)
