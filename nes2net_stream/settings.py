@@ -56,11 +56,79 @@ class WindowsSection(Section):
 
 
 class ScoringSection(Section):
-    """``[scoring]``: how window scores combine into a file or running call score."""
+    """``[scoring]``: how window scores combine into a file score or a call's running score."""
 
     aggregation: Literal["mean", "median", "max", "ema"] = "mean"
     ema_alpha: float = Field(0.3, gt=0.0, le=1.0)
     batch_size: int = Field(16, ge=1, le=4096)
+
+
+class ServerSection(Section):
+    """``[server]``: the WebSocket/HTTP listener."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    drain_timeout_s: float = Field(30.0, ge=0.0, le=3600.0)
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+class RedisSection(Section):
+    """``[redis]``: where events go."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field("nes2net", min_length=1, max_length=64)
+    alerts_maxlen: int = Field(100_000, ge=100)
+    scores_maxlen: int = Field(1_000_000, ge=100)
+    call_ttl_s: int = Field(86_400, ge=60)
+    alert_buffer: int = Field(100_000, ge=10)
+    score_buffer: int = Field(50_000, ge=10)
+    socket_timeout_s: float = Field(5.0, gt=0.0, le=120.0)
+
+
+class EngineSection(Section):
+    """``[engine]``: the batching scoring worker."""
+
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_delay_ms: float = Field(10.0, ge=0.0, le=5000.0)
+    max_queue: int = Field(4096, ge=1)
+    drop_policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    threads: int = Field(0, ge=0, le=256)
+
+
+class AlertsSection(Section):
+    """``[alerts]``: running score states and their thresholds."""
+
+    suspicious_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    spoof_threshold: float = Field(0.8, gt=0.0, lt=1.0)
+    hysteresis: float = Field(0.1, ge=0.0, lt=1.0)
+    min_windows_for_spoof: int = Field(2, ge=1)
+    default_score_channels: list[str] = Field(default_factory=lambda: ["caller"])
+
+
+class LimitsSection(Section):
+    """``[limits]``: size, rate and time limits on every input."""
+
+    max_calls: int = Field(1000, ge=1)
+    max_frame_bytes: int = Field(65_536, ge=320)
+    max_text_bytes: int = Field(16_384, ge=256)
+    max_metadata_bytes: int = Field(8_192, ge=0)
+    start_timeout_s: float = Field(10.0, gt=0.0)
+    idle_timeout_s: float = Field(30.0, gt=0.0)
+    max_call_s: float = Field(14_400.0, gt=0.0)
+    max_realtime_factor: float = Field(50.0, ge=1.0)
+    realtime_burst_s: float = Field(30.0, ge=0.0)
+
+
+class AuthSection(Section):
+    """``[auth]``: ingress authentication.
+
+    ``mode = "auto"`` requires a bearer token whenever the server binds beyond loopback.
+    """
+
+    mode: Literal["auto", "required", "off"] = "auto"
+    tokens: list[str] = Field(default_factory=list)
+    tokens_file: str = ""
 
 
 class LoggingSection(Section):
@@ -73,10 +141,16 @@ class LoggingSection(Section):
 class Settings(Section):
     """All configuration sections."""
 
+    server: ServerSection = Field(default_factory=ServerSection)
+    redis: RedisSection = Field(default_factory=RedisSection)
     model: ModelSection = Field(default_factory=ModelSection)
+    engine: EngineSection = Field(default_factory=EngineSection)
     vad: VADSection = Field(default_factory=VADSection)
     windows: WindowsSection = Field(default_factory=WindowsSection)
     scoring: ScoringSection = Field(default_factory=ScoringSection)
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    auth: AuthSection = Field(default_factory=AuthSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
     _source: str = PrivateAttr(default="built-in defaults")

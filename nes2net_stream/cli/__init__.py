@@ -11,6 +11,8 @@ from nes2net_stream.cli.data_cmd import data
 from nes2net_stream.cli.eval_cmd import eval_cmd
 from nes2net_stream.cli.model_cmd import model
 from nes2net_stream.cli.score_cmd import score
+from nes2net_stream.cli.serve_cmd import serve
+from nes2net_stream.cli.stream_cmd import stream, watch
 from nes2net_stream.cli.train_cmd import train
 from nes2net_stream.errors import Nes2NetError
 
@@ -26,6 +28,9 @@ cli.add_command(train)
 cli.add_command(eval_cmd)
 cli.add_command(data)
 cli.add_command(model)
+cli.add_command(serve)
+cli.add_command(stream)
+cli.add_command(watch)
 
 
 def main(argv: list[str] | None = None) -> int:

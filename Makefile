@@ -1,0 +1,54 @@
+# nes2net-stream: set-up, demo and tests.
+#   make demo   installs everything and runs the main job on the bundled demo model
+#   make test   installs everything and runs the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU build by default; any torch >= 2.4 works (a CUDA build is picked up automatically)
+TORCH_SPEC ?= torch==2.13.0
+SYSTEM_PACKAGES := redis-server sox libsox-fmt-all ffmpeg espeak-ng flite festival \
+	festvox-kallpc16k asterisk-core-sounds-en-wav asterisk-prompt-fr-armelle codec2-examples \
+	pocketsphinx-testdata alsa-utils
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup system-deps venv lint fuzz bench clean corpus demo-model
+
+demo: setup
+	$(PY) -m nes2net_stream.demo
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO="sudo"; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev,corpus,webrtc]"
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check nes2net_stream plugins tests benchmarks
+
+corpus: setup
+	$(PY) -m nes2net_stream data build-demo corpus/demo --jobs 2
+
+demo-model: setup
+	bash scripts/build_demo_model.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

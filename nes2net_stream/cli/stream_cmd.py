@@ -1,0 +1,89 @@
+"""``nes2net-stream stream`` and ``watch``: stream a file as a call; tail the alert stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _line(event: dict[str, Any]) -> str:
+    kind = event.get("type")
+    if kind == "window":
+        w, s, r = event["window"], event["score"], event["running"]
+        return (f"window {w['index']:>3}  {w['start_s']:7.2f}-{w['end_s']:7.2f}s  "
+                f"p(spoof)={s['spoof_probability']:.3f}  running={r['spoof_probability']:.3f}  "
+                f"state={event['state']}")
+    if kind == "state":
+        return (f"STATE  {event['call_id']} [{event['channel']}] {event['previous_state']} -> "
+                f"{event['state']}  running p(spoof)={event['running']['spoof_probability']:.3f}")
+    if kind == "summary":
+        s = event["summary"]
+        mean = s["mean_spoof_probability"]
+        return (f"SUMMARY {event['call_id']} [{event['channel']}] final={s['final_state']}  "
+                f"windows={s['windows_scored']}  speech={s['speech_s']:.1f}s  "
+                f"mean p(spoof)={'n/a' if mean is None else f'{mean:.3f}'}  "
+                f"end={s['end_reason']}")
+    if kind == "error":
+        return f"ERROR {event.get('code')}: {event.get('message')}"
+    return json.dumps(event)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", default="ws://127.0.0.1:8080/v1/stream", show_default=True)
+@click.option("--realtime/--fast", default=True, show_default=True,
+              help="Pace audio at real time, or send as fast as possible.")
+@click.option("--encoding", type=click.Choice(["pcm_s16le", "mulaw", "alaw"]), default="mulaw",
+              show_default=True)
+@click.option("--sample-rate", type=click.Choice(["8000", "16000", "48000"]), default="8000",
+              show_default=True)
+@click.option("--call-id", default=None)
+@click.option("--token", envvar="NES2NET_TOKEN", default=None, help="Bearer token "
+              "[$NES2NET_TOKEN].")
+@click.option("--metadata", default=None, help="JSON object sent as the call's metadata.")
+@click.option("--json", "as_json", is_flag=True, help="Print raw JSON events.")
+def stream(file: Path, url: str, realtime: bool, encoding: str, sample_rate: str,
+           call_id: str | None, token: str | None, metadata: str | None, as_json: bool) -> None:
+    """Stream an audio FILE to the service as one call and print the events it sends back."""
+    from nes2net_stream.client import stream_file
+
+    meta = json.loads(metadata) if metadata else {"file": file.name}
+
+    def show(event: dict[str, Any]) -> None:
+        click.echo(json.dumps(event) if as_json else _line(event))
+        sys.stdout.flush()
+
+    result = asyncio.run(stream_file(url, file, sample_rate=int(sample_rate), call_id=call_id,
+                                     encoding=encoding, realtime=realtime, token=token,
+                                     metadata=meta, on_event=show))
+    if result.of_type("error"):
+        raise SystemExit(1)
+
+
+@click.command()
+@click.option("--redis-url", envvar="NES2NET_REDIS__URL", default="redis://127.0.0.1:6379/0",
+              show_default=True)
+@click.option("--key-prefix", default="nes2net", show_default=True)
+@click.option("--scores", is_flag=True, help="Also show every window score.")
+@click.option("--from-start", is_flag=True, help="Replay the streams from their beginning.")
+@click.option("--json", "as_json", is_flag=True, help="Print raw JSON events.")
+@click.option("--count", type=int, default=None, help="Exit after this many events.")
+def watch(redis_url: str, key_prefix: str, scores: bool, from_start: bool, as_json: bool,
+          count: int | None) -> None:
+    """Tail the alert stream (and optionally scores) from Redis in the terminal."""
+    from nes2net_stream.watch import tail_events
+
+    def show(event: dict[str, Any]) -> None:
+        click.echo(json.dumps(event) if as_json else _line(event))
+        sys.stdout.flush()
+
+    streams = [f"{key_prefix}:alerts"] + ([f"{key_prefix}:scores"] if scores else [])
+    try:
+        asyncio.run(tail_events(redis_url, streams, show, from_start=from_start, count=count))
+    except KeyboardInterrupt:
+        pass

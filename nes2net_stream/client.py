@@ -1,0 +1,122 @@
+"""A client of the generic streaming protocol: stream audio as a call and collect the events.
+
+Used by ``nes2net-stream stream``, the demo, the load generator and the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from nes2net_stream.audio import g711
+from nes2net_stream.audio.io import float_to_pcm16, load_audio
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+def encode_samples(samples: np.ndarray, encoding: str) -> bytes:
+    """float32 samples (frames, or frames x channels) to interleaved bytes."""
+    pcm = float_to_pcm16(samples).reshape(-1)
+    if encoding == "pcm_s16le":
+        return pcm.astype("<i2").tobytes()
+    if encoding == "mulaw":
+        return g711.mulaw_encode(pcm).tobytes()
+    if encoding == "alaw":
+        return g711.alaw_encode(pcm).tobytes()
+    raise ValueError(f"unsupported encoding {encoding!r}")
+
+
+@dataclass
+class StreamResult:
+    """What came back for one streamed call."""
+
+    call_id: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str = ""
+    sent_seconds: float = 0.0
+    start_wall: float = 0.0
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        """Events of one type (``window``, ``state``, ``summary``, ``error``...)."""
+        return [e for e in self.events if e.get("type") == kind]
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        """The (first) call summary, if one arrived."""
+        found = self.of_type("summary")
+        return found[0] if found else None
+
+
+async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
+                         call_id: str | None = None, encoding: str = "pcm_s16le",
+                         channel_roles: list[str] | None = None, realtime: bool = True,
+                         frame_ms: int = 20, token: str | None = None,
+                         metadata: dict[str, Any] | None = None,
+                         on_event: EventCallback | None = None, speed: float = 1.0,
+                         extra_start: dict[str, Any] | None = None,
+                         open_timeout: float = 10.0) -> StreamResult:
+    """Stream samples (mono, or frames x channels) as one call and wait for its summary."""
+    call_id = call_id or f"call-{uuid.uuid4().hex[:12]}"
+    x = samples if samples.ndim == 2 else samples[:, None]
+    roles = channel_roles or (["caller"] if x.shape[1] == 1 else ["caller", "agent"])
+    start = {"type": "start", "call_id": call_id, "encoding": encoding,
+             "sample_rate": sample_rate, "channels": x.shape[1], "channel_roles": roles,
+             "metadata": metadata or {}}
+    start.update(extra_start or {})
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    result = StreamResult(call_id=call_id)
+    step = max(1, sample_rate * frame_ms // 1000)
+    async with connect(url, additional_headers=headers, max_size=None,
+                       open_timeout=open_timeout, close_timeout=10) as ws:
+
+        async def receive() -> None:
+            try:
+                async for msg in ws:
+                    event = json.loads(msg)
+                    result.events.append(event)
+                    if on_event is not None:
+                        on_event(event)
+            except ConnectionClosed:
+                pass
+
+        receiver = asyncio.create_task(receive())
+        await ws.send(json.dumps(start))
+        t0 = result.start_wall = time.time()
+        mono0 = time.monotonic()
+        try:
+            for i in range(0, x.shape[0], step):
+                await ws.send(encode_samples(x[i:i + step], encoding))
+                result.sent_seconds = (i + step) / sample_rate
+                if realtime:
+                    due = mono0 + (i + step) / sample_rate / speed
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                elif i % (step * 50) == 0:
+                    await asyncio.sleep(0)
+            await ws.send(json.dumps({"type": "stop"}))
+        except ConnectionClosed:
+            pass
+        await receiver
+        result.close_code = ws.close_code
+        result.close_reason = ws.close_reason or ""
+    del t0
+    return result
+
+
+async def stream_file(url: str, path: str | Path, *, sample_rate: int = 8000,
+                      **kwargs: Any) -> StreamResult:
+    """Read an audio file (any format), resample it to ``sample_rate`` and stream it."""
+    clip = load_audio(path, sample_rate=sample_rate)
+    return await stream_samples(url, clip.samples, sample_rate, **kwargs)

@@ -1,0 +1,1 @@
+"""The streaming service: ingest, scoring engine, alert policy, Redis publishing."""

@@ -1,0 +1,205 @@
+"""The scoring engine: one worker thread owns the model and its device and batches windows.
+
+Calls submit windows from the event loop with :meth:`ScoringEngine.submit` (never blocks) and
+await the returned future. The worker takes the oldest window, waits at most
+``max_delay_ms`` for more (or until ``max_batch_size`` are queued), runs one forward pass and
+resolves every future of the batch. The queue is bounded: when it is full the configured drop
+policy rejects the newest window or evicts the oldest one, and the drop is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from nes2net_stream.models.detector import Detector
+
+DropPolicy = Literal["drop_newest", "drop_oldest"]
+
+
+class WindowDropped(Exception):
+    """The engine's queue was full and this window was not scored."""
+
+
+class EngineStopped(Exception):
+    """The engine is stopped and accepts no more windows."""
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """Scores of one window plus how long it queued and how long its batch took."""
+
+    raw: float
+    llr: float
+    spoof_probability: float
+    bona_fide_logit: float
+    queue_delay_s: float
+    inference_s: float
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    samples: np.ndarray
+    future: asyncio.Future[WindowResult]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any = None, error: BaseException | None = None
+             ) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+class ScoringEngine:
+    """Dynamic batching over one detector on one device."""
+
+    def __init__(self, detector: Detector, *, max_batch_size: int = 32,
+                 max_delay_ms: float = 10.0, max_queue: int = 4096,
+                 drop_policy: DropPolicy = "drop_oldest", dtype: torch.dtype | None = None,
+                 threads: int | None = None, metrics: Any = None):
+        self.detector = detector.eval()
+        self.device = next(detector.parameters()).device
+        self.dtype = dtype
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_ms / 1000.0
+        self.max_queue = max_queue
+        self.drop_policy = drop_policy
+        self.threads = threads
+        self.metrics = metrics
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self.windows_scored = 0
+        self.windows_dropped = 0
+        self.batches = 0
+
+    @property
+    def model_id(self) -> str:
+        """Id of the model being served."""
+        return self.detector.model_id
+
+    @property
+    def queue_depth(self) -> int:
+        """Windows waiting to be scored."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        """True while the worker thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        if self.running:
+            return
+        self._running = True
+        self._thread = threading.Thread(target=self._worker, name="nes2net-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop the worker; with ``drain`` the queued windows are scored first."""
+        with self._cond:
+            if not drain:
+                while self._queue:
+                    item = self._queue.popleft()
+                    item.loop.call_soon_threadsafe(_resolve, item.future, None,
+                                                   EngineStopped("engine stopped"))
+            self._running = False
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, samples: np.ndarray) -> asyncio.Future[WindowResult]:
+        """Queue one window (float32, the model's window length); never blocks."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[WindowResult] = loop.create_future()
+        if not self._running:
+            fut.set_exception(EngineStopped("engine is not running"))
+            return fut
+        item = _Item(samples, fut, loop, time.monotonic())
+        evicted: _Item | None = None
+        with self._cond:
+            if len(self._queue) >= self.max_queue:
+                self.windows_dropped += 1
+                if self.metrics is not None:
+                    self.metrics.windows_dropped.labels(reason="queue_full").inc()
+                if self.drop_policy == "drop_newest":
+                    fut.set_exception(WindowDropped("scoring queue full"))
+                    return fut
+                evicted = self._queue.popleft()
+            self._queue.append(item)
+            self._cond.notify()
+        if evicted is not None:
+            _resolve(evicted.future, None, WindowDropped("scoring queue full (evicted)"))
+        return fut
+
+    def _take_batch(self) -> list[_Item]:
+        with self._cond:
+            while self._running and not self._queue:
+                self._cond.wait(0.5)
+            if not self._queue:
+                return []
+            deadline = self._queue[0].enqueued + self.max_delay_s
+            while (len(self._queue) < self.max_batch_size and self._running
+                   and (remaining := deadline - time.monotonic()) > 0):
+                self._cond.wait(remaining)
+            n = min(self.max_batch_size, len(self._queue))
+            return [self._queue.popleft() for _ in range(n)]
+
+    def _worker(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                if not self._running:
+                    return
+                continue
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        started = time.monotonic()
+        try:
+            x = torch.from_numpy(np.stack([it.samples for it in batch]).astype(np.float32))
+            with torch.inference_mode():
+                x = x.to(self.device, non_blocking=True)
+                if self.dtype is not None and self.device.type == "cuda":
+                    with torch.autocast("cuda", dtype=self.dtype):
+                        logits = self.detector(x)
+                else:
+                    logits = self.detector(x)
+                scores = self.detector.scores_from_logits(logits)
+        except Exception as exc:  # a failed batch fails its windows, not the engine
+            for it in batch:
+                it.loop.call_soon_threadsafe(_resolve, it.future, None, exc)
+            return
+        elapsed = time.monotonic() - started
+        self.batches += 1
+        self.windows_scored += len(batch)
+        if self.metrics is not None:
+            self.metrics.observe_batch(len(batch), elapsed)
+        for i, it in enumerate(batch):
+            result = WindowResult(
+                raw=float(scores.raw[i]), llr=float(scores.llr[i]),
+                spoof_probability=float(scores.spoof_probability[i]),
+                bona_fide_logit=float(scores.bona_fide_logit[i]),
+                queue_delay_s=started - it.enqueued, inference_s=elapsed, batch_size=len(batch))
+            if self.metrics is not None:
+                self.metrics.queue_delay.observe(result.queue_delay_s)
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                it.loop.call_soon_threadsafe(_resolve, it.future, result)

@@ -1,0 +1,69 @@
+"""Prometheus metrics of the service (base units, no per-call labels)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class ServiceMetrics:
+    """All metrics of one service instance, in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "nes2net"):
+        r = self.registry = registry or CollectorRegistry()
+        p = prefix
+        self.active_calls = Gauge(f"{p}_active_calls", "Calls being streamed now", registry=r)
+        self.calls_started = Counter(f"{p}_calls_started_total", "Calls accepted",
+                                     ["gateway"], registry=r)
+        self.calls_ended = Counter(f"{p}_calls_ended_total", "Calls ended, by reason",
+                                   ["reason"], registry=r)
+        self.calls_rejected = Counter(f"{p}_calls_rejected_total",
+                                      "Connections or calls refused, by reason", ["reason"],
+                                      registry=r)
+        self.protocol_errors = Counter(f"{p}_protocol_errors_total",
+                                       "Protocol errors sent to clients, by error code",
+                                       ["code"], registry=r)
+        self.audio_seconds = Counter(f"{p}_audio_seconds_total", "Seconds of call audio received",
+                                     registry=r)
+        self.windows_scored = Counter(f"{p}_windows_scored_total", "Windows scored", registry=r)
+        self.windows_dropped = Counter(f"{p}_windows_dropped_total",
+                                       "Windows not scored, by reason", ["reason"], registry=r)
+        self.batch_size = Histogram(f"{p}_batch_size", "Windows per model forward pass",
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.queue_delay = Histogram(f"{p}_queue_delay_seconds",
+                                     "Time a window waited for its batch",
+                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram(f"{p}_inference_seconds", "Model time per batch",
+                                   buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge(f"{p}_queue_depth", "Windows waiting for the model",
+                                 registry=r)
+        self.window_latency = Histogram(
+            f"{p}_window_latency_seconds",
+            "From a window's last audio sample received to its event written to Redis",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.events_published = Counter(f"{p}_events_published_total",
+                                        "Events written to Redis, by stream", ["stream"],
+                                        registry=r)
+        self.alerts_published = Counter(f"{p}_alerts_published_total",
+                                        "State changes and summaries written to Redis",
+                                        registry=r)
+        self.events_dropped = Counter(f"{p}_events_dropped_total",
+                                      "Events dropped because the Redis buffer was full",
+                                      ["type"], registry=r)
+        self.redis_errors = Counter(f"{p}_redis_errors_total", "Failed Redis writes",
+                                    registry=r)
+        self.redis_buffered = Gauge(f"{p}_redis_buffered_events",
+                                    "Events waiting to be written to Redis", registry=r)
+        self.ready = Gauge(f"{p}_ready", "1 when the service accepts calls", registry=r)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """Record one model forward pass (called from the engine thread)."""
+        self.batch_size.observe(size)
+        self.inference.observe(seconds)
+        self.windows_scored.inc(size)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition."""
+        return generate_latest(self.registry)

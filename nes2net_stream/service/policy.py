@@ -1,0 +1,110 @@
+"""Alert policy: a running score per call channel and states with hysteresis.
+
+The running score aggregates the window LLRs seen so far (mean by default) and is turned into
+a running spoof probability. States move up (bona_fide -> suspicious -> spoof) when the running
+probability reaches a threshold and move down only when it falls below that threshold minus
+the hysteresis, so a score hovering at a threshold does not flap. ``spoof`` additionally needs
+``min_windows_for_spoof`` windows, so one odd window cannot raise the top alert.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from nes2net_stream.errors import ConfigError
+from nes2net_stream.scoring.aggregate import Aggregation, aggregate_llrs
+
+_LEVEL = {"bona_fide": 0, "suspicious": 1, "spoof": 2}
+_STATES = ("bona_fide", "suspicious", "spoof")
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Thresholds on the running spoof probability.
+
+    Attributes:
+        suspicious_threshold: running probability at which a call becomes ``suspicious``.
+        spoof_threshold: running probability at which it becomes ``spoof``.
+        hysteresis: how far below a threshold the probability must fall to step back down.
+        min_windows_for_spoof: windows needed before ``spoof`` can be reached.
+        aggregation: how window LLRs combine into the running score.
+        ema_alpha: weight of the newest window for ``ema``.
+        spoof_prior: prior used to turn the running LLR into a probability.
+    """
+
+    suspicious_threshold: float = 0.5
+    spoof_threshold: float = 0.8
+    hysteresis: float = 0.1
+    min_windows_for_spoof: int = 2
+    aggregation: Aggregation = "mean"
+    ema_alpha: float = 0.3
+    spoof_prior: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.suspicious_threshold <= self.spoof_threshold < 1.0:
+            raise ConfigError("alerts: need 0 < suspicious_threshold <= spoof_threshold < 1")
+        if not 0.0 <= self.hysteresis < self.suspicious_threshold:
+            raise ConfigError("alerts.hysteresis: must be >= 0 and below suspicious_threshold")
+        if self.min_windows_for_spoof < 1:
+            raise ConfigError("alerts.min_windows_for_spoof: must be >= 1")
+
+
+@dataclass
+class ChannelPolicy:
+    """Running score and state of one scored channel of one call."""
+
+    cfg: AlertConfig
+    llrs: list[float] = field(default_factory=list)
+    state: str | None = None
+    max_probability: float = 0.0
+
+    @property
+    def running_llr(self) -> float | None:
+        """Aggregate of the window LLRs so far."""
+        if not self.llrs:
+            return None
+        return aggregate_llrs(self.llrs, self.cfg.aggregation, self.cfg.ema_alpha)
+
+    @property
+    def running_probability(self) -> float | None:
+        """Running spoof probability."""
+        llr = self.running_llr
+        if llr is None:
+            return None
+        prior = self.cfg.spoof_prior
+        return _sigmoid(llr + math.log(prior / (1.0 - prior)))
+
+    def update(self, llr: float, probability: float) -> tuple[str | None, str]:
+        """Add a window score; return (previous state, new state)."""
+        self.llrs.append(float(llr))
+        self.max_probability = max(self.max_probability, float(probability))
+        previous = self.state
+        self.state = self._next_state(self.running_probability or 0.0)
+        return previous, self.state
+
+    def _next_state(self, p: float) -> str:
+        c = self.cfg
+        target = "bona_fide"
+        if p >= c.suspicious_threshold:
+            target = "suspicious"
+        if p >= c.spoof_threshold and len(self.llrs) >= c.min_windows_for_spoof:
+            target = "spoof"
+        current = self.state
+        if current is None or _LEVEL[target] >= _LEVEL[current]:
+            return target
+        # stepping down: only below the current state's threshold minus the hysteresis
+        floor = c.spoof_threshold if current == "spoof" else c.suspicious_threshold
+        if p >= floor - c.hysteresis:
+            return current
+        down = _STATES[_LEVEL[current] - 1]
+        if down == "suspicious" and p < c.suspicious_threshold - c.hysteresis:
+            return "bona_fide"
+        return down
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)

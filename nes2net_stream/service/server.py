@@ -1,0 +1,222 @@
+"""The service process: model, engine, Redis publisher, WebSocket listener, health and metrics.
+
+HTTP ``GET /livez``, ``/readyz`` and ``/metrics`` are answered on the same port as the
+WebSocket ingest paths. SIGTERM/SIGINT start a graceful drain: ``/readyz`` fails, no new call is
+accepted, active calls are ended with a summary (their queued windows are scored first), the
+Redis buffer is flushed, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+import torch
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from nes2net_stream.bundle import load_model
+from nes2net_stream.errors import ConfigError
+from nes2net_stream.logs import get_logger
+from nes2net_stream.service.auth import TokenAuth
+from nes2net_stream.service.context import ServiceContext
+from nes2net_stream.service.engine import ScoringEngine
+from nes2net_stream.service.events import CallEnd
+from nes2net_stream.service.metrics import ServiceMetrics
+from nes2net_stream.service.policy import AlertConfig
+from nes2net_stream.service.publisher import RedisConfig, RedisPublisher
+from nes2net_stream.service.ws_generic import handle_generic
+from nes2net_stream.settings import Settings
+
+log = get_logger("nes2net.service")
+Handler = Callable[[ServerConnection, ServiceContext], Awaitable[None]]
+GENERIC_PATH = "/v1/stream"
+MAX_WS_MESSAGE = 4 * 1024 * 1024  # hard cap; the configurable limits are checked per message
+
+
+def _device_and_dtype(settings: Settings) -> tuple[str, torch.dtype | None]:
+    device = settings.model.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model.device={device!r} but CUDA is not available")
+    dtype_name = settings.model.dtype
+    if dtype_name == "auto":
+        dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = None if dtype_name == "float32" else getattr(torch, dtype_name)
+    return device, dtype
+
+
+def build_context(settings: Settings, metrics: ServiceMetrics | None = None) -> ServiceContext:
+    """Load the model and build the engine, publisher and shared configuration."""
+    metrics = metrics or ServiceMetrics()
+    auth = TokenAuth.from_settings(settings.auth, settings.server.host)
+    device, dtype = _device_and_dtype(settings)
+    detector = load_model(settings.model.path, device=device)
+    engine = ScoringEngine(detector, max_batch_size=settings.engine.max_batch_size,
+                           max_delay_ms=settings.engine.max_delay_ms,
+                           max_queue=settings.engine.max_queue,
+                           drop_policy=settings.engine.drop_policy, dtype=dtype,
+                           threads=settings.engine.threads or None, metrics=metrics)
+    r = settings.redis
+    publisher = RedisPublisher(RedisConfig(
+        url=r.url, key_prefix=r.key_prefix, alerts_maxlen=r.alerts_maxlen,
+        scores_maxlen=r.scores_maxlen, call_ttl_s=r.call_ttl_s, alert_buffer=r.alert_buffer,
+        score_buffer=r.score_buffer, socket_timeout_s=r.socket_timeout_s), metrics)
+    a = settings.alerts
+    alerts = AlertConfig(suspicious_threshold=a.suspicious_threshold,
+                         spoof_threshold=a.spoof_threshold, hysteresis=a.hysteresis,
+                         min_windows_for_spoof=a.min_windows_for_spoof,
+                         aggregation=settings.scoring.aggregation,
+                         ema_alpha=settings.scoring.ema_alpha,
+                         spoof_prior=detector.calibration.spoof_prior)
+    return ServiceContext(engine=engine, publisher=publisher, metrics=metrics,
+                          vad=settings.vad.to_config(), windows=settings.windows.to_config(),
+                          alerts=alerts, limits=settings.limits, auth=auth)
+
+
+class Service:
+    """One service process."""
+
+    def __init__(self, settings: Settings, ctx: ServiceContext | None = None):
+        self.settings = settings
+        self.ctx = ctx or build_context(settings)
+        self.routes: dict[str, Handler] = {GENERIC_PATH: handle_generic}
+        self.server: Server | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with port 0)."""
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    def add_route(self, path: str, handler: Handler) -> None:
+        """Serve ``handler`` for WebSocket connections on ``path`` (gateway plugins)."""
+        if path in self.routes:
+            raise ConfigError(f"two ingest handlers for path {path!r}")
+        self.routes[path] = handler
+
+    async def _process_request(self, conn: ServerConnection, request: Request
+                               ) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path in ("/livez", "/healthz"):
+            return _text(conn, HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            return await self._readyz(conn)
+        if path == "/metrics":
+            self.ctx.metrics.queue_depth.set(self.ctx.engine.queue_depth)
+            resp = _text(conn, HTTPStatus.OK, self.ctx.metrics.render().decode())
+            resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+            return resp
+        if path not in self.routes:
+            return _text(conn, HTTPStatus.NOT_FOUND, f"no such path: {path}\n")
+        if "upgrade" not in request.headers.get("Connection", "").lower():
+            return _text(conn, HTTPStatus.UPGRADE_REQUIRED, "WebSocket upgrade required\n")
+        if self.ctx.draining:
+            return _text(conn, HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+        if path == GENERIC_PATH and not self.ctx.auth.check_request(request.path,
+                                                                    request.headers):
+            self.ctx.metrics.calls_rejected.labels(reason="unauthorized").inc()
+            log.warning("unauthorized connection refused", path=path,
+                        remote=str(conn.remote_address))
+            return _text(conn, HTTPStatus.UNAUTHORIZED, "missing or invalid bearer token\n")
+        return None
+
+    async def _readyz(self, conn: ServerConnection) -> Response:
+        checks = {"model_loaded": self.ctx.engine.running,
+                  "redis": await self.ctx.publisher.ping(),
+                  "not_draining": not self.ctx.draining}
+        ok = all(checks.values())
+        self.ctx.metrics.ready.set(1 if ok else 0)
+        resp = _text(conn, HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
+                     json.dumps({"ready": ok, "checks": checks}) + "\n")
+        resp.headers["Content-Type"] = "application/json"
+        return resp
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        path = conn.request.path.split("?", 1)[0] if conn.request else ""
+        handler = self.routes.get(path)
+        if handler is not None:
+            await handler(conn, self.ctx)
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        s = self.settings.server
+        if not (s.tls_cert or s.tls_key):
+            return None
+        if not (s.tls_cert and s.tls_key):
+            raise ConfigError("server.tls_cert and server.tls_key must be set together")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(s.tls_cert, s.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"server.tls_cert/tls_key: {exc}") from exc
+        return ctx
+
+    async def start(self) -> None:
+        """Start the engine, the publisher and the listener."""
+        self.ctx.engine.start()
+        await self.ctx.publisher.start()
+        s = self.settings.server
+        self.server = await serve(
+            self._handler, s.host, s.port, process_request=self._process_request,
+            max_size=MAX_WS_MESSAGE, ssl=self._ssl(), ping_interval=20, ping_timeout=20,
+            close_timeout=5, server_header="nes2net-stream")
+        log.info("service listening", host=s.host, port=self.port, model=self.ctx.engine.model_id,
+                 device=str(self.ctx.engine.device), auth_required=self.ctx.auth.required,
+                 paths=sorted(self.routes))
+
+    async def drain(self) -> None:
+        """Stop accepting calls, end active ones with summaries, flush Redis, stop."""
+        if self.ctx.draining:
+            return
+        self.ctx.draining = True
+        deadline = self.settings.server.drain_timeout_s
+        log.info("draining", active_calls=len(self.ctx.calls), deadline_s=deadline)
+        if self.server is not None:
+            self.server.close(close_connections=False)
+        sessions = list(self.ctx.calls.values())
+        ends = [self.ctx.end_call(s, CallEnd("shutdown")) for s in sessions]
+        if ends:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*ends, return_exceptions=True),
+                                       deadline)
+        if self.server is not None:
+            self.server.close(close_connections=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server.wait_closed(), 10)
+        await asyncio.to_thread(self.ctx.engine.stop, drain=True, timeout=deadline)
+        await self.ctx.publisher.stop(grace_s=max(5.0, deadline))
+        log.info("stopped", published=self.ctx.publisher.published,
+                 buffered=self.ctx.publisher.buffered)
+        self._stopped.set()
+
+    async def run_forever(self) -> None:
+        """Start, wait for SIGTERM/SIGINT, drain."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.drain()
+
+
+def _text(conn: ServerConnection, status: HTTPStatus, body: str) -> Response:
+    resp = conn.respond(status, body)
+    if isinstance(resp.headers, Headers):
+        resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def run_service(settings: Settings, **kwargs: Any) -> None:
+    """Blocking entry point of ``nes2net-stream serve``."""
+    asyncio.run(Service(settings, **kwargs).run_forever())

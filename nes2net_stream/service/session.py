@@ -1,0 +1,220 @@
+"""One live call: decode, per-channel pipelines, scoring, alert policy, events.
+
+A :class:`CallSession` is fed :class:`~nes2net_stream.service.events.AudioChunk` objects from
+an ingest source (synchronously, in the event loop: decoding, resampling and VAD are cheap).
+Windows go to the scoring engine; a per-call task awaits their scores in order, updates the
+alert policy and publishes events. :meth:`CallSession.close` flushes the audio path, waits for
+every pending window and publishes the call summary, whatever the reason the call ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+
+from nes2net_stream.audio.pipeline import ChannelPipeline
+from nes2net_stream.audio.windows import SpeechWindow
+from nes2net_stream.logs import get_logger
+from nes2net_stream.service.audio_decode import decode
+from nes2net_stream.service.engine import EngineStopped, WindowDropped, WindowResult
+from nes2net_stream.service.events import AudioChunk, CallEnd, CallStart, OutputEvent
+from nes2net_stream.service.policy import ChannelPolicy
+
+log = get_logger("nes2net.call")
+
+EventSink = Callable[[OutputEvent], None]
+
+
+@dataclass
+class _Channel:
+    role: str
+    index: int
+    pipeline: ChannelPipeline
+    policy: ChannelPolicy
+    windows_submitted: int = 0
+    windows_scored: int = 0
+    windows_dropped: int = 0
+    probabilities: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    channel: _Channel
+    window: SpeechWindow
+    future: asyncio.Future[WindowResult]
+    received: float
+
+
+class CallSession:
+    """State of one call from its start to its summary."""
+
+    def __init__(self, start: CallStart, ctx: Any, sink: EventSink | None = None):
+        self.start = start
+        self.ctx = ctx
+        self.sink = sink
+        self.started_at = time.monotonic()
+        self.ended: CallEnd | None = None
+        self._channels: dict[str, _Channel] = {}
+        for i, role in enumerate(start.channels):
+            if role in start.score_channels:
+                self._channels[role] = _Channel(
+                    role, i, ChannelPipeline(start.sample_rate, ctx.vad, ctx.windows),
+                    ChannelPolicy(ctx.alerts))
+        self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._consumer = asyncio.create_task(self._consume(), name=f"call-{start.call_id}")
+        self.audio_seconds = 0.0
+        self._closing: asyncio.Future[list[OutputEvent]] | None = None
+        self.log = log.bind(call_id=start.call_id, gateway=start.source.gateway)
+
+    @property
+    def call_id(self) -> str:
+        """The call's id."""
+        return self.start.call_id
+
+    @property
+    def scored_roles(self) -> list[str]:
+        """Roles being scored."""
+        return list(self._channels)
+
+    def feed(self, chunk: AudioChunk) -> None:
+        """Decode and process audio; raises AudioFormatError on malformed bytes."""
+        if self.ended is not None:
+            return  # the call was ended (e.g. by a drain) while audio was still arriving
+        received = time.monotonic()
+        n_channels = 1 if chunk.channel is not None else len(self.start.channels)
+        frames = decode(chunk.data, self.start.encoding, n_channels)
+        seconds = frames.shape[0] / self.start.sample_rate
+        if chunk.channel is None or chunk.channel == self.start.channels[0]:
+            self.audio_seconds += seconds
+            self.ctx.metrics.audio_seconds.inc(seconds)
+        if chunk.channel is not None:
+            ch = self._channels.get(chunk.channel)
+            if ch is not None:
+                self._process(ch, frames[:, 0], received)
+            return
+        for ch in self._channels.values():
+            self._process(ch, frames[:, ch.index], received)
+
+    def _process(self, ch: _Channel, samples: np.ndarray, received: float) -> None:
+        for window in ch.pipeline.push(samples):
+            self._submit(ch, window, received)
+
+    def _submit(self, ch: _Channel, window: SpeechWindow, received: float) -> None:
+        ch.windows_submitted += 1
+        fut = self.ctx.engine.submit(window.samples)
+        self._pending.put_nowait(_Pending(ch, window, fut, received))
+
+    async def close(self, end: CallEnd) -> list[OutputEvent]:
+        """End the call: flush audio, wait for all scores, publish and return the summaries.
+
+        Safe to call more than once and from several tasks (an ingest handler and a drain):
+        the first reason wins and every caller waits until the summaries are out.
+        """
+        if self._closing is None:
+            self.ended = end
+            self._closing = asyncio.ensure_future(self._close(end))
+        return await asyncio.shield(self._closing)
+
+    async def _close(self, end: CallEnd) -> list[OutputEvent]:
+        now = time.monotonic()
+        for ch in self._channels.values():
+            for window in ch.pipeline.finish():
+                self._submit(ch, window, now)
+        self._pending.put_nowait(None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._consumer
+        summaries = [self._summary(ch, end) for ch in self._channels.values()]
+        for ev in summaries:
+            self._emit(ev, None)
+        self.log.info("call ended", reason=end.reason, detail=end.detail,
+                      audio_s=round(self.audio_seconds, 2),
+                      windows=sum(c.windows_scored for c in self._channels.values()),
+                      states={c.role: c.policy.state for c in self._channels.values()})
+        return summaries
+
+    async def _consume(self) -> None:
+        structlog.contextvars.bind_contextvars(call_id=self.call_id)
+        while (item := await self._pending.get()) is not None:
+            try:
+                result = await item.future
+            except WindowDropped:
+                item.channel.windows_dropped += 1
+                continue
+            except EngineStopped:
+                item.channel.windows_dropped += 1
+                self.ctx.metrics.windows_dropped.labels(reason="engine_stopped").inc()
+                continue
+            except Exception as exc:  # model failure on this batch
+                item.channel.windows_dropped += 1
+                self.ctx.metrics.windows_dropped.labels(reason="model_error").inc()
+                self.log.error("window scoring failed", error=repr(exc))
+                continue
+            self._on_score(item, result)
+
+    def _event(self, type_: str, ch: _Channel, body: dict[str, Any]) -> OutputEvent:
+        return OutputEvent(type=type_, call_id=self.call_id, channel=ch.role,  # type: ignore[arg-type]
+                           source=self.start.source, model_id=self.ctx.engine.model_id,
+                           state=ch.policy.state, body=body, metadata=self.start.metadata)
+
+    def _running(self, ch: _Channel) -> dict[str, Any]:
+        llr = ch.policy.running_llr
+        prob = ch.policy.running_probability
+        return {"llr": None if llr is None else round(llr, 5),
+                "spoof_probability": None if prob is None else round(prob, 5),
+                "windows": ch.windows_scored}
+
+    def _on_score(self, item: _Pending, r: WindowResult) -> None:
+        ch, w = item.channel, item.window
+        ch.windows_scored += 1
+        ch.probabilities.append(r.spoof_probability)
+        previous, state = ch.policy.update(r.llr, r.spoof_probability)
+        window_body = {
+            "window": {"index": w.index, "start_s": w.start_s, "end_s": w.end_s,
+                       "speech_s": w.speech_s, "final": w.final},
+            "score": {"spoof_probability": round(r.spoof_probability, 5),
+                      "llr": round(r.llr, 5), "raw": round(r.raw, 5)},
+            "running": self._running(ch),
+            "timing": {"queue_delay_ms": round(1000 * r.queue_delay_s, 2),
+                       "batch_size": r.batch_size},
+        }
+        self._emit(self._event("window", ch, window_body), item.received)
+        if state != previous:
+            body = {"previous_state": previous, "window": window_body["window"],
+                    "score": window_body["score"], "running": window_body["running"]}
+            self._emit(self._event("state", ch, body), item.received)
+            self.log.info("state change", channel=ch.role, previous=previous, state=state,
+                          running_spoof_probability=window_body["running"]["spoof_probability"])
+
+    def _summary(self, ch: _Channel, end: CallEnd) -> OutputEvent:
+        probs = ch.probabilities
+        body = {
+            "summary": {
+                "end_reason": end.reason,
+                "detail": end.detail,
+                "duration_s": round(ch.pipeline.duration_seconds, 3),
+                "speech_s": round(ch.pipeline.speech_seconds, 3),
+                "windows_scored": ch.windows_scored,
+                "windows_dropped": ch.windows_dropped,
+                "max_spoof_probability": round(max(probs), 5) if probs else None,
+                "mean_spoof_probability": round(float(np.mean(probs)), 5) if probs else None,
+                "final_state": ch.policy.state,
+                "wall_s": round(time.monotonic() - self.started_at, 3),
+            },
+            "running": self._running(ch),
+        }
+        return self._event("summary", ch, body)
+
+    def _emit(self, event: OutputEvent, received: float | None) -> None:
+        self.ctx.publisher.publish(event, received=received)
+        if self.sink is not None:
+            try:
+                self.sink(event)
+            except Exception as exc:  # a broken client socket must not stop the call's alerts
+                self.log.warning("event sink failed", error=repr(exc))

@@ -1,0 +1,140 @@
+import asyncio
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+
+from helpers import tone_bursts
+from nes2net_stream.client import encode_samples, stream_samples
+
+DOCUMENTED = {"schema", "event_id", "type", "call_id", "channel", "source", "metadata", "ts",
+              "ts_unix", "model_id", "replica", "state"}
+
+
+async def test_call_events_on_socket_and_in_redis(make_service, redis_client):
+    svc = await make_service()
+    x = tone_bursts(7.0, 8000)
+    res = await stream_samples(svc.url, x, 8000, call_id="call-1", encoding="mulaw",
+                               realtime=False, metadata={"ani": "+15551234567"})
+    types = [e["type"] for e in res.events]
+    assert types[0] == "started" and types[-1] == "summary" and res.close_code == 1000
+    windows = res.of_type("window")
+    assert len(windows) >= 3
+    w = windows[0]
+    assert DOCUMENTED <= set(w)
+    assert w["schema"] == "nes2net.event/v1" and w["call_id"] == "call-1"
+    assert w["channel"] == "caller" and w["model_id"] == "test-small"
+    assert w["source"]["gateway"] == "generic" and w["metadata"] == {"ani": "+15551234567"}
+    assert 0.0 <= w["score"]["spoof_probability"] <= 1.0
+    assert w["window"]["end_s"] > w["window"]["start_s"]
+    summary = res.summary["summary"]
+    assert summary["windows_scored"] == len(windows)
+    assert summary["end_reason"] == "stop" and summary["final_state"] in (
+        "bona_fide", "suspicious", "spoof")
+    await asyncio.sleep(0.3)
+    alerts = redis_client.xrange("nes2net:alerts")
+    scores = redis_client.xrange("nes2net:scores")
+    assert len(scores) == len(windows)
+    alert_docs = [json.loads(f["event"]) for _, f in alerts]
+    assert {d["type"] for d in alert_docs} == {"state", "summary"}
+    assert all(DOCUMENTED <= set(d) for d in alert_docs)
+    ids = [d["event_id"] for d in alert_docs] + [json.loads(f["event"])["event_id"]
+                                                 for _, f in scores]
+    assert len(set(ids)) == len(ids)
+    h = redis_client.hgetall("nes2net:call:call-1")
+    assert h["state"] == summary["final_state"] and h["ended"] == "1"
+    assert 0 < redis_client.ttl("nes2net:call:call-1") <= 86400
+
+
+async def test_stereo_call_scores_caller_and_requested_channels(make_service):
+    svc = await make_service()
+    caller = tone_bursts(6.0, 16000, seed=1)
+    agent = tone_bursts(6.0, 16000, seed=2)
+    res = await stream_samples(svc.url, np.stack([caller, agent], axis=1), 16000,
+                               realtime=False, extra_start={"score_channels": ["caller", "agent"]})
+    assert {e["channel"] for e in res.of_type("summary")} == {"caller", "agent"}
+    only_caller = await stream_samples(svc.url, np.stack([caller, agent], axis=1), 16000,
+                                       realtime=False)
+    assert {e["channel"] for e in only_caller.of_type("window")} == {"caller"}
+
+
+async def test_fifty_concurrent_calls_all_get_summaries(make_service, redis_client):
+    svc = await make_service()
+    x = tone_bursts(5.0, 8000)
+    results = await asyncio.gather(*[
+        stream_samples(svc.url, x, 8000, call_id=f"load-{i}", encoding="mulaw", realtime=True,
+                       speed=4.0) for i in range(50)])
+    assert all(r.summary is not None for r in results)
+    assert all(r.summary["summary"]["windows_scored"] >= 1 for r in results)
+    await asyncio.sleep(0.5)
+    summaries = [json.loads(f["event"]) for _, f in redis_client.xrange("nes2net:alerts")
+                 if f["type"] == "summary"]
+    assert sorted(s["call_id"] for s in summaries) == sorted(f"load-{i}" for i in range(50))
+
+
+async def test_health_and_metrics_endpoints(make_service, redis_server):
+    svc = await make_service()
+    base = f"http://127.0.0.1:{svc.port}"
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    assert (await asyncio.to_thread(get, "/livez"))[0] == 200
+    status, body = await asyncio.to_thread(get, "/readyz")
+    assert status == 200 and json.loads(body)["ready"] is True
+    await stream_samples(svc.url, tone_bursts(5.0, 8000), 8000, realtime=False)
+    status, text = await asyncio.to_thread(get, "/metrics")
+    assert status == 200
+    for name in ("nes2net_active_calls", "nes2net_windows_scored_total", "nes2net_batch_size",
+                 "nes2net_queue_delay_seconds", "nes2net_inference_seconds",
+                 "nes2net_windows_dropped_total", "nes2net_alerts_published_total",
+                 "nes2net_redis_errors_total", "nes2net_window_latency_seconds"):
+        assert name in text
+    assert 'call_id' not in text
+    assert (await asyncio.to_thread(get, "/nowhere"))[0] == 404
+
+
+async def test_readyz_fails_without_redis(make_service, redis_server):
+    svc = await make_service()
+    redis_server.stop()
+    try:
+        def get():
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{svc.port}/readyz", timeout=10)
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+            return 200, None
+
+        code, body = await asyncio.to_thread(get)
+        assert code == 503 and body["checks"]["redis"] is False
+    finally:
+        redis_server.start()
+
+
+async def test_graceful_drain_publishes_summaries(make_service, redis_client):
+    svc = await make_service()
+    x = tone_bursts(30.0, 8000)
+    task = asyncio.create_task(stream_samples(svc.url, x, 8000, call_id="draining",
+                                              realtime=True, speed=2.0))
+    await asyncio.sleep(4.0)
+    await svc.drain()
+    res = await task
+    assert res.summary is not None, [e["type"] for e in res.events]
+    assert res.summary["summary"]["end_reason"] == "shutdown"
+    assert res.summary["summary"]["windows_scored"] >= 1
+    alerts = [json.loads(f["event"]) for _, f in redis_client.xrange("nes2net:alerts")]
+    assert any(a["type"] == "summary" and a["call_id"] == "draining" for a in alerts)
+
+
+def test_encode_samples_round_trip():
+    from nes2net_stream.service.audio_decode import decode
+
+    x = tone_bursts(0.5, 8000)
+    for enc in ("pcm_s16le", "mulaw", "alaw"):
+        y = decode(encode_samples(x, enc), enc, 1)[:, 0]
+        assert np.max(np.abs(y - x)) < (1e-4 if enc == "pcm_s16le" else 0.02)
