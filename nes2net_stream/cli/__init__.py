@@ -7,6 +7,7 @@ import sys
 import click
 
 from nes2net_stream import __version__
+from nes2net_stream.cli.bench_cmd import bench
 from nes2net_stream.cli.data_cmd import data
 from nes2net_stream.cli.eval_cmd import eval_cmd
 from nes2net_stream.cli.model_cmd import model
@@ -31,6 +32,7 @@ cli.add_command(model)
 cli.add_command(serve)
 cli.add_command(stream)
 cli.add_command(watch)
+cli.add_command(bench)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -29,5 +28,5 @@ def build_demo(out_dir: Path, seed: int, quick: bool, jobs: int, progress: bool)
     from nes2net_stream.data.corpus import build_demo_corpus
 
     summary = build_demo_corpus(out_dir, seed=seed, quick=quick, jobs=jobs, progress=progress)
-    payload = summary.to_dict() if hasattr(summary, "to_dict") else summary
-    click.echo(json.dumps(payload, indent=2, default=str))
+    click.echo(summary.describe())
+    click.echo(f"summary: {out_dir / 'corpus.json'}")

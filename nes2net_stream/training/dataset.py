@@ -76,6 +76,18 @@ class ProtocolDataset(Dataset):
         """Class labels of all trials (1 = bona fide, 0 = spoof)."""
         return np.array([t.label for t in self.trials], dtype=np.int64)
 
+    def preload(self, progress: bool = False) -> None:
+        """Decode every trial into the cache now (before data-loader workers fork)."""
+        if self._cache is None:
+            return
+        import sys
+
+        from tqdm import tqdm
+
+        for i in tqdm(range(len(self.trials)), desc="loading audio", unit="file",
+                      disable=not progress, file=sys.stderr, leave=False):
+            self._audio(i)
+
     def _audio(self, index: int) -> np.ndarray:
         if self._cache is not None and index in self._cache:
             return self._cache[index]

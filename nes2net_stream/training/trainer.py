@@ -203,6 +203,8 @@ class Trainer:
         loader = DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True,
                             drop_last=len(self.train_set) > self.cfg.batch_size, generator=gen,
                             num_workers=self.cfg.num_workers)
+        # workers are forked per epoch and inherit the preloaded cache; the epoch number
+        # travels with the dataset, so crops and augmentation differ per epoch
         total, count = 0.0, 0
         n_batches = len(loader) if self.cfg.max_batches is None else min(len(loader),
                                                                          self.cfg.max_batches)
@@ -220,7 +222,7 @@ class Trainer:
             if self.cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
-            total += float(loss) * x.shape[0]
+            total += float(loss.detach()) * x.shape[0]
             count += x.shape[0]
             bar.set_postfix(loss=f"{total / count:.4f}")
         bar.close()
@@ -230,8 +232,7 @@ class Trainer:
     def evaluate(self, dataset: ProtocolDataset) -> tuple[float, float, np.ndarray]:
         """Dev loss, EER and the raw spoof scores of every trial."""
         self.model.eval()
-        loader = DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
-                            num_workers=self.cfg.num_workers)
+        loader = DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False)
         losses, raws = [], []
         for x, y in loader:
             logits = self.model(x.to(self.device))
@@ -248,6 +249,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "checkpoints").mkdir(exist_ok=True)
         seed_everything(self.cfg.seed)
+        self.train_set.preload(self.progress)
+        self.dev_set.preload(self.progress)
         start = self._try_resume()
         for epoch in range(start, self.cfg.epochs + 1):
             t0 = time.monotonic()

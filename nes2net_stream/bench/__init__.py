@@ -1,0 +1,1 @@
+"""Benchmarks that print JSON figures (``nes2net-stream bench``)."""

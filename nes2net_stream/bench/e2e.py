@@ -1,0 +1,147 @@
+"""End-to-end load benchmark: N concurrent real-time calls over loopback WebSocket.
+
+The service runs as a separate process (so its CPU time can be measured) with a real Redis.
+Each simulated call streams a sample recording at real-time pace in 20 ms packets, like a
+telephony gateway. A reader tails ``nes2net:scores`` and measures, for every window, the time
+from the moment its last audio sample was sent to the moment its event was written to Redis
+(the entry id's server timestamp). A load level is *sustained* when every call got its summary,
+no window was dropped and the p99 latency stays under the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from nes2net_stream.audio.io import load_audio
+from nes2net_stream.client import stream_samples
+
+
+@dataclass
+class LevelResult:
+    """Measurements at one concurrency level."""
+
+    calls: int
+    duration_s: float
+    windows: int
+    windows_per_s: float
+    dropped_windows: int
+    summaries: int
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    latency_max_ms: float | None
+    service_cpu_s: float
+    cpu_ms_per_call_second: float
+    client_lag_p99_ms: float
+    sustained: bool
+    errors: list[str] = field(default_factory=list)
+
+
+async def _reader(url: str, starts: dict[str, float], latencies: list[float],
+                  stop: asyncio.Event, stream: str) -> int:
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    last = "$"
+    seen = 0
+    try:
+        info = await client.xinfo_stream(stream)
+        last = info["last-generated-id"]
+    except Exception:  # noqa: BLE001 - the stream may not exist yet
+        last = "0-0"
+    try:
+        while not stop.is_set():
+            reply = await client.xread({stream: last}, block=200, count=1000)
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    ev = json.loads(fields["event"])
+                    t0 = starts.get(ev["call_id"])
+                    if t0 is None:
+                        continue
+                    written = int(entry_id.split("-")[0]) / 1000.0
+                    latencies.append(written - (t0 + ev["window"]["end_s"]))
+                    seen += 1
+    finally:
+        await client.aclose()
+    return seen
+
+
+async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, calls: int,
+                    duration_s: float, *, cpu: Any, ramp_s: float = 5.0,
+                    target_p99_ms: float = 500.0, frame_ms: int = 20) -> LevelResult:
+    """Run ``calls`` concurrent real-time calls of ``duration_s`` each."""
+    n = int(duration_s * rate)
+    reps = int(np.ceil(n / audio.shape[0]))
+    clip = np.tile(audio, reps)[:n]
+    starts: dict[str, float] = {}
+    latencies: list[float] = []
+    lags: list[float] = []
+    stop = asyncio.Event()
+    reader = asyncio.create_task(_reader(redis_url, starts, latencies, stop, "nes2net:scores"))
+    await asyncio.sleep(0.3)
+    cpu0 = cpu()
+    t_begin = time.monotonic()
+
+    async def one(i: int) -> Any:
+        await asyncio.sleep(ramp_s * i / max(1, calls))
+        call_id = f"bench-{calls}-{i}"
+        offset = int(i * rate * 0.37) % clip.shape[0]  # different audio per call
+        x = np.roll(clip, offset)
+        starts[call_id] = time.time()
+        began = time.monotonic()
+        res = await stream_samples(ws_url, x, rate, call_id=call_id, encoding="mulaw",
+                                   realtime=True, frame_ms=frame_ms, open_timeout=60)
+        lags.append(time.monotonic() - began - duration_s)
+        return res
+
+    results = await asyncio.gather(*[one(i) for i in range(calls)], return_exceptions=True)
+    await asyncio.sleep(1.0)
+    stop.set()
+    await reader
+    elapsed = time.monotonic() - t_begin
+    cpu_used = cpu() - cpu0
+    errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    summaries = [r.summary for r in ok if r.summary is not None]
+    dropped = sum(s["summary"]["windows_dropped"] for s in summaries)
+    windows = sum(s["summary"]["windows_scored"] for s in summaries)
+    lat = np.array(latencies) * 1000.0 if latencies else None
+    p99 = float(np.percentile(lat, 99)) if lat is not None else None
+    sustained = (not errors and len(summaries) == calls and dropped == 0 and p99 is not None
+                 and p99 <= target_p99_ms)
+    return LevelResult(
+        calls=calls, duration_s=duration_s, windows=windows,
+        windows_per_s=round(windows / elapsed, 2), dropped_windows=dropped,
+        summaries=len(summaries),
+        latency_p50_ms=None if lat is None else round(float(np.percentile(lat, 50)), 1),
+        latency_p99_ms=None if p99 is None else round(p99, 1),
+        latency_max_ms=None if lat is None else round(float(lat.max()), 1),
+        service_cpu_s=round(cpu_used, 2),
+        cpu_ms_per_call_second=round(1000 * cpu_used / (calls * duration_s), 3),
+        client_lag_p99_ms=round(1000 * float(np.percentile(lags, 99)), 1) if lags else 0.0,
+        sustained=sustained, errors=errors[:5])
+
+
+async def run_sweep(ws_url: str, redis_url: str, audio_path: Path, levels: list[int],
+                    duration_s: float, *, cpu: Any, target_p99_ms: float = 500.0,
+                    frame_ms: int = 20, stop_on_failure: bool = True) -> dict[str, Any]:
+    """Run increasing load levels; report each and the largest sustained one."""
+    clip = load_audio(audio_path, sample_rate=8000)
+    out: list[dict[str, Any]] = []
+    best = 0
+    for calls in levels:
+        res = await run_level(ws_url, redis_url, clip.samples, 8000, calls, duration_s, cpu=cpu,
+                              target_p99_ms=target_p99_ms, frame_ms=frame_ms)
+        out.append(asdict(res))
+        if res.sustained:
+            best = max(best, calls)
+        elif stop_on_failure:
+            break
+    return {"levels": out, "max_sustained_calls": best, "target_p99_ms": target_p99_ms,
+            "frame_ms": frame_ms, "call_duration_s": duration_s}

@@ -1,0 +1,100 @@
+"""``nes2net-stream bench``: throughput and latency figures as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+
+def _stamp() -> dict[str, str]:
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host_cpus": str(os.cpu_count())}
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks printing JSON figures."""
+
+
+@bench.command("engine")
+@click.option("--model", "model_path", default="builtin:demo", show_default=True,
+              help="Model bundle to time.")
+@click.option("--batch-sizes", default="1,8,32,128", show_default=True)
+@click.option("--window-s", type=float, default=4.0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Autocast dtype on CUDA [bfloat16 on CUDA].")
+@click.option("--min-time-s", type=float, default=2.0, show_default=True)
+def bench_engine(model_path: str, batch_sizes: str, window_s: float, device: str,
+                 dtype: str | None, min_time_s: float) -> None:
+    """Windows per second and latency per batch of the scoring model."""
+    import torch
+
+    from nes2net_stream.bench.engine import bench_model, environment
+    from nes2net_stream.bundle import load_model
+    from nes2net_stream.cli.common import resolve_device
+
+    dev = torch.device(resolve_device(device))
+    detector = load_model(model_path, device=dev)
+    dt = getattr(torch, dtype or ("bfloat16" if dev.type == "cuda" else "float32"))
+    rows = bench_model(detector, [int(b) for b in batch_sizes.split(",")], window_s=window_s,
+                       dtype=None if dt == torch.float32 else dt, min_time_s=min_time_s)
+    click.echo(json.dumps({"benchmark": "engine", **_stamp(), "model_id": detector.model_id,
+                           "device": str(dev), "dtype": str(dt).replace("torch.", ""),
+                           "window_s": window_s, "environment": environment(dev),
+                           "rows": rows}, indent=2))
+
+
+@bench.command("e2e")
+@click.option("--calls", default="25,50,100,150,200,250,300", show_default=True,
+              help="Concurrency levels to try, in order.")
+@click.option("--duration-s", type=float, default=30.0, show_default=True,
+              help="Length of every simulated call.")
+@click.option("--target-p99-ms", type=float, default=500.0, show_default=True)
+@click.option("--frame-ms", type=int, default=20, show_default=True,
+              help="Audio packet size sent by the simulated gateway.")
+@click.option("--model", "model_path", default="builtin:demo", show_default=True)
+@click.option("--audio", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Call audio to loop [the bundled human sample call].")
+@click.option("--redis-url", envvar="REDIS_URL", default=None,
+              help="Use this Redis instead of starting a local redis-server.")
+@click.option("--keep-going", is_flag=True, help="Run every level even after one fails.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the JSON here.")
+def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int,
+              model_path: str, audio: Path | None, redis_url: str | None, keep_going: bool,
+              out: Path | None) -> None:
+    """Sustained concurrent real-time calls over loopback, latency window -> Redis event."""
+    import tempfile
+
+    from nes2net_stream.bench.e2e import run_sweep
+    from nes2net_stream.demo import sample_path
+    from nes2net_stream.localstack import LocalRedis, ServiceProcess
+
+    local = None if redis_url else LocalRedis()
+    url = redis_url or local.url  # type: ignore[union-attr]
+    log = Path(tempfile.gettempdir()) / "nes2net-bench-service.log"
+    service = ServiceProcess(url, model=model_path, log_path=log,
+                             extra_env={"NES2NET_LIMITS__MAX_CALLS": "100000",
+                                        "NES2NET_LOGGING__LEVEL": "warning"})
+    try:
+        service.wait_ready()
+        levels = [int(c) for c in calls.split(",")]
+        report = asyncio.run(run_sweep(service.url, url, audio or sample_path("human_call.wav"),
+                                       levels, duration_s, cpu=service.cpu_seconds,
+                                       target_p99_ms=target_p99_ms, frame_ms=frame_ms,
+                                       stop_on_failure=not keep_going))
+    finally:
+        service.stop()
+        if local is not None:
+            local.stop()
+    report = {"benchmark": "e2e", **_stamp(), "model": model_path, **report}
+    text = json.dumps(report, indent=2)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+    click.echo(text)
