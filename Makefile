@@ -39,6 +39,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev,corpus,webrtc]"
+	$(PIP) install -q -e plugins/nes2net-gateways
 	touch $@
 
 lint: setup

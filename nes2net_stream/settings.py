@@ -6,7 +6,7 @@ the two equal). Every section forbids unknown keys, so a typo fails at start-up.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -151,6 +151,8 @@ class Settings(Section):
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     auth: AuthSection = Field(default_factory=AuthSection)
+    #: ``[gateways.<name>]`` tables, validated by each plugin's own settings model at start-up
+    gateways: dict[str, dict[str, Any]] = Field(default_factory=dict)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
     _source: str = PrivateAttr(default="built-in defaults")

@@ -13,6 +13,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import tone_bursts  # noqa: E402
+
 from nes2net_stream.data.protocols import LA2019_PROTOCOLS, Trial, write_protocol  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"

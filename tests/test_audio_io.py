@@ -3,8 +3,8 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-
 from helpers import tone_bursts
+
 from nes2net_stream.audio import g711
 from nes2net_stream.audio.io import load_audio, resample
 from nes2net_stream.errors import AudioError

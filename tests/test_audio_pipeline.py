@@ -1,15 +1,15 @@
 import numpy as np
 import pytest
-
 from helpers import tone_bursts
+
 from nes2net_stream.audio.pipeline import ChannelPipeline
 from nes2net_stream.audio.vad import SpeechDetector, VADConfig
 from nes2net_stream.audio.windows import SpeechWindower, WindowConfig, pad_by_repetition
 from nes2net_stream.errors import ConfigError
 
 
-def run(x, rate, chunk, vad=VADConfig(), win=WindowConfig()):
-    pipe = ChannelPipeline(rate, vad, win)
+def run(x, rate, chunk, vad=None, win=None):
+    pipe = ChannelPipeline(rate, vad or VADConfig(), win or WindowConfig())
     out = []
     for i in range(0, len(x), chunk):
         out += pipe.push(x[i:i + chunk])
@@ -24,7 +24,7 @@ def test_windows_do_not_depend_on_chunking(rate):
     b, _ = run(x, rate, 3 * rate + 17)    # odd-sized big chunks
     c, _ = run(x, rate, len(x))           # whole file at once
     assert len(a) == len(b) == len(c) > 0
-    for u, v, w in zip(a, b, c):
+    for u, v, w in zip(a, b, c, strict=True):
         assert np.array_equal(u.samples, v.samples) and np.array_equal(u.samples, w.samples)
         assert (u.start_s, u.end_s) == (w.start_s, w.end_s)
 

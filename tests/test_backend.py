@@ -3,9 +3,9 @@ import itertools
 import pytest
 import torch
 
+from nes2net_stream.errors import BundleError
 from nes2net_stream.models.config import BackendConfig
 from nes2net_stream.models.nes2net import Nes2Net, count_parameters
-from nes2net_stream.errors import BundleError
 
 
 def test_nes2net_x_parameter_count_matches_paper():
@@ -19,7 +19,9 @@ def test_parameter_count_by_hand_small_geometry():
     # D=16, N=2 outer groups -> C=8, inner ratio 2 -> width 4, SE ratio 2 -> hidden 4
     cfg = BackendConfig(variant="nes2net", input_dim=16, outer_ratio=2, inner_ratio=2,
                         se_ratio=2, pooling="mean", n_logits=2)
-    block = (8 * 8 + 8) + 2 * 8 + (4 * 4 * 3 + 4) + 2 * 4 + (8 * 8 + 8) + 2 * 8 + (8 * 4 + 4) + (4 * 8 + 8)
+    # conv1 + bn1 + one inner conv + its bn + conv3 + bn3 + SE squeeze + SE excite
+    block = ((8 * 8 + 8) + 2 * 8 + (4 * 4 * 3 + 4) + 2 * 4 + (8 * 8 + 8) + 2 * 8
+             + (8 * 4 + 4) + (4 * 8 + 8))
     total = block + 2 * 8 + 2 * 16 + (16 * 2 + 2)
     assert count_parameters(Nes2Net(cfg)) == total
 

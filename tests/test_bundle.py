@@ -3,9 +3,9 @@ import tarfile
 
 import pytest
 import torch
+from helpers import tiny_hf_config
 from safetensors.torch import save_file
 
-from helpers import tiny_hf_config
 from nes2net_stream import load_model, save_model
 from nes2net_stream.bundle import FORMAT_VERSION, archive_bundle
 from nes2net_stream.errors import BundleError

@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 import torch
-
 from helpers import tiny_hf_config
+
 from nes2net_stream.errors import BundleError
 from nes2net_stream.models.config import BackendConfig, SpectralConfig, SSLConfig
 from nes2net_stream.models.detector import Detector

@@ -5,10 +5,10 @@ import asyncio
 import json
 
 import pytest
+from helpers import tone_bursts
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from helpers import tone_bursts
 from nes2net_stream.client import encode_samples, stream_samples
 
 START = {"type": "start", "call_id": "bad-1", "encoding": "pcm_s16le", "sample_rate": 8000,

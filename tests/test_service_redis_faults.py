@@ -4,6 +4,7 @@ import asyncio
 import json
 
 from helpers import tone_bursts
+
 from nes2net_stream.client import stream_samples
 
 

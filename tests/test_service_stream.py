@@ -3,9 +3,8 @@ import json
 import urllib.request
 
 import numpy as np
-import pytest
-
 from helpers import tone_bursts
+
 from nes2net_stream.client import encode_samples, stream_samples
 
 DOCUMENTED = {"schema", "event_id", "type", "call_id", "channel", "source", "metadata", "ts",

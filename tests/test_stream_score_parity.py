@@ -6,8 +6,8 @@ import json
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-
 from helpers import tone_bursts
+
 from nes2net_stream.cli import cli
 from nes2net_stream.client import stream_file
 
@@ -32,7 +32,7 @@ async def test_streamed_windows_match_file_scoring(make_service, small_bundle, t
     scored = json.loads(out.output.strip().splitlines()[-1])
     live = streamed.of_type("window")
     assert len(live) == len(scored["windows"]) >= 4
-    for ev, win in zip(live, scored["windows"]):
+    for ev, win in zip(live, scored["windows"], strict=True):
         assert ev["window"]["start_s"] == pytest.approx(win["start_s"], abs=1e-3)
         assert ev["window"]["end_s"] == pytest.approx(win["end_s"], abs=1e-3)
         assert ev["score"]["spoof_probability"] == pytest.approx(win["spoof_probability"],

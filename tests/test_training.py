@@ -8,7 +8,7 @@ from nes2net_stream.models.config import BackendConfig, SpectralConfig
 from nes2net_stream.models.detector import Detector
 from nes2net_stream.training.checkpoints import average_state_dicts
 from nes2net_stream.training.dataset import ProtocolDataset, load_split
-from nes2net_stream.training.trainer import Trainer, TrainConfig, classification_loss
+from nes2net_stream.training.trainer import TrainConfig, Trainer, classification_loss
 
 
 def make(toy_corpus, tmp_path, epochs=3, **cfg_kw):

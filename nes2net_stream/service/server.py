@@ -24,6 +24,8 @@ from websockets.http11 import Request, Response
 
 from nes2net_stream.bundle import load_model
 from nes2net_stream.errors import ConfigError
+from nes2net_stream.gateways.api import Gateway, HandshakeRejected
+from nes2net_stream.gateways.registry import load_gateways
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service.auth import TokenAuth
 from nes2net_stream.service.context import ServiceContext
@@ -85,11 +87,20 @@ def build_context(settings: Settings, metrics: ServiceMetrics | None = None) -> 
 class Service:
     """One service process."""
 
-    def __init__(self, settings: Settings, ctx: ServiceContext | None = None):
+    def __init__(self, settings: Settings, ctx: ServiceContext | None = None,
+                 gateway_classes: dict[str, type[Gateway]] | None = None):
         self.settings = settings
         self.ctx = ctx or build_context(settings)
         self.routes: dict[str, Handler] = {GENERIC_PATH: handle_generic}
+        self.gateways = load_gateways(settings.gateways, self.ctx, settings.server.host,
+                                      gateway_classes)
+        self._ws_gateways: dict[str, Gateway] = {}
+        for gw in self.gateways:
+            if gw.transport == "websocket":
+                self.add_route(gw.config.path, _gateway_handler(gw))
+                self._ws_gateways[gw.config.path] = gw
         self.server: Server | None = None
+        self._tcp_servers: list[asyncio.Server] = []
         self._stopped = asyncio.Event()
 
     @property
@@ -122,6 +133,16 @@ class Service:
             return _text(conn, HTTPStatus.UPGRADE_REQUIRED, "WebSocket upgrade required\n")
         if self.ctx.draining:
             return _text(conn, HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+        gateway = self._ws_gateways.get(path)
+        if gateway is not None:
+            try:
+                gateway.check_handshake(request, _remote(conn))
+            except HandshakeRejected as rej:
+                self.ctx.metrics.calls_rejected.labels(reason="unauthorized").inc()
+                gateway.log.warning("handshake refused", status=rej.status, reason=rej.reason,
+                                    remote=_remote(conn))
+                return _text(conn, HTTPStatus(rej.status), rej.reason + "\n")
+            return None
         if path == GENERIC_PATH and not self.ctx.auth.check_request(request.path,
                                                                     request.headers):
             self.ctx.metrics.calls_rejected.labels(reason="unauthorized").inc()
@@ -140,6 +161,13 @@ class Service:
                      json.dumps({"ready": ok, "checks": checks}) + "\n")
         resp.headers["Content-Type"] = "application/json"
         return resp
+
+    def _select_subprotocol(self, conn: ServerConnection, offered: list[str]) -> str | None:
+        path = conn.request.path.split("?", 1)[0] if conn.request else ""
+        gateway = self._ws_gateways.get(path)
+        if gateway is None:
+            return None
+        return next((p for p in offered if p in gateway.subprotocols), None)
 
     async def _handler(self, conn: ServerConnection) -> None:
         path = conn.request.path.split("?", 1)[0] if conn.request else ""
@@ -167,8 +195,17 @@ class Service:
         s = self.settings.server
         self.server = await serve(
             self._handler, s.host, s.port, process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
             max_size=MAX_WS_MESSAGE, ssl=self._ssl(), ping_interval=20, ping_timeout=20,
             close_timeout=5, server_header="nes2net-stream")
+        for gw in self.gateways:
+            if gw.transport == "tcp":
+                srv = await asyncio.start_server(gw.serve_tcp, gw.config.host, gw.config.port,
+                                                 limit=1 << 17)
+                gw.bound_port = srv.sockets[0].getsockname()[1]
+                self._tcp_servers.append(srv)
+                log.info("gateway listening", gateway=gw.name, host=gw.config.host,
+                         port=gw.bound_port)
         log.info("service listening", host=s.host, port=self.port, model=self.ctx.engine.model_id,
                  device=str(self.ctx.engine.device), auth_required=self.ctx.auth.required,
                  paths=sorted(self.routes))
@@ -182,6 +219,8 @@ class Service:
         log.info("draining", active_calls=len(self.ctx.calls), deadline_s=deadline)
         if self.server is not None:
             self.server.close(close_connections=False)
+        for srv in self._tcp_servers:
+            srv.close()
         sessions = list(self.ctx.calls.values())
         ends = [self.ctx.end_call(s, CallEnd("shutdown")) for s in sessions]
         if ends:
@@ -208,6 +247,18 @@ class Service:
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await self.drain()
+
+
+def _gateway_handler(gateway: Gateway) -> Handler:
+    async def handle(conn: ServerConnection, _ctx: ServiceContext) -> None:
+        await gateway.serve_websocket(conn)
+
+    return handle
+
+
+def _remote(conn: ServerConnection) -> str | None:
+    addr = conn.remote_address
+    return f"{addr[0]}:{addr[1]}" if addr else None
 
 
 def _text(conn: ServerConnection, status: HTTPStatus, body: str) -> Response:

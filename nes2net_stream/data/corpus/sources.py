@@ -4,8 +4,8 @@ Each recording gets a speaker id, sex, language and a fixed split, so train, dev
 speaker-disjoint. Allison (R1), Armelle (R2) and six codec2 talkers (clean and radio, both
 sexes) are in train; dev and eval hold speakers never heard in training, of both sexes. The two
 pocketsphinx test speakers whose identity is unknown (cards, tidigits) could be the same person
-and are kept in the same split (dev); the LibriVox reader and the CMU ARCTIC speakers are eval. codec2's ``wia_16kHz.wav`` holds 0.7 s of speech, too little for an utterance,
-and is not used.
+and are kept in the same split (dev); the LibriVox reader and the CMU ARCTIC speakers are eval.
+codec2's ``wia_16kHz.wav`` holds 0.7 s of speech, too little for an utterance, and is not used.
 """
 
 from __future__ import annotations

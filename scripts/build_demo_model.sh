@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Rebuild the bundled demo model from scratch, offline:
+#   demo corpus -> training (with dev calibration) -> evaluation on the held-out eval split
+#   -> bundle in nes2net_stream/assets/demo-model with its model card.
+# Takes about 30 minutes on 2 CPU cores. Paths can be overridden with CORPUS, RUN and SEED.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+CORPUS=${CORPUS:-corpus/demo}
+RUN=${RUN:-runs/demo-model}
+SEED=${SEED:-0}
+OUT=nes2net_stream/assets/demo-model
+MODEL_ID=${MODEL_ID:-nes2net-demo-lfb-v1}
+
+if [ ! -f "$CORPUS/corpus.json" ]; then
+  "$PY" -m nes2net_stream data build-demo "$CORPUS" --seed "$SEED" --jobs 2 --no-progress
+fi
+
+"$PY" -m nes2net_stream train --database "$CORPUS" --run-dir "$RUN" --out "$RUN/model" \
+  --model-id "$MODEL_ID" --augment-config scripts/demo_augment.json \
+  --n-features 128 --outer-ratio 8 --inner-ratio 4 --se-ratio 2 \
+  --epochs 16 --batch-size 32 --lr 1e-3 --average-best 5 --seed "$SEED" \
+  --num-workers 2 --no-progress
+
+for mode in 4s windows; do
+  "$PY" -m nes2net_stream eval --model "$RUN/model" --database "$CORPUS" --split eval \
+    --mode "$mode" --out "$RUN/eval-$mode"
+done
+
+rm -rf "$OUT"
+cp -r "$RUN/model" "$OUT"
+"$PY" scripts/model_card.py --run "$RUN" --corpus "$CORPUS" --bundle "$OUT" \
+  --doc docs/model-card-demo.md
+echo "demo model written to $OUT"
