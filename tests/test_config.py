@@ -13,7 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 def test_repository_config_equals_builtin_defaults():
     with (REPO / "config.toml").open("rb") as fh:
         data = tomllib.load(fh)
+    gateways = data.pop("gateways", {})
     assert Settings.model_validate(data).model_dump() == Settings().model_dump()
+    # the example gateway tables are valid for their plugins, and disabled by default
+    from nes2net_stream.gateways.registry import discover
+
+    plugins = discover()
+    for name, table in gateways.items():
+        assert name in plugins, f"config.toml has [gateways.{name}] but no such plugin"
+        cfg = plugins[name].Config.model_validate(table)
+        assert cfg.enabled is False
 
 
 def test_precedence_cli_over_env_over_file(tmp_path):

@@ -60,6 +60,19 @@ class ChannelPipeline:
             x = self._resampler.resample_chunk(x, last=False)
         return self._frames(x)
 
+    def advance(self, seconds: float) -> None:
+        """Account for a gap in the input (audio paused or discarded by the provider).
+
+        The stream clock moves on by ``seconds`` so later window times match the provider's
+        position; the partial frame before the gap is dropped. Speech-only windows already
+        skip silence, so a gap is treated like one.
+        """
+        if seconds <= 0 or self._finished:
+            return
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._consumed += int(round(seconds * MODEL_RATE))
+        self._input_samples += int(round(seconds * self.input_rate))
+
     def finish(self) -> list[SpeechWindow]:
         """End of stream: flush the resampler and emit a final window if one is due."""
         if self._finished:

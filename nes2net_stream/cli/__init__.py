@@ -8,6 +8,7 @@ import click
 
 from nes2net_stream import __version__
 from nes2net_stream.cli.bench_cmd import bench
+from nes2net_stream.cli.convert_cmd import convert_checkpoint_cmd
 from nes2net_stream.cli.data_cmd import data
 from nes2net_stream.cli.eval_cmd import eval_cmd
 from nes2net_stream.cli.model_cmd import model
@@ -33,6 +34,7 @@ cli.add_command(serve)
 cli.add_command(stream)
 cli.add_command(watch)
 cli.add_command(bench)
+cli.add_command(convert_checkpoint_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

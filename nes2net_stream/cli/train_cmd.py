@@ -26,9 +26,11 @@ def build_model(opts: dict[str, Any]) -> Any:
         return detector
     if opts["frontend"] == "spectral":
         front = SpectralConfig(kind=opts["spectral_kind"], n_features=opts["n_features"],
-                               max_freq_hz=opts["max_freq_hz"])
+                               max_freq_hz=opts["max_freq_hz"], n_fft=opts["n_fft"],
+                               win_length=opts["win_length"], hop_length=opts["hop_length"],
+                               projection_dim=opts["projection_dim"])
         module = None
-        dim = front.n_features
+        dim = front.projection_dim or front.n_features
     else:
         if not opts["ssl_path"]:
             raise click.UsageError("--frontend ssl needs --ssl-path (a local transformers folder)")
@@ -62,6 +64,13 @@ def build_model(opts: dict[str, Any]) -> Any:
               show_default=True)
 @click.option("--n-features", type=int, default=128, show_default=True)
 @click.option("--max-freq-hz", type=float, default=4000.0, show_default=True)
+@click.option("--n-fft", type=int, default=512, show_default=True)
+@click.option("--win-length", type=int, default=400, show_default=True,
+              help="Analysis window in samples at 16 kHz.")
+@click.option("--hop-length", type=int, default=160, show_default=True,
+              help="Frame step in samples at 16 kHz (320 = the 20 ms of SSL models).")
+@click.option("--projection-dim", type=int, default=0, show_default=True,
+              help="Learnable stem from the spectral features to this back-end dimension.")
 @click.option("--ssl-path", default=None, help="Local transformers folder with SSL weights.")
 @click.option("--ssl-family", type=click.Choice(["wav2vec2", "wavlm", "hubert"]),
               default="wav2vec2", show_default=True)

@@ -107,6 +107,14 @@ class CallHandle:
             raise RuntimeError("audio before start")
         self.session.feed(chunk)
 
+    def discontinuity(self, gap_s: float) -> None:
+        """Tell the pipeline that ``gap_s`` seconds of the provider's audio are missing.
+
+        Used for paused or discarded audio; window times stay aligned with the provider's clock.
+        """
+        if self.session is not None:
+            self.session.discontinuity(gap_s)
+
     async def end(self, end: CallEnd) -> list[OutputEvent]:
         """End the call; summaries are published. A no-op if it never started."""
         if self.session is None:

@@ -18,6 +18,7 @@ Activation = Literal["relu", "selu"]
 Pooling = Literal["mean", "astp"]
 SSLFamily = Literal["wav2vec2", "wavlm", "hubert"]
 LayerAggregation = Literal["last", "sea", "weighted_sum", "attentive_merge"]
+LastHiddenState = Literal["layer_output", "encoder_output"]
 SpectralKind = Literal["lfb", "lfcc", "logspec"]
 
 T = TypeVar("T")
@@ -131,6 +132,9 @@ class SpectralConfig:
             wideband and narrowband input look alike to the model.
         pre_emphasis: first-order pre-emphasis coefficient (0 disables).
         normalize: subtract the per-window mean of each feature over time.
+        projection_dim: when > 0, a learnable convolutional stem (kernel
+            ``projection_kernel``, batch norm, ReLU) maps the features to this dimension, so a
+            full-size Nes2Net back-end (D = 1024) can sit on a spectral front-end.
     """
 
     kind: SpectralKind = "lfb"
@@ -142,6 +146,8 @@ class SpectralConfig:
     max_freq_hz: float = 4000.0
     pre_emphasis: float = 0.97
     normalize: bool = True
+    projection_dim: int = 0
+    projection_kernel: int = 3
 
     def __post_init__(self) -> None:
         if self.n_features < 2 or self.n_fft < 16 or self.win_length > self.n_fft:
@@ -152,6 +158,8 @@ class SpectralConfig:
             raise ValueError("need 0 <= min_freq_hz < max_freq_hz <= 8000")
         if not 0.0 <= self.pre_emphasis < 1.0:
             raise ValueError("pre_emphasis must be in [0, 1)")
+        if self.projection_dim < 0 or self.projection_kernel < 1 or self.projection_kernel % 2 == 0:
+            raise ValueError("projection_dim must be >= 0 and projection_kernel odd")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpectralConfig:
@@ -175,8 +183,15 @@ class SSLConfig:
         hf_config: the transformers model configuration (``config.to_dict()``), stored in the
             bundle so no hub access is ever needed to rebuild the network.
         freeze: keep the SSL weights fixed during training.
-        normalize_waveform: zero-mean unit-variance normalise each input window (the official
-            Nes2Net checkpoints feed raw waveforms, so it is off by default).
+        normalize_waveform: layer-normalise each input window over time (zero mean, unit
+            variance, epsilon 1e-5), as fairseq and s3prl do for models pre-trained with
+            ``normalize`` (WavLM Large). Off by default: the XLS-R Nes2Net checkpoints feed raw
+            waveforms.
+        last_hidden_state: which tensor is the last of the L hidden states that a layer
+            aggregation combines: ``layer_output`` (the raw output of the last transformer
+            layer) or ``encoder_output`` (the encoder output after its final layer norm, the
+            convention of s3prl and of transformers' ``output_hidden_states``, which the
+            published WavLM Nes2Net checkpoints were trained with). Unused by ``last``.
     """
 
     family: SSLFamily = "wav2vec2"
@@ -184,6 +199,7 @@ class SSLConfig:
     hf_config: dict[str, Any] = field(default_factory=dict)
     freeze: bool = False
     normalize_waveform: bool = False
+    last_hidden_state: LastHiddenState = "layer_output"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SSLConfig:

@@ -3,8 +3,9 @@
 Linear-frequency features keep the fine high-frequency resolution that matters for spoofing
 detection (LFCC is the classic ASVspoof baseline front-end). By default only the telephone band
 (up to 4 kHz) is analysed, so a call recorded at 8 kHz and one at 48 kHz look alike to the model.
-Everything is a fixed torch computation with no learnable parameters: cheap on a CPU and
-deterministic, so the same window gives the same features in streaming and in file scoring.
+The spectral analysis is a fixed torch computation: cheap on a CPU and deterministic, so the
+same window gives the same features in streaming and in file scoring. An optional learnable
+convolutional stem projects the features to the dimension of a full-size Nes2Net back-end.
 """
 
 from __future__ import annotations
@@ -64,11 +65,19 @@ class SpectralFrontend(nn.Module):
             self.register_buffer("fbank", fb[:bins], persistent=False)
         self.register_buffer("dct", dct_matrix(cfg.n_features) if cfg.kind == "lfcc"
                              else torch.empty(0), persistent=False)
+        self.projection: nn.Module | None = None
+        if cfg.projection_dim:
+            k = cfg.projection_kernel
+            self.projection = nn.Sequential(
+                nn.Conv1d(cfg.n_features, cfg.projection_dim, k, padding=k // 2),
+                nn.BatchNorm1d(cfg.projection_dim),
+                nn.ReLU(),
+            )
 
     @property
     def output_dim(self) -> int:
-        """Feature dimension D."""
-        return self.cfg.n_features
+        """Feature dimension D given to the back-end."""
+        return self.cfg.projection_dim or self.cfg.n_features
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """Compute (B, D, frames) log features of (B, S) float waveforms."""
@@ -89,4 +98,6 @@ class SpectralFrontend(nn.Module):
             feats = torch.einsum("bnt,nk->bkt", feats, self.dct)
         if cfg.normalize:
             feats = feats - feats.mean(dim=-1, keepdim=True)
+        if self.projection is not None:
+            feats = self.projection(feats)
         return feats

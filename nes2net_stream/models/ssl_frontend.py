@@ -6,8 +6,10 @@ weights. A Hugging Face hub id is only resolved when the caller explicitly allow
 Hidden states are collected with forward hooks on the transformer layers, so the definition
 does not depend on the transformers version: ``hidden[0]`` is the input of the first layer
 (after the convolutional positional embedding) and ``hidden[i]`` the raw output of layer ``i``;
-``last`` uses the encoder's final output (after the final layer norm of pre-LN models such as
-XLS-R and WavLM Large). Layer aggregations follow the CtrSVDD Nes2Net code: SE-attention merge
+with ``last_hidden_state="encoder_output"`` the last one is instead the encoder output after
+its final layer norm, as s3prl's WavLM hooks deliver it. ``last`` uses the encoder's final
+output (after the final layer norm of pre-LN models such as XLS-R and WavLM Large). Layer
+aggregations follow the CtrSVDD Nes2Net code: SE-attention merge
 (``sea``), softmax-weighted sum and attentive merge (``attentive_merge``); parameter names match
 the official modules (``fc_att_merge``, ``weight_hidd``, ``W``, ``W1``, ``W2``, ``linear_proj``).
 """
@@ -141,12 +143,14 @@ class SSLFrontend(nn.Module):
                 h.remove()
         if len(captured) != self.n_layer:
             raise RuntimeError(f"captured {len(captured)} hidden states, expected {self.n_layer}")
+        if self.cfg.last_hidden_state == "encoder_output":
+            captured[-1] = out.last_hidden_state
         return out.last_hidden_state, captured
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) waveform -> (B, D, frames)."""
         if self.cfg.normalize_waveform:
-            wave = (wave - wave.mean(dim=1, keepdim=True)) / (wave.std(dim=1, keepdim=True) + 1e-7)
+            wave = F.layer_norm(wave, wave.shape[-1:], eps=1e-5)
         if self.cfg.aggregation == "last":
             feats = self.model(wave).last_hidden_state
         else:

@@ -103,8 +103,15 @@ def _round(x: float) -> float:
 def score_file(detector: Detector, path: str | Path, *, mode: ScoreMode = "windows",
                vad: VADConfig | None = None, windows: WindowConfig | None = None,
                channel: ChannelSelect = "mix", aggregation: Aggregation = "mean",
-               batch_size: int = 16, official_samples: int = OFFICIAL_SAMPLES) -> FileScore:
-    """Score one audio file (any format and rate soundfile/sox/ffmpeg can read)."""
+               batch_size: int = 16, official_samples: int | None = None) -> FileScore:
+    """Score one audio file (any format and rate soundfile/sox/ffmpeg can read).
+
+    ``official_samples`` is the crop of ``mode="4s"``: by default the bundle's
+    ``metadata.source.official_crop_samples`` (converted checkpoints) or 64,600.
+    """
+    if official_samples is None:
+        source = detector.metadata.get("source") or {}
+        official_samples = int(source.get("official_crop_samples") or OFFICIAL_SAMPLES)
     vad = vad or VADConfig()
     windows = windows or WindowConfig()
     calibrated = detector.calibration.fitted

@@ -228,7 +228,11 @@ class Service:
                 await asyncio.wait_for(asyncio.gather(*ends, return_exceptions=True),
                                        deadline)
         if self.server is not None:
-            self.server.close(close_connections=True)
+            # handlers notice the drain within half a second and close their sockets after
+            # sending the summary; close whatever is left
+            await asyncio.sleep(1.0)
+            stragglers = [c.close(1001, "shutting down") for c in list(self.server.connections)]
+            await asyncio.gather(*stragglers, return_exceptions=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), 10)
         await asyncio.to_thread(self.ctx.engine.stop, drain=True, timeout=deadline)

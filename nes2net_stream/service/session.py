@@ -102,6 +102,13 @@ class CallSession:
         for ch in self._channels.values():
             self._process(ch, frames[:, ch.index], received)
 
+    def discontinuity(self, gap_s: float) -> None:
+        """A gap of ``gap_s`` seconds in the provider's audio (pause, discard, packet loss)."""
+        if self.ended is not None:
+            return
+        for ch in self._channels.values():
+            ch.pipeline.advance(gap_s)
+
     def _process(self, ch: _Channel, samples: np.ndarray, received: float) -> None:
         for window in ch.pipeline.push(samples):
             self._submit(ch, window, received)

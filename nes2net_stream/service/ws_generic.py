@@ -21,6 +21,7 @@ from nes2net_stream.service.session import CallSession
 
 log = get_logger("nes2net.ws")
 OUTBOUND_LIMIT = 1000
+DRAIN_POLL_S = 0.5
 
 
 class Outbound:
@@ -103,6 +104,9 @@ async def handle_generic(conn: ServerConnection, ctx: ServiceContext) -> None:
         end = CallEnd("shutdown")
         close_code, close_reason = CLOSE_GOING_AWAY, "shutting down"
         raise
+    else:
+        if end.reason == "shutdown":
+            close_code, close_reason = CLOSE_GOING_AWAY, "shutting down"
     finally:
         if session is not None:
             await ctx.end_call(session, end)
@@ -115,16 +119,20 @@ async def _stream(conn: ServerConnection, ctx: ServiceContext, session: CallSess
                   out: Outbound) -> CallEnd:
     limits = ctx.limits
     t0 = time.monotonic()
+    last_message = time.monotonic()
     while True:
         if ctx.draining:
             out.message(ProtocolError("shutting_down", "the service is shutting down; the "
                                       "call's summary follows").to_event())
             return CallEnd("shutdown")
-        try:
-            msg = await asyncio.wait_for(conn.recv(), limits.idle_timeout_s)
+        try:  # short waits so a drain is noticed even on a silent connection
+            msg = await asyncio.wait_for(conn.recv(), DRAIN_POLL_S)
         except TimeoutError:
-            raise ProtocolError("idle_timeout", f"no message for {limits.idle_timeout_s:g} s"
-                                ) from None
+            if time.monotonic() - last_message > limits.idle_timeout_s:
+                raise ProtocolError("idle_timeout", f"no message for "
+                                    f"{limits.idle_timeout_s:g} s") from None
+            continue
+        last_message = time.monotonic()
         if isinstance(msg, bytes):
             if len(msg) > limits.max_frame_bytes:
                 raise ProtocolError("frame_too_large", f"audio message of {len(msg)} bytes "

@@ -1,2 +1,5 @@
-"""Built-in gateway plugins of nes2net-stream (Twilio, Genesys AudioHook, FreeSWITCH, jambonz,
-Asterisk AudioSocket and WebSocket, Vonage, Telnyx, Plivo)."""
+"""Built-in gateway plugins of nes2net-stream.
+
+Twilio, Genesys AudioHook, FreeSWITCH, jambonz, Asterisk AudioSocket and WebSocket, Vonage,
+Telnyx and Plivo.
+"""

@@ -1,0 +1,278 @@
+"""Plivo audio streams gateway (``<Stream>`` XML element or the Stream REST API), listen only.
+
+Plivo dials the service and sends JSON text messages: ``start`` (``callId``, ``streamId``,
+``mediaFormat``, ``extra_headers``), ``media`` (base64 audio of one track), ``dtmf``,
+``playedStream``, ``clearedAudio``; the stream ends when Plivo closes the socket. Plivo
+documents no signature on the stream, so a shared token authenticates it: in the URL query
+(checked on the upgrade) or in ``extraHeaders`` (checked on ``start``, before any audio).
+See docs/gateways/plivo.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import SecretStr
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosedOK
+from websockets.http11 import Request
+
+from nes2net_gateways._common import (
+    AGENT_ROLE,
+    RateGuard,
+    SequenceTracker,
+    b64decode,
+    call_metadata,
+    call_start,
+    check_roles,
+    feed,
+    parse_json_object,
+    query_params,
+    remote_of,
+    require_secret,
+    secret_equal,
+    serve_ws_call,
+    ws_receive,
+)
+from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
+from nes2net_stream.service.errors import ProtocolError
+from nes2net_stream.service.events import CallEnd
+
+TRACKS = ("inbound", "outbound")
+
+
+class PlivoConfig(GatewayConfig):
+    """``[gateways.plivo]`` settings.
+
+    Attributes:
+        token: shared secret (letters and digits: Plivo's ``extraHeaders`` allows no others).
+        token_key: name of the query parameter / ``extraHeaders`` key carrying it.
+        customer_track: the track carrying the customer (``inbound`` for inbound calls).
+        stream_in_call_id: call id ``<callId>:<streamId>`` (True) or just the callId.
+        l16_byte_order: byte order of ``audio/x-l16`` payloads (Plivo does not document it).
+    """
+
+    path: str = "/v1/gateways/plivo"
+    token: SecretStr = SecretStr("")
+    token_key: str = "token"
+    customer_track: Literal["inbound", "outbound"] = "inbound"
+    stream_in_call_id: bool = True
+    l16_byte_order: Literal["le", "be"] = "le"
+
+
+# --------------------------------------------------------------------------- messages (pure)
+
+@dataclass(frozen=True)
+class PlivoStart:
+    """A ``start`` message."""
+
+    sequence: int | None
+    call_id: str
+    stream_id: str
+    encoding: str  # "l16" or "mulaw"
+    sample_rate: int
+    account_id: str | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlivoMedia:
+    """A ``media`` message: one track's audio."""
+
+    sequence: int | None
+    stream_id: str | None
+    track: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class PlivoEvent:
+    """Any other message (``dtmf``, ``playedStream``, ``clearedAudio``, ``stop``...)."""
+
+    event: str
+    sequence: int | None
+
+
+PlivoMessage = PlivoStart | PlivoMedia | PlivoEvent
+
+
+def _int(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    raise ProtocolError("bad_message", f"{what} must be a non-negative integer")
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_message", f"{what} must be a JSON object")
+    return value
+
+
+def parse_extra_headers(value: Any) -> dict[str, str]:
+    """``extra_headers`` (``"a=1;b=2"`` or ``"a=1,b=2"``, or an object) as a dict."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return {str(k): v if isinstance(v, str) else str(v) for k, v in value.items()}
+    if not isinstance(value, str):
+        raise ProtocolError("bad_message", "extra_headers must be a string of key=value pairs")
+    out: dict[str, str] = {}
+    for item in value.replace(",", ";").split(";"):
+        key, sep, val = item.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = val.strip()
+    return out
+
+
+def _media_format(fmt: Any) -> tuple[str, int]:
+    if fmt is None:
+        return "l16", 8000  # Plivo's default contentType audio/x-l16;rate=8000
+    fmt = _object(fmt, "start.mediaFormat")
+    enc = fmt.get("encoding", "audio/x-l16")
+    rate: Any = fmt.get("sampleRate")
+    if isinstance(enc, str) and ";" in enc:  # contentType style "audio/x-l16;rate=16000"
+        enc, _, param = enc.partition(";")
+        if rate is None and param.strip().startswith("rate="):
+            rate = param.strip()[5:]
+    kind = {"audio/x-l16": "l16", "audio/l16": "l16", "audio/x-mulaw": "mulaw"}.get(
+        enc.strip().lower() if isinstance(enc, str) else "")
+    if kind is None:
+        raise ProtocolError("unsupported_format", f"mediaFormat.encoding {enc!r}: use "
+                            "audio/x-l16 or audio/x-mulaw")
+    rate = 8000 if rate is None else rate
+    if isinstance(rate, str) and rate.isdigit():
+        rate = int(rate)
+    if isinstance(rate, bool) or not isinstance(rate, int):
+        raise ProtocolError("unsupported_format", f"mediaFormat.sampleRate {rate!r}")
+    return kind, rate
+
+
+def parse_message(text: str | bytes, max_bytes: int) -> PlivoMessage:
+    """Parse one Plivo audio stream message; raises only ProtocolError."""
+    msg = parse_json_object(text, max_bytes, "Plivo message")
+    event = msg.get("event")
+    if not isinstance(event, str) or not event:
+        raise ProtocolError("bad_message", "a Plivo message needs a string 'event'")
+    seq = _int(msg.get("sequenceNumber"), "sequenceNumber")
+    if event == "start":
+        start = _object(msg.get("start"), "start.start")
+        call_id, stream_id = start.get("callId"), start.get("streamId")
+        if not isinstance(call_id, str) or not call_id:
+            raise ProtocolError("bad_message", "start: 'callId' must be a string")
+        if not isinstance(stream_id, str) or not stream_id:
+            raise ProtocolError("bad_message", "start: 'streamId' must be a string")
+        kind, rate = _media_format(start.get("mediaFormat"))
+        account = start.get("accountId")
+        return PlivoStart(seq, call_id, stream_id, kind, rate,
+                          account if isinstance(account, str) and account else None,
+                          parse_extra_headers(msg.get("extra_headers")))
+    if event == "media":
+        media = _object(msg.get("media"), "media.media")
+        track = media.get("track", "inbound")
+        if track not in TRACKS:
+            raise ProtocolError("bad_message", f"media: unknown track {track!r}")
+        stream_id = msg.get("streamId")
+        if stream_id is not None and not isinstance(stream_id, str):
+            raise ProtocolError("bad_message", "'streamId' must be a string")
+        return PlivoMedia(seq, stream_id, track, b64decode(media.get("payload"),
+                                                           "media.payload"))
+    return PlivoEvent(event, seq)
+
+
+# --------------------------------------------------------------------------- the gateway
+
+class PlivoGateway(Gateway):
+    """Plivo audio streams (listen only; DTMF and playback acknowledgements are ignored)."""
+
+    name = "plivo"
+    transport = "websocket"
+    Config = PlivoConfig
+
+    def check_config(self) -> None:
+        """Require a token when authentication is enforced."""
+        check_roles(self.config, self.name)
+        require_secret(self, "token", self._token)
+
+    @property
+    def _token(self) -> str:
+        cfg: PlivoConfig = self.config  # type: ignore[assignment]
+        return "" if cfg.auth == "off" else cfg.token.get_secret_value()
+
+    def _query_token(self, path: str) -> str | None:
+        return query_params(path).get(self.config.token_key)  # type: ignore[attr-defined]
+
+    def check_handshake(self, request: Request, remote: str | None) -> None:
+        """Refuse a wrong token in the URL (HTTP 401); a missing one is checked on start."""
+        given = self._query_token(request.path)
+        if self._token and given is not None and not secret_equal(given, self._token):
+            raise HandshakeRejected(401, "invalid token")
+
+    async def serve_websocket(self, conn: ServerConnection) -> None:
+        """Serve one Plivo stream."""
+        path = conn.request.path if conn.request else ""
+        authed = not self._token or secret_equal(self._query_token(path), self._token)
+        await serve_ws_call(self, conn, lambda handle: self._stream(conn, handle, authed))
+
+    def _start(self, handle: CallHandle, msg: PlivoStart, remote: str | None,
+               authed: bool) -> None:
+        cfg: PlivoConfig = self.config  # type: ignore[assignment]
+        custom = dict(msg.extra_headers)
+        given = custom.pop(cfg.token_key, None)  # never published
+        if not authed and not secret_equal(given, self._token):
+            raise ProtocolError("unauthorized", "missing or invalid token (URL query or "
+                                f"extraHeaders key {cfg.token_key!r})")
+        call_id = f"{msg.call_id}:{msg.stream_id}" if cfg.stream_in_call_id else msg.call_id
+        meta = call_metadata(self.name, msg.call_id, stream_id=msg.stream_id, custom=custom)
+        if msg.account_id:
+            meta["account_id"] = msg.account_id
+        encoding = msg.encoding
+        if encoding == "l16":
+            encoding = "pcm_s16le" if cfg.l16_byte_order == "le" else "pcm_s16be"
+        handle.start(call_start(self, call_id=call_id, encoding=encoding,
+                                sample_rate=msg.sample_rate,
+                                channels=(cfg.customer_role, AGENT_ROLE), metadata=meta,
+                                remote=remote))
+
+    async def _stream(self, conn: ServerConnection, handle: CallHandle, authed: bool
+                      ) -> CallEnd:
+        cfg: PlivoConfig = self.config  # type: ignore[assignment]
+        remote = remote_of(conn)
+        seq = SequenceTracker()
+        guard = RateGuard(self.limits)
+        stream_id: str | None = None
+        try:
+            while True:
+                try:
+                    raw = await ws_receive(self, conn, started=handle.started)
+                except ConnectionClosedOK:
+                    return CallEnd("stop", "stream closed by Plivo")
+                if isinstance(raw, bytes):
+                    raise ProtocolError("bad_message", "Plivo sends JSON text messages only")
+                msg = parse_message(raw, self.limits.max_text_bytes)
+                in_order = seq.see(msg.sequence)
+                if isinstance(msg, PlivoStart):
+                    if handle.started:
+                        raise ProtocolError("bad_message", "start sent twice")
+                    self._start(handle, msg, remote, authed)
+                    stream_id = msg.stream_id
+                elif isinstance(msg, PlivoMedia):
+                    if not handle.started:
+                        raise ProtocolError("audio_before_start", "media before start")
+                    if msg.stream_id and msg.stream_id != stream_id:
+                        raise ProtocolError("bad_message", "media of another streamId")
+                    if in_order and msg.payload:
+                        role = cfg.customer_role if msg.track == cfg.customer_track \
+                            else AGENT_ROLE
+                        feed(handle, msg.payload, role)
+                        guard.check(handle)
+                elif msg.event == "stop":
+                    return CallEnd("stop")
+        finally:
+            if seq.gaps or seq.late:
+                self.log.warning("sequence anomalies", call_id=handle.call_id, gaps=seq.gaps,
+                                 late_or_duplicate=seq.late)

@@ -1,0 +1,314 @@
+"""Twilio Media Streams gateway (``<Start><Stream>`` / ``<Connect><Stream>``), listen only.
+
+Twilio dials the service over WebSocket and sends JSON text messages: ``connected``, ``start``,
+``media`` (base64 μ-law 8 kHz, one message per track), ``dtmf``, ``mark``, ``stop``. Each
+track is a channel: the customer's track (``inbound`` by default) gets ``customer_role``, the
+other one ``agent``. The upgrade is authenticated with ``X-Twilio-Signature`` (base64
+HMAC-SHA1 of the ``wss://`` URL with the account's auth token). See docs/gateways/twilio.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosedOK
+from websockets.http11 import Request
+
+from nes2net_gateways._common import (
+    AGENT_ROLE,
+    RateGuard,
+    SequenceTracker,
+    b64decode,
+    call_metadata,
+    call_start,
+    check_roles,
+    feed,
+    parse_json_object,
+    remote_of,
+    require_secret,
+    serve_ws_call,
+    ws_receive,
+)
+from nes2net_stream.errors import ConfigError
+from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
+from nes2net_stream.service.errors import ProtocolError
+from nes2net_stream.service.events import CallEnd
+
+TRACKS = ("inbound", "outbound")
+SIGNATURE_HEADER = "X-Twilio-Signature"
+
+
+class TwilioConfig(GatewayConfig):
+    """``[gateways.twilio]`` settings.
+
+    Attributes:
+        auth_token: the account's auth token (validates ``X-Twilio-Signature``).
+        secondary_auth_token: a second accepted token while rotating the primary one.
+        public_url: the ``wss://`` URL exactly as written in the TwiML ``<Stream url>``; when
+            empty it is ``wss://<Host header><request path>``.
+        customer_track: the track carrying the customer (``inbound`` for inbound calls).
+        stream_in_call_id: call id ``<CallSid>:<StreamSid>`` (True) or just the CallSid.
+    """
+
+    path: str = "/v1/gateways/twilio"
+    auth_token: SecretStr = SecretStr("")
+    secondary_auth_token: SecretStr = SecretStr("")
+    public_url: str = ""
+    customer_track: Literal["inbound", "outbound"] = "inbound"
+    stream_in_call_id: bool = True
+
+
+# --------------------------------------------------------------------------- messages (pure)
+
+@dataclass(frozen=True)
+class TwilioStart:
+    """A ``start`` message."""
+
+    sequence: int | None
+    call_sid: str
+    stream_sid: str
+    account_sid: str | None
+    tracks: tuple[str, ...]
+    custom: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TwilioMedia:
+    """A ``media`` message (decoded μ-law bytes of one track)."""
+
+    sequence: int | None
+    stream_sid: str | None
+    track: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class TwilioEvent:
+    """Any other message (``connected``, ``dtmf``, ``mark``, ``stop``, unknown events)."""
+
+    event: str
+    sequence: int | None
+    stream_sid: str | None
+
+
+TwilioMessage = TwilioStart | TwilioMedia | TwilioEvent
+
+
+def _sequence(value: Any, what: str = "sequenceNumber") -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    raise ProtocolError("bad_message", f"{what} must be a non-negative integer")
+
+
+def _str(obj: dict[str, Any], key: str, what: str, *, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("bad_message", f"{what}: '{key}' must be a non-empty string")
+    return value
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_message", f"{what} must be a JSON object")
+    return value
+
+
+def _parse_start(msg: dict[str, Any], seq: int | None) -> TwilioStart:
+    start = _object(msg.get("start"), "start.start")
+    call_sid = _str(start, "callSid", "start")
+    stream_sid = _str(start, "streamSid", "start", required=False) or \
+        _str(msg, "streamSid", "start")
+    tracks_raw = start.get("tracks", list(TRACKS))
+    if not isinstance(tracks_raw, list) or not all(t in TRACKS for t in tracks_raw):
+        raise ProtocolError("bad_message", "start: 'tracks' must list 'inbound'/'outbound'")
+    custom = start.get("customParameters") or {}
+    custom = _object(custom, "start.customParameters")
+    fmt = start.get("mediaFormat")
+    if fmt is not None:
+        fmt = _object(fmt, "start.mediaFormat")
+        enc, rate, ch = fmt.get("encoding"), fmt.get("sampleRate"), fmt.get("channels", 1)
+        if enc != "audio/x-mulaw" or rate != 8000 or ch != 1:
+            raise ProtocolError("unsupported_format", f"mediaFormat {enc!r}/{rate!r} Hz/{ch!r} "
+                                "channel(s): Twilio Media Streams send audio/x-mulaw 8000 Hz "
+                                "mono")
+    account = start.get("accountSid")
+    return TwilioStart(seq, call_sid or "", stream_sid or "",
+                       account if isinstance(account, str) else None, tuple(tracks_raw), custom)
+
+
+def parse_message(text: str | bytes, max_bytes: int) -> TwilioMessage:
+    """Parse one Twilio Media Streams message; raises only ProtocolError."""
+    msg = parse_json_object(text, max_bytes, "Twilio message")
+    event = msg.get("event")
+    if not isinstance(event, str) or not event:
+        raise ProtocolError("bad_message", "a Twilio message needs a string 'event'")
+    seq = _sequence(msg.get("sequenceNumber"))
+    stream_sid = msg.get("streamSid")
+    if stream_sid is not None and not isinstance(stream_sid, str):
+        raise ProtocolError("bad_message", "'streamSid' must be a string")
+    if event == "start":
+        return _parse_start(msg, seq)
+    if event == "media":
+        media = _object(msg.get("media"), "media.media")
+        track = media.get("track", "inbound")
+        if track not in TRACKS:
+            raise ProtocolError("bad_message", f"media: unknown track {track!r}")
+        _sequence(media.get("chunk"), "media.chunk")
+        payload = b64decode(media.get("payload"), "media.payload")
+        return TwilioMedia(seq, stream_sid, track, payload)
+    return TwilioEvent(event, seq, stream_sid)
+
+
+# --------------------------------------------------------------------------- signatures (pure)
+
+def compute_signature(token: str, url: str) -> str:
+    """``X-Twilio-Signature`` of a WebSocket upgrade: base64(HMAC-SHA1(token, url))."""
+    digest = hmac.new(token.encode(), url.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def signature_urls(url: str) -> list[str]:
+    """The URL as given, without its port, and with the scheme's default port."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme in ("wss", "https") else 80
+    without = urlunsplit(parts._replace(netloc=host))
+    with_port = urlunsplit(parts._replace(netloc=f"{host}:{parts.port or default}"))
+    out = [url]
+    for candidate in (without, with_port):
+        if candidate not in out:
+            out.append(candidate)
+    return out
+
+
+def signature_valid(tokens: list[str], url: str, signature: str) -> bool:
+    """Constant-time check of ``signature`` against every token and URL variant."""
+    ok = False
+    for token in tokens:
+        for candidate in signature_urls(url):
+            ok |= hmac.compare_digest(compute_signature(token, candidate).encode(),
+                                      signature.encode())
+    return ok
+
+
+# --------------------------------------------------------------------------- the gateway
+
+class TwilioGateway(Gateway):
+    """Twilio Media Streams (listen only; marks and DTMF are ignored)."""
+
+    name = "twilio"
+    transport = "websocket"
+    Config = TwilioConfig
+
+    def check_config(self) -> None:
+        """Require an auth token when authentication is enforced."""
+        cfg: TwilioConfig = self.config  # type: ignore[assignment]
+        check_roles(cfg, self.name)
+        if cfg.public_url and urlsplit(cfg.public_url).scheme != "wss":
+            raise ConfigError("gateways.twilio.public_url: must be the wss:// URL given to "
+                              f"<Stream url> (got {cfg.public_url!r})")
+        require_secret(self, "auth_token", cfg.auth_token.get_secret_value())
+        if not self._tokens:
+            self.log.warning("Twilio signature validation is off (no auth_token or auth=off)")
+
+    @property
+    def _tokens(self) -> list[str]:
+        cfg: TwilioConfig = self.config  # type: ignore[assignment]
+        if cfg.auth == "off":
+            return []
+        return [t.get_secret_value() for t in (cfg.auth_token, cfg.secondary_auth_token)
+                if t.get_secret_value()]
+
+    def _url(self, request: Request) -> str:
+        cfg: TwilioConfig = self.config  # type: ignore[assignment]
+        if cfg.public_url:
+            return cfg.public_url
+        host = request.headers.get("Host")
+        if not host:
+            raise HandshakeRejected(403, "no Host header to validate the Twilio signature")
+        return f"wss://{host}{request.path}"
+
+    def check_handshake(self, request: Request, remote: str | None) -> None:
+        """Refuse upgrades without a valid ``X-Twilio-Signature`` (HTTP 403)."""
+        tokens = self._tokens
+        if not tokens:
+            return
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if not signature:
+            raise HandshakeRejected(403, f"missing {SIGNATURE_HEADER} header")
+        if not signature_valid(tokens, self._url(request), signature):
+            raise HandshakeRejected(403, f"invalid {SIGNATURE_HEADER} (wrong auth token or URL)")
+
+    async def serve_websocket(self, conn: ServerConnection) -> None:
+        """Serve one Twilio stream."""
+        await serve_ws_call(self, conn, lambda handle: self._stream(conn, handle))
+
+    def _roles(self) -> tuple[str, ...]:
+        return (self.config.customer_role, AGENT_ROLE)
+
+    def _start(self, handle: CallHandle, msg: TwilioStart, remote: str | None) -> None:
+        cfg: TwilioConfig = self.config  # type: ignore[assignment]
+        call_id = f"{msg.call_sid}:{msg.stream_sid}" if cfg.stream_in_call_id else msg.call_sid
+        meta = call_metadata(self.name, msg.call_sid, stream_id=msg.stream_sid,
+                             custom=msg.custom)
+        if msg.account_sid:
+            meta["account_id"] = msg.account_sid
+        if cfg.customer_track not in msg.tracks:
+            self.log.warning("the customer's track is not streamed", tracks=list(msg.tracks),
+                             customer_track=cfg.customer_track, call_id=call_id)
+        handle.start(call_start(self, call_id=call_id, encoding="mulaw", sample_rate=8000,
+                                channels=self._roles(), metadata=meta, remote=remote))
+
+    async def _stream(self, conn: ServerConnection, handle: CallHandle) -> CallEnd:
+        cfg: TwilioConfig = self.config  # type: ignore[assignment]
+        remote = remote_of(conn)
+        seq = SequenceTracker()
+        guard = RateGuard(self.limits)
+        stream_sid: str | None = None
+        try:
+            while True:
+                try:
+                    raw = await ws_receive(self, conn, started=handle.started)
+                except ConnectionClosedOK:
+                    return CallEnd("disconnect", "closed without a stop message")
+                if isinstance(raw, bytes):
+                    raise ProtocolError("bad_message", "Twilio sends JSON text messages only")
+                msg = parse_message(raw, self.limits.max_text_bytes)
+                in_order = seq.see(msg.sequence)
+                if isinstance(msg, TwilioStart):
+                    if handle.started:
+                        raise ProtocolError("bad_message", "start sent twice")
+                    self._start(handle, msg, remote)
+                    stream_sid = msg.stream_sid
+                elif isinstance(msg, TwilioMedia):
+                    if not handle.started:
+                        raise ProtocolError("audio_before_start", "media before start")
+                    if msg.stream_sid and msg.stream_sid != stream_sid:
+                        raise ProtocolError("bad_message", "media of another streamSid")
+                    if in_order and msg.payload:
+                        role = cfg.customer_role if msg.track == cfg.customer_track \
+                            else AGENT_ROLE
+                        feed(handle, msg.payload, role)
+                        guard.check(handle)
+                elif msg.event == "stop":
+                    return CallEnd("stop")
+        finally:
+            if seq.gaps or seq.late:
+                self.log.warning("sequence anomalies", call_id=handle.call_id, gaps=seq.gaps,
+                                 late_or_duplicate=seq.late)
+

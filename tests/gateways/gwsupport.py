@@ -1,0 +1,127 @@
+"""Shared helpers of the gateway tests: play a provider conversation, read alerts from Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+from helpers import tone_bursts
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from nes2net_stream.audio.io import float_to_pcm16
+from nes2net_stream.client import encode_samples, stream_samples
+
+FUZZ_EXAMPLES = int(os.environ.get("NES2NET_FUZZ_EXAMPLES", 300))
+
+
+def ws_url(svc: Any, path: str, query: str = "") -> str:
+    """``ws://127.0.0.1:<port><path>[?query]`` of a running test service."""
+    return f"ws://127.0.0.1:{svc.port}{path}" + (f"?{query}" if query else "")
+
+
+def speech(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+    """Speech-like float32 audio the VAD passes."""
+    return tone_bursts(seconds, rate, seed=seed)
+
+
+def chunks(data: bytes, size: int) -> list[bytes]:
+    """``data`` cut into ``size``-byte pieces (the last may be shorter)."""
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def mulaw_b64_frames(seconds: float, seed: int = 0, frame_ms: int = 20) -> list[str]:
+    """Base64 μ-law 8 kHz frames of ``frame_ms`` each (Twilio/Telnyx/Plivo payloads)."""
+    raw = encode_samples(speech(seconds, 8000, seed), "mulaw")
+    return [base64.b64encode(c).decode() for c in chunks(raw, 8 * frame_ms)]
+
+
+def pcm16(samples: np.ndarray, byteorder: str = "<") -> bytes:
+    """float32 samples (frames or frames x channels) to interleaved 16-bit PCM bytes."""
+    return float_to_pcm16(samples).reshape(-1).astype(f"{byteorder}i2").tobytes()
+
+
+async def reference_scores(svc: Any, samples: np.ndarray, rate: int) -> list[float]:
+    """Window scores of the same audio sent over the generic protocol (pcm_s16le, mono)."""
+    res = await stream_samples(svc.url, samples, rate, realtime=False)
+    return [w["score"]["spoof_probability"] for w in res.of_type("window")]
+
+
+async def window_scores(redis_client: Any, call_id: str, channel: str = "caller",
+                        within: float = 15.0) -> list[float]:
+    """Spoof probabilities of a call's windows in Redis, in window order.
+
+    Waits for the call's summary, then until every window it counts is in the score stream
+    (scores and alerts are published separately).
+    """
+    found = await summaries(redis_client, call_id, within=within)
+    summary = next(d for d in found if d["channel"] == channel)
+    expected = summary["summary"]["windows_scored"]
+    deadline = time.monotonic() + within
+    while True:
+        docs = [json.loads(f["event"]) for _, f in redis_client.xrange("nes2net:scores")]
+        mine = sorted((d for d in docs if d["call_id"] == call_id and d["channel"] == channel),
+                      key=lambda d: d["window"]["index"])
+        if len(mine) >= expected or time.monotonic() > deadline:
+            return [d["score"]["spoof_probability"] for d in mine]
+        await asyncio.sleep(0.05)
+
+
+async def play(url: str, messages: list[str | bytes], *, headers: dict[str, str] | None = None,
+               subprotocols: list[str] | None = None, close: bool = False, wait: float = 10.0
+               ) -> tuple[list[Any], int | None, str]:
+    """Send ``messages`` as a provider would; return (replies, close code, close reason).
+
+    With ``close`` the client closes normally after the last message (providers whose
+    stream ends with a close); otherwise it waits for the server to close.
+    """
+    got: list[Any] = []
+    async with connect(url, additional_headers=headers, subprotocols=subprotocols,
+                       max_size=None, open_timeout=5) as ws:
+        try:
+            for m in messages:
+                await ws.send(m)
+            if close:
+                await ws.close()
+        except ConnectionClosed:
+            pass
+        try:
+            async with asyncio.timeout(wait):
+                async for msg in ws:
+                    got.append(msg)
+        except (ConnectionClosed, TimeoutError):
+            pass
+        return got, ws.close_code, ws.close_reason or ""
+
+
+async def handshake_status(url: str, headers: dict[str, str] | None = None,
+                           subprotocols: list[str] | None = None) -> int:
+    """HTTP status of a refused upgrade, or 101 when the upgrade succeeds."""
+    try:
+        async with connect(url, additional_headers=headers, subprotocols=subprotocols,
+                           open_timeout=5):
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+def alerts(redis_client: Any) -> list[dict[str, Any]]:
+    """Every document of the alert stream."""
+    return [json.loads(f["event"]) for _, f in redis_client.xrange("nes2net:alerts")]
+
+
+async def summaries(redis_client: Any, call_id: str | None, n: int = 1, within: float = 15.0
+                    ) -> list[dict[str, Any]]:
+    """Wait until ``n`` summary events of ``call_id`` (None: of any call) are in Redis."""
+    deadline = time.monotonic() + within
+    while True:
+        found = [d for d in alerts(redis_client)
+                 if d["type"] == "summary" and call_id in (None, d["call_id"])]
+        if len(found) >= n or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.1)
