@@ -94,6 +94,10 @@ class EngineSection(Section):
     max_queue: int = Field(4096, ge=1)
     drop_policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
     threads: int = Field(0, ge=0, le=256)
+    cuda_graphs: bool = True
+    cuda_graph_max_batch: int = Field(16, ge=1, le=4096)
+    latency_target_ms: float = Field(500.0, gt=0.0)
+    max_hop_factor: int = Field(8, ge=1, le=64)
 
 
 class AlertsSection(Section):

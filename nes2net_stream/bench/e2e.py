@@ -42,6 +42,7 @@ class LevelResult:
     client_lag_p99_ms: float
     sustained: bool
     errors: list[str] = field(default_factory=list)
+    windows_skipped_for_load: int = 0
 
 
 async def _reader(url: str, starts: dict[str, float], latencies: list[float],
@@ -72,25 +73,20 @@ async def _reader(url: str, starts: dict[str, float], latencies: list[float],
     return seen
 
 
-async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, calls: int,
-                    duration_s: float, *, cpu: Any, ramp_s: float = 5.0,
-                    target_p99_ms: float = 500.0, frame_ms: int = 20) -> LevelResult:
-    """Run ``calls`` concurrent real-time calls of ``duration_s`` each."""
-    n = int(duration_s * rate)
-    reps = int(np.ceil(n / audio.shape[0]))
-    clip = np.tile(audio, reps)[:n]
+async def _level_part(ws_url: str, redis_url: str, clip: np.ndarray, rate: int, calls: range,
+                      total: int, duration_s: float, ramp_s: float, frame_ms: int
+                      ) -> dict[str, Any]:
+    """Run a share of one level's calls in this process; return the raw measurements."""
     starts: dict[str, float] = {}
     latencies: list[float] = []
     lags: list[float] = []
     stop = asyncio.Event()
     reader = asyncio.create_task(_reader(redis_url, starts, latencies, stop, "nes2net:scores"))
     await asyncio.sleep(0.3)
-    cpu0 = cpu()
-    t_begin = time.monotonic()
 
     async def one(i: int) -> Any:
-        await asyncio.sleep(ramp_s * i / max(1, calls))
-        call_id = f"bench-{calls}-{i}"
+        await asyncio.sleep(ramp_s * i / max(1, total))
+        call_id = f"bench-{total}-{i}"
         offset = int(i * rate * 0.37) % clip.shape[0]  # different audio per call
         x = np.roll(clip, offset)
         starts[call_id] = time.time()
@@ -100,48 +96,91 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
         lags.append(time.monotonic() - began - duration_s)
         return res
 
-    results = await asyncio.gather(*[one(i) for i in range(calls)], return_exceptions=True)
+    results = await asyncio.gather(*[one(i) for i in calls], return_exceptions=True)
     await asyncio.sleep(1.0)
     stop.set()
     await reader
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    summaries = [r.summary["summary"] for r in ok if r.summary is not None]
+    return {"latencies": latencies, "lags": lags,
+            "errors": [repr(r) for r in results if isinstance(r, BaseException)][:5],
+            "n_errors": sum(isinstance(r, BaseException) for r in results),
+            "summaries": len(summaries),
+            "windows": sum(s["windows_scored"] for s in summaries),
+            "dropped": sum(s["windows_dropped"] for s in summaries),
+            "skipped": sum(s.get("windows_skipped_for_load", 0) for s in summaries)}
+
+
+def _part_in_process(args: tuple) -> dict[str, Any]:
+    return asyncio.run(_level_part(*args))
+
+
+async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, calls: int,
+                    duration_s: float, *, cpu: Any, ramp_s: float = 5.0,
+                    target_p99_ms: float = 500.0, frame_ms: int = 20,
+                    procs: int = 1) -> LevelResult:
+    """Run ``calls`` concurrent real-time calls of ``duration_s`` each (``procs`` clients)."""
+    n = int(duration_s * rate)
+    clip = np.tile(audio, int(np.ceil(n / audio.shape[0])))[:n]
+    cpu0 = cpu()
+    t_begin = time.monotonic()
+    if procs <= 1:
+        parts = [await _level_part(ws_url, redis_url, clip, rate, range(calls), calls,
+                                   duration_s, ramp_s, frame_ms)]
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        shares = [range(k, calls, procs) for k in range(procs)]
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+            loop = asyncio.get_running_loop()
+            parts = await asyncio.gather(*[
+                loop.run_in_executor(pool, _part_in_process,
+                                     (ws_url, redis_url, clip, rate, share, calls, duration_s,
+                                      ramp_s, frame_ms)) for share in shares])
     elapsed = time.monotonic() - t_begin
     cpu_used = cpu() - cpu0
-    errors = [repr(r) for r in results if isinstance(r, BaseException)]
-    ok = [r for r in results if not isinstance(r, BaseException)]
-    summaries = [r.summary for r in ok if r.summary is not None]
-    dropped = sum(s["summary"]["windows_dropped"] for s in summaries)
-    windows = sum(s["summary"]["windows_scored"] for s in summaries)
+    latencies = [v for p in parts for v in p["latencies"]]
+    lags = [v for p in parts for v in p["lags"]]
+    errors = [e for p in parts for e in p["errors"]]
+    n_errors = sum(p["n_errors"] for p in parts)
+    summaries = sum(p["summaries"] for p in parts)
+    windows = sum(p["windows"] for p in parts)
+    dropped = sum(p["dropped"] for p in parts)
     lat = np.array(latencies) * 1000.0 if latencies else None
     p99 = float(np.percentile(lat, 99)) if lat is not None else None
-    sustained = (not errors and len(summaries) == calls and dropped == 0 and p99 is not None
+    sustained = (n_errors == 0 and summaries == calls and dropped == 0 and p99 is not None
                  and p99 <= target_p99_ms)
     return LevelResult(
         calls=calls, duration_s=duration_s, windows=windows,
         windows_per_s=round(windows / elapsed, 2), dropped_windows=dropped,
-        summaries=len(summaries),
+        summaries=summaries,
         latency_p50_ms=None if lat is None else round(float(np.percentile(lat, 50)), 1),
         latency_p99_ms=None if p99 is None else round(p99, 1),
         latency_max_ms=None if lat is None else round(float(lat.max()), 1),
         service_cpu_s=round(cpu_used, 2),
         cpu_ms_per_call_second=round(1000 * cpu_used / (calls * duration_s), 3),
         client_lag_p99_ms=round(1000 * float(np.percentile(lags, 99)), 1) if lags else 0.0,
-        sustained=sustained, errors=errors[:5])
+        sustained=sustained, errors=errors[:5],
+        windows_skipped_for_load=sum(p["skipped"] for p in parts))
 
 
 async def run_sweep(ws_url: str, redis_url: str, audio_path: Path, levels: list[int],
                     duration_s: float, *, cpu: Any, target_p99_ms: float = 500.0,
-                    frame_ms: int = 20, stop_on_failure: bool = True) -> dict[str, Any]:
+                    frame_ms: int = 20, stop_on_failure: bool = True,
+                    procs: int = 1) -> dict[str, Any]:
     """Run increasing load levels; report each and the largest sustained one."""
     clip = load_audio(audio_path, sample_rate=8000)
     out: list[dict[str, Any]] = []
     best = 0
     for calls in levels:
         res = await run_level(ws_url, redis_url, clip.samples, 8000, calls, duration_s, cpu=cpu,
-                              target_p99_ms=target_p99_ms, frame_ms=frame_ms)
+                              target_p99_ms=target_p99_ms, frame_ms=frame_ms, procs=procs)
         out.append(asdict(res))
         if res.sustained:
             best = max(best, calls)
         elif stop_on_failure:
             break
     return {"levels": out, "max_sustained_calls": best, "target_p99_ms": target_p99_ms,
-            "frame_ms": frame_ms, "call_duration_s": duration_s}
+            "frame_ms": frame_ms, "call_duration_s": duration_s, "client_processes": procs}

@@ -64,11 +64,16 @@ def bench_engine(model_path: str, batch_sizes: str, window_s: float, device: str
 @click.option("--redis-url", envvar="REDIS_URL", default=None,
               help="Use this Redis instead of starting a local redis-server.")
 @click.option("--keep-going", is_flag=True, help="Run every level even after one fails.")
+@click.option("--client-procs", type=int, default=1, show_default=True,
+              help="Load-generator processes (one Python process tops out at a few thousand "
+                   "packets per second).")
+@click.option("--service-env", multiple=True, metavar="KEY=VALUE",
+              help="Extra environment for the service, e.g. NES2NET_ENGINE__MAX_BATCH_SIZE=128.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON here.")
 def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int,
               model_path: str, audio: Path | None, redis_url: str | None, keep_going: bool,
-              out: Path | None) -> None:
+              client_procs: int, service_env: tuple[str, ...], out: Path | None) -> None:
     """Sustained concurrent real-time calls over loopback, latency window -> Redis event."""
     import tempfile
 
@@ -79,16 +84,21 @@ def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int
     local = None if redis_url else LocalRedis()
     url = redis_url or local.url  # type: ignore[union-attr]
     log = Path(tempfile.gettempdir()) / "nes2net-bench-service.log"
-    service = ServiceProcess(url, model=model_path, log_path=log,
-                             extra_env={"NES2NET_LIMITS__MAX_CALLS": "100000",
-                                        "NES2NET_LOGGING__LEVEL": "warning"})
+    env = {"NES2NET_LIMITS__MAX_CALLS": "100000", "NES2NET_LOGGING__LEVEL": "warning"}
+    for item in service_env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}",
+                                     param_hint="--service-env")
+        env[key] = value
+    service = ServiceProcess(url, model=model_path, log_path=log, extra_env=env)
     try:
-        service.wait_ready()
+        service.wait_ready(timeout=600)
         levels = [int(c) for c in calls.split(",")]
         report = asyncio.run(run_sweep(service.url, url, audio or sample_path("human_call.wav"),
                                        levels, duration_s, cpu=service.cpu_seconds,
                                        target_p99_ms=target_p99_ms, frame_ms=frame_ms,
-                                       stop_on_failure=not keep_going))
+                                       stop_on_failure=not keep_going, procs=client_procs))
     finally:
         service.stop()
         if local is not None:

@@ -40,9 +40,10 @@ DEFAULT_CODEC_WEIGHTS: dict[str, float] = {
     "g723_1": 0.5, "opus": 1.0, "opus_nb": 1.0, "speex": 0.5, "mp3": 0.5, "codec2": 0.25,
 }
 
-_PROBS = ("rawboost_prob", "codec_prob", "narrowband_prob", "gain_prob", "noise_prob",
-          "bandlimit_prob", "packet_loss_prob", "clipping_prob")
-_RANGES = ("gain_db", "noise_snr_db", "lowpass_hz", "highpass_hz", "packet_ms", "clip_fraction")
+_PROBS = ("speed_prob", "rawboost_prob", "codec_prob", "narrowband_prob", "gain_prob",
+          "noise_prob", "bandlimit_prob", "packet_loss_prob", "clipping_prob")
+_RANGES = ("speed_range", "gain_db", "noise_snr_db", "lowpass_hz", "highpass_hz", "packet_ms",
+           "clip_fraction")
 
 
 def _number(key: str, value: Any) -> float:
@@ -65,6 +66,9 @@ class AugmentConfig:
     """Probabilities and ranges of each augmentation step (all ranges are ``(low, high)``).
 
     Attributes:
+        speed_prob: chance of a speed perturbation by a factor drawn from ``speed_range``
+            (plain resampling: tempo, pitch and formants move together with no vocoder, which
+            turns a few real speakers into many plausible ones; applied to both classes).
         rawboost_prob: chance of applying RawBoost.
         rawboost_algo: RawBoost combination 1..8 (5 = LnL + ISD, the official LA recipe).
         rawboost: random ranges of RawBoost.
@@ -84,6 +88,8 @@ class AugmentConfig:
         clipping_prob: chance of hard clipping at ``clip_fraction`` times the peak.
     """
 
+    speed_prob: float = 0.0
+    speed_range: tuple[float, float] = (0.9, 1.1)
     rawboost_prob: float = 0.5
     rawboost_algo: int = 5
     rawboost: RawBoostParams = field(default_factory=RawBoostParams)
@@ -137,6 +143,9 @@ class AugmentConfig:
                               "0 < highpass < lowpass < 8000 Hz")
         if self.packet_ms[0] <= 0:
             raise ConfigError(f"augment.packet_ms must be > 0 ms, got {list(self.packet_ms)}")
+        if not 0.5 <= self.speed_range[0] <= self.speed_range[1] <= 2.0:
+            raise ConfigError("augment.speed_range must satisfy 0.5 <= low <= high <= 2, got "
+                              f"{list(self.speed_range)}")
         if self.clip_fraction[0] <= 0.0 or self.clip_fraction[1] > 1.0:
             raise ConfigError("augment.clip_fraction must be within (0, 1], got "
                               f"{list(self.clip_fraction)}")
@@ -298,6 +307,12 @@ class TelephoneAugment:
         fs = MODEL_SAMPLE_RATE
         y = np.clip(x.astype(np.float64), -1.0, 1.0)
         done: list[str] = []
+        if rng.random() < c.speed_prob:
+            factor = rng.uniform(*c.speed_range)
+            sped = resample(y.astype(np.float32), int(round(fs * factor)), fs)
+            reps = int(np.ceil(len(x) / max(1, len(sped))))
+            y = np.tile(sped, reps)[: len(x)].astype(np.float64)
+            done.append(f"speed_{factor:.2f}")
         if rng.random() < c.rawboost_prob and c.rawboost_algo:
             y = rawboost(y, fs, c.rawboost_algo, rng, c.rawboost).astype(np.float64)
             done.append(f"rawboost{c.rawboost_algo}")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from nes2net_stream.models.detector import Detector
+from nes2net_stream.service.runner import BatchRunner
 
 DropPolicy = Literal["drop_newest", "drop_oldest"]
 
@@ -70,10 +71,20 @@ class ScoringEngine:
     def __init__(self, detector: Detector, *, max_batch_size: int = 32,
                  max_delay_ms: float = 10.0, max_queue: int = 4096,
                  drop_policy: DropPolicy = "drop_oldest", dtype: torch.dtype | None = None,
-                 threads: int | None = None, metrics: Any = None):
+                 threads: int | None = None, metrics: Any = None,
+                 window_samples: int = 64_000, cuda_graphs: bool = True,
+                 cuda_graph_max_batch: int = 16, latency_target_s: float = 0.5,
+                 max_stride: int = 8):
         self.detector = detector.eval()
         self.device = next(detector.parameters()).device
         self.dtype = dtype
+        self.runner = BatchRunner(detector, window_samples=window_samples,
+                                  max_batch_size=max_batch_size, dtype=dtype,
+                                  cuda_graphs=cuda_graphs,
+                                  graph_max_batch=cuda_graph_max_batch)
+        self.latency_target_s = latency_target_s
+        self.max_stride = max_stride
+        self._rate = 0.0  # EWMA of windows per second of model time
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000.0
         self.max_queue = max_queue
@@ -97,6 +108,29 @@ class ScoringEngine:
     def queue_depth(self) -> int:
         """Windows waiting to be scored."""
         return len(self._queue)
+
+    @property
+    def expected_wait_s(self) -> float:
+        """Estimated time a window queued now waits (queue depth / measured throughput)."""
+        if self._rate <= 0:
+            return 0.0
+        return len(self._queue) / self._rate
+
+    def stride(self) -> int:
+        """How many hops a call should skip between scored windows under the current load.
+
+        1 while the engine keeps up; grows (up to ``max_stride``) when the expected queueing
+        delay exceeds ``latency_target_s``, so every call keeps being scored at a longer hop
+        instead of some calls losing all their windows.
+        """
+        wait = self.expected_wait_s
+        if wait <= self.latency_target_s:
+            return 1
+        return min(self.max_stride, 1 + int(wait / self.latency_target_s))
+
+    def warmup(self) -> None:
+        """Run (and on CUDA capture) every batch bucket once before serving."""
+        self.runner.warmup()
 
     @property
     def running(self) -> bool:
@@ -175,20 +209,15 @@ class ScoringEngine:
     def _run_batch(self, batch: list[_Item]) -> None:
         started = time.monotonic()
         try:
-            x = torch.from_numpy(np.stack([it.samples for it in batch]).astype(np.float32))
-            with torch.inference_mode():
-                x = x.to(self.device, non_blocking=True)
-                if self.dtype is not None and self.device.type == "cuda":
-                    with torch.autocast("cuda", dtype=self.dtype):
-                        logits = self.detector(x)
-                else:
-                    logits = self.detector(x)
-                scores = self.detector.scores_from_logits(logits)
+            logits = self.runner.run(np.stack([it.samples for it in batch]).astype(np.float32))
+            scores = self.detector.scores_from_logits(logits)
         except Exception as exc:  # a failed batch fails its windows, not the engine
             for it in batch:
                 it.loop.call_soon_threadsafe(_resolve, it.future, None, exc)
             return
         elapsed = time.monotonic() - started
+        rate = len(batch) / max(elapsed, 1e-6)
+        self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
         self.batches += 1
         self.windows_scored += len(batch)
         if self.metrics is not None:

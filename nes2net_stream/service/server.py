@@ -66,7 +66,12 @@ def build_context(settings: Settings, metrics: ServiceMetrics | None = None) -> 
                            max_delay_ms=settings.engine.max_delay_ms,
                            max_queue=settings.engine.max_queue,
                            drop_policy=settings.engine.drop_policy, dtype=dtype,
-                           threads=settings.engine.threads or None, metrics=metrics)
+                           threads=settings.engine.threads or None, metrics=metrics,
+                           window_samples=int(round(settings.windows.window_s * 16000)),
+                           cuda_graphs=settings.engine.cuda_graphs,
+                           cuda_graph_max_batch=settings.engine.cuda_graph_max_batch,
+                           latency_target_s=settings.engine.latency_target_ms / 1000.0,
+                           max_stride=settings.engine.max_hop_factor)
     r = settings.redis
     publisher = RedisPublisher(RedisConfig(
         url=r.url, key_prefix=r.key_prefix, alerts_maxlen=r.alerts_maxlen,
@@ -190,6 +195,7 @@ class Service:
 
     async def start(self) -> None:
         """Start the engine, the publisher and the listener."""
+        await asyncio.to_thread(self.ctx.engine.warmup)
         self.ctx.engine.start()
         await self.ctx.publisher.start()
         s = self.settings.server

@@ -41,6 +41,8 @@ class _Channel:
     windows_submitted: int = 0
     windows_scored: int = 0
     windows_dropped: int = 0
+    windows_skipped: int = 0
+    last_submitted: int = -1_000_000
     probabilities: list[float] = field(default_factory=list)
 
 
@@ -50,6 +52,7 @@ class _Pending:
     window: SpeechWindow
     future: asyncio.Future[WindowResult]
     received: float
+    hops: int = 1  # hops since the previously scored window of this channel
 
 
 class CallSession:
@@ -114,9 +117,16 @@ class CallSession:
             self._submit(ch, window, received)
 
     def _submit(self, ch: _Channel, window: SpeechWindow, received: float) -> None:
+        # under overload every call keeps being scored, at a longer hop (engine.stride())
+        gap = window.index - ch.last_submitted
+        if not window.final and gap < self.ctx.engine.stride():
+            ch.windows_skipped += 1
+            self.ctx.metrics.windows_dropped.labels(reason="load_shedding_hop").inc()
+            return
         ch.windows_submitted += 1
+        ch.last_submitted = window.index
         fut = self.ctx.engine.submit(window.samples)
-        self._pending.put_nowait(_Pending(ch, window, fut, received))
+        self._pending.put_nowait(_Pending(ch, window, fut, received, min(gap, window.index + 1)))
 
     async def close(self, end: CallEnd) -> list[OutputEvent]:
         """End the call: flush audio, wait for all scores, publish and return the summaries.
@@ -189,7 +199,8 @@ class CallSession:
                       "llr": round(r.llr, 5), "raw": round(r.raw, 5)},
             "running": self._running(ch),
             "timing": {"queue_delay_ms": round(1000 * r.queue_delay_s, 2),
-                       "batch_size": r.batch_size},
+                       "batch_size": r.batch_size,
+                       "effective_hop_s": round(item.hops * self.ctx.windows.hop_s, 3)},
         }
         self._emit(self._event("window", ch, window_body), item.received)
         if state != previous:
@@ -209,6 +220,7 @@ class CallSession:
                 "speech_s": round(ch.pipeline.speech_seconds, 3),
                 "windows_scored": ch.windows_scored,
                 "windows_dropped": ch.windows_dropped,
+                "windows_skipped_for_load": ch.windows_skipped,
                 "max_spoof_probability": round(max(probs), 5) if probs else None,
                 "mean_spoof_probability": round(float(np.mean(probs)), 5) if probs else None,
                 "final_state": ch.policy.state,

@@ -1,0 +1,121 @@
+"""End-to-end GPU benchmark: the service with XLS-R 300M + Nes2Net-X under N concurrent calls.
+
+Builds a random-weight XLS-R 300M + Nes2Net-X bundle (weights do not change the cost), then runs
+``nes2net-stream bench e2e`` against it (a real redis-server, the service as its own process on
+the GPU, several load-generator processes streaming real-time calls over loopback WebSocket)
+while sampling GPU utilisation with nvidia-smi. Prints one JSON object.
+
+    python benchmarks/gpu_e2e.py --calls 250,1000,2500 --out e2e.json     # CUDA machine
+    python benchmarks/gpu_e2e.py --smoke                                  # CPU, tiny model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+try:
+    import nes2net_stream  # noqa: F401
+except ImportError:  # run from a source checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from nes2net_stream.bundle import save_model
+from nes2net_stream.models.checkpoints import build_detector
+
+TINY_SSL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 128, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
+            "num_conv_pos_embedding_groups": 2}
+
+
+class GpuSampler(threading.Thread):
+    """Polls nvidia-smi every 0.5 s while the benchmark runs."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, float, float]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        if shutil.which("nvidia-smi") is None:
+            return
+        while not self.stop.is_set():
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                  "--format=csv,noheader,nounits"], capture_output=True,
+                                 text=True, check=False).stdout.strip().splitlines()
+            if out:
+                util, mem = (float(v) for v in out[0].split(","))
+                self.samples.append((time.time(), util, mem))
+            self.stop.wait(0.5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", default="250,1000,2500")
+    ap.add_argument("--duration-s", type=float, default=20.0)
+    ap.add_argument("--frame-ms", type=int, default=100)
+    ap.add_argument("--client-procs", type=int, default=6)
+    ap.add_argument("--max-batch-size", type=int, default=256)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    cuda = torch.cuda.is_available()
+    if a.smoke:
+        a.calls, a.duration_s, a.client_procs, a.max_batch_size = "4", 6.0, 2, 8
+    work = Path(tempfile.mkdtemp(prefix="nes2net-gpu-e2e-"))
+    torch.manual_seed(0)
+    t0 = time.time()
+    det = build_detector("xlsr300m-nes2net-x", ssl_overrides=TINY_SSL if a.smoke else None,
+                         backend_options={"outer_ratio": 4, "inner_ratio": 4} if a.smoke
+                         else None, model_id="xlsr300m-nes2net-x-random")
+    bundle = save_model(det.cpu(), work / "bundle")
+    del det
+    build_s = time.time() - t0
+    sampler = GpuSampler()
+    sampler.start()
+    began = time.time()
+    report_path = work / "e2e.json"
+    cmd = [sys.executable, "-m", "nes2net_stream", "bench", "e2e", "--model", str(bundle),
+           "--calls", a.calls, "--duration-s", str(a.duration_s), "--frame-ms", str(a.frame_ms),
+           "--client-procs", str(a.client_procs), "--keep-going", "--target-p99-ms", "1000",
+           "--out", str(report_path),
+           "--service-env", f"NES2NET_MODEL__DEVICE={'cuda' if cuda else 'cpu'}",
+           "--service-env", f"NES2NET_ENGINE__MAX_BATCH_SIZE={a.max_batch_size}",
+           "--service-env", "NES2NET_ENGINE__MAX_DELAY_MS=25",
+           "--service-env", "NES2NET_ENGINE__MAX_QUEUE=100000",
+           "--service-env", "NES2NET_ENGINE__LATENCY_TARGET_MS=800"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    sampler.stop.set()
+    sampler.join(5)
+    result: dict = {"benchmark": "gpu_e2e", "smoke": a.smoke, "cuda": cuda,
+                    "gpu": torch.cuda.get_device_name(0) if cuda else None,
+                    "bundle_build_s": round(build_s, 1), "exit_code": proc.returncode}
+    if report_path.is_file():
+        result["e2e"] = json.loads(report_path.read_text())
+    else:
+        result["stderr_tail"] = proc.stderr[-3000:]
+    util = [u for t, u, _ in sampler.samples if t >= began]
+    if util:
+        result["gpu_utilization_pct"] = {"mean": round(sum(util) / len(util), 1),
+                                         "max": max(util), "samples": len(util)}
+        result["gpu_memory_used_mib_max"] = max(m for _, _, m in sampler.samples)
+    log = Path(tempfile.gettempdir()) / "nes2net-bench-service.log"
+    if log.is_file():
+        result["service_log_tail"] = log.read_text(errors="replace")[-2000:]
+    text = json.dumps(result, indent=2)
+    print(text)
+    if a.out:
+        a.out.write_text(text + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from nes2net_stream.bundle import load_model
+from nes2net_stream.service.engine import EngineStopped, ScoringEngine, WindowDropped
+from nes2net_stream.service.runner import BatchRunner, buckets_up_to
+
+
+@pytest.fixture()
+def detector(small_bundle):
+    return load_model(small_bundle)
+
+
+def windows(n, samples=16000, seed=0):
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal((n, samples))).astype(np.float32)
+
+
+def test_buckets():
+    assert buckets_up_to(32) == [1, 2, 4, 8, 16, 32]
+    assert buckets_up_to(48) == [1, 2, 4, 8, 16, 32, 48]
+
+
+def test_padding_to_buckets_does_not_change_scores(detector):
+    runner = BatchRunner(detector, window_samples=16000, max_batch_size=16, use_buckets=True)
+    x = windows(5)
+    padded = runner.run(x)            # runs as a bucket of 8 with 3 silent rows
+    assert runner.bucket(5) == 8
+    with torch.inference_mode():
+        plain = detector(torch.from_numpy(x))
+    assert torch.allclose(padded, plain, atol=1e-5)
+    one = runner.run(x[:1])
+    assert torch.allclose(one, plain[:1], atol=1e-5)
+
+
+async def test_engine_batches_and_matches_direct_scoring(detector):
+    engine = ScoringEngine(detector, max_batch_size=8, max_delay_ms=50, window_samples=16000)
+    engine.start()
+    try:
+        x = windows(12)
+        results = await asyncio.gather(*[engine.submit(w) for w in x])
+    finally:
+        engine.stop()
+    direct = detector.score(torch.from_numpy(x))
+    got = torch.tensor([r.spoof_probability for r in results])
+    assert torch.allclose(got, direct.spoof_probability, atol=1e-5)
+    assert max(r.batch_size for r in results) > 1  # windows were batched together
+    assert engine.windows_scored == 12
+
+
+async def test_full_queue_drops_oldest_and_counts(detector):
+    engine = ScoringEngine(detector, max_batch_size=100, max_delay_ms=2000, max_queue=3,
+                           window_samples=16000)
+    engine.start()
+    try:
+        futs = [engine.submit(w) for w in windows(5)]
+        results = await asyncio.gather(*futs, return_exceptions=True)
+    finally:
+        engine.stop()
+    dropped = [r for r in results if isinstance(r, WindowDropped)]
+    assert len(dropped) == 2 and engine.windows_dropped == 2
+    assert isinstance(results[0], WindowDropped) and not isinstance(results[-1], Exception)
+
+
+async def test_drop_newest_policy_and_stopped_engine(detector):
+    engine = ScoringEngine(detector, max_batch_size=100, max_delay_ms=2000, max_queue=2,
+                           drop_policy="drop_newest", window_samples=16000)
+    engine.start()
+    try:
+        futs = [engine.submit(w) for w in windows(3)]
+        results = await asyncio.gather(*futs, return_exceptions=True)
+    finally:
+        engine.stop()
+    assert isinstance(results[2], WindowDropped) and not isinstance(results[0], Exception)
+    with pytest.raises(EngineStopped):
+        await engine.submit(windows(1)[0])
+
+
+def test_stride_grows_with_expected_wait(detector):
+    engine = ScoringEngine(detector, max_batch_size=8, latency_target_s=0.5, max_stride=6,
+                           window_samples=16000)
+    assert engine.stride() == 1
+    engine._rate = 100.0  # windows per second
+    engine._queue.extend([object()] * 40)   # 0.4 s of work queued: keeps up
+    assert engine.stride() == 1
+    engine._queue.extend([object()] * 110)  # 1.5 s queued
+    assert engine.stride() == 4
+    engine._queue.extend([object()] * 1000)
+    assert engine.stride() == 6             # bounded
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_buckets_match_eager_on_gpu(detector):
+    det = detector.to("cuda")
+    graphs = BatchRunner(det, window_samples=16000, max_batch_size=8, dtype=torch.bfloat16)
+    eager = BatchRunner(det, window_samples=16000, max_batch_size=8, dtype=torch.bfloat16,
+                        use_buckets=False, cuda_graphs=False)
+    x = windows(5)
+    a, b = graphs.run(x), eager.run(x)
+    assert graphs.bucket(5) in graphs._graphs          # replayed from a captured graph
+    assert torch.allclose(a, b, atol=2e-2)               # bf16 tolerance
+    with torch.inference_mode():
+        fp32 = det(torch.from_numpy(x).cuda()).float().cpu()
+    assert torch.allclose(a, fp32, atol=0.1)
