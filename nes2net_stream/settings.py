@@ -69,6 +69,8 @@ class ServerSection(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     drain_timeout_s: float = Field(30.0, ge=0.0, le=3600.0)
+    workers: int = Field(1, ge=1, le=64)
+    scorer_metrics_port: int = Field(0, ge=0, le=65535)
     tls_cert: str = ""
     tls_key: str = ""
 

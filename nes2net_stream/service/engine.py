@@ -14,6 +14,7 @@ import contextlib
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,11 +48,13 @@ class WindowResult:
     batch_size: int
 
 
+Deliver = Callable[[WindowResult | None, BaseException | None], None]
+
+
 @dataclass
 class _Item:
     samples: np.ndarray
-    future: asyncio.Future[WindowResult]
-    loop: asyncio.AbstractEventLoop
+    deliver: Deliver
     enqueued: float
 
 
@@ -63,6 +66,14 @@ def _resolve(fut: asyncio.Future[Any], value: Any = None, error: BaseException |
         fut.set_exception(error)
     else:
         fut.set_result(value)
+
+
+def _future_deliver(fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> Deliver:
+    def deliver(result: WindowResult | None, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(_resolve, fut, result, error)
+
+    return deliver
 
 
 class ScoringEngine:
@@ -150,9 +161,7 @@ class ScoringEngine:
         with self._cond:
             if not drain:
                 while self._queue:
-                    item = self._queue.popleft()
-                    item.loop.call_soon_threadsafe(_resolve, item.future, None,
-                                                   EngineStopped("engine stopped"))
+                    self._queue.popleft().deliver(None, EngineStopped("engine stopped"))
             self._running = False
             self._cond.notify_all()
         if self._thread is not None:
@@ -162,10 +171,18 @@ class ScoringEngine:
         """Queue one window (float32, the model's window length); never blocks."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[WindowResult] = loop.create_future()
+        self.submit_callback(samples, _future_deliver(fut, loop))
+        return fut
+
+    def submit_callback(self, samples: np.ndarray, deliver: Deliver) -> None:
+        """Queue one window from any thread.
+
+        ``deliver(result, error)`` runs in the engine thread (or at once when refused).
+        """
         if not self._running:
-            fut.set_exception(EngineStopped("engine is not running"))
-            return fut
-        item = _Item(samples, fut, loop, time.monotonic())
+            deliver(None, EngineStopped("engine is not running"))
+            return
+        item = _Item(samples, deliver, time.monotonic())
         evicted: _Item | None = None
         with self._cond:
             if len(self._queue) >= self.max_queue:
@@ -173,14 +190,13 @@ class ScoringEngine:
                 if self.metrics is not None:
                     self.metrics.windows_dropped.labels(reason="queue_full").inc()
                 if self.drop_policy == "drop_newest":
-                    fut.set_exception(WindowDropped("scoring queue full"))
-                    return fut
+                    deliver(None, WindowDropped("scoring queue full"))
+                    return
                 evicted = self._queue.popleft()
             self._queue.append(item)
             self._cond.notify()
         if evicted is not None:
-            _resolve(evicted.future, None, WindowDropped("scoring queue full (evicted)"))
-        return fut
+            evicted.deliver(None, WindowDropped("scoring queue full (evicted)"))
 
     def _take_batch(self) -> list[_Item]:
         with self._cond:
@@ -213,7 +229,7 @@ class ScoringEngine:
             scores = self.detector.scores_from_logits(logits)
         except Exception as exc:  # a failed batch fails its windows, not the engine
             for it in batch:
-                it.loop.call_soon_threadsafe(_resolve, it.future, None, exc)
+                it.deliver(None, exc)
             return
         elapsed = time.monotonic() - started
         rate = len(batch) / max(elapsed, 1e-6)
@@ -230,5 +246,4 @@ class ScoringEngine:
                 queue_delay_s=started - it.enqueued, inference_s=elapsed, batch_size=len(batch))
             if self.metrics is not None:
                 self.metrics.queue_delay.observe(result.queue_delay_s)
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                it.loop.call_soon_threadsafe(_resolve, it.future, result)
+            it.deliver(result, None)

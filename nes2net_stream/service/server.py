@@ -56,22 +56,29 @@ def _device_and_dtype(settings: Settings) -> tuple[str, torch.dtype | None]:
     return device, dtype
 
 
-def build_context(settings: Settings, metrics: ServiceMetrics | None = None) -> ServiceContext:
-    """Load the model and build the engine, publisher and shared configuration."""
-    metrics = metrics or ServiceMetrics()
-    auth = TokenAuth.from_settings(settings.auth, settings.server.host)
+def build_engine(settings: Settings, metrics: ServiceMetrics) -> ScoringEngine:
+    """Load the model bundle on its device and wrap it in the batching engine."""
     device, dtype = _device_and_dtype(settings)
     detector = load_model(settings.model.path, device=device)
-    engine = ScoringEngine(detector, max_batch_size=settings.engine.max_batch_size,
-                           max_delay_ms=settings.engine.max_delay_ms,
-                           max_queue=settings.engine.max_queue,
-                           drop_policy=settings.engine.drop_policy, dtype=dtype,
-                           threads=settings.engine.threads or None, metrics=metrics,
-                           window_samples=int(round(settings.windows.window_s * 16000)),
-                           cuda_graphs=settings.engine.cuda_graphs,
-                           cuda_graph_max_batch=settings.engine.cuda_graph_max_batch,
-                           latency_target_s=settings.engine.latency_target_ms / 1000.0,
-                           max_stride=settings.engine.max_hop_factor)
+    e = settings.engine
+    return ScoringEngine(detector, max_batch_size=e.max_batch_size,
+                         max_delay_ms=e.max_delay_ms, max_queue=e.max_queue,
+                         drop_policy=e.drop_policy, dtype=dtype, threads=e.threads or None,
+                         metrics=metrics,
+                         window_samples=int(round(settings.windows.window_s * 16000)),
+                         cuda_graphs=e.cuda_graphs, cuda_graph_max_batch=e.cuda_graph_max_batch,
+                         latency_target_s=e.latency_target_ms / 1000.0,
+                         max_stride=e.max_hop_factor)
+
+
+def build_context(settings: Settings, metrics: ServiceMetrics | None = None, *,
+                  engine: Any = None, spoof_prior: float | None = None) -> ServiceContext:
+    """Build the engine (unless given, e.g. a remote one), publisher and shared settings."""
+    metrics = metrics or ServiceMetrics()
+    auth = TokenAuth.from_settings(settings.auth, settings.server.host)
+    if engine is None:
+        engine = build_engine(settings, metrics)
+        spoof_prior = engine.detector.calibration.spoof_prior
     r = settings.redis
     publisher = RedisPublisher(RedisConfig(
         url=r.url, key_prefix=r.key_prefix, alerts_maxlen=r.alerts_maxlen,
@@ -83,7 +90,7 @@ def build_context(settings: Settings, metrics: ServiceMetrics | None = None) -> 
                          min_windows_for_spoof=a.min_windows_for_spoof,
                          aggregation=settings.scoring.aggregation,
                          ema_alpha=settings.scoring.ema_alpha,
-                         spoof_prior=detector.calibration.spoof_prior)
+                         spoof_prior=0.5 if spoof_prior is None else spoof_prior)
     return ServiceContext(engine=engine, publisher=publisher, metrics=metrics,
                           vad=settings.vad.to_config(), windows=settings.windows.to_config(),
                           alerts=alerts, limits=settings.limits, auth=auth)
@@ -93,8 +100,11 @@ class Service:
     """One service process."""
 
     def __init__(self, settings: Settings, ctx: ServiceContext | None = None,
-                 gateway_classes: dict[str, type[Gateway]] | None = None):
+                 gateway_classes: dict[str, type[Gateway]] | None = None, *,
+                 reuse_port: bool = False, worker_index: int | None = None):
         self.settings = settings
+        self.reuse_port = reuse_port
+        self.worker_index = worker_index
         self.ctx = ctx or build_context(settings)
         self.routes: dict[str, Handler] = {GENERIC_PATH: handle_generic}
         self.gateways = load_gateways(settings.gateways, self.ctx, settings.server.host,
@@ -203,16 +213,17 @@ class Service:
             self._handler, s.host, s.port, process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
             max_size=MAX_WS_MESSAGE, ssl=self._ssl(), ping_interval=20, ping_timeout=20,
-            close_timeout=5, server_header="nes2net-stream")
+            close_timeout=5, server_header="nes2net-stream", reuse_port=self.reuse_port)
         for gw in self.gateways:
             if gw.transport == "tcp":
                 srv = await asyncio.start_server(gw.serve_tcp, gw.config.host, gw.config.port,
-                                                 limit=1 << 17)
+                                                 limit=1 << 17, reuse_port=self.reuse_port)
                 gw.bound_port = srv.sockets[0].getsockname()[1]
                 self._tcp_servers.append(srv)
                 log.info("gateway listening", gateway=gw.name, host=gw.config.host,
                          port=gw.bound_port)
-        log.info("service listening", host=s.host, port=self.port, model=self.ctx.engine.model_id,
+        log.info("service listening", host=s.host, port=self.port, worker=self.worker_index,
+                 model=self.ctx.engine.model_id,
                  device=str(self.ctx.engine.device), auth_required=self.ctx.auth.required,
                  paths=sorted(self.routes))
 
@@ -280,4 +291,39 @@ def _text(conn: ServerConnection, status: HTTPStatus, body: str) -> Response:
 
 def run_service(settings: Settings, **kwargs: Any) -> None:
     """Blocking entry point of ``nes2net-stream serve``."""
+    if settings.server.workers > 1:
+        asyncio.run(run_multiprocess(settings))
+        return
     asyncio.run(Service(settings, **kwargs).run_forever())
+
+
+async def run_multiprocess(settings: Settings) -> None:
+    """The scorer process: the model and engine here, ``server.workers`` ingest processes."""
+    from nes2net_stream.service.multiproc import ScorerHub, WorkerPool
+
+    if settings.server.port == 0:
+        raise ConfigError("server.port must be a fixed port when server.workers > 1")
+    TokenAuth.from_settings(settings.auth, settings.server.host)  # fail fast before spawning
+    metrics = ServiceMetrics()
+    engine = build_engine(settings, metrics)
+    await asyncio.to_thread(engine.warmup)
+    engine.start()
+    if settings.server.scorer_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.server.scorer_metrics_port, addr=settings.server.host,
+                          registry=metrics.registry)
+    pool = WorkerPool(settings, ScorerHub(engine), engine, settings.server.workers)
+    pool.start()
+    log.info("scorer ready", workers=settings.server.workers, model=engine.model_id,
+             device=str(engine.device))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await pool.watch(stop)
+    log.info("stopping ingest workers")
+    await asyncio.to_thread(pool.stop, settings.server.drain_timeout_s + 15)
+    await asyncio.to_thread(engine.stop, drain=True, timeout=10)
+    log.info("scorer stopped", windows=engine.windows_scored)
