@@ -64,12 +64,13 @@ def main() -> None:
     ap.add_argument("--frame-ms", type=int, default=100)
     ap.add_argument("--client-procs", type=int, default=6)
     ap.add_argument("--max-batch-size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=6, help="ingest worker processes")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     if a.smoke:
-        a.calls, a.duration_s, a.client_procs, a.max_batch_size = "4", 6.0, 2, 8
+        a.calls, a.duration_s, a.client_procs, a.max_batch_size, a.workers = "4", 6.0, 2, 8, 2
     work = Path(tempfile.mkdtemp(prefix="nes2net-gpu-e2e-"))
     torch.manual_seed(0)
     t0 = time.time()
@@ -91,11 +92,13 @@ def main() -> None:
            "--service-env", f"NES2NET_ENGINE__MAX_BATCH_SIZE={a.max_batch_size}",
            "--service-env", "NES2NET_ENGINE__MAX_DELAY_MS=25",
            "--service-env", "NES2NET_ENGINE__MAX_QUEUE=100000",
-           "--service-env", "NES2NET_ENGINE__LATENCY_TARGET_MS=800"]
+           "--service-env", "NES2NET_ENGINE__LATENCY_TARGET_MS=800",
+           "--service-env", f"NES2NET_SERVER__WORKERS={a.workers}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     sampler.stop.set()
     sampler.join(5)
     result: dict = {"benchmark": "gpu_e2e", "smoke": a.smoke, "cuda": cuda,
+                    "ingest_workers": a.workers,
                     "gpu": torch.cuda.get_device_name(0) if cuda else None,
                     "bundle_build_s": round(build_s, 1), "exit_code": proc.returncode}
     if report_path.is_file():

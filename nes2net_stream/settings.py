@@ -75,6 +75,14 @@ class ServerSection(Section):
     tls_key: str = ""
 
 
+class HttpSection(Section):
+    """``[http]``: the HTTP listener for the dashboard, the try-it page and WebRTC signalling."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=0, le=65535)
+
+
 class RedisSection(Section):
     """``[redis]``: where events go."""
 
@@ -148,6 +156,7 @@ class Settings(Section):
     """All configuration sections."""
 
     server: ServerSection = Field(default_factory=ServerSection)
+    http: HttpSection = Field(default_factory=HttpSection)
     redis: RedisSection = Field(default_factory=RedisSection)
     model: ModelSection = Field(default_factory=ModelSection)
     engine: EngineSection = Field(default_factory=EngineSection)

@@ -87,7 +87,7 @@ async def make_service(redis_server, redis_client, small_bundle):
 
     async def factory(**overrides):
         base = {"model": {"path": str(small_bundle)}, "server": {"port": 0},
-                "redis": {"url": redis_server.url}}
+                "http": {"port": 0}, "redis": {"url": redis_server.url}}
         for section, values in overrides.items():
             base.setdefault(section, {}).update(values)
         settings = load_settings(None, environ={}, overrides=base)

@@ -12,7 +12,7 @@ from nes2net_stream.localstack import ServiceProcess
 async def test_two_ingest_workers_share_the_port_and_one_scorer(small_bundle, redis_server,
                                                                redis_client, tmp_path):
     svc = ServiceProcess(redis_server.url, model=str(small_bundle), log_path=tmp_path / "log",
-                         extra_env={"NES2NET_SERVER__WORKERS": "2",
+                         extra_env={"NES2NET_SERVER__WORKERS": "2", "NES2NET_HTTP__PORT": "0",
                                     "NES2NET_LOGGING__LEVEL": "info"})
     try:
         await asyncio.to_thread(svc.wait_ready, 120)

@@ -84,7 +84,8 @@ def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int
     local = None if redis_url else LocalRedis()
     url = redis_url or local.url  # type: ignore[union-attr]
     log = Path(tempfile.gettempdir()) / "nes2net-bench-service.log"
-    env = {"NES2NET_LIMITS__MAX_CALLS": "100000", "NES2NET_LOGGING__LEVEL": "warning"}
+    env = {"NES2NET_LIMITS__MAX_CALLS": "100000", "NES2NET_LOGGING__LEVEL": "warning",
+           "NES2NET_HTTP__PORT": "0"}
     for item in service_env:
         key, sep, value = item.partition("=")
         if not sep:

@@ -115,6 +115,7 @@ class Service:
                 self.add_route(gw.config.path, _gateway_handler(gw))
                 self._ws_gateways[gw.config.path] = gw
         self.server: Server | None = None
+        self.http: Any = None  # the HTTP app (dashboard, try-it page, WebRTC signalling)
         self._tcp_servers: list[asyncio.Server] = []
         self._stopped = asyncio.Event()
 
@@ -222,6 +223,10 @@ class Service:
                 self._tcp_servers.append(srv)
                 log.info("gateway listening", gateway=gw.name, host=gw.config.host,
                          port=gw.bound_port)
+        if self.settings.http.enabled and not self.worker_index:
+            from nes2net_stream.web.app import start_http
+
+            self.http = await start_http(self)
         log.info("service listening", host=s.host, port=self.port, worker=self.worker_index,
                  model=self.ctx.engine.model_id,
                  device=str(self.ctx.engine.device), auth_required=self.ctx.auth.required,
@@ -238,6 +243,8 @@ class Service:
             self.server.close(close_connections=False)
         for srv in self._tcp_servers:
             srv.close()
+        if self.http is not None:
+            await self.http.stop_accepting()
         sessions = list(self.ctx.calls.values())
         ends = [self.ctx.end_call(s, CallEnd("shutdown")) for s in sessions]
         if ends:
@@ -254,6 +261,8 @@ class Service:
                 await asyncio.wait_for(self.server.wait_closed(), 10)
         await asyncio.to_thread(self.ctx.engine.stop, drain=True, timeout=deadline)
         await self.ctx.publisher.stop(grace_s=max(5.0, deadline))
+        if self.http is not None:
+            await self.http.close()
         log.info("stopped", published=self.ctx.publisher.published,
                  buffered=self.ctx.publisher.buffered)
         self._stopped.set()
