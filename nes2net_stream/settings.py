@@ -83,6 +83,26 @@ class HttpSection(Section):
     port: int = Field(8081, ge=0, le=65535)
 
 
+class IceServer(Section):
+    """One ``[[webrtc.ice_servers]]`` entry: a STUN or TURN server (``RTCIceServer``)."""
+
+    urls: list[str] = Field(min_length=1)
+    username: str = ""
+    credential: str = ""
+
+
+class WebRTCSection(Section):
+    """``[webrtc]``: WebRTC ingest (aiortc) behind HTTP signalling on the ``[http]`` listener."""
+
+    enabled: bool = True
+    path: str = Field("/v1/webrtc", pattern=r"^/[A-Za-z0-9/_.-]*[A-Za-z0-9_.-]$")
+    max_peers: int = Field(50, ge=1, le=10_000)
+    max_tracks_per_peer: int = Field(2, ge=1, le=16)
+    max_offer_bytes: int = Field(65_536, ge=1024, le=1_048_576)
+    connect_timeout_s: float = Field(20.0, gt=0.0, le=600.0)
+    ice_servers: list[IceServer] = Field(default_factory=list)
+
+
 class RedisSection(Section):
     """``[redis]``: where events go."""
 
@@ -157,6 +177,7 @@ class Settings(Section):
 
     server: ServerSection = Field(default_factory=ServerSection)
     http: HttpSection = Field(default_factory=HttpSection)
+    webrtc: WebRTCSection = Field(default_factory=WebRTCSection)
     redis: RedisSection = Field(default_factory=RedisSection)
     model: ModelSection = Field(default_factory=ModelSection)
     engine: EngineSection = Field(default_factory=EngineSection)

@@ -87,3 +87,17 @@ def test_checkpoint_averaging():
     avg = average_state_dicts([a, b])
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and int(avg["n"]) == 5
     assert np.isfinite(avg["w"].numpy()).all()
+
+
+def test_balance_weights_equalise_speakers_and_classes(toy_corpus):
+    trials, audio = load_split(toy_corpus, "train")
+    ds = ProtocolDataset(trials, audio, segment_samples=8000)
+    w = ds.balance_weights()
+    assert abs(w.sum() - 1) < 1e-9
+    bona = sum(wi for wi, t in zip(w, trials, strict=True) if not t.is_spoof)
+    assert abs(bona - 0.5) < 1e-9
+    per_speaker = {}
+    for wi, t in zip(w, trials, strict=True):
+        if not t.is_spoof:
+            per_speaker[t.speaker] = per_speaker.get(t.speaker, 0) + wi
+    assert max(per_speaker.values()) - min(per_speaker.values()) < 1e-9

@@ -24,12 +24,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service.events import OutputEvent
 from nes2net_stream.service.metrics import ServiceMetrics
+from nes2net_stream.service.redis_client import create_redis_client
 
 log = get_logger("nes2net.redis")
 
@@ -82,9 +82,7 @@ class RedisPublisher:
     def __init__(self, cfg: RedisConfig, metrics: ServiceMetrics | None = None):
         self.cfg = cfg
         self.metrics = metrics or ServiceMetrics()
-        self.client = aioredis.Redis.from_url(
-            cfg.url, socket_timeout=cfg.socket_timeout_s,
-            socket_connect_timeout=cfg.socket_timeout_s, health_check_interval=15)
+        self.client = create_redis_client(cfg.url, socket_timeout=cfg.socket_timeout_s)
         self._alerts: deque[_Pending] = deque()
         self._scores: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()

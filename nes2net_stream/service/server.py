@@ -27,7 +27,7 @@ from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import Gateway, HandshakeRejected
 from nes2net_stream.gateways.registry import load_gateways
 from nes2net_stream.logs import get_logger
-from nes2net_stream.service.auth import TokenAuth
+from nes2net_stream.service.auth import TokenAuth, is_loopback
 from nes2net_stream.service.context import ServiceContext
 from nes2net_stream.service.engine import ScoringEngine
 from nes2net_stream.service.events import CallEnd
@@ -56,6 +56,16 @@ def _device_and_dtype(settings: Settings) -> tuple[str, torch.dtype | None]:
     return device, dtype
 
 
+def exposed_host(settings: Settings) -> str:
+    """The listen address that decides whether authentication is required.
+
+    That is the first of ``[server] host`` and ``[http] host`` (when enabled) that is not
+    loopback.
+    """
+    hosts = [settings.server.host] + ([settings.http.host] if settings.http.enabled else [])
+    return next((h for h in hosts if not is_loopback(h)), settings.server.host)
+
+
 def build_engine(settings: Settings, metrics: ServiceMetrics) -> ScoringEngine:
     """Load the model bundle on its device and wrap it in the batching engine."""
     device, dtype = _device_and_dtype(settings)
@@ -75,7 +85,7 @@ def build_context(settings: Settings, metrics: ServiceMetrics | None = None, *,
                   engine: Any = None, spoof_prior: float | None = None) -> ServiceContext:
     """Build the engine (unless given, e.g. a remote one), publisher and shared settings."""
     metrics = metrics or ServiceMetrics()
-    auth = TokenAuth.from_settings(settings.auth, settings.server.host)
+    auth = TokenAuth.from_settings(settings.auth, exposed_host(settings))
     if engine is None:
         engine = build_engine(settings, metrics)
         spoof_prior = engine.detector.calibration.spoof_prior
@@ -312,7 +322,7 @@ async def run_multiprocess(settings: Settings) -> None:
 
     if settings.server.port == 0:
         raise ConfigError("server.port must be a fixed port when server.workers > 1")
-    TokenAuth.from_settings(settings.auth, settings.server.host)  # fail fast before spawning
+    TokenAuth.from_settings(settings.auth, exposed_host(settings))  # fail fast before spawning
     metrics = ServiceMetrics()
     engine = build_engine(settings, metrics)
     await asyncio.to_thread(engine.warmup)

@@ -72,6 +72,22 @@ class ProtocolDataset(Dataset):
         """Change the random crops and augmentations for a new epoch (reproducibly)."""
         self.epoch = epoch
 
+    def balance_weights(self) -> np.ndarray:
+        """Sampling weights that balance speakers, systems and classes.
+
+        Every bona fide speaker and every spoofing system gets the same share of its class,
+        and both classes the same share of the epoch.
+        """
+        groups = [(t.key, t.speaker if not t.is_spoof else t.system) for t in self.trials]
+        counts: dict[tuple[str, str], int] = {}
+        for g in groups:
+            counts[g] = counts.get(g, 0) + 1
+        per_class: dict[str, int] = {}
+        for key, _ in counts:
+            per_class[key] = per_class.get(key, 0) + 1
+        w = np.array([1.0 / (counts[g] * per_class[g[0]]) for g in groups])
+        return w / w.sum()
+
     def labels(self) -> np.ndarray:
         """Class labels of all trials (1 = bona fide, 0 = spoof)."""
         return np.array([t.label for t in self.trials], dtype=np.int64)

@@ -56,6 +56,9 @@ class TrainConfig:
         max_batches: stop each epoch after this many batches (quick experiments and tests).
         num_workers: data-loader worker processes.
         grad_clip: gradient-norm clipping (0 disables).
+        balance: sample crops so that every bona fide speaker and every spoofing system gets
+            the same share of its class and both classes the same share of each epoch (use
+            equal class weights with it); without it a dominant speaker dominates training.
     """
 
     epochs: int = 20
@@ -71,6 +74,7 @@ class TrainConfig:
     max_batches: int | None = None
     num_workers: int = 0
     grad_clip: float = 5.0
+    balance: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -200,7 +204,13 @@ class Trainer:
         self.model.train()
         self.train_set.set_epoch(epoch)
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
-        loader = DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True,
+        sampler = None
+        if self.cfg.balance:
+            sampler = torch.utils.data.WeightedRandomSampler(
+                torch.from_numpy(self.train_set.balance_weights()), len(self.train_set),
+                replacement=True, generator=gen)
+        loader = DataLoader(self.train_set, batch_size=self.cfg.batch_size,
+                            shuffle=sampler is None, sampler=sampler,
                             drop_last=len(self.train_set) > self.cfg.batch_size, generator=gen,
                             num_workers=self.cfg.num_workers)
         # workers are forked per epoch and inherit the preloaded cache; the epoch number
