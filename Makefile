@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 SYSTEM_PACKAGES := redis-server sox libsox-fmt-all ffmpeg espeak-ng flite festival \
 	festvox-kallpc16k asterisk-core-sounds-en-wav asterisk-prompt-fr-armelle codec2-examples \
-	pocketsphinx-testdata alsa-utils chromium
+	pocketsphinx-testdata alsa-utils chromium docker-compose haproxy
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup system-deps venv lint fuzz bench clean corpus demo-model

@@ -7,10 +7,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from nes2net_stream.logs import get_logger
+from nes2net_stream.service.redis_client import create_redis_client
 
 log = get_logger("nes2net.watch")
 
@@ -26,8 +26,7 @@ async def tail_events(url: str, streams: list[str], on_event: Callable[[dict[str
     last = {s: "0-0" if from_start else "$" for s in streams}
     seen = 0
     backoff = 0.1
-    client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=block_ms / 1000
-                                     + 5)
+    client = create_redis_client(url, decode_responses=True, socket_timeout=block_ms / 1000 + 5)
     try:
         if not from_start:  # pin "$" to concrete ids so a reconnect does not skip entries
             for s in streams:

@@ -307,6 +307,13 @@ async def test_cluster_url_publishes_across_slots_and_pubsub_reaches_every_node(
         for c in calls:
             assert (await check.hgetall(f"nes2net:call:{c}"))["ended"] == "1"
             assert 0 < await check.ttl(f"nes2net:call:{c}") <= 86_400
+        # one XREAD of both streams is cross-slot, unless the prefix is a hash tag
+        with pytest.raises(redis.RedisError, match="same key slot"):
+            await check.xread({"nes2net:alerts": "0-0", "nes2net:scores": "0-0"})
+        for stream in ("alerts", "scores"):
+            await check.xadd(f"{{nes2net}}:{stream}", {"event": "{}"})
+        both = await check.xread({"{nes2net}:alerts": "0-0", "{nes2net}:scores": "0-0"})
+        assert len(both) == 2
         await check.aclose()
         per_node = [len(n.client().keys("nes2net:call:*")) for n in nodes]
         assert sum(per_node) == len(calls)

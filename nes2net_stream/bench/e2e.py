@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis.asyncio as aioredis
 
 from nes2net_stream.audio.io import load_audio
 from nes2net_stream.client import stream_samples
+from nes2net_stream.service.redis_client import create_redis_client
 
 
 @dataclass
@@ -47,7 +47,7 @@ class LevelResult:
 
 async def _reader(url: str, starts: dict[str, float], latencies: list[float],
                   stop: asyncio.Event, stream: str) -> int:
-    client = aioredis.Redis.from_url(url, decode_responses=True)
+    client = create_redis_client(url, decode_responses=True)
     last = "$"
     seen = 0
     try:

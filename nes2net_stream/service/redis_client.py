@@ -28,8 +28,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, RedisError
 
 from nes2net_stream.errors import ConfigError
 
@@ -44,11 +43,12 @@ _SENTINEL_OPTIONS = {"sentinel_username", "sentinel_password", "sentinel_passwor
 
 
 class ClusterClient(RedisCluster):
-    """``RedisCluster`` whose cluster-level failures are ``redis.ConnectionError``.
+    """``RedisCluster`` whose cluster-level failures are ``RedisError``.
 
-    redis-py raises ``RedisClusterException`` (not a ``RedisError``) when no start-up node is
-    reachable or slots are not covered; callers written for one server (the publisher's retry
-    loop, ``/readyz``) handle ``RedisError``, so such failures are re-raised as one.
+    redis-py raises ``RedisClusterException``, which is not a ``RedisError``, when no start-up
+    node is reachable, slots are not covered or a command's keys are in different slots;
+    callers written for one server (the publisher's retry loop, ``/readyz``, the event feeds)
+    handle ``RedisError``, so these failures are re-raised as one, with the cause in the message.
     """
 
     async def initialize(self, *args: Any, **kwargs: Any) -> ClusterClient:
@@ -56,14 +56,14 @@ class ClusterClient(RedisCluster):
         try:
             return await super().initialize(*args, **kwargs)
         except RedisClusterException as exc:
-            raise RedisConnectionError(f"Redis Cluster: {exc}") from exc
+            raise RedisError(f"Redis Cluster: {exc}") from exc
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """Run one command on the node(s) that own it."""
         try:
             return await super().execute_command(*args, **kwargs)
         except RedisClusterException as exc:
-            raise RedisConnectionError(f"Redis Cluster: {exc}") from exc
+            raise RedisError(f"Redis Cluster: {exc}") from exc
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         """A non-transactional pipeline; commands are sent per node, grouped by slot owner."""
@@ -79,7 +79,7 @@ class ClusterClient(RedisCluster):
             try:
                 return await execute(*args, **kwargs)
             except RedisClusterException as exc:
-                raise RedisConnectionError(f"Redis Cluster: {exc}") from exc
+                raise RedisError(f"Redis Cluster: {exc}") from exc
 
         pipe.execute = checked_execute
         pipe.publish = publish

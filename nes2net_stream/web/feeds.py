@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError, ResponseError
 
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service.events import REPLICA_ID
+from nes2net_stream.service.redis_client import create_redis_client
 
 log = get_logger("nes2net.feeds")
 STREAM_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -103,9 +103,8 @@ class EventFeeds:
     """Serves ``/v1/events`` from one Redis connection pool."""
 
     def __init__(self, redis_url: str, key_prefix: str, ctx: Any):
-        self.client = aioredis.Redis.from_url(redis_url, decode_responses=True,
-                                              socket_timeout=BLOCK_MS / 1000 + 5,
-                                              socket_connect_timeout=5)
+        self.client = create_redis_client(redis_url, socket_timeout=BLOCK_MS / 1000 + 5,
+                                          decode_responses=True)
         self.keys = {s: f"{key_prefix}:{s}" for s in STREAMS}
         self.ctx = ctx
         self.open = 0
