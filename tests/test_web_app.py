@@ -161,9 +161,10 @@ def test_cursor_round_trip_and_validation():
 
 
 async def test_http_listener_beyond_loopback_requires_the_token(make_service):
-    # the WebSocket listener stays on loopback; the pages alone are exposed
+    # the WebSocket listener stays on loopback; the pages alone are exposed, which is enough
+    # to require tokens everywhere
     svc = await make_service(http={"host": "0.0.0.0"}, auth={"tokens": [TOKEN]})
-    assert not svc.ctx.auth.required
+    assert svc.ctx.auth.required
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{base(svc)}/dashboard") as r:
             assert r.status == 401
