@@ -86,12 +86,7 @@ def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int
     log = Path(tempfile.gettempdir()) / "nes2net-bench-service.log"
     env = {"NES2NET_LIMITS__MAX_CALLS": "100000", "NES2NET_LOGGING__LEVEL": "warning",
            "NES2NET_HTTP__PORT": "0"}
-    for item in service_env:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}",
-                                     param_hint="--service-env")
-        env[key] = value
+    env.update(_env_pairs(service_env))
     service = ServiceProcess(url, model=model_path, log_path=log, extra_env=env)
     try:
         service.wait_ready(timeout=600)
@@ -109,3 +104,60 @@ def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int
     if out is not None:
         out.write_text(text + "\n", encoding="utf-8")
     click.echo(text)
+
+
+@bench.command("soak")
+@click.option("--calls", type=int, default=100, show_default=True,
+              help="Concurrent calls kept running.")
+@click.option("--duration-s", type=float, default=1800.0, show_default=True)
+@click.option("--call-s", type=float, default=60.0, show_default=True,
+              help="Length of each call; a new one replaces it when it ends.")
+@click.option("--sample-s", type=float, default=30.0, show_default=True,
+              help="How often the service's /metrics is scraped.")
+@click.option("--model", "model_path", default="builtin:demo", show_default=True)
+@click.option("--audio", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Call audio to loop [the bundled human sample call].")
+@click.option("--service-env", multiple=True, metavar="KEY=VALUE",
+              help="Extra environment for the service.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the JSON here.")
+def bench_soak(calls: int, duration_s: float, call_s: float, sample_s: float, model_path: str,
+               audio: Path | None, service_env: tuple[str, ...], out: Path | None) -> None:
+    """Long run at constant concurrency: memory, descriptors and tasks must stay flat."""
+    import tempfile
+
+    from nes2net_stream.audio.io import load_audio
+    from nes2net_stream.bench.soak import report, run_soak
+    from nes2net_stream.demo import sample_path
+    from nes2net_stream.localstack import LocalRedis, ServiceProcess
+
+    env = {"NES2NET_LOGGING__LEVEL": "warning", "NES2NET_HTTP__PORT": "0",
+           **_env_pairs(service_env)}
+    local = LocalRedis()
+    log = Path(tempfile.gettempdir()) / "nes2net-soak-service.log"
+    service = ServiceProcess(local.url, model=model_path, log_path=log, extra_env=env)
+    try:
+        service.wait_ready(timeout=600)
+        clip = load_audio(audio or sample_path("human_call.wav"), sample_rate=8000)
+        res = asyncio.run(run_soak(service.url, service.http, clip.samples, 8000, calls=calls,
+                                   duration_s=duration_s, call_s=call_s, sample_s=sample_s))
+        exit_code = service.stop()
+    finally:
+        service.stop()
+        local.stop()
+    text = json.dumps({"benchmark": "soak", **_stamp(), "model": model_path,
+                       "service_exit_code": exit_code, **report(res)}, indent=2)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+    click.echo(text)
+
+
+def _env_pairs(items: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}",
+                                     param_hint="--service-env")
+        env[key] = value
+    return env

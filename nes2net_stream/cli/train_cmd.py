@@ -97,6 +97,9 @@ def build_model(opts: dict[str, Any]) -> Any:
               help="Cross-entropy weights of spoof and bona fide.")
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine",
               show_default=True)
+@click.option("--bn-recalibration-batches", type=int, default=50, show_default=True,
+              help="Re-estimate batch-norm statistics on clean training crops after "
+                   "averaging (0 disables).")
 @click.option("--balance/--no-balance", default=False, show_default=True,
               help="Sample every bona fide speaker and spoofing system equally (use with "
                    "--class-weights 0.5 0.5).")
@@ -141,6 +144,7 @@ def train(**opts: Any) -> None:
         frontend_lr=0.0 if opts["freeze_ssl"] else opts["frontend_lr"],
         weight_decay=opts["weight_decay"], class_weights=tuple(opts["class_weights"]),
         schedule=opts["schedule"], segment_s=opts["segment_s"], balance=opts["balance"],
+        bn_recalibration_batches=opts["bn_recalibration_batches"],
         average_best=opts["average_best"], seed=opts["seed"], max_batches=opts["max_batches"],
         num_workers=opts["num_workers"], extra={"augment": aug_dict,
                                                 "limit_train": opts["limit_train"],

@@ -5,6 +5,14 @@ await the returned future. The worker takes the oldest window, waits at most
 ``max_delay_ms`` for more (or until ``max_batch_size`` are queued), runs one forward pass and
 resolves every future of the batch. The queue is bounded: when it is full the configured drop
 policy rejects the newest window or evicts the oldest one, and the drop is counted.
+
+Anything that escapes the worker's loop (a bug, a ``BaseException`` from a native extension)
+kills the thread: the engine logs it, fails the windows of the batch being run with
+:class:`EngineRestarted`, counts it in ``nes2net_engine_restarts_total`` and starts a new worker
+(with a growing pause when crashes repeat). Calls active at that moment see
+:attr:`ScoringEngine.restarts` change and mark their events ``"degraded": "engine_restart"``.
+A worker stuck in one batch for longer than ``stall_timeout_s`` makes :attr:`stalled` true
+(``/readyz`` then fails), since a Python thread cannot be killed.
 """
 
 from __future__ import annotations
@@ -21,8 +29,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from nes2net_stream.logs import get_logger
 from nes2net_stream.models.detector import Detector
 from nes2net_stream.service.runner import BatchRunner
+
+log = get_logger("nes2net.engine")
 
 DropPolicy = Literal["drop_newest", "drop_oldest"]
 
@@ -33,6 +44,10 @@ class WindowDropped(Exception):
 
 class EngineStopped(Exception):
     """The engine is stopped and accepts no more windows."""
+
+
+class EngineRestarted(Exception):
+    """The scoring worker crashed while this window's batch ran; a new worker was started."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +100,7 @@ class ScoringEngine:
                  threads: int | None = None, metrics: Any = None,
                  window_samples: int = 64_000, cuda_graphs: bool = True,
                  cuda_graph_max_batch: int = 16, latency_target_s: float = 0.5,
-                 max_stride: int = 8):
+                 max_stride: int = 8, stall_timeout_s: float = 120.0):
         self.detector = detector.eval()
         self.device = next(detector.parameters()).device
         self.dtype = dtype
@@ -109,6 +124,10 @@ class ScoringEngine:
         self.windows_scored = 0
         self.windows_dropped = 0
         self.batches = 0
+        self.restarts = 0
+        self.stall_timeout_s = stall_timeout_s
+        self._busy_since: float | None = None
+        self._crash_times: deque[float] = deque(maxlen=5)
 
     @property
     def model_id(self) -> str:
@@ -145,14 +164,23 @@ class ScoringEngine:
 
     @property
     def running(self) -> bool:
-        """True while the worker thread is alive."""
+        """True while the worker thread is alive (or being restarted after a crash)."""
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stalled(self) -> bool:
+        """True when one batch has been running for more than ``stall_timeout_s``."""
+        since = self._busy_since
+        return since is not None and time.monotonic() - since > self.stall_timeout_s
 
     def start(self) -> None:
         """Start the worker thread (idempotent)."""
         if self.running:
             return
         self._running = True
+        self._spawn()
+
+    def _spawn(self) -> None:
         self._thread = threading.Thread(target=self._worker, name="nes2net-engine", daemon=True)
         self._thread.start()
 
@@ -214,23 +242,52 @@ class ScoringEngine:
     def _worker(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
-        while True:
-            batch = self._take_batch()
-            if not batch:
-                if not self._running:
-                    return
-                continue
-            self._run_batch(batch)
+        batch: list[_Item] = []
+        try:
+            while True:
+                batch = self._take_batch()
+                if not batch:
+                    if not self._running:
+                        return
+                    continue
+                self._run_batch(batch)
+                batch = []
+        except BaseException as exc:  # anything escaping the loop: restart, never go silent
+            self._busy_since = None
+            self._on_crash(exc, batch)
+
+    def _on_crash(self, exc: BaseException, batch: list[_Item]) -> None:
+        self.restarts += 1
+        now = time.monotonic()
+        self._crash_times.append(now)
+        recent = sum(1 for t in self._crash_times if now - t < 10.0)
+        pause = 0.0 if recent <= 1 else min(5.0, 0.1 * 2 ** (recent - 2))
+        log.error("scoring worker crashed; restarting it", error=repr(exc),
+                  restarts=self.restarts, failed_windows=len(batch),
+                  queued_windows=len(self._queue), pause_s=pause, exc_info=exc)
+        if self.metrics is not None:
+            self.metrics.engine_restarts.inc()
+            self.metrics.windows_dropped.labels(reason="engine_restart").inc(len(batch))
+        for it in batch:
+            with contextlib.suppress(Exception):
+                it.deliver(None, EngineRestarted(f"scoring worker crashed: {exc!r}"))
+        if pause:
+            time.sleep(pause)
+        if self._running:
+            self._spawn()
 
     def _run_batch(self, batch: list[_Item]) -> None:
         started = time.monotonic()
+        self._busy_since = started
         try:
             logits = self.runner.run(np.stack([it.samples for it in batch]).astype(np.float32))
             scores = self.detector.scores_from_logits(logits)
         except Exception as exc:  # a failed batch fails its windows, not the engine
+            self._busy_since = None
             for it in batch:
                 it.deliver(None, exc)
             return
+        self._busy_since = None
         elapsed = time.monotonic() - started
         rate = len(batch) / max(elapsed, 1e-6)
         self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate

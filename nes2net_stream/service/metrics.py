@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -56,7 +63,16 @@ class ServiceMetrics:
                                     registry=r)
         self.redis_buffered = Gauge(f"{p}_redis_buffered_events",
                                     "Events waiting to be written to Redis", registry=r)
+        self.redis_buffered_bytes = Gauge(f"{p}_redis_buffered_bytes",
+                                          "Approximate memory held by events waiting for Redis",
+                                          registry=r)
+        self.engine_restarts = Counter(f"{p}_engine_restarts_total",
+                                       "Scoring worker crashes (each followed by a restart)",
+                                       registry=r)
+        self.event_loop_tasks = Gauge(f"{p}_event_loop_tasks", "asyncio tasks alive in this "
+                                      "process", registry=r)
         self.ready = Gauge(f"{p}_ready", "1 when the service accepts calls", registry=r)
+        ProcessCollector(registry=r)  # process_*: memory, CPU, open file descriptors
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one model forward pass (called from the engine thread)."""

@@ -7,6 +7,12 @@ worker processes each run the complete ingest side (WebSocket and TCP listeners 
 port through ``SO_REUSEPORT``, sessions, alert policy, Redis publishing). Workers send windows to
 the scorer over a pipe (a request id and the raw float32 samples) and get the scores back; the
 events they publish are the same as in single-process mode.
+
+Faults: the scorer restarts a worker that dies (the calls of the other workers go on; those of
+the dead one lose their summaries with it). A scoring-worker restart inside the scorer reaches
+every worker with the next score (their calls are marked degraded). When the scorer process
+itself dies, every worker notices the closed pipe, ends its calls with summaries and exits,
+so an orchestrator restarts the whole service.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 
 from nes2net_stream.logs import configure_logging, get_logger
 from nes2net_stream.service.engine import (
+    EngineRestarted,
     EngineStopped,
     ScoringEngine,
     WindowDropped,
@@ -36,7 +43,7 @@ from nes2net_stream.settings import Settings
 
 log = get_logger("nes2net.multiproc")
 _HEADER = struct.Struct("<Q")
-_ERRORS = {"dropped": WindowDropped, "stopped": EngineStopped}
+_ERRORS = {"dropped": WindowDropped, "stopped": EngineStopped, "restarted": EngineRestarted}
 
 
 class ScorerHub:
@@ -56,11 +63,11 @@ class ScorerHub:
                                     result.bona_fide_logit, result.queue_delay_s,
                                     result.inference_s, result.batch_size), None)
             else:
-                kind = "dropped" if isinstance(error, WindowDropped) else (
-                    "stopped" if isinstance(error, EngineStopped) else repr(error))
+                kind = next((k for k, cls in _ERRORS.items() if isinstance(error, cls)),
+                            repr(error))
                 msg = (req, None, kind)
             with lock, contextlib.suppress(OSError, EOFError, BrokenPipeError):
-                conn.send((msg, self.engine.expected_wait_s))
+                conn.send((msg, self.engine.expected_wait_s, self.engine.restarts))
 
         def serve() -> None:
             while True:
@@ -96,6 +103,8 @@ class RemoteEngine:
         self._alive = False
         self._reader: threading.Thread | None = None
         self.windows_dropped = 0
+        self.restarts = 0  # the scorer's engine restarts, as last reported
+        self.on_lost: Any = None  # called (from the reader thread) when the scorer is gone
 
     @property
     def model_id(self) -> str:
@@ -162,10 +171,11 @@ class RemoteEngine:
     def _receive(self) -> None:
         while True:
             try:
-                (req, values, error), wait_s = self.conn.recv()
+                (req, values, error), wait_s, restarts = self.conn.recv()
             except (EOFError, OSError):
                 break
             self._wait_s = wait_s
+            self.restarts = restarts
             with self._lock:
                 entry = self._pending.pop(req, None)
             if entry is None:
@@ -186,6 +196,8 @@ class RemoteEngine:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, fut, None,
                                           EngineStopped("scorer connection lost"))
+        if self.on_lost is not None:
+            self.on_lost()
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -208,8 +220,22 @@ def worker_main(settings_data: dict[str, Any], conn: Connection, index: int, mod
                           settings.engine.latency_target_ms / 1000.0)
     ctx = build_context(settings, engine=engine, spoof_prior=spoof_prior)
     service = Service(settings, ctx, reuse_port=True, worker_index=index)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def lost() -> None:
+            if not ctx.draining:
+                log.error("scorer process lost; ending this worker's calls and exiting",
+                          worker=index, active_calls=len(ctx.calls))
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(service.request_stop)
+
+        engine.on_lost = lost
+        await service.run_forever()
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(service.run_forever())
+        asyncio.run(main())
 
 
 class WorkerPool:

@@ -9,9 +9,20 @@ Events are queued in memory (bounded) and written by one background task in pipe
 
 When Redis is down, slow or out of memory, the batch stays at the head of its queue and is
 retried with exponential backoff, so order is kept and nothing is lost while the buffer has
-room. The alert and score buffers are bounded separately; when one is full its oldest event is
-dropped, counted and logged. Delivery is at least once: a write that timed out may have
-succeeded, so consumers de-duplicate on ``event_id``.
+room. When part of a pipelined batch was applied (e.g. Redis reached ``maxmemory`` mid-batch),
+the events whose ``XADD`` succeeded are taken off the queue and only the rest is retried.
+
+The alert and score buffers are bounded separately, in events (``alert_buffer``,
+``score_buffer``) and in bytes of serialised JSON (``alert_buffer_bytes``,
+``score_buffer_bytes``); when one is full its oldest event is dropped, counted in
+``nes2net_events_dropped_total{type}`` and logged (every lost alert with its ``event_id``;
+score drops at most every ``DROP_LOG_INTERVAL_S`` with a count). Delivery is at least once: a
+write that timed out may have succeeded, so consumers de-duplicate on ``event_id``.
+
+Logs tell an outage's story: ``redis write failed; buffering and retrying`` (with the cause:
+``connection``, ``timeout``, ``oom``, ``auth`` or ``error``), ``redis still failing`` every
+``OUTAGE_LOG_INTERVAL_S`` with the backlog, then ``redis writes resumed`` with the outage's
+length and the number of events flushed.
 """
 
 from __future__ import annotations
@@ -24,7 +35,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ConnectionError,
+    NoPermissionError,
+    OutOfMemoryError,
+    RedisError,
+    TimeoutError,
+)
 
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service.events import OutputEvent
@@ -32,6 +51,8 @@ from nes2net_stream.service.metrics import ServiceMetrics
 from nes2net_stream.service.redis_client import create_redis_client
 
 log = get_logger("nes2net.redis")
+DROP_LOG_INTERVAL_S = 10.0
+OUTAGE_LOG_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +66,8 @@ class RedisConfig:
     call_ttl_s: int = 86_400
     alert_buffer: int = 100_000
     score_buffer: int = 50_000
+    alert_buffer_bytes: int = 256 * 1024 * 1024
+    score_buffer_bytes: int = 128 * 1024 * 1024
     batch_size: int = 256
     socket_timeout_s: float = 5.0
     max_backoff_s: float = 5.0
@@ -71,9 +94,63 @@ class RedisConfig:
 
 @dataclass
 class _Pending:
-    event: dict[str, Any]
+    doc: str  # the event's JSON document
+    type: str
+    event_id: str
+    call_id: str
     is_alert: bool
+    call_fields: dict[str, str]  # the call hash update
     received: float | None  # monotonic time the window's last sample arrived
+
+    @property
+    def size(self) -> int:
+        """Approximate bytes held (the JSON document dominates)."""
+        return len(self.doc) + 256
+
+
+class _Buffer:
+    """One bounded FIFO of events (alerts or scores)."""
+
+    def __init__(self, kind: str, max_events: int, max_bytes: int):
+        self.kind = kind
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.items: deque[_Pending] = deque()
+        self.bytes = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def full(self, incoming: int) -> bool:
+        """True when one more event of ``incoming`` bytes does not fit."""
+        return bool(self.items) and (len(self.items) >= self.max_events
+                                     or self.bytes + incoming > self.max_bytes)
+
+    def append(self, item: _Pending) -> None:
+        self.items.append(item)
+        self.bytes += item.size
+
+    def popleft(self) -> _Pending:
+        item = self.items.popleft()
+        self.bytes -= item.size
+        return item
+
+
+def _cause(exc: BaseException) -> str:
+    """Short class of a Redis failure for logs: connection, timeout, oom, auth or error."""
+    text = str(exc)
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    # redis-py strips the error prefix (OOM, NOPERM...) and raises a subclass instead
+    if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError) or \
+            text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+        return "auth"
+    if isinstance(exc, OutOfMemoryError) or text.startswith("OOM"):
+        return "oom"
+    if isinstance(exc, ConnectionError | OSError):
+        return "connection"
+    return "error"
 
 
 class RedisPublisher:
@@ -83,20 +160,35 @@ class RedisPublisher:
         self.cfg = cfg
         self.metrics = metrics or ServiceMetrics()
         self.client = create_redis_client(cfg.url, socket_timeout=cfg.socket_timeout_s)
-        self._alerts: deque[_Pending] = deque()
-        self._scores: deque[_Pending] = deque()
+        self._alerts = _Buffer("alert", cfg.alert_buffer, cfg.alert_buffer_bytes)
+        self._scores = _Buffer("score", cfg.score_buffer, cfg.score_buffer_bytes)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.connected = False
         self.published = 0
-        self.dropped = {"alert": 0, "score": 0}
         self.errors = 0
+        self.partial_writes = 0
+        self._outage_since: float | None = None
+        self._outage_logged = 0.0
+        self._outage_errors = 0
+        self._drop_logged = 0.0
+        self._drops_unlogged = 0
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Events dropped because their buffer was full, by kind."""
+        return {"alert": self._alerts.dropped, "score": self._scores.dropped}
 
     @property
     def buffered(self) -> int:
         """Events waiting to be written."""
         return len(self._alerts) + len(self._scores)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Approximate memory held by the waiting events."""
+        return self._alerts.bytes + self._scores.bytes
 
     async def start(self) -> None:
         """Start the writer task."""
@@ -116,19 +208,38 @@ class RedisPublisher:
 
         The oldest event of the same kind is dropped (counted, logged) when its buffer is full.
         """
-        item = _Pending(event.to_dict(), event.is_alert, received)
-        queue, cap, kind = ((self._alerts, self.cfg.alert_buffer, "alert") if item.is_alert
-                            else (self._scores, self.cfg.score_buffer, "score"))
-        if len(queue) >= cap:
-            lost = queue.popleft()
-            self.dropped[kind] += 1
-            self.metrics.events_dropped.labels(type=kind).inc()
-            log.error("redis buffer full, dropping oldest event", kind=kind,
-                      lost_event_id=lost.event["event_id"], lost_call_id=lost.event["call_id"],
-                      buffered=len(queue))
-        queue.append(item)
-        self.metrics.redis_buffered.set(self.buffered)
+        ev = event.to_dict()
+        doc = json.dumps(ev, separators=(",", ":"))
+        item = _Pending(doc, ev["type"], ev["event_id"], ev["call_id"], event.is_alert,
+                        _call_fields(ev, doc), received)
+        buf = self._alerts if item.is_alert else self._scores
+        while buf.full(item.size):
+            self._drop(buf, buf.popleft())
+        buf.append(item)
+        self._gauges()
         self._wakeup.set()
+
+    def _drop(self, buf: _Buffer, lost: _Pending) -> None:
+        buf.dropped += 1
+        self.metrics.events_dropped.labels(type=buf.kind).inc()
+        now = time.monotonic()
+        if buf.kind == "alert":
+            log.error("redis buffer full, dropping oldest event", kind=buf.kind,
+                      lost_event_id=lost.event_id, lost_call_id=lost.call_id,
+                      buffered=len(buf), buffered_bytes=buf.bytes)
+            return
+        self._drops_unlogged += 1
+        if now - self._drop_logged >= DROP_LOG_INTERVAL_S:
+            log.error("redis buffer full, dropping oldest events", kind=buf.kind,
+                      dropped_since_last_log=self._drops_unlogged, dropped_total=buf.dropped,
+                      lost_event_id=lost.event_id, buffered=len(buf),
+                      buffered_bytes=buf.bytes)
+            self._drop_logged = now
+            self._drops_unlogged = 0
+
+    def _gauges(self) -> None:
+        self.metrics.redis_buffered.set(self.buffered)
+        self.metrics.redis_buffered_bytes.set(self.buffered_bytes)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Flush what is buffered (for up to ``grace_s``), then close."""
@@ -138,11 +249,13 @@ class RedisPublisher:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), grace_s)
             except TimeoutError:
-                log.error("redis flush timed out; events lost", buffered=self.buffered)
+                log.error("redis flush timed out; events lost", buffered=self.buffered,
+                          alerts=len(self._alerts), scores=len(self._scores), grace_s=grace_s)
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        await self.client.aclose()
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.aclose()
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -154,56 +267,91 @@ class RedisPublisher:
                 await self._wakeup.wait()
                 continue
             # alerts first: they matter most and their buffer is the one that must not overflow
-            queue = self._alerts if self._alerts else self._scores
-            batch = [queue[i] for i in range(min(self.cfg.batch_size, len(queue)))]
+            buf = self._alerts if self._alerts else self._scores
+            batch = [buf.items[i] for i in range(min(self.cfg.batch_size, len(buf)))]
             try:
-                await self._write(batch)
+                written, error = await self._write(batch)
             except (RedisError, OSError) as exc:
-                self.errors += 1
-                self.metrics.redis_errors.inc()
-                if self.connected or self.errors == 1:
-                    log.warning("redis write failed; buffering and retrying", error=str(exc),
-                                buffered=self.buffered)
-                self.connected = False
-                if self._closing and backoff >= self.cfg.max_backoff_s:
-                    return
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.cfg.max_backoff_s)
+                written, error = 0, exc
+            for _ in range(written):
+                buf.popleft()
+            if written:
+                self._gauges()
+            if error is None:
+                self._resumed()
+                backoff = 0.05
                 continue
-            if not self.connected and self.errors:
-                log.info("redis writes resumed", buffered=self.buffered, errors=self.errors)
-            self.connected = True
-            backoff = 0.05
-            for _ in batch:
-                queue.popleft()
-            self.metrics.redis_buffered.set(self.buffered)
+            self._failed(error, written)
+            if self._closing and backoff >= self.cfg.max_backoff_s:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.cfg.max_backoff_s)
 
-    async def _write(self, batch: list[_Pending]) -> None:
+    def _failed(self, exc: BaseException, written: int) -> None:
+        self.errors += 1
+        self._outage_errors += 1
+        self.metrics.redis_errors.inc()
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = self._outage_logged = now
+            log.warning("redis write failed; buffering and retrying", cause=_cause(exc),
+                        error=str(exc)[:200], buffered=self.buffered, written_of_batch=written)
+        elif now - self._outage_logged >= OUTAGE_LOG_INTERVAL_S:
+            self._outage_logged = now
+            log.warning("redis still failing", cause=_cause(exc), error=str(exc)[:200],
+                        outage_s=round(now - self._outage_since, 1),
+                        failed_writes=self._outage_errors, buffered=self.buffered,
+                        buffered_bytes=self.buffered_bytes, dropped=self.dropped)
+        self.connected = False
+
+    def _resumed(self) -> None:
+        if self._outage_since is not None:
+            log.info("redis writes resumed",
+                     outage_s=round(time.monotonic() - self._outage_since, 2),
+                     failed_writes=self._outage_errors, buffered=self.buffered,
+                     dropped=self.dropped)
+            self._outage_since = None
+            self._outage_errors = 0
+        self.connected = True
+
+    async def _write(self, batch: list[_Pending]) -> tuple[int, BaseException | None]:
+        """Write a batch: (leading events whose ``XADD`` was applied, the first error).
+
+        A failure of the whole pipeline (connection lost, timeout) raises. When only some
+        commands failed (e.g. ``OOM`` once Redis reached ``maxmemory``), the events before the
+        first failed ``XADD`` count as written and that ``XADD``'s error is returned.
+        """
         cfg = self.cfg
         pipe = self.client.pipeline(transaction=False)
         for item in batch:
-            ev = item.event
-            doc = json.dumps(ev, separators=(",", ":"))
-            fields = {"event": doc, "type": ev["type"], "call_id": ev["call_id"],
-                      "event_id": ev["event_id"]}
+            fields = {"event": item.doc, "type": item.type, "call_id": item.call_id,
+                      "event_id": item.event_id}
             stream, maxlen = ((cfg.alerts_stream, cfg.alerts_maxlen) if item.is_alert
                               else (cfg.scores_stream, cfg.scores_maxlen))
             pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
-            pipe.publish(cfg.channel, doc)
-            key = cfg.call_key(ev["call_id"])
-            pipe.hset(key, mapping=_call_fields(ev, doc))
+            pipe.publish(cfg.channel, item.doc)
+            key = cfg.call_key(item.call_id)
+            pipe.hset(key, mapping=item.call_fields)  # type: ignore[arg-type]
             pipe.expire(key, cfg.call_ttl_s)
-        results = await pipe.execute(raise_on_error=True)
+        results = await pipe.execute(raise_on_error=False)
+        written, error = 0, None
+        for i in range(len(batch)):
+            if isinstance(results[4 * i], Exception):
+                error = results[4 * i]
+                break
+            written += 1
+        if written < len(batch) and written:
+            self.partial_writes += 1
         now = time.monotonic()
-        for item in batch:
+        for item in batch[:written]:
             stream = "alerts" if item.is_alert else "scores"
             self.metrics.events_published.labels(stream=stream).inc()
             if item.is_alert:
                 self.metrics.alerts_published.inc()
             if item.received is not None:
                 self.metrics.window_latency.observe(now - item.received)
-        self.published += len(batch)
-        del results
+        self.published += written
+        return written, error
 
 
 def _call_fields(ev: dict[str, Any], doc: str) -> dict[str, str]:

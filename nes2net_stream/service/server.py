@@ -3,7 +3,15 @@
 HTTP ``GET /livez``, ``/readyz`` and ``/metrics`` are answered on the same port as the
 WebSocket ingest paths. SIGTERM/SIGINT start a graceful drain: ``/readyz`` fails, no new call is
 accepted, active calls are ended with a summary (their queued windows are scored first), the
-Redis buffer is flushed, then the process exits 0.
+Redis buffer is flushed, then the process exits 0. The whole drain is bounded by ``[server]
+drain_timeout_s`` (plus a few seconds to close sockets); what is not flushed by then is logged
+as lost.
+
+WebSocket keepalive pings go out every ``min(20 s, [limits] idle_timeout_s)``; a peer that does
+not answer within the same time (a half-open connection, a client that stopped reading) is
+disconnected. Open WebSocket connections are capped at ``[limits] max_calls`` plus
+:data:`PENDING_CONNECTIONS` (connections that have not started a call yet); beyond that the
+upgrade is refused with HTTP 503.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ log = get_logger("nes2net.service")
 Handler = Callable[[ServerConnection, ServiceContext], Awaitable[None]]
 GENERIC_PATH = "/v1/stream"
 MAX_WS_MESSAGE = 4 * 1024 * 1024  # hard cap; the configurable limits are checked per message
+PENDING_CONNECTIONS = 256  # connections beyond max_calls (handshakes, calls not started yet)
+MAX_PING_INTERVAL_S = 20.0
 
 
 def _device_and_dtype(settings: Settings) -> tuple[str, torch.dtype | None]:
@@ -128,6 +138,8 @@ class Service:
         self.http: Any = None  # the HTTP app (dashboard, try-it page, WebRTC signalling)
         self._tcp_servers: list[asyncio.Server] = []
         self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self.pending_connections = PENDING_CONNECTIONS
 
     @property
     def port(self) -> int:
@@ -150,6 +162,7 @@ class Service:
             return await self._readyz(conn)
         if path == "/metrics":
             self.ctx.metrics.queue_depth.set(self.ctx.engine.queue_depth)
+            self.ctx.metrics.event_loop_tasks.set(len(asyncio.all_tasks()))
             resp = _text(conn, HTTPStatus.OK, self.ctx.metrics.render().decode())
             resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return resp
@@ -159,6 +172,12 @@ class Service:
             return _text(conn, HTTPStatus.UPGRADE_REQUIRED, "WebSocket upgrade required\n")
         if self.ctx.draining:
             return _text(conn, HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+        open_now = len(self.server.connections) if self.server is not None else 0
+        if open_now >= self.ctx.limits.max_calls + self.pending_connections:
+            self.ctx.metrics.calls_rejected.labels(reason="connections").inc()
+            log.warning("connection refused: too many open connections", open=open_now,
+                        remote=_remote(conn))
+            return _text(conn, HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         gateway = self._ws_gateways.get(path)
         if gateway is not None:
             try:
@@ -178,7 +197,8 @@ class Service:
         return None
 
     async def _readyz(self, conn: ServerConnection) -> Response:
-        checks = {"model_loaded": self.ctx.engine.running,
+        engine = self.ctx.engine
+        checks = {"model_loaded": engine.running and not getattr(engine, "stalled", False),
                   "redis": await self.ctx.publisher.ping(),
                   "not_draining": not self.ctx.draining}
         ok = all(checks.values())
@@ -220,10 +240,11 @@ class Service:
         self.ctx.engine.start()
         await self.ctx.publisher.start()
         s = self.settings.server
+        ping = min(MAX_PING_INTERVAL_S, self.settings.limits.idle_timeout_s)
         self.server = await serve(
             self._handler, s.host, s.port, process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
-            max_size=MAX_WS_MESSAGE, ssl=self._ssl(), ping_interval=20, ping_timeout=20,
+            max_size=MAX_WS_MESSAGE, ssl=self._ssl(), ping_interval=ping, ping_timeout=ping,
             close_timeout=5, server_header="nes2net-stream", reuse_port=self.reuse_port)
         for gw in self.gateways:
             if gw.transport == "tcp":
@@ -243,11 +264,21 @@ class Service:
                  paths=sorted(self.routes))
 
     async def drain(self) -> None:
-        """Stop accepting calls, end active ones with summaries, flush Redis, stop."""
+        """Stop accepting calls, end active ones with summaries, flush Redis, stop.
+
+        Everything is bounded by ``[server] drain_timeout_s``: calls still unfinished and
+        events still buffered at the deadline are logged as lost.
+        """
         if self.ctx.draining:
             return
         self.ctx.draining = True
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         deadline = self.settings.server.drain_timeout_s
+
+        def left(floor: float = 0.0) -> float:
+            return max(floor, began + deadline - loop.time())
+
         log.info("draining", active_calls=len(self.ctx.calls), deadline_s=deadline)
         if self.server is not None:
             self.server.close(close_connections=False)
@@ -256,36 +287,42 @@ class Service:
         if self.http is not None:
             await self.http.stop_accepting()
         sessions = list(self.ctx.calls.values())
-        ends = [self.ctx.end_call(s, CallEnd("shutdown")) for s in sessions]
+        ends = [asyncio.ensure_future(self.ctx.end_call(s, CallEnd("shutdown")))
+                for s in sessions]
         if ends:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*ends, return_exceptions=True),
-                                       deadline)
+            _done, late = await asyncio.wait(ends, timeout=left(0.01))
+            if late:
+                log.error("drain deadline reached before every call ended", unfinished=len(late))
         if self.server is not None:
             # handlers notice the drain within half a second and close their sockets after
             # sending the summary; close whatever is left
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(min(1.0, left()))
             stragglers = [c.close(1001, "shutting down") for c in list(self.server.connections)]
-            await asyncio.gather(*stragglers, return_exceptions=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.server.wait_closed(), 10)
-        await asyncio.to_thread(self.ctx.engine.stop, drain=True, timeout=deadline)
-        await self.ctx.publisher.stop(grace_s=max(5.0, deadline))
+                await asyncio.wait_for(asyncio.gather(*stragglers, return_exceptions=True),
+                                       left(1.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server.wait_closed(), left(1.0))
+        await asyncio.to_thread(self.ctx.engine.stop, drain=True, timeout=left(0.5))
+        await self.ctx.publisher.stop(grace_s=left(0.5))
         if self.http is not None:
             await self.http.close()
         log.info("stopped", published=self.ctx.publisher.published,
-                 buffered=self.ctx.publisher.buffered)
+                 unflushed=self.ctx.publisher.buffered, drain_s=round(loop.time() - began, 3))
         self._stopped.set()
 
+    def request_stop(self) -> None:
+        """Ask :meth:`run_forever` to drain and return (same as SIGTERM)."""
+        self._stop_requested.set()
+
     async def run_forever(self) -> None:
-        """Start, wait for SIGTERM/SIGINT, drain."""
+        """Start, wait for SIGTERM/SIGINT (or :meth:`request_stop`), drain."""
         await self.start()
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+                loop.add_signal_handler(sig, self._stop_requested.set)
+        await self._stop_requested.wait()
         await self.drain()
 
 

@@ -5,6 +5,12 @@ an ingest source (synchronously, in the event loop: decoding, resampling and VAD
 Windows go to the scoring engine; a per-call task awaits their scores in order, updates the
 alert policy and publishes events. :meth:`CallSession.close` flushes the audio path, waits for
 every pending window and publishes the call summary, whatever the reason the call ended.
+
+A call holds at most :data:`MAX_INFLIGHT_WINDOWS` windows submitted but not yet scored; further
+windows are skipped (counted as skipped for load, metric reason ``call_backlog``), so one call
+cannot fill the engine's shared queue or grow its own backlog without bound. When the scoring
+worker restarted (or the scorer went away) while the call was active, its later events carry
+``"degraded": "engine_restart"`` (or ``"engine_stopped"``).
 """
 
 from __future__ import annotations
@@ -23,13 +29,20 @@ from nes2net_stream.audio.pipeline import ChannelPipeline
 from nes2net_stream.audio.windows import SpeechWindow
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service.audio_decode import decode
-from nes2net_stream.service.engine import EngineStopped, WindowDropped, WindowResult
+from nes2net_stream.service.engine import (
+    EngineRestarted,
+    EngineStopped,
+    WindowDropped,
+    WindowResult,
+)
 from nes2net_stream.service.events import AudioChunk, CallEnd, CallStart, OutputEvent
 from nes2net_stream.service.policy import ChannelPolicy
 
 log = get_logger("nes2net.call")
 
 EventSink = Callable[[OutputEvent], None]
+#: windows of one call submitted to the engine and not yet scored (all channels together)
+MAX_INFLIGHT_WINDOWS = 64
 
 
 @dataclass
@@ -75,6 +88,8 @@ class CallSession:
         self.audio_seconds = 0.0
         self._closing: asyncio.Future[list[OutputEvent]] | None = None
         self.log = log.bind(call_id=start.call_id, gateway=start.source.gateway)
+        self._restarts_seen = getattr(ctx.engine, "restarts", 0)
+        self.degraded: str | None = None
 
     @property
     def call_id(self) -> str:
@@ -123,6 +138,10 @@ class CallSession:
             ch.windows_skipped += 1
             self.ctx.metrics.windows_dropped.labels(reason="load_shedding_hop").inc()
             return
+        if not window.final and self._pending.qsize() >= MAX_INFLIGHT_WINDOWS:
+            ch.windows_skipped += 1
+            self.ctx.metrics.windows_dropped.labels(reason="call_backlog").inc()
+            return
         ch.windows_submitted += 1
         ch.last_submitted = window.index
         fut = self.ctx.engine.submit(window.samples)
@@ -147,6 +166,7 @@ class CallSession:
         self._pending.put_nowait(None)
         with contextlib.suppress(asyncio.CancelledError):
             await self._consumer
+        self._check_restarts()
         summaries = [self._summary(ch, end) for ch in self._channels.values()]
         for ev in summaries:
             self._emit(ev, None)
@@ -164,18 +184,41 @@ class CallSession:
             except WindowDropped:
                 item.channel.windows_dropped += 1
                 continue
+            except EngineRestarted:
+                item.channel.windows_dropped += 1
+                self._mark_degraded("engine_restart")
+                continue
             except EngineStopped:
                 item.channel.windows_dropped += 1
                 self.ctx.metrics.windows_dropped.labels(reason="engine_stopped").inc()
+                if not getattr(self.ctx, "draining", False):
+                    self._mark_degraded("engine_stopped")
                 continue
             except Exception as exc:  # model failure on this batch
                 item.channel.windows_dropped += 1
                 self.ctx.metrics.windows_dropped.labels(reason="model_error").inc()
                 self.log.error("window scoring failed", error=repr(exc))
                 continue
-            self._on_score(item, result)
+            self._check_restarts()
+            try:
+                self._on_score(item, result)
+            except Exception as exc:  # a bug here must not stop the call's later alerts
+                self.log.exception("window event failed", error=repr(exc))
+
+    def _check_restarts(self) -> None:
+        restarts = getattr(self.ctx.engine, "restarts", 0)
+        if restarts != self._restarts_seen:
+            self._restarts_seen = restarts
+            self._mark_degraded("engine_restart")
+
+    def _mark_degraded(self, reason: str) -> None:
+        if self.degraded is None:
+            self.degraded = reason
+            self.log.warning("call scoring degraded", reason=reason)
 
     def _event(self, type_: str, ch: _Channel, body: dict[str, Any]) -> OutputEvent:
+        if self.degraded is not None:
+            body = {**body, "degraded": self.degraded}
         return OutputEvent(type=type_, call_id=self.call_id, channel=ch.role,  # type: ignore[arg-type]
                            source=self.start.source, model_id=self.ctx.engine.model_id,
                            state=ch.policy.state, body=body, metadata=self.start.metadata)

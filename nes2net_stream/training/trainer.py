@@ -59,6 +59,10 @@ class TrainConfig:
         balance: sample crops so that every bona fide speaker and every spoofing system gets
             the same share of its class and both classes the same share of each epoch (use
             equal class weights with it); without it a dominant speaker dominates training.
+        bn_recalibration_batches: after averaging, re-estimate the batch-norm statistics on
+            this many batches of un-augmented training crops (0 disables); averaged weights
+            with averaged statistics do not match, and augmented statistics do not match clean
+            test audio.
     """
 
     epochs: int = 20
@@ -75,6 +79,7 @@ class TrainConfig:
     num_workers: int = 0
     grad_clip: float = 5.0
     balance: bool = False
+    bn_recalibration_batches: int = 50
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -285,10 +290,40 @@ class Trainer:
         best = self.best_epochs()
         states = [load_checkpoint(self._ckpt(e))["model"] for e in best]
         self.model.load_state_dict(average_state_dicts(states))
+        if self.cfg.bn_recalibration_batches:
+            self.recalibrate_batchnorm(self.cfg.bn_recalibration_batches)
         self.model.eval()
         self._save_state(finished=True)
         self.log(f"averaged epochs {best}")
         return self.model
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, batches: int) -> None:
+        """Re-estimate batch-norm running statistics on clean (un-augmented) training crops."""
+        norms = [m for m in self.model.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        saved = [(m, m.momentum) for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the recalibration batches
+        augment, self.train_set.augment = self.train_set.augment, None
+        self.train_set.set_epoch(0)
+        self.model.train()
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        loader = DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True,
+                            generator=gen)
+        try:
+            for i, (x, _) in enumerate(loader):
+                if i >= batches:
+                    break
+                self.model(x.to(self.device))
+        finally:
+            self.train_set.augment = augment
+            for m, momentum in saved:
+                m.momentum = momentum
+        self.model.eval()
 
     def best_epochs(self) -> list[int]:
         """Epochs with the lowest dev EER (ties broken by dev loss)."""
