@@ -113,6 +113,8 @@ class RedisSection(Section):
     call_ttl_s: int = Field(86_400, ge=60)
     alert_buffer: int = Field(100_000, ge=10)
     score_buffer: int = Field(50_000, ge=10)
+    alert_buffer_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024)
+    score_buffer_bytes: int = Field(128 * 1024 * 1024, ge=64 * 1024)
     socket_timeout_s: float = Field(5.0, gt=0.0, le=120.0)
 
 
@@ -128,6 +130,8 @@ class EngineSection(Section):
     cuda_graph_max_batch: int = Field(16, ge=1, le=4096)
     latency_target_ms: float = Field(500.0, gt=0.0)
     max_hop_factor: int = Field(8, ge=1, le=64)
+    feature_cache: bool = True
+    feature_cache_entries: int = Field(10_000, ge=1, le=1_000_000)
 
 
 class AlertsSection(Section):

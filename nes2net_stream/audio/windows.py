@@ -64,6 +64,8 @@ class SpeechWindow:
         speech_s: seconds of real speech in the window.
         speech_total_s: speech seconds of the channel up to the end of this window.
         final: emitted when the stream ended.
+        stream_end: speech samples of the channel up to the end of this window (the window
+            is the stream's samples ``[stream_end - window, stream_end)`` unless padded).
     """
 
     index: int
@@ -73,6 +75,7 @@ class SpeechWindow:
     speech_s: float
     speech_total_s: float
     final: bool = False
+    stream_end: int = 0
 
     @property
     def padded(self) -> bool:
@@ -163,6 +166,7 @@ class SpeechWindower:
             speech_s=round(take / self.sample_rate, 4),
             speech_total_s=round(self._speech_total / self.sample_rate, 4),
             final=final,
+            stream_end=self._speech_total,
         )
         self._emitted += 1
         self._since_emit = 0

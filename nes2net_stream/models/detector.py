@@ -117,6 +117,19 @@ class Detector(nn.Module):
         """(B, S) float waveforms at 16 kHz -> (B, n_logits) logits."""
         return self.backend(self.frontend(wave))
 
+    def conv_geometry(self) -> Any:
+        """The front-end's reusable convolutional geometry (see ``ConvGeometry``), or None."""
+        fn = getattr(self.frontend, "conv_geometry", None)
+        return fn() if fn is not None else None
+
+    def conv_features(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, S) -> (B, C, frames): the front-end's convolutional feature encoder only."""
+        return self.frontend.conv_features(wave)
+
+    def forward_from_conv(self, conv: torch.Tensor) -> torch.Tensor:
+        """Logits from precomputed convolutional features (same as :meth:`forward`)."""
+        return self.backend(self.frontend.forward_from_conv(conv))
+
     def raw_spoof_score(self, logits: torch.Tensor) -> torch.Tensor:
         """Uncalibrated spoof log-odds from logits (see the module docstring)."""
         if logits.shape[-1] == 2:

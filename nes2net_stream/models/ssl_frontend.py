@@ -12,11 +12,19 @@ output (after the final layer norm of pre-LN models such as XLS-R and WavLM Larg
 aggregations follow the CtrSVDD Nes2Net code: SE-attention merge
 (``sea``), softmax-weighted sum and attentive merge (``attentive_merge``); parameter names match
 the official modules (``fc_att_merge``, ``weight_hidd``, ``W``, ``W1``, ``W2``, ``linear_proj``).
+
+The convolutional feature encoder can run separately (:meth:`SSLFrontend.conv_features`, then
+:meth:`SSLFrontend.forward_from_conv`): with per-frame layer norm (``feat_extract_norm="layer"``,
+the XLS-R and WavLM Large geometry), no padding and no waveform normalisation, each output frame
+depends only on the samples under its receptive field, so the frames of overlapping windows can
+be computed once and reused (:class:`ConvGeometry`, the streaming feature cache).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +62,21 @@ def build_hf_config(family: str, hf_config: dict[str, Any]) -> Any:
         return config_cls(**data)
     except (TypeError, ValueError) as exc:
         raise BundleError(f"frontend.ssl.hf_config: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Sample geometry of a convolutional feature encoder without padding.
+
+    Frame ``i`` of a window covers samples ``[i * stride, i * stride + receptive_field)``.
+    """
+
+    stride: int
+    receptive_field: int
+
+    def frames(self, samples: int) -> int:
+        """Frames produced from ``samples`` input samples."""
+        return max(0, (samples - self.receptive_field) // self.stride + 1)
 
 
 class SSLFrontend(nn.Module):
@@ -122,6 +145,42 @@ class SSLFrontend(nn.Module):
         full = dataclasses.replace(cfg, hf_config=hf_dict)
         return cls(full, model=model)
 
+    def conv_geometry(self) -> ConvGeometry | None:
+        """The encoder's geometry when its frames are exactly reusable across windows, else None.
+
+        Requires per-frame layer norm in the feature encoder (group norm mixes all frames of
+        a window) and no per-window waveform normalisation.
+        """
+        hf = self.model.config
+        if getattr(hf, "feat_extract_norm", "group") != "layer" or self.cfg.normalize_waveform:
+            return None
+        kernels, strides = list(hf.conv_kernel), list(hf.conv_stride)
+        field = 1
+        for k, st in zip(reversed(kernels), reversed(strides), strict=True):
+            field = (field - 1) * st + k
+        return ConvGeometry(stride=math.prod(strides), receptive_field=field)
+
+    def conv_features(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, S) waveform -> (B, C, frames) output of the convolutional feature encoder."""
+        if self.cfg.normalize_waveform:
+            wave = F.layer_norm(wave, wave.shape[-1:], eps=1e-5)
+        return self.model.feature_extractor(wave)
+
+    def forward_from_conv(self, conv: torch.Tensor) -> torch.Tensor:
+        """(B, C, frames) encoder output -> (B, D, frames), the rest of :meth:`forward`.
+
+        The transformers model is run on a one-frame dummy input whose encoder output is
+        replaced by ``conv`` (a forward hook), so the model's own forward code is reused.
+        """
+        geometry = self.conv_geometry()
+        rf = geometry.receptive_field if geometry is not None else 400
+        dummy = conv.new_zeros(conv.shape[0], rf)
+        handle = self.model.feature_extractor.register_forward_hook(lambda _m, _a, _o: conv)
+        try:
+            return self._features(dummy)
+        finally:
+            handle.remove()
+
     def hidden_states(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the SSL model; return (final output, per-layer hidden states), each (B, T, F)."""
         captured: list[torch.Tensor] = []
@@ -151,6 +210,9 @@ class SSLFrontend(nn.Module):
         """(B, S) waveform -> (B, D, frames)."""
         if self.cfg.normalize_waveform:
             wave = F.layer_norm(wave, wave.shape[-1:], eps=1e-5)
+        return self._features(wave)
+
+    def _features(self, wave: torch.Tensor) -> torch.Tensor:
         if self.cfg.aggregation == "last":
             feats = self.model(wave).last_hidden_state
         else:

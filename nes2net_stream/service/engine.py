@@ -71,6 +71,8 @@ class _Item:
     samples: np.ndarray
     deliver: Deliver
     enqueued: float
+    key: str | None = None  # the stream (call channel) for the feature cache
+    end: int | None = None  # the stream's samples up to this window's end
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any = None, error: BaseException | None = None
@@ -100,14 +102,17 @@ class ScoringEngine:
                  threads: int | None = None, metrics: Any = None,
                  window_samples: int = 64_000, cuda_graphs: bool = True,
                  cuda_graph_max_batch: int = 16, latency_target_s: float = 0.5,
-                 max_stride: int = 8, stall_timeout_s: float = 120.0):
+                 max_stride: int = 8, stall_timeout_s: float = 120.0,
+                 feature_cache: bool = True, feature_cache_entries: int = 10_000):
         self.detector = detector.eval()
         self.device = next(detector.parameters()).device
         self.dtype = dtype
         self.runner = BatchRunner(detector, window_samples=window_samples,
                                   max_batch_size=max_batch_size, dtype=dtype,
                                   cuda_graphs=cuda_graphs,
-                                  graph_max_batch=cuda_graph_max_batch)
+                                  graph_max_batch=cuda_graph_max_batch,
+                                  feature_cache=feature_cache,
+                                  feature_cache_entries=feature_cache_entries)
         self.latency_target_s = latency_target_s
         self.max_stride = max_stride
         self._rate = 0.0  # EWMA of windows per second of model time
@@ -195,14 +200,34 @@ class ScoringEngine:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, samples: np.ndarray) -> asyncio.Future[WindowResult]:
-        """Queue one window (float32, the model's window length); never blocks."""
+    def submit(self, samples: np.ndarray, *, key: str | None = None,
+               end: int | None = None) -> asyncio.Future[WindowResult]:
+        """Queue one window (float32, the model's window length); never blocks.
+
+        ``key`` names the window's stream and ``end`` counts the stream's samples up to the
+        window's end; give both only for windows that are contiguous slices of their stream,
+        so the feature cache can reuse the previous window's frames.
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[WindowResult] = loop.create_future()
-        self.submit_callback(samples, _future_deliver(fut, loop))
+        self.submit_callback(samples, _future_deliver(fut, loop), key=key, end=end)
         return fut
 
-    def submit_callback(self, samples: np.ndarray, deliver: Deliver) -> None:
+    def forget(self, key: str) -> None:
+        """The stream ``key`` ended: drop its cached features."""
+        if self.runner.cache is not None:
+            self.runner.cache.forget(key)
+
+    @property
+    def feature_cache_stats(self) -> dict[str, int]:
+        """Hits, misses and entries of the convolutional feature cache (zeros when off)."""
+        cache = self.runner.cache
+        if cache is None:
+            return {"hits": 0, "misses": 0, "entries": 0}
+        return {"hits": cache.hits, "misses": cache.misses, "entries": len(cache)}
+
+    def submit_callback(self, samples: np.ndarray, deliver: Deliver, *, key: str | None = None,
+                        end: int | None = None) -> None:
         """Queue one window from any thread.
 
         ``deliver(result, error)`` runs in the engine thread (or at once when refused).
@@ -210,7 +235,7 @@ class ScoringEngine:
         if not self._running:
             deliver(None, EngineStopped("engine is not running"))
             return
-        item = _Item(samples, deliver, time.monotonic())
+        item = _Item(samples, deliver, time.monotonic(), key, end)
         evicted: _Item | None = None
         with self._cond:
             if len(self._queue) >= self.max_queue:
@@ -279,8 +304,11 @@ class ScoringEngine:
     def _run_batch(self, batch: list[_Item]) -> None:
         started = time.monotonic()
         self._busy_since = started
+        cache = self.runner.cache
+        hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
         try:
-            logits = self.runner.run(np.stack([it.samples for it in batch]).astype(np.float32))
+            logits = self.runner.run(np.stack([it.samples for it in batch]).astype(np.float32),
+                                     [it.key for it in batch], [it.end for it in batch])
             scores = self.detector.scores_from_logits(logits)
         except Exception as exc:  # a failed batch fails its windows, not the engine
             self._busy_since = None
@@ -295,6 +323,10 @@ class ScoringEngine:
         self.windows_scored += len(batch)
         if self.metrics is not None:
             self.metrics.observe_batch(len(batch), elapsed)
+            if cache is not None:
+                self.metrics.feature_cache_windows.labels(result="hit").inc(cache.hits - hits)
+                self.metrics.feature_cache_windows.labels(result="miss").inc(
+                    cache.misses - misses)
         for i, it in enumerate(batch):
             result = WindowResult(
                 raw=float(scores.raw[i]), llr=float(scores.llr[i]),

@@ -69,6 +69,10 @@ class ServiceMetrics:
         self.engine_restarts = Counter(f"{p}_engine_restarts_total",
                                        "Scoring worker crashes (each followed by a restart)",
                                        registry=r)
+        self.feature_cache_windows = Counter(
+            f"{p}_feature_cache_windows_total",
+            "Windows through the SSL conv encoder, by whether the previous window's frames were "
+            "reused (hit) or the whole window was encoded (miss)", ["result"], registry=r)
         self.event_loop_tasks = Gauge(f"{p}_event_loop_tasks", "asyncio tasks alive in this "
                                       "process", registry=r)
         self.ready = Gauge(f"{p}_ready", "1 when the service accepts calls", registry=r)

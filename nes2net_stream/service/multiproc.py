@@ -42,7 +42,9 @@ from nes2net_stream.service.engine import (
 from nes2net_stream.settings import Settings
 
 log = get_logger("nes2net.multiproc")
-_HEADER = struct.Struct("<Q")
+# request id, stream end (-1: none), stream key (16 bytes, zeros: none)
+_HEADER = struct.Struct("<Qq16s")
+_FORGET = 2**64 - 1  # request id of "this stream ended" messages (no samples, no reply)
 _ERRORS = {"dropped": WindowDropped, "stopped": EngineStopped, "restarted": EngineRestarted}
 
 
@@ -75,9 +77,15 @@ class ScorerHub:
                     data = conn.recv_bytes()
                 except (EOFError, OSError):
                     return
-                (req,) = _HEADER.unpack_from(data)
+                req, end, raw_key = _HEADER.unpack_from(data)
+                key = raw_key.hex() if any(raw_key) else None
+                if req == _FORGET:
+                    if key is not None:
+                        self.engine.forget(key)
+                    continue
                 samples = np.frombuffer(data, dtype=np.float32, offset=_HEADER.size).copy()
-                self.engine.submit_callback(samples, lambda r, e, q=req: reply(q, r, e))
+                self.engine.submit_callback(samples, lambda r, e, q=req: reply(q, r, e),
+                                            key=key, end=None if end < 0 else end)
 
         t = threading.Thread(target=serve, name=f"scorer-{name}", daemon=True)
         t.start()
@@ -148,7 +156,15 @@ class RemoteEngine:
             time.sleep(0.05)
         self._alive = False
 
-    def submit(self, samples: np.ndarray) -> asyncio.Future[WindowResult]:
+    def forget(self, key: str) -> None:
+        """Tell the scorer that the stream ``key`` ended (its cached features can go)."""
+        if not self._alive:
+            return
+        with contextlib.suppress(OSError, BrokenPipeError, ValueError), self._send_lock:
+            self.conn.send_bytes(_HEADER.pack(_FORGET, -1, bytes.fromhex(key)))
+
+    def submit(self, samples: np.ndarray, *, key: str | None = None,
+               end: int | None = None) -> asyncio.Future[WindowResult]:
         """Send one window to the scorer; the future resolves when its score comes back."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[WindowResult] = loop.create_future()
@@ -158,7 +174,9 @@ class RemoteEngine:
         req = next(self._ids)
         with self._lock:
             self._pending[req] = (fut, loop)
-        payload = _HEADER.pack(req) + np.ascontiguousarray(samples, np.float32).tobytes()
+        raw_key = bytes.fromhex(key) if key is not None else bytes(16)
+        payload = (_HEADER.pack(req, -1 if end is None else end, raw_key)
+                   + np.ascontiguousarray(samples, np.float32).tobytes())
         try:
             with self._send_lock:
                 self.conn.send_bytes(payload)

@@ -8,17 +8,24 @@ dominates small batches (larger buckets run eagerly: there graphs were measured 
 Every operation of the model works per sample (layer/batch norm in eval mode, attention within
 a window), so padding rows never change the scores of real rows; a test checks it. Host
 batches are staged in pinned memory and copied asynchronously.
+
+With a :class:`ConvFeatureCache` (SSL front-ends with a reusable convolutional geometry), a
+batch whose rows carry stream keys runs the convolutional encoder only on each window's new
+audio; such batches run eagerly (the cached frames differ per batch, so they cannot be
+replayed from a graph), which is where the cache pays off anyway: large batches.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from nes2net_stream.logs import get_logger
 from nes2net_stream.models.detector import Detector
+from nes2net_stream.service.feature_cache import ConvFeatureCache
 
 log = get_logger("nes2net.runner")
 
@@ -38,7 +45,8 @@ class BatchRunner:
 
     def __init__(self, detector: Detector, *, window_samples: int, max_batch_size: int,
                  dtype: torch.dtype | None = None, use_buckets: bool | None = None,
-                 cuda_graphs: bool = True, graph_max_batch: int = 16):
+                 cuda_graphs: bool = True, graph_max_batch: int = 16,
+                 feature_cache: bool = False, feature_cache_entries: int = 10_000):
         self.detector = detector.eval()
         self.device = next(detector.parameters()).device
         self.cuda = self.device.type == "cuda"
@@ -53,6 +61,9 @@ class BatchRunner:
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._graph_failed: set[int] = set()
         self._pinned: dict[int, torch.Tensor] = {}
+        cache = (ConvFeatureCache(self.detector, window_samples, feature_cache_entries)
+                 if feature_cache else None)
+        self.cache = cache if cache is not None and cache.enabled else None
         if self.cuda:
             torch.backends.cudnn.benchmark = True
 
@@ -77,8 +88,13 @@ class BatchRunner:
         return buf
 
     @torch.inference_mode()
-    def run(self, batch: np.ndarray) -> torch.Tensor:
-        """Logits (n, n_logits) on the CPU for an (n, window_samples) float32 batch."""
+    def run(self, batch: np.ndarray, keys: Sequence[str | None] | None = None,
+            ends: Sequence[int | None] | None = None) -> torch.Tensor:
+        """Logits (n, n_logits) on the CPU for an (n, window_samples) float32 batch.
+
+        ``keys``/``ends`` (per row: the stream and its sample count up to the window's end, or
+        None) let the feature cache reuse each stream's previous window.
+        """
         n = batch.shape[0]
         rows = self.bucket(n) if self.use_buckets else n
         if batch.shape[1] != self.window_samples:
@@ -87,6 +103,16 @@ class BatchRunner:
         host[:n].copy_(torch.from_numpy(batch))
         if rows > n:
             host[n:].zero_()
+        use_cache = (self.cache is not None and keys is not None and ends is not None
+                     and any(k is not None for k in keys)
+                     and not (self.cuda_graphs and rows <= self.graph_max_batch))
+        if use_cache:
+            x = host[:n].to(self.device, non_blocking=True)
+            with self._autocast():
+                conv = self.cache.features(x, keys, ends)  # type: ignore[union-attr, arg-type]
+                if rows > n:  # keep the bucketed shapes of the transformer
+                    conv = torch.cat([conv, conv.new_zeros(rows - n, *conv.shape[1:])])
+                return self.detector.forward_from_conv(conv)[:n].float().cpu()
         if self.cuda_graphs and rows <= self.graph_max_batch and rows not in self._graph_failed:
             graph = self._graphs.get(rows) or self._capture(rows)
             if graph is not None:

@@ -88,7 +88,8 @@ def build_engine(settings: Settings, metrics: ServiceMetrics) -> ScoringEngine:
                          window_samples=int(round(settings.windows.window_s * 16000)),
                          cuda_graphs=e.cuda_graphs, cuda_graph_max_batch=e.cuda_graph_max_batch,
                          latency_target_s=e.latency_target_ms / 1000.0,
-                         max_stride=e.max_hop_factor)
+                         max_stride=e.max_hop_factor, feature_cache=e.feature_cache,
+                         feature_cache_entries=e.feature_cache_entries)
 
 
 def build_context(settings: Settings, metrics: ServiceMetrics | None = None, *,
@@ -103,7 +104,8 @@ def build_context(settings: Settings, metrics: ServiceMetrics | None = None, *,
     publisher = RedisPublisher(RedisConfig(
         url=r.url, key_prefix=r.key_prefix, alerts_maxlen=r.alerts_maxlen,
         scores_maxlen=r.scores_maxlen, call_ttl_s=r.call_ttl_s, alert_buffer=r.alert_buffer,
-        score_buffer=r.score_buffer, socket_timeout_s=r.socket_timeout_s), metrics)
+        score_buffer=r.score_buffer, alert_buffer_bytes=r.alert_buffer_bytes,
+        score_buffer_bytes=r.score_buffer_bytes, socket_timeout_s=r.socket_timeout_s), metrics)
     a = settings.alerts
     alerts = AlertConfig(suspicious_threshold=a.suspicious_threshold,
                          spoof_threshold=a.spoof_threshold, hysteresis=a.hysteresis,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,7 @@ class _Channel:
     windows_skipped: int = 0
     last_submitted: int = -1_000_000
     probabilities: list[float] = field(default_factory=list)
+    cache_key: str = field(default_factory=lambda: uuid.uuid4().hex)  # feature-cache stream
 
 
 @dataclass
@@ -144,7 +146,8 @@ class CallSession:
             return
         ch.windows_submitted += 1
         ch.last_submitted = window.index
-        fut = self.ctx.engine.submit(window.samples)
+        fut = self.ctx.engine.submit(window.samples, key=ch.cache_key,
+                                     end=None if window.padded else window.stream_end)
         self._pending.put_nowait(_Pending(ch, window, fut, received, min(gap, window.index + 1)))
 
     async def close(self, end: CallEnd) -> list[OutputEvent]:
@@ -167,6 +170,10 @@ class CallSession:
         with contextlib.suppress(asyncio.CancelledError):
             await self._consumer
         self._check_restarts()
+        forget = getattr(self.ctx.engine, "forget", None)
+        if forget is not None:
+            for ch in self._channels.values():
+                forget(ch.cache_key)
         summaries = [self._summary(ch, end) for ch in self._channels.values()]
         for ev in summaries:
             self._emit(ev, None)

@@ -26,7 +26,9 @@ from nes2net_stream.service.events import REPLICA_ID
 from nes2net_stream.service.redis_client import create_redis_client
 
 log = get_logger("nes2net.feeds")
-STREAM_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
+# ASCII digits only and \Z (not $, which allows a trailing newline): ids go to Redis XREAD
+STREAM_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}\Z")
+MAX_ID_PART = 2 ** 64 - 1  # Redis stream ids are two unsigned 64-bit numbers
 STREAMS = ("alerts", "scores")
 BLOCK_MS = 2000          # longest XREAD wait; also the period of the "active" messages
 READ_COUNT = 500
@@ -61,7 +63,9 @@ def parse_cursor(text: str, streams: tuple[str, ...]) -> dict[str, str]:
     ``-`` stands for a stream the feed did not follow; such a stream starts afresh.
     """
     parts = text.strip().split(",")
-    if len(parts) != len(STREAMS) or not all(p == "-" or STREAM_ID_RE.match(p) for p in parts):
+    if len(parts) != len(STREAMS) or not all(
+            p == "-" or (STREAM_ID_RE.match(p) and max(map(int, p.split("-"))) <= MAX_ID_PART)
+            for p in parts):
         raise FeedRequestError(f"Last-Event-ID {text[:60]!r} is not '<alerts id>,<scores id>'")
     cursor = dict(zip(STREAMS, parts, strict=True))
     return {s: cursor[s] for s in streams if cursor[s] != "-"}

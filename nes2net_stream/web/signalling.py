@@ -70,9 +70,9 @@ def parse_offer(body: bytes, *, max_metadata_bytes: int) -> OfferRequest:
     """Validate a signalling request body (JSON) and return the offer it carries."""
     try:
         msg = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SignallingError(400, "bad_json", f"the request body is not valid JSON: {exc}"
-                              ) from None
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge integers, nesting
+        raise SignallingError(400, "bad_json", f"the request body is not valid JSON: "
+                              f"{str(exc)[:200]}") from None
     if not isinstance(msg, dict):
         raise SignallingError(400, "bad_request", "the request body must be a JSON object")
     unknown = sorted(set(msg) - OFFER_KEYS)

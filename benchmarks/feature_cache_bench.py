@@ -1,0 +1,125 @@
+"""Streaming throughput with and without the per-stream SSL conv feature cache.
+
+Simulates ``batch`` concurrent call channels, each advancing by one hop (default 1.02 s: one
+second of speech rounded up to 30 ms VAD frames, as the service's windows are) per engine
+batch, and times the batch runner in steady state: with the cache every window encodes only its
+new audio in the convolutional front-end; without it the whole 4 s window. Also reports the
+largest logit difference between the two paths (the cache is exact up to float rounding).
+XLS-R 300M + Nes2Net-X with random weights on CUDA (bf16); ``--smoke`` or ``--cpu-geometry``
+pick smaller front-ends with the same conv geometry for CPUs. Prints JSON.
+
+    python benchmarks/feature_cache_bench.py --out cache.json            # CUDA machine
+    python benchmarks/feature_cache_bench.py --cpu-geometry --batch-sizes 8,16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+try:
+    import nes2net_stream  # noqa: F401
+except ImportError:  # run from a source checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from nes2net_stream.bench.engine import environment
+from nes2net_stream.models.checkpoints import build_detector
+from nes2net_stream.service.runner import BatchRunner
+
+TINY_SSL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 128, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
+            "num_conv_pos_embedding_groups": 2}
+# XLS-R's conv stack (512 channels) under a small transformer: the CPU-sized case where the
+# convolutional encoder is a large share of the cost, as it is on the GPU
+CPU_SSL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+           "intermediate_size": 1024}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
+            cache: bool, dtype: torch.dtype | None, device: torch.device
+            ) -> tuple[float, torch.Tensor]:
+    """Median seconds per steady-state batch, and the logits of the last one."""
+    runner = BatchRunner(det, window_samples=window, max_batch_size=batch, dtype=dtype,
+                         use_buckets=False, cuda_graphs=False, feature_cache=cache)
+    rng = np.random.default_rng(1)
+    signal = (0.1 * rng.standard_normal((batch, window + hop * (steps + 3)))).astype(np.float32)
+    keys = [f"stream-{i}" for i in range(batch)]
+
+    def step(k: int) -> torch.Tensor:
+        end = window + hop * k
+        return runner.run(np.ascontiguousarray(signal[:, end - window:end]), keys, [end] * batch)
+
+    step(0)  # fills the cache (and warms up)
+    step(1)
+    sync(device)
+    times = []
+    logits = torch.empty(0)
+    for k in range(2, steps + 2):
+        t = time.perf_counter()
+        logits = step(k)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    if cache:
+        assert runner.cache is not None and runner.cache.hits >= batch * steps
+    return sorted(times)[len(times) // 2], logits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch-sizes", default="64,128,256")
+    ap.add_argument("--window-s", type=float, default=4.0)
+    ap.add_argument("--hop-samples", type=int, default=16_320)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--cpu-geometry", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    if a.smoke:
+        a.batch_sizes, a.window_s, a.steps, a.hop_samples = "2,4", 1.0, 3, 4800
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = TINY_SSL if a.smoke else (CPU_SSL if a.cpu_geometry else None)
+    torch.manual_seed(0)
+    det = build_detector("xlsr300m-nes2net-x", ssl_overrides=overrides,
+                         backend_options={"outer_ratio": 4, "inner_ratio": 4} if overrides
+                         else None, device=device if device.type == "cuda" else None)
+    det = det.to(device).eval()
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    window = int(a.window_s * 16000)
+    rows = []
+    for bs in [int(b) for b in a.batch_sizes.split(",")]:
+        plain_s, plain = measure(det, bs, window, a.hop_samples, a.steps, False, dtype, device)
+        cached_s, cached = measure(det, bs, window, a.hop_samples, a.steps, True, dtype,
+                                   device)
+        row = {"batch_size": bs,
+               "uncached": {"latency_ms": round(1000 * plain_s, 2),
+                            "windows_per_s": round(bs / plain_s, 1)},
+               "cached": {"latency_ms": round(1000 * cached_s, 2),
+                          "windows_per_s": round(bs / cached_s, 1)},
+               "speedup": round(plain_s / cached_s, 2),
+               "max_abs_logit_diff": float((plain - cached).abs().max())}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    result = {"benchmark": "feature_cache", "device": str(device), "smoke": a.smoke,
+              "geometry": "tiny" if a.smoke else ("cpu" if a.cpu_geometry else "xlsr300m"),
+              "environment": environment(device), "window_s": a.window_s,
+              "hop_samples": a.hop_samples, "dtype": "bfloat16" if dtype else "float32",
+              "rows": rows}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if a.out:
+        a.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Per-stream reuse of SSL convolutional features across overlapping windows: exactness."""
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_hf_config, tone_bursts
+
+from nes2net_stream.audio.windows import SpeechWindower, WindowConfig
+from nes2net_stream.models.config import BackendConfig, SSLConfig
+from nes2net_stream.models.detector import Detector
+from nes2net_stream.service.engine import ScoringEngine
+from nes2net_stream.service.feature_cache import ConvFeatureCache
+from nes2net_stream.service.metrics import ServiceMetrics
+from nes2net_stream.service.runner import BatchRunner
+
+WINDOW = 16_000  # 1 s windows keep the tests fast; the geometry is that of XLS-R (320, 400)
+
+
+def detector(family: str = "wav2vec2", *, layer_norm: bool = True, aggregation: str = "last",
+             normalize: bool = False) -> Detector:
+    torch.manual_seed(0)
+    cfg = SSLConfig(family=family, aggregation=aggregation, normalize_waveform=normalize,
+                    hf_config=tiny_hf_config(family, stable_layer_norm=layer_norm))
+    return Detector(cfg, BackendConfig(input_dim=32, outer_ratio=4, inner_ratio=2,
+                                       se_ratio=2)).eval()
+
+
+def stream(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (tone_bursts(seconds, 16000, seed=seed)
+            + 0.05 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+
+
+def test_geometry_of_xlsr_and_where_caching_is_not_exact():
+    g = detector().conv_geometry()
+    assert (g.stride, g.receptive_field) == (320, 400)
+    assert g.frames(64_000) == 199 and g.frames(16_000) == 49
+    assert detector(layer_norm=False).conv_geometry() is None  # group norm spans the window
+    assert detector(normalize=True).conv_geometry() is None  # per-window normalisation
+
+
+def test_tail_frames_equal_the_full_windows_frames():
+    """The claim behind the cache: the conv stack is local away from chunk edges."""
+    det = detector()
+    x = torch.from_numpy(stream(3.0))[None]
+    with torch.no_grad():
+        full = det.conv_features(x)  # (1, C, T)
+        part = det.conv_features(x[:, 320 * 60:])  # starts on a frame boundary
+    assert torch.allclose(full[:, :, 60:], part, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,aggregation", [("wav2vec2", "last"), ("wavlm", "sea"),
+                                                ("hubert", "weighted_sum")])
+def test_cached_windows_score_like_full_windows(family, aggregation):
+    det = detector(family, aggregation=aggregation)
+    cache = ConvFeatureCache(det, WINDOW)
+    assert cache.enabled
+    x = stream(4.0, seed=1)
+    shift = 320 * 15  # a hop that is a multiple of the stride
+    ends = list(range(WINDOW, x.size + 1, shift))
+    with torch.no_grad():
+        for end in ends:
+            w = torch.from_numpy(x[end - WINDOW:end])[None]
+            cached = det.forward_from_conv(cache.features(w, ["s"], [end]))
+            assert torch.allclose(cached, det(w), atol=1e-4), end
+    assert cache.misses == 1 and cache.hits == len(ends) - 1
+
+
+def test_unaligned_or_gapped_windows_fall_back_to_full_encoding():
+    det = detector()
+    cache = ConvFeatureCache(det, WINDOW)
+    x = stream(3.0, seed=2)
+    with torch.no_grad():
+        for end in (WINDOW, WINDOW + 4000, WINDOW + 4000 + 20_000, WINDOW + 24_320):
+            w = torch.from_numpy(x[end - WINDOW:end])[None]
+            out = det.forward_from_conv(cache.features(w, ["s"], [end]))
+            assert torch.allclose(out, det(w), atol=1e-4)
+    # 4000 is not a multiple of 320, 20,000 is more than a window: only the last one reused
+    assert (cache.hits, cache.misses) == (1, 3)
+
+
+def test_a_batch_mixing_streams_new_and_repeated_keys():
+    det = detector()
+    cache = ConvFeatureCache(det, WINDOW, max_entries=2)
+    xs = {k: stream(3.0, seed=i) for i, k in enumerate("abc")}
+    runner = BatchRunner(det, window_samples=WINDOW, max_batch_size=8, feature_cache=True)
+    assert runner.cache is not None
+    rounds = [[("a", WINDOW), ("b", WINDOW)],
+              [("a", WINDOW + 3200), ("b", WINDOW + 3200), ("c", WINDOW),
+               ("a", WINDOW + 6400)],  # "a" twice: the second cannot use the first yet
+              [("a", WINDOW + 9600), (None, WINDOW), ("c", WINDOW + 3200)]]
+    for batch in rounds:
+        keys = [k for k, _ in batch]
+        ends = [e for _, e in batch]
+        rows = np.stack([xs[k or "b"][e - WINDOW:e] for k, e in batch])
+        got = runner.run(rows, keys, ends)
+        with torch.no_grad():
+            want = det(torch.from_numpy(rows))
+        assert torch.allclose(got, want, atol=1e-4)
+    # round 2: a, b hit; c and the second a miss. round 3: a hits (stored last), c hits
+    assert (runner.cache.hits, runner.cache.misses) == (4, 5)
+    runner.cache.forget("a")
+    assert len(runner.cache) <= 2 and "a" not in runner.cache._store
+    del cache
+
+
+async def test_engine_with_cache_matches_engine_without_on_real_windows():
+    det = detector()
+    # 30 ms VAD frames: hops are whole frames, 0.3 s = 10 frames = 15 conv strides
+    windower = SpeechWindower(WindowConfig(window_s=1.0, hop_s=0.3, min_speech_s=0.5))
+    x = stream(4.0, seed=3)
+    windows = []
+    for i in range(0, x.size - 480, 480):  # 30 ms VAD frames, all speech
+        w = windower.push(x[i:i + 480], True, i / 16000)
+        if w is not None:
+            windows.append(w)
+    assert len(windows) >= 8 and all(not w.padded for w in windows)
+    metrics = ServiceMetrics()
+    cached = ScoringEngine(det, max_batch_size=4, max_delay_ms=1, window_samples=WINDOW,
+                           metrics=metrics)
+    plain = ScoringEngine(det, max_batch_size=4, max_delay_ms=1, window_samples=WINDOW,
+                          feature_cache=False)
+    for eng in (cached, plain):
+        eng.start()
+    try:
+        got = []
+        for w in windows:  # one at a time, as a live call's windows arrive
+            got.append(await asyncio.wait_for(
+                cached.submit(w.samples, key="call-1", end=w.stream_end), 30))
+        want = await asyncio.gather(*[plain.submit(w.samples) for w in windows])
+    finally:
+        cached.stop()
+        plain.stop()
+    for g, w in zip(got, want, strict=True):
+        assert g.llr == pytest.approx(w.llr, abs=1e-3)
+    stats = cached.feature_cache_stats
+    assert stats["hits"] == len(windows) - 1 and stats["misses"] == 1
+    text = metrics.render().decode()
+    assert f'nes2net_feature_cache_windows_total{{result="hit"}} {len(windows) - 1}.0' in text
+    assert plain.feature_cache_stats == {"hits": 0, "misses": 0, "entries": 0}
