@@ -21,8 +21,8 @@ write that timed out may have succeeded, so consumers de-duplicate on ``event_id
 
 Logs tell an outage's story: ``redis write failed; buffering and retrying`` (with the cause:
 ``connection``, ``timeout``, ``oom``, ``auth`` or ``error``), ``redis still failing`` every
-``OUTAGE_LOG_INTERVAL_S`` with the backlog, then ``redis writes resumed`` with the outage's
-length and the number of events flushed.
+``OUTAGE_LOG_INTERVAL_S`` (and at once when the cause changes) with the backlog, then
+``redis writes resumed`` with the outage's length and the number of events flushed.
 """
 
 from __future__ import annotations
@@ -172,6 +172,7 @@ class RedisPublisher:
         self._outage_since: float | None = None
         self._outage_logged = 0.0
         self._outage_errors = 0
+        self._outage_cause = ""
         self._drop_logged = 0.0
         self._drops_unlogged = 0
 
@@ -292,13 +293,17 @@ class RedisPublisher:
         self._outage_errors += 1
         self.metrics.redis_errors.inc()
         now = time.monotonic()
+        cause = _cause(exc)
         if self._outage_since is None:
             self._outage_since = self._outage_logged = now
-            log.warning("redis write failed; buffering and retrying", cause=_cause(exc),
+            self._outage_cause = cause
+            log.warning("redis write failed; buffering and retrying", cause=cause,
                         error=str(exc)[:200], buffered=self.buffered, written_of_batch=written)
-        elif now - self._outage_logged >= OUTAGE_LOG_INTERVAL_S:
+        elif now - self._outage_logged >= OUTAGE_LOG_INTERVAL_S or cause != self._outage_cause:
+            # also at once when the cause changes (a dropped connection, then a rotated password)
             self._outage_logged = now
-            log.warning("redis still failing", cause=_cause(exc), error=str(exc)[:200],
+            self._outage_cause = cause
+            log.warning("redis still failing", cause=cause, error=str(exc)[:200],
                         outage_s=round(now - self._outage_since, 1),
                         failed_writes=self._outage_errors, buffered=self.buffered,
                         buffered_bytes=self.buffered_bytes, dropped=self.dropped)
