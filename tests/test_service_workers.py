@@ -34,3 +34,62 @@ async def test_two_ingest_workers_share_the_port_and_one_scorer(small_bundle, re
     assert workers == {0, 1}
     # both workers took calls (the kernel spreads connections over SO_REUSEPORT sockets)
     assert '"scorer ready"' in log
+
+
+def _worker_pids(pid: int) -> list[int]:
+    """Ingest worker processes of a service (spawned multiprocessing children)."""
+    from pathlib import Path
+
+    from nes2net_stream.localstack import _children
+
+    out = []
+    for child in _children(pid):
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"spawn_main" in cmd:
+            out.append(child)
+    return out
+
+
+async def test_a_killed_ingest_worker_is_replaced_and_other_calls_go_on(
+        small_bundle, redis_server, redis_client, tmp_path):
+    import os
+    import signal
+
+    svc = ServiceProcess(redis_server.url, model=str(small_bundle), log_path=tmp_path / "log",
+                         extra_env={"NES2NET_SERVER__WORKERS": "2", "NES2NET_HTTP__PORT": "0",
+                                    "NES2NET_LOGGING__LEVEL": "info"})
+    x = tone_bursts(8.0, 8000)
+    try:
+        await asyncio.to_thread(svc.wait_ready, 120)
+        workers = _worker_pids(svc.proc.pid)
+        assert len(workers) == 2
+        calls = [asyncio.ensure_future(stream_samples(svc.url, x, 8000, call_id=f"k-{i}",
+                                                      realtime=True, speed=2.0))
+                 for i in range(10)]
+        await asyncio.sleep(1.5)
+        os.kill(workers[0], signal.SIGKILL)  # a crash no handler can catch
+        first = await asyncio.gather(*calls, return_exceptions=True)
+        for _ in range(100):  # the scorer notices and starts a replacement
+            now = _worker_pids(svc.proc.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+            await asyncio.sleep(0.2)
+        assert len(now) == 2 and workers[0] not in now
+        await asyncio.sleep(1.0)
+        second = await asyncio.gather(*[
+            stream_samples(svc.url, x[:24000], 8000, call_id=f"after-{i}", realtime=True,
+                           speed=3.0) for i in range(6)])
+    finally:
+        code = await asyncio.to_thread(svc.stop, 60)
+    assert code == 0
+    survived = [r for r in first if not isinstance(r, BaseException) and r.summary is not None]
+    assert survived, "the calls of the surviving worker must finish"
+    assert all(r.summary is not None for r in second)
+    published = {json.loads(f["event"])["call_id"] for _, f in redis_client.xrange(
+        "nes2net:alerts") if f["type"] == "summary"}
+    assert {r.summary["call_id"] for r in survived} <= published
+    assert {f"after-{i}" for i in range(6)} <= published
+    assert '"ingest worker died; restarting"' in (tmp_path / "log").read_text()
