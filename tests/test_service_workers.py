@@ -1,6 +1,7 @@
 """Several ingest processes feeding one scorer process: same events as single-process mode."""
 
 import asyncio
+import contextlib
 import json
 
 from helpers import tone_bursts
@@ -34,6 +35,14 @@ async def test_two_ingest_workers_share_the_port_and_one_scorer(small_bundle, re
     assert workers == {0, 1}
     # both workers took calls (the kernel spreads connections over SO_REUSEPORT sockets)
     assert '"scorer ready"' in log
+
+
+def _running(stat) -> bool:
+    """True while the process of ``/proc/PID/stat`` exists and is not a zombie."""
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _worker_pids(pid: int) -> list[int]:
@@ -93,3 +102,40 @@ async def test_a_killed_ingest_worker_is_replaced_and_other_calls_go_on(
     assert {r.summary["call_id"] for r in survived} <= published
     assert {f"after-{i}" for i in range(6)} <= published
     assert '"ingest worker died; restarting"' in (tmp_path / "log").read_text()
+
+
+async def test_workers_end_their_calls_and_exit_when_the_scorer_dies(
+        small_bundle, redis_server, redis_client, tmp_path):
+    import os
+    import signal
+    from pathlib import Path
+
+    svc = ServiceProcess(redis_server.url, model=str(small_bundle), log_path=tmp_path / "log",
+                         extra_env={"NES2NET_SERVER__WORKERS": "2", "NES2NET_HTTP__PORT": "0",
+                                    "NES2NET_LOGGING__LEVEL": "info"})
+    try:
+        await asyncio.to_thread(svc.wait_ready, 120)
+        workers = _worker_pids(svc.proc.pid)
+        calls = [asyncio.ensure_future(stream_samples(svc.url, tone_bursts(20.0, 8000), 8000,
+                                                      call_id=f"s-{i}", realtime=True))
+                 for i in range(4)]
+        await asyncio.sleep(6.0)  # every call has scored a few windows
+        os.kill(svc.proc.pid, signal.SIGKILL)  # the scorer (and model owner) is gone
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)
+        for _ in range(150):
+            alive = [p for p in workers if _running(Path(f"/proc/{p}/stat"))]
+            if not alive:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await asyncio.to_thread(svc.stop, 10)
+        for p in workers:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+    assert not alive, "ingest workers must exit when the scorer is lost"
+    ended = {r.summary["call_id"] for r in results
+             if not isinstance(r, BaseException) and r.summary is not None}
+    published = {json.loads(f["event"])["call_id"] for _, f in redis_client.xrange(
+        "nes2net:alerts") if f["type"] == "summary"}
+    assert ended == {f"s-{i}" for i in range(4)}  # every call got its summary, early
+    assert ended <= published
