@@ -45,6 +45,9 @@ $(VENV)/.installed: pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check nes2net_stream plugins tests benchmarks
 
+fuzz: setup
+	NES2NET_FUZZ_EXAMPLES=100000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_*.py
+
 corpus: setup
 	$(PY) -m nes2net_stream data build-demo corpus/demo --jobs 2
 

@@ -39,7 +39,7 @@ def _parse_env_value(text: str) -> Any:
     """Environment values are JSON when they parse as JSON (numbers, booleans, lists)."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, huge integers, deep nesting
         return text
 
 
@@ -86,6 +86,9 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8, huge integers, deep nesting
+        raise ConfigError(f"{path}: invalid TOML ({type(exc).__name__}: "
+                          f"{str(exc)[:120]})") from exc
 
 
 def _format_error(exc: ValidationError, source: str) -> str:

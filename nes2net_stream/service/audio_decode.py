@@ -16,6 +16,8 @@ def decode(data: bytes, encoding: str, channels: int) -> np.ndarray:
     """Decode interleaved audio bytes to float32 of shape (frames, channels) in [-1, 1]."""
     if encoding not in ENCODINGS:
         raise AudioFormatError(f"unsupported encoding {encoding!r}")
+    if not 1 <= channels <= 8:
+        raise AudioFormatError(f"channels must be 1..8, got {channels}")
     width = BYTES_PER_SAMPLE[encoding] * channels
     if len(data) % width:
         raise AudioFormatError(f"{len(data)} bytes is not a whole number of {width}-byte frames "

@@ -14,8 +14,9 @@ from nes2net_stream.service.events import CallStart, Source
 
 PROTOCOL_ENCODINGS = ("pcm_s16le", "mulaw", "alaw")
 PROTOCOL_RATES = (8000, 16000, 48000)
-CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/=-]{0,127}$")
-ROLE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+# \Z, not $: "$" also matches before a trailing newline ("abc\n" is not a valid call id)
+CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/=-]{0,127}\Z")
+ROLE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 START_KEYS = {"type", "call_id", "encoding", "sample_rate", "channels", "channel_roles",
               "score_channels", "metadata"}
 DEFAULT_ROLES = {1: ["caller"], 2: ["caller", "agent"]}
@@ -23,12 +24,14 @@ DEFAULT_ROLES = {1: ["caller"], 2: ["caller", "agent"]}
 
 def parse_json(text: str | bytes, max_bytes: int) -> dict[str, Any]:
     """Parse one control message; it must be a JSON object with a string ``type``."""
-    if len(text) > max_bytes:
-        raise ProtocolError("frame_too_large", f"text message of {len(text)} bytes exceeds "
+    size = len(text) if isinstance(text, bytes) or len(text) > max_bytes else \
+        len(text.encode("utf-8", "surrogatepass"))  # the limit is in UTF-8 bytes
+    if size > max_bytes:
+        raise ProtocolError("frame_too_large", f"text message of {size} bytes exceeds "
                             f"the {max_bytes}-byte limit")
     try:
         msg = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge integers, deep nesting
         raise ProtocolError("bad_json", f"invalid JSON: {exc}") from None
     if not isinstance(msg, dict):
         raise ProtocolError("bad_message", "a control message must be a JSON object")

@@ -38,12 +38,12 @@ from typing import Any
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
-    ConnectionError,
     NoPermissionError,
     OutOfMemoryError,
     RedisError,
-    TimeoutError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service.events import OutputEvent
@@ -140,7 +140,7 @@ class _Buffer:
 def _cause(exc: BaseException) -> str:
     """Short class of a Redis failure for logs: connection, timeout, oom, auth or error."""
     text = str(exc)
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, RedisTimeoutError | TimeoutError):
         return "timeout"
     # redis-py strips the error prefix (OOM, NOPERM...) and raises a subclass instead
     if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError) or \
@@ -148,7 +148,7 @@ def _cause(exc: BaseException) -> str:
         return "auth"
     if isinstance(exc, OutOfMemoryError) or text.startswith("OOM"):
         return "oom"
-    if isinstance(exc, ConnectionError | OSError):
+    if isinstance(exc, RedisConnectionError | OSError):
         return "connection"
     return "error"
 

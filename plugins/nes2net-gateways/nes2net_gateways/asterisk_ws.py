@@ -120,7 +120,7 @@ def _opt_int(fields: dict[str, Any], key: str) -> int | None:
         raise ProtocolError("bad_message", f"MEDIA_START '{key}' must be an integer")
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON Infinity
         raise ProtocolError("bad_message", f"MEDIA_START '{key}' must be an integer") from None
     if not 0 <= number <= 1_000_000:
         raise ProtocolError("bad_message", f"MEDIA_START '{key}' out of range")

@@ -91,7 +91,8 @@ def parse_rate(value: Any) -> int:
     """A sample rate given as 16000, "16000" or "16k"."""
     if isinstance(value, str):
         text = value.strip().lower()
-        if text.endswith("k") and text[:-1].isdigit() and len(text) <= 4:
+        if text.endswith("k") and text[:-1].isascii() and text[:-1].isdigit() and \
+                len(text) <= 4:
             return int(text[:-1]) * 1000
         if text.isascii() and text.isdigit() and len(text) <= 6:
             return int(text)

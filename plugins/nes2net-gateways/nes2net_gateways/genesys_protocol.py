@@ -21,10 +21,11 @@ from typing import Any
 from nes2net_stream.service.errors import ProtocolError
 
 NULL_UUID = "00000000-0000-0000-0000-000000000000"
+# \Z, not $ ("$" also matches before a trailing newline); [0-9], not \d (Unicode digits)
 UUID_RE = re.compile(r"^(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-8][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}"
-                     r"-[0-9a-fA-F]{12}|00000000-0000-0000-0000-000000000000)$")
-DURATION_RE = re.compile(r"^PT(\d{0,12}\.)?\d{1,12}S$")
-LANGUAGE_RE = re.compile(r"^[a-z]{2,3}-[A-Za-z]{2,3}$")
+                     r"-[0-9a-fA-F]{12}|00000000-0000-0000-0000-000000000000)\Z")
+DURATION_RE = re.compile(r"^PT([0-9]{0,12}\.)?[0-9]{1,12}S\Z")
+LANGUAGE_RE = re.compile(r"^[a-z]{2,3}-[A-Za-z]{2,3}\Z")
 CLIENT_TYPES = ("open", "close", "ping", "paused", "resumed", "discarded", "update", "error")
 CLOSE_REASONS = ("end", "error", "disconnect", "reconnect")
 FORMATS = {"PCMU": 1, "L16": 2}  # bytes per sample
@@ -147,7 +148,8 @@ def _parse_media(entry: Any) -> Media | None:
     if not isinstance(entry, dict):
         raise _bad("each 'media' offer must be an object")
     channels, rate = entry.get("channels"), entry.get("rate")
-    if entry.get("type") != "audio" or entry.get("format") not in FORMATS:
+    fmt = entry.get("format")
+    if entry.get("type") != "audio" or not isinstance(fmt, str) or fmt not in FORMATS:
         return None
     if not (isinstance(channels, list) and 1 <= len(channels) <= 2
             and all(c in CHANNEL_NAMES for c in channels) and len(set(channels)) == len(channels)):

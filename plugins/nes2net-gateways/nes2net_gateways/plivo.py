@@ -145,7 +145,7 @@ def _media_format(fmt: Any) -> tuple[str, int]:
         raise ProtocolError("unsupported_format", f"mediaFormat.encoding {enc!r}: use "
                             "audio/x-l16 or audio/x-mulaw")
     rate = 8000 if rate is None else rate
-    if isinstance(rate, str) and rate.isdigit():
+    if isinstance(rate, str) and rate.isascii() and rate.isdigit() and len(rate) <= 6:
         rate = int(rate)
     if isinstance(rate, bool) or not isinstance(rate, int):
         raise ProtocolError("unsupported_format", f"mediaFormat.sampleRate {rate!r}")

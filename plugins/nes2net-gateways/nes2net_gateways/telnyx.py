@@ -155,7 +155,7 @@ def _parse_start(msg: dict[str, Any], seq: int | None) -> TelnyxStart:
         raise ProtocolError("unsupported_format", f"media_format.encoding {enc_name!r} is not "
                             "supported: set stream_codec to PCMU, PCMA or L16")
     rate = fmt.get("sample_rate", 8000)
-    if isinstance(rate, str) and rate.isdigit():
+    if isinstance(rate, str) and rate.isascii() and rate.isdigit() and len(rate) <= 6:
         rate = int(rate)
     if isinstance(rate, bool) or not isinstance(rate, int):
         raise ProtocolError("unsupported_format", f"media_format.sample_rate {rate!r}")
