@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from nes2net_stream.errors import ConfigError
-from nes2net_stream.gateways.api import CallHandle, GatewayConfig
+from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
 from nes2net_stream.service.audio_decode import AudioFormatError
 from nes2net_stream.service.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, ProtocolError
 from nes2net_stream.service.events import AudioChunk, CallEnd, CallStart, OutputEvent, Source
@@ -38,8 +38,7 @@ from nes2net_stream.service.protocol import CALL_ID_RE, ROLE_RE
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
-
-    from nes2net_stream.gateways.api import Gateway
+    from websockets.http11 import Request
 
 #: role of the other party (agent, callee) when the provider sends it separately
 AGENT_ROLE = "agent"
@@ -47,7 +46,8 @@ AGENT_ROLE = "agent"
 DRAIN_POLL_S = 0.5
 
 __all__ = [
-    "AGENT_ROLE", "RateGuard", "SequenceTracker", "StopCall", "b64decode", "basic_auth_ok",
+    "AGENT_ROLE", "QueryTokenGateway", "RateGuard", "SequenceTracker", "StopCall", "b64decode",
+    "basic_auth_ok",
     "bearer_token", "call_metadata", "call_start", "check_call_id", "check_metadata_size",
     "check_roles", "close_ws", "discard_events", "feed", "format_remote", "parse_basic_auth",
     "parse_json_object", "pump_audio", "query_params", "remote_of", "require_secret",
@@ -141,6 +141,39 @@ def require_secret(gateway: Gateway, key: str, value: str) -> None:
             f"gateways.{gateway.name}.{key}: authentication is required (the service listens "
             "beyond loopback or auth = \"required\") but no secret is configured; set it, or "
             "auth = \"off\" on a trusted network only")
+
+
+class QueryTokenGateway(Gateway):
+    """A gateway authenticated by one shared token (config ``token``, ``token_key``, ``auth``).
+
+    The provider puts the token in the WebSocket URL's query (``?<token_key>=...``) or, when
+    it cannot, in its first message: a wrong token in the URL is refused at the handshake
+    (HTTP 401); a missing one is left to the gateway to check in the first message.
+    """
+
+    def check_config(self) -> None:
+        """Require a token when authentication is enforced."""
+        check_roles(self.config, self.name)
+        require_secret(self, "token", self._token)
+
+    @property
+    def _token(self) -> str:
+        cfg: Any = self.config
+        return "" if cfg.auth == "off" else cfg.token.get_secret_value()
+
+    def _query_token(self, path: str) -> str | None:
+        return query_params(path).get(self.config.token_key)  # type: ignore[attr-defined]
+
+    def check_handshake(self, request: Request, remote: str | None) -> None:
+        """Refuse a wrong token in the URL (HTTP 401); a missing one is checked later."""
+        given = self._query_token(request.path)
+        if self._token and given is not None and not secret_equal(given, self._token):
+            raise HandshakeRejected(401, "invalid token")
+
+    def _query_authed(self, conn: ServerConnection) -> bool:
+        """True when no token is needed or the URL carries the right one."""
+        path = conn.request.path if conn.request else ""
+        return not self._token or secret_equal(self._query_token(path), self._token)
 
 
 # --------------------------------------------------------------------------- roles

@@ -16,26 +16,23 @@ from typing import Any, Literal
 from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosedOK
-from websockets.http11 import Request
 
 from nes2net_gateways._common import (
     AGENT_ROLE,
+    QueryTokenGateway,
     RateGuard,
     SequenceTracker,
     b64decode,
     call_metadata,
     call_start,
-    check_roles,
     feed,
     parse_json_object,
-    query_params,
     remote_of,
-    require_secret,
     secret_equal,
     serve_ws_call,
     ws_receive,
 )
-from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
+from nes2net_stream.gateways.api import CallHandle, GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
 
@@ -186,36 +183,16 @@ def parse_message(text: str | bytes, max_bytes: int) -> PlivoMessage:
 
 # --------------------------------------------------------------------------- the gateway
 
-class PlivoGateway(Gateway):
+class PlivoGateway(QueryTokenGateway):
     """Plivo audio streams (listen only; DTMF and playback acknowledgements are ignored)."""
 
     name = "plivo"
     transport = "websocket"
     Config = PlivoConfig
 
-    def check_config(self) -> None:
-        """Require a token when authentication is enforced."""
-        check_roles(self.config, self.name)
-        require_secret(self, "token", self._token)
-
-    @property
-    def _token(self) -> str:
-        cfg: PlivoConfig = self.config  # type: ignore[assignment]
-        return "" if cfg.auth == "off" else cfg.token.get_secret_value()
-
-    def _query_token(self, path: str) -> str | None:
-        return query_params(path).get(self.config.token_key)  # type: ignore[attr-defined]
-
-    def check_handshake(self, request: Request, remote: str | None) -> None:
-        """Refuse a wrong token in the URL (HTTP 401); a missing one is checked on start."""
-        given = self._query_token(request.path)
-        if self._token and given is not None and not secret_equal(given, self._token):
-            raise HandshakeRejected(401, "invalid token")
-
     async def serve_websocket(self, conn: ServerConnection) -> None:
         """Serve one Plivo stream."""
-        path = conn.request.path if conn.request else ""
-        authed = not self._token or secret_equal(self._query_token(path), self._token)
+        authed = self._query_authed(conn)
         await serve_ws_call(self, conn, lambda handle: self._stream(conn, handle, authed))
 
     def _start(self, handle: CallHandle, msg: PlivoStart, remote: str | None,

@@ -18,22 +18,19 @@ from typing import Any
 from pydantic import Field, SecretStr
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosedOK
-from websockets.http11 import Request
 
 from nes2net_gateways._common import (
+    QueryTokenGateway,
     call_metadata,
     call_start,
-    check_roles,
     parse_json_object,
     pump_audio,
-    query_params,
     remote_of,
-    require_secret,
     secret_equal,
     serve_ws_call,
     ws_receive,
 )
-from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
+from nes2net_stream.gateways.api import CallHandle, GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
 
@@ -93,36 +90,16 @@ def parse_event(text: str | bytes, max_bytes: int) -> str:
     return event
 
 
-class VonageGateway(Gateway):
+class VonageGateway(QueryTokenGateway):
     """Vonage Voice WebSocket (mixed audio of the call; listen only)."""
 
     name = "vonage"
     transport = "websocket"
     Config = VonageConfig
 
-    def check_config(self) -> None:
-        """Require a token when authentication is enforced."""
-        check_roles(self.config, self.name)
-        require_secret(self, "token", self._token)
-
-    @property
-    def _token(self) -> str:
-        cfg: VonageConfig = self.config  # type: ignore[assignment]
-        return "" if cfg.auth == "off" else cfg.token.get_secret_value()
-
-    def _query_token(self, path: str) -> str | None:
-        return query_params(path).get(self.config.token_key)  # type: ignore[attr-defined]
-
-    def check_handshake(self, request: Request, remote: str | None) -> None:
-        """Refuse a wrong token in the URI (HTTP 401); a missing one is checked later."""
-        given = self._query_token(request.path)
-        if self._token and given is not None and not secret_equal(given, self._token):
-            raise HandshakeRejected(401, "invalid token")
-
     async def serve_websocket(self, conn: ServerConnection) -> None:
         """Serve one Vonage call leg."""
-        path = conn.request.path if conn.request else ""
-        authed = not self._token or secret_equal(self._query_token(path), self._token)
+        authed = self._query_authed(conn)
         await serve_ws_call(self, conn, lambda handle: self._stream(conn, handle, authed))
 
     def _start(self, handle: CallHandle, first: VonageConnected, remote: str | None,
