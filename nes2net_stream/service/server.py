@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
@@ -81,9 +82,14 @@ def build_engine(settings: Settings, metrics: ServiceMetrics) -> ScoringEngine:
     device, dtype = _device_and_dtype(settings)
     detector = load_model(settings.model.path, device=device)
     e = settings.engine
+    threads = e.threads
+    if not threads and not device.startswith("cuda"):
+        # all cores but one: the event loop needs one, and oversubscribed intra-op threads
+        # slowed CPU scoring several-fold in the 2-core benchmark
+        threads = max(1, (os.cpu_count() or 2) - 1)
     return ScoringEngine(detector, max_batch_size=e.max_batch_size,
                          max_delay_ms=e.max_delay_ms, max_queue=e.max_queue,
-                         drop_policy=e.drop_policy, dtype=dtype, threads=e.threads or None,
+                         drop_policy=e.drop_policy, dtype=dtype, threads=threads or None,
                          metrics=metrics,
                          window_samples=int(round(settings.windows.window_s * 16000)),
                          cuda_graphs=e.cuda_graphs, cuda_graph_max_batch=e.cuda_graph_max_batch,
@@ -247,7 +253,8 @@ class Service:
             self._handler, s.host, s.port, process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
             max_size=MAX_WS_MESSAGE, ssl=self._ssl(), ping_interval=ping, ping_timeout=ping,
-            close_timeout=5, server_header="nes2net-stream", reuse_port=self.reuse_port)
+            close_timeout=5, server_header="nes2net-stream", reuse_port=self.reuse_port,
+            compression=None)  # audio does not deflate; compressing costs CPU on both ends
         for gw in self.gateways:
             if gw.transport == "tcp":
                 srv = await asyncio.start_server(gw.serve_tcp, gw.config.host, gw.config.port,
