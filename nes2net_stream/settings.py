@@ -128,10 +128,11 @@ class EngineSection(Section):
     threads: int = Field(0, ge=0, le=256)
     cuda_graphs: bool = True
     cuda_graph_max_batch: int = Field(16, ge=1, le=4096)
-    latency_target_ms: float = Field(500.0, gt=0.0)
+    latency_target_ms: float = Field(500.0, gt=0.0, le=600_000.0)
     max_hop_factor: int = Field(8, ge=1, le=64)
     feature_cache: bool = True
     feature_cache_entries: int = Field(10_000, ge=1, le=1_000_000)
+    stall_timeout_s: float = Field(120.0, gt=0.0, le=86_400.0)
 
 
 class AlertsSection(Section):
@@ -151,11 +152,11 @@ class LimitsSection(Section):
     max_frame_bytes: int = Field(65_536, ge=320)
     max_text_bytes: int = Field(16_384, ge=256)
     max_metadata_bytes: int = Field(8_192, ge=0)
-    start_timeout_s: float = Field(10.0, gt=0.0)
-    idle_timeout_s: float = Field(30.0, gt=0.0)
-    max_call_s: float = Field(14_400.0, gt=0.0)
-    max_realtime_factor: float = Field(50.0, ge=1.0)
-    realtime_burst_s: float = Field(30.0, ge=0.0)
+    start_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
+    idle_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
+    max_call_s: float = Field(14_400.0, gt=0.0, le=604_800.0)
+    max_realtime_factor: float = Field(50.0, ge=1.0, le=10_000.0)
+    realtime_burst_s: float = Field(30.0, ge=0.0, le=3600.0)
 
 
 class AuthSection(Section):

@@ -95,7 +95,8 @@ def build_engine(settings: Settings, metrics: ServiceMetrics) -> ScoringEngine:
                          cuda_graphs=e.cuda_graphs, cuda_graph_max_batch=e.cuda_graph_max_batch,
                          latency_target_s=e.latency_target_ms / 1000.0,
                          max_stride=e.max_hop_factor, feature_cache=e.feature_cache,
-                         feature_cache_entries=e.feature_cache_entries)
+                         feature_cache_entries=e.feature_cache_entries,
+                         stall_timeout_s=e.stall_timeout_s)
 
 
 def build_context(settings: Settings, metrics: ServiceMetrics | None = None, *,
