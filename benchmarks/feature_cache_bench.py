@@ -28,22 +28,14 @@ except ImportError:  # run from a source checkout without installing
 import numpy as np
 import torch
 
-from nes2net_stream.bench.engine import environment
+from nes2net_stream.bench.engine import TINY_SSL, environment, sync
 from nes2net_stream.models.checkpoints import build_detector
 from nes2net_stream.service.runner import BatchRunner
 
-TINY_SSL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 128, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
-            "num_conv_pos_embedding_groups": 2}
 # XLS-R's conv stack (512 channels) under a small transformer: the CPU-sized case where the
 # convolutional encoder is a large share of the cost, as it is on the GPU
 CPU_SSL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
            "intermediate_size": 1024}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,

@@ -23,13 +23,10 @@ except ImportError:  # run from a source checkout without installing
 
 import torch
 
-from nes2net_stream.bench.engine import bench_model, environment
+from nes2net_stream.bench.engine import TINY_SSL, bench_model, environment
 from nes2net_stream.models.checkpoints import ARCHITECTURES, build_detector
 from nes2net_stream.models.nes2net import count_parameters
 
-TINY_SSL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 128, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
-            "num_conv_pos_embedding_groups": 2}
 TINY_BACKEND = {"outer_ratio": 4, "inner_ratio": 4}
 
 

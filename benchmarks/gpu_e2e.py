@@ -28,12 +28,9 @@ except ImportError:  # run from a source checkout without installing
 
 import torch
 
+from nes2net_stream.bench.engine import TINY_SSL
 from nes2net_stream.bundle import save_model
 from nes2net_stream.models.checkpoints import build_detector
-
-TINY_SSL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 128, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
-            "num_conv_pos_embedding_groups": 2}
 
 
 class GpuSampler(threading.Thread):

@@ -26,18 +26,9 @@ except ImportError:  # run from a source checkout without installing
 import numpy as np
 import torch
 
-from nes2net_stream.bench.engine import environment
+from nes2net_stream.bench.engine import TINY_SSL, environment, sync
 from nes2net_stream.models.checkpoints import build_detector
 from nes2net_stream.service.runner import BatchRunner
-
-TINY_SSL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 128, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
-            "num_conv_pos_embedding_groups": 2}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_calls(fn, device: torch.device, min_time_s: float, max_iters: int) -> float:

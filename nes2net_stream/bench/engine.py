@@ -47,6 +47,19 @@ def bench_model(detector: Detector, batch_sizes: list[int], *, window_s: float =
     return rows
 
 
+#: a tiny SSL geometry for ``--smoke`` runs of the GPU benchmarks on a CPU
+TINY_SSL: dict[str, Any] = {
+    "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "intermediate_size": 128, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 2}
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work (a no-op on CPU), so timings cover the whole computation."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """What the figures were measured on."""
     info = {"torch": torch.__version__, "python": platform.python_version(),
