@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosedOK
 
 from nes2net_gateways._common import (
     AGENT_ROLE,
@@ -25,12 +24,17 @@ from nes2net_gateways._common import (
     b64decode,
     call_metadata,
     call_start,
-    feed,
     parse_json_object,
     remote_of,
     secret_equal,
     serve_ws_call,
-    ws_receive,
+)
+from nes2net_gateways._json_media import (
+    check_first_start,
+    check_media,
+    feed_track,
+    json_messages,
+    log_sequence,
 )
 from nes2net_stream.gateways.api import CallHandle, GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
@@ -223,33 +227,19 @@ class PlivoGateway(QueryTokenGateway):
         guard = RateGuard(self.limits)
         stream_id: str | None = None
         try:
-            while True:
-                try:
-                    raw = await ws_receive(self, conn, started=handle.started)
-                except ConnectionClosedOK:
-                    return CallEnd("stop", "stream closed by Plivo")
-                if isinstance(raw, bytes):
-                    raise ProtocolError("bad_message", "Plivo sends JSON text messages only")
+            async for raw in json_messages(self, conn, handle, "Plivo"):
                 msg = parse_message(raw, self.limits.max_text_bytes)
                 in_order = seq.see(msg.sequence)
                 if isinstance(msg, PlivoStart):
-                    if handle.started:
-                        raise ProtocolError("bad_message", "start sent twice")
+                    check_first_start(handle)
                     self._start(handle, msg, remote, authed)
                     stream_id = msg.stream_id
                 elif isinstance(msg, PlivoMedia):
-                    if not handle.started:
-                        raise ProtocolError("audio_before_start", "media before start")
-                    if msg.stream_id and msg.stream_id != stream_id:
-                        raise ProtocolError("bad_message", "media of another streamId")
+                    check_media(handle, msg.stream_id, stream_id, "streamId")
                     if in_order and msg.payload:
-                        role = cfg.customer_role if msg.track == cfg.customer_track \
-                            else AGENT_ROLE
-                        feed(handle, msg.payload, role)
-                        guard.check(handle)
+                        feed_track(handle, cfg, msg.track, msg.payload, guard)
                 elif msg.event == "stop":
                     return CallEnd("stop")
+            return CallEnd("stop", "stream closed by Plivo")
         finally:
-            if seq.gaps or seq.late:
-                self.log.warning("sequence anomalies", call_id=handle.call_id, gaps=seq.gaps,
-                                 late_or_duplicate=seq.late)
+            log_sequence(self, handle, seq)

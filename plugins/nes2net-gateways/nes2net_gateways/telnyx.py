@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosedOK
 from websockets.http11 import Request
 
 from nes2net_gateways._common import (
@@ -27,15 +26,14 @@ from nes2net_gateways._common import (
     call_metadata,
     call_start,
     check_roles,
-    feed,
     parse_json_object,
     query_params,
     remote_of,
     require_secret,
     secret_equal,
     serve_ws_call,
-    ws_receive,
 )
+from nes2net_gateways._json_media import check_first_start, check_media, feed_track, json_messages
 from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
@@ -313,28 +311,18 @@ class TelnyxGateway(Gateway):
         buffers = {t: ReorderBuffer(cfg.reorder_window) for t in TRACKS}
 
         def play(track: str, payloads: list[bytes]) -> None:
-            role = cfg.customer_role if track == cfg.customer_track else AGENT_ROLE
             for p in payloads:
                 if p:
-                    feed(handle, p, role)
-            guard.check(handle)
+                    feed_track(handle, cfg, track, p, guard)
 
         try:
-            while True:
-                try:
-                    raw = await ws_receive(self, conn, started=handle.started)
-                except ConnectionClosedOK:
-                    return CallEnd("disconnect", "closed without a stop frame")
-                if isinstance(raw, bytes):
-                    raise ProtocolError("bad_message", "Telnyx sends JSON text frames only")
+            async for raw in json_messages(self, conn, handle, "Telnyx"):
                 msg = parse_message(raw, self.limits.max_text_bytes)
                 if isinstance(msg, TelnyxStart):
-                    if handle.started:
-                        raise ProtocolError("bad_message", "start sent twice")
+                    check_first_start(handle)
                     self._start(handle, msg, remote)
                 elif isinstance(msg, TelnyxMedia):
-                    if not handle.started:
-                        raise ProtocolError("audio_before_start", "media before start")
+                    check_media(handle, None, None, "stream")
                     play(msg.track, buffers[msg.track].push(msg.chunk, msg.payload))
                 elif msg.event == "error":
                     self.log.warning("Telnyx reported an error", detail=msg.detail,
@@ -343,6 +331,7 @@ class TelnyxGateway(Gateway):
                     for track, buf in buffers.items():
                         play(track, buf.flush())
                     return CallEnd("stop")
+            return CallEnd("disconnect", "closed without a stop frame")
         finally:
             stats = {t: (b.reordered, b.late, b.lost) for t, b in buffers.items() if
                      b.reordered or b.late or b.lost}

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosedOK
 from websockets.http11 import Request
 
 from nes2net_gateways._common import (
@@ -29,12 +28,17 @@ from nes2net_gateways._common import (
     call_metadata,
     call_start,
     check_roles,
-    feed,
     parse_json_object,
     remote_of,
     require_secret,
     serve_ws_call,
-    ws_receive,
+)
+from nes2net_gateways._json_media import (
+    check_first_start,
+    check_media,
+    feed_track,
+    json_messages,
+    log_sequence,
 )
 from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
@@ -281,34 +285,20 @@ class TwilioGateway(Gateway):
         guard = RateGuard(self.limits)
         stream_sid: str | None = None
         try:
-            while True:
-                try:
-                    raw = await ws_receive(self, conn, started=handle.started)
-                except ConnectionClosedOK:
-                    return CallEnd("disconnect", "closed without a stop message")
-                if isinstance(raw, bytes):
-                    raise ProtocolError("bad_message", "Twilio sends JSON text messages only")
+            async for raw in json_messages(self, conn, handle, "Twilio"):
                 msg = parse_message(raw, self.limits.max_text_bytes)
                 in_order = seq.see(msg.sequence)
                 if isinstance(msg, TwilioStart):
-                    if handle.started:
-                        raise ProtocolError("bad_message", "start sent twice")
+                    check_first_start(handle)
                     self._start(handle, msg, remote)
                     stream_sid = msg.stream_sid
                 elif isinstance(msg, TwilioMedia):
-                    if not handle.started:
-                        raise ProtocolError("audio_before_start", "media before start")
-                    if msg.stream_sid and msg.stream_sid != stream_sid:
-                        raise ProtocolError("bad_message", "media of another streamSid")
+                    check_media(handle, msg.stream_sid, stream_sid, "streamSid")
                     if in_order and msg.payload:
-                        role = cfg.customer_role if msg.track == cfg.customer_track \
-                            else AGENT_ROLE
-                        feed(handle, msg.payload, role)
-                        guard.check(handle)
+                        feed_track(handle, cfg, msg.track, msg.payload, guard)
                 elif msg.event == "stop":
                     return CallEnd("stop")
+            return CallEnd("disconnect", "closed without a stop message")
         finally:
-            if seq.gaps or seq.late:
-                self.log.warning("sequence anomalies", call_id=handle.call_id, gaps=seq.gaps,
-                                 late_or_duplicate=seq.late)
+            log_sequence(self, handle, seq)
 

@@ -1,0 +1,66 @@
+"""Loop pieces shared by the JSON-over-WebSocket media providers (Twilio, Plivo, Telnyx).
+
+These providers send only JSON text messages: a ``start``, base64 ``media`` per track
+(``inbound``/``outbound``), ``stop``, and a few events the service ignores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from websockets.exceptions import ConnectionClosedOK
+
+from nes2net_gateways._common import AGENT_ROLE, RateGuard, SequenceTracker, feed, ws_receive
+from nes2net_stream.gateways.api import CallHandle, Gateway
+from nes2net_stream.service.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+
+async def json_messages(gateway: Gateway, conn: ServerConnection, handle: CallHandle,
+                        provider: str) -> AsyncIterator[str]:
+    """The provider's text messages, within the limits of ``[limits]``, until a clean close.
+
+    A binary message is a ProtocolError ``bad_message``; a close with 1000/1001 ends the
+    iteration (the caller decides what that means for the call).
+    """
+    while True:
+        try:
+            raw = await ws_receive(gateway, conn, started=handle.started)
+        except ConnectionClosedOK:
+            return
+        if isinstance(raw, bytes):
+            raise ProtocolError("bad_message", f"{provider} sends JSON text messages only")
+        yield raw
+
+
+def check_first_start(handle: CallHandle) -> None:
+    """Refuse a second ``start`` on one stream."""
+    if handle.started:
+        raise ProtocolError("bad_message", "start sent twice")
+
+
+def check_media(handle: CallHandle, stream_id: str | None, expected: str | None,
+                id_name: str) -> None:
+    """Refuse media before ``start`` or for another stream than the one started."""
+    if not handle.started:
+        raise ProtocolError("audio_before_start", "media before start")
+    if stream_id and stream_id != expected:
+        raise ProtocolError("bad_message", f"media of another {id_name}")
+
+
+def feed_track(handle: CallHandle, config: Any, track: str, payload: bytes,
+               guard: RateGuard) -> None:
+    """Feed one track's audio: the customer's track to the customer role, the other to agent."""
+    role = config.customer_role if track == config.customer_track else AGENT_ROLE
+    feed(handle, payload, role)
+    guard.check(handle)
+
+
+def log_sequence(gateway: Gateway, handle: CallHandle, seq: SequenceTracker) -> None:
+    """Log sequence-number gaps and late or duplicate messages of a call, if any."""
+    if seq.gaps or seq.late:
+        gateway.log.warning("sequence anomalies", call_id=handle.call_id, gaps=seq.gaps,
+                            late_or_duplicate=seq.late)
