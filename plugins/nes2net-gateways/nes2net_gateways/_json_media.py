@@ -64,3 +64,21 @@ def log_sequence(gateway: Gateway, handle: CallHandle, seq: SequenceTracker) -> 
     if seq.gaps or seq.late:
         gateway.log.warning("sequence anomalies", call_id=handle.call_id, gaps=seq.gaps,
                             late_or_duplicate=seq.late)
+
+
+def json_uint(value: Any, what: str) -> int | None:
+    """A non-negative integer field (JSON number or decimal string), None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    raise ProtocolError("bad_message", f"{what} must be a non-negative integer")
+
+
+def json_object(value: Any, what: str) -> dict[str, Any]:
+    """A field that must be a JSON object."""
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_message", f"{what} must be a JSON object")
+    return value

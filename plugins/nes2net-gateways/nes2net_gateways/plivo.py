@@ -34,6 +34,8 @@ from nes2net_gateways._json_media import (
     check_media,
     feed_track,
     json_messages,
+    json_object,
+    json_uint,
     log_sequence,
 )
 from nes2net_stream.gateways.api import CallHandle, GatewayConfig
@@ -98,20 +100,6 @@ class PlivoEvent:
 PlivoMessage = PlivoStart | PlivoMedia | PlivoEvent
 
 
-def _int(value: Any, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
-        return int(value)
-    raise ProtocolError("bad_message", f"{what} must be a non-negative integer")
-
-
-def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ProtocolError("bad_message", f"{what} must be a JSON object")
-    return value
 
 
 def parse_extra_headers(value: Any) -> dict[str, str]:
@@ -133,7 +121,7 @@ def parse_extra_headers(value: Any) -> dict[str, str]:
 def _media_format(fmt: Any) -> tuple[str, int]:
     if fmt is None:
         return "l16", 8000  # Plivo's default contentType audio/x-l16;rate=8000
-    fmt = _object(fmt, "start.mediaFormat")
+    fmt = json_object(fmt, "start.mediaFormat")
     enc = fmt.get("encoding", "audio/x-l16")
     rate: Any = fmt.get("sampleRate")
     if isinstance(enc, str) and ";" in enc:  # contentType style "audio/x-l16;rate=16000"
@@ -159,9 +147,9 @@ def parse_message(text: str | bytes, max_bytes: int) -> PlivoMessage:
     event = msg.get("event")
     if not isinstance(event, str) or not event:
         raise ProtocolError("bad_message", "a Plivo message needs a string 'event'")
-    seq = _int(msg.get("sequenceNumber"), "sequenceNumber")
+    seq = json_uint(msg.get("sequenceNumber"), "sequenceNumber")
     if event == "start":
-        start = _object(msg.get("start"), "start.start")
+        start = json_object(msg.get("start"), "start.start")
         call_id, stream_id = start.get("callId"), start.get("streamId")
         if not isinstance(call_id, str) or not call_id:
             raise ProtocolError("bad_message", "start: 'callId' must be a string")
@@ -173,7 +161,7 @@ def parse_message(text: str | bytes, max_bytes: int) -> PlivoMessage:
                           account if isinstance(account, str) and account else None,
                           parse_extra_headers(msg.get("extra_headers")))
     if event == "media":
-        media = _object(msg.get("media"), "media.media")
+        media = json_object(msg.get("media"), "media.media")
         track = media.get("track", "inbound")
         if track not in TRACKS:
             raise ProtocolError("bad_message", f"media: unknown track {track!r}")

@@ -33,7 +33,14 @@ from nes2net_gateways._common import (
     secret_equal,
     serve_ws_call,
 )
-from nes2net_gateways._json_media import check_first_start, check_media, feed_track, json_messages
+from nes2net_gateways._json_media import (
+    check_first_start,
+    check_media,
+    feed_track,
+    json_messages,
+    json_object,
+    json_uint,
+)
 from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
@@ -105,20 +112,6 @@ class TelnyxEvent:
 TelnyxMessage = TelnyxStart | TelnyxMedia | TelnyxEvent
 
 
-def _int(value: Any, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
-        return int(value)
-    raise ProtocolError("bad_message", f"{what} must be a non-negative integer")
-
-
-def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ProtocolError("bad_message", f"{what} must be a JSON object")
-    return value
 
 
 def _opt_str(value: Any) -> str | None:
@@ -139,14 +132,14 @@ def _custom(value: Any) -> dict[str, Any]:
 
 
 def _parse_start(msg: dict[str, Any], seq: int | None) -> TelnyxStart:
-    start = _object(msg.get("start"), "start.start")
+    start = json_object(msg.get("start"), "start.start")
     ccid = start.get("call_control_id")
     stream_id = msg.get("stream_id") or start.get("stream_id")
     if not isinstance(ccid, str) or not ccid:
         raise ProtocolError("bad_message", "start: 'call_control_id' must be a string")
     if not isinstance(stream_id, str) or not stream_id:
         raise ProtocolError("bad_message", "start: 'stream_id' must be a string")
-    fmt = _object(start.get("media_format") or {}, "start.media_format")
+    fmt = json_object(start.get("media_format") or {}, "start.media_format")
     enc_name = fmt.get("encoding", "PCMU")
     enc = ENCODINGS.get(enc_name.upper()) if isinstance(enc_name, str) else None
     if enc is None:
@@ -175,15 +168,15 @@ def parse_message(text: str | bytes, max_bytes: int) -> TelnyxMessage:
     event = msg.get("event")
     if not isinstance(event, str) or not event:
         raise ProtocolError("bad_message", "a Telnyx frame needs a string 'event'")
-    seq = _int(msg.get("sequence_number"), "sequence_number")
+    seq = json_uint(msg.get("sequence_number"), "sequence_number")
     if event == "start":
         return _parse_start(msg, seq)
     if event == "media":
-        media = _object(msg.get("media"), "media.media")
+        media = json_object(msg.get("media"), "media.media")
         track = media.get("track", "inbound")
         if track not in TRACKS:
             raise ProtocolError("bad_message", f"media: unknown track {track!r}")
-        chunk = _int(media.get("chunk"), "media.chunk")
+        chunk = json_uint(media.get("chunk"), "media.chunk")
         return TelnyxMedia(seq, track, chunk, b64decode(media.get("payload"), "media.payload"))
     detail = None
     if event == "error":

@@ -38,6 +38,7 @@ from nes2net_gateways._json_media import (
     check_media,
     feed_track,
     json_messages,
+    json_object,
     log_sequence,
 )
 from nes2net_stream.errors import ConfigError
@@ -124,14 +125,9 @@ def _str(obj: dict[str, Any], key: str, what: str, *, required: bool = True) -> 
     return value
 
 
-def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ProtocolError("bad_message", f"{what} must be a JSON object")
-    return value
-
 
 def _parse_start(msg: dict[str, Any], seq: int | None) -> TwilioStart:
-    start = _object(msg.get("start"), "start.start")
+    start = json_object(msg.get("start"), "start.start")
     call_sid = _str(start, "callSid", "start")
     stream_sid = _str(start, "streamSid", "start", required=False) or \
         _str(msg, "streamSid", "start")
@@ -139,10 +135,10 @@ def _parse_start(msg: dict[str, Any], seq: int | None) -> TwilioStart:
     if not isinstance(tracks_raw, list) or not all(t in TRACKS for t in tracks_raw):
         raise ProtocolError("bad_message", "start: 'tracks' must list 'inbound'/'outbound'")
     custom = start.get("customParameters") or {}
-    custom = _object(custom, "start.customParameters")
+    custom = json_object(custom, "start.customParameters")
     fmt = start.get("mediaFormat")
     if fmt is not None:
-        fmt = _object(fmt, "start.mediaFormat")
+        fmt = json_object(fmt, "start.mediaFormat")
         enc, rate, ch = fmt.get("encoding"), fmt.get("sampleRate"), fmt.get("channels", 1)
         if enc != "audio/x-mulaw" or rate != 8000 or ch != 1:
             raise ProtocolError("unsupported_format", f"mediaFormat {enc!r}/{rate!r} Hz/{ch!r} "
@@ -166,7 +162,7 @@ def parse_message(text: str | bytes, max_bytes: int) -> TwilioMessage:
     if event == "start":
         return _parse_start(msg, seq)
     if event == "media":
-        media = _object(msg.get("media"), "media.media")
+        media = json_object(msg.get("media"), "media.media")
         track = media.get("track", "inbound")
         if track not in TRACKS:
             raise ProtocolError("bad_message", f"media: unknown track {track!r}")
