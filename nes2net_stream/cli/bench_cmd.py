@@ -141,9 +141,8 @@ def bench_soak(calls: int, duration_s: float, call_s: float, sample_s: float, mo
         clip = load_audio(audio or sample_path("human_call.wav"), sample_rate=8000)
         res = asyncio.run(run_soak(service.url, service.http, clip.samples, 8000, calls=calls,
                                    duration_s=duration_s, call_s=call_s, sample_s=sample_s))
-        exit_code = service.stop()
     finally:
-        service.stop()
+        exit_code = service.stop()  # graceful drain; its exit code is part of the report
         local.stop()
     text = json.dumps({"benchmark": "soak", **_stamp(), "model": model_path,
                        "service_exit_code": exit_code, **report(res)}, indent=2)

@@ -192,10 +192,8 @@ class CallSession:
         with contextlib.suppress(asyncio.CancelledError):
             await self._consumer
         self._check_restarts()
-        forget = getattr(self.ctx.engine, "forget", None)
-        if forget is not None:
-            for ch in self._channels.values():
-                forget(ch.cache_key)
+        for ch in self._channels.values():
+            self.ctx.engine.forget(ch.cache_key)  # its cached features are no longer needed
         summaries = [self._summary(ch, end) for ch in self._channels.values()]
         for ev in summaries:
             self._emit(ev, None)
