@@ -1,10 +1,18 @@
-"""Streaming throughput with and without the per-stream SSL conv feature cache.
+"""Streaming engine throughput, one engine optimisation at a time (ablation).
 
 Simulates ``batch`` concurrent call channels, each advancing by one hop (default 1.02 s: one
 second of speech rounded up to 30 ms VAD frames, as the service's windows are) per engine
-batch, and times the batch runner in steady state: with the cache every window encodes only its
-new audio in the convolutional front-end; without it the whole 4 s window. Also reports the
-largest logit difference between the two paths (the cache is exact up to float rounding).
+batch, and times the batch runner in steady state in these configurations:
+
+- ``uncached``: the whole 4 s window through the model, bf16 autocast (the first baseline);
+- ``cached``: the per-stream conv feature cache (each window encodes only its new audio);
+- ``cached_backend_graph``: plus the back-end replayed from a CUDA graph;
+- ``cached_backend_graph_bf16_weights``: plus the model cast to bf16 (``dtype_mode =
+  "weights"``), the service's default on CUDA;
+- ``uncached_backend_graph_bf16_weights``: the same without the cache.
+
+Also reports each configuration's largest logit difference from ``uncached`` (the cache is exact
+up to float rounding; bf16 weights round differently).
 XLS-R 300M + Nes2Net-X with random weights on CUDA (bf16); ``--smoke`` or ``--cpu-geometry``
 pick smaller front-ends with the same conv geometry for CPUs. Prints JSON.
 
@@ -15,6 +23,7 @@ pick smaller front-ends with the same conv geometry for CPUs. Prints JSON.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -38,19 +47,31 @@ CPU_SSL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
            "intermediate_size": 1024}
 
 
+CONFIGS = {  # name: (feature cache, back-end graph, cast weights)
+    "uncached": (False, False, False),
+    "cached": (True, False, False),
+    "cached_backend_graph": (True, True, False),
+    "cached_backend_graph_bf16_weights": (True, True, True),
+    "uncached_backend_graph_bf16_weights": (False, True, True),
+}
+
+
 def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
-            cache: bool, dtype: torch.dtype | None, device: torch.device
+            config: tuple[bool, bool, bool], dtype: torch.dtype | None, device: torch.device
             ) -> tuple[float, torch.Tensor]:
     """Median seconds per steady-state batch, and the logits of the last one."""
-    runner = BatchRunner(det, window_samples=window, max_batch_size=batch, dtype=dtype,
-                         use_buckets=False, cuda_graphs=False, feature_cache=cache)
+    cache, backend_graph, cast = config
+    runner = BatchRunner(copy.deepcopy(det) if cast else det, window_samples=window,
+                         max_batch_size=batch, dtype=dtype, use_buckets=False,
+                         cuda_graphs=False, backend_graphs=backend_graph, feature_cache=cache,
+                         cast_weights=cast and dtype is not None)
     rng = np.random.default_rng(1)
     signal = (0.1 * rng.standard_normal((batch, window + hop * (steps + 3)))).astype(np.float32)
     keys = [f"stream-{i}" for i in range(batch)]
 
     def step(k: int) -> torch.Tensor:
         end = window + hop * k
-        return runner.run(np.ascontiguousarray(signal[:, end - window:end]), keys, [end] * batch)
+        return runner.run(signal[:, end - window:end], keys, [end] * batch)
 
     step(0)  # fills the cache (and warms up)
     step(1)
@@ -75,6 +96,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--cpu-geometry", action="store_true")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help="comma-separated configurations to time (uncached always runs)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if a.smoke:
@@ -89,24 +112,30 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else None
     window = int(a.window_s * 16000)
     rows = []
+    names = [n for n in a.configs.split(",") if n]
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown:
+        ap.error(f"unknown --configs {unknown}; choose from {sorted(CONFIGS)}")
     for bs in [int(b) for b in a.batch_sizes.split(",")]:
-        plain_s, plain = measure(det, bs, window, a.hop_samples, a.steps, False, dtype, device)
-        cached_s, cached = measure(det, bs, window, a.hop_samples, a.steps, True, dtype,
-                                   device)
-        row = {"batch_size": bs,
-               "uncached": {"latency_ms": round(1000 * plain_s, 2),
-                            "windows_per_s": round(bs / plain_s, 1)},
-               "cached": {"latency_ms": round(1000 * cached_s, 2),
-                          "windows_per_s": round(bs / cached_s, 1)},
-               "speedup": round(plain_s / cached_s, 2),
-               "max_abs_logit_diff": float((plain - cached).abs().max())}
+        row: dict = {"batch_size": bs}
+        base = None
+        for name in ["uncached"] + [n for n in names if n != "uncached"]:
+            secs, logits = measure(det, bs, window, a.hop_samples, a.steps, CONFIGS[name],
+                                   dtype, device)
+            base = logits if base is None else base
+            row[name] = {"latency_ms": round(1000 * secs, 2),
+                         "windows_per_s": round(bs / secs, 1),
+                         "max_abs_logit_diff_vs_uncached": float((logits - base).abs().max())}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
+    best = max(v["windows_per_s"] for r in rows for k, v in r.items() if k != "batch_size")
     result = {"benchmark": "feature_cache", "device": str(device), "smoke": a.smoke,
               "geometry": "tiny" if a.smoke else ("cpu" if a.cpu_geometry else "xlsr300m"),
               "environment": environment(device), "window_s": a.window_s,
               "hop_samples": a.hop_samples, "dtype": "bfloat16" if dtype else "float32",
-              "rows": rows}
+              "rows": rows, "best_windows_per_s": best}
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:

@@ -1,10 +1,12 @@
 """Scoring-engine throughput on a GPU: eager vs cuDNN autotuning vs bucketed CUDA graphs.
 
 Builds XLS-R 300M + Nes2Net-X with random weights (weights do not change the cost), then times
-the engine's batch runner (pinned host staging, asynchronous copy, bf16 autocast) for each
-batch size in three modes: plain eager, eager with ``cudnn.benchmark``, and CUDA-graph replay of
-the power-of-two bucket. Also checks that graph replay and bucket padding give the same logits
-as eager execution, and times the Nes2Net-X back-end alone (eager vs graph). Prints JSON.
+the engine's batch runner (pinned host staging, asynchronous copy) for each batch size in four
+modes: plain eager (bf16 autocast), eager with ``cudnn.benchmark``, CUDA graphs (whole model
+replayed for buckets up to 16, the back-end alone above), and the same with the model cast to
+bf16 (``dtype_mode = "weights"``, the service default). Also checks that graph replay and
+bucket padding give the same logits as eager execution, and times the Nes2Net-X back-end alone
+(eager vs graph). Prints JSON.
 
     python benchmarks/gpu_engine_bench.py --out engine.json     # CUDA machine
     python benchmarks/gpu_engine_bench.py --smoke               # CPU, tiny geometry
@@ -13,6 +15,7 @@ as eager execution, and times the Nes2Net-X back-end alone (eager vs graph). Pri
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -29,6 +32,8 @@ import torch
 from nes2net_stream.bench.engine import TINY_SSL, environment, sync
 from nes2net_stream.models.checkpoints import build_detector
 from nes2net_stream.service.runner import BatchRunner
+
+MODES = ("eager", "eager_cudnn_benchmark", "cuda_graph_bucket", "cuda_graph_bucket_bf16_weights")
 
 
 def time_calls(fn, device: torch.device, min_time_s: float, max_iters: int) -> float:
@@ -71,22 +76,27 @@ def main() -> None:
     for bs in sizes:
         x = (0.1 * rng.standard_normal((bs, samples))).astype(np.float32)
         row = {"batch_size": bs}
-        for mode in ("eager", "eager_cudnn_benchmark", "cuda_graph_bucket"):
+        for mode in MODES:
             torch.backends.cudnn.benchmark = mode != "eager"
-            runner = BatchRunner(det, window_samples=samples, max_batch_size=max(sizes),
-                                 dtype=dtype, use_buckets=mode == "cuda_graph_bucket",
-                                 cuda_graphs=mode == "cuda_graph_bucket")
+            graphs = mode.startswith("cuda_graph")
+            cast = mode.endswith("bf16_weights") and dtype is not None
+            runner = BatchRunner(copy.deepcopy(det) if cast else det, window_samples=samples,
+                                 max_batch_size=max(sizes), dtype=dtype, use_buckets=graphs,
+                                 cuda_graphs=graphs, backend_graphs=graphs, cast_weights=cast)
             secs = time_calls(lambda r=runner, xx=x: r.run(xx), device, a.min_time_s,
                               a.max_iters)
             row[mode] = {"latency_ms": round(1000 * secs, 2),
                          "windows_per_s": round(bs / secs, 1)}
-            if mode == "cuda_graph_bucket":
+            if graphs:
                 row["bucket"] = runner.bucket(bs)
                 row["graph_captured"] = runner.bucket(bs) in runner._graphs
                 eager = BatchRunner(det, window_samples=samples, max_batch_size=max(sizes),
                                     dtype=dtype, use_buckets=False, cuda_graphs=False).run(x)
-                row["max_abs_logit_diff_vs_eager"] = float((runner.run(x) - eager).abs().max())
+                row[mode]["max_abs_logit_diff_vs_eager"] = float(
+                    (runner.run(x) - eager).abs().max())
             del runner
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     # back-end alone (launch-bound): eager vs graph at a small and a large batch
@@ -111,8 +121,7 @@ def main() -> None:
                 entry["graph_ms"] = round(1000 * time_calls(g.replay, device, a.min_time_s,
                                                             a.max_iters), 3)
         backend.append(entry)
-    best = max(max(r[m]["windows_per_s"] for m in ("eager", "eager_cudnn_benchmark",
-                                                      "cuda_graph_bucket")) for r in rows)
+    best = max(max(r[m]["windows_per_s"] for m in MODES) for r in rows)
     result = {"benchmark": "gpu_engine", "device": str(device), "smoke": a.smoke,
               "environment": environment(device), "window_s": a.window_s,
               "dtype": "bfloat16" if dtype else "float32", "rows": rows, "backend": backend,

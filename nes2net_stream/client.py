@@ -77,6 +77,9 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
     headers = {"Authorization": f"Bearer {token}"} if token else None
     result = StreamResult(call_id=call_id)
     step = max(1, sample_rate * frame_ms // 1000)
+    # every supported encoding is per sample: encode the whole call once, send slices
+    payload = encode_samples(x, encoding)
+    frame_bytes = len(payload) // max(1, x.shape[0]) * step
     async with connect(url, additional_headers=headers, max_size=None,
                        open_timeout=open_timeout, close_timeout=10) as ws:
 
@@ -95,8 +98,8 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
         t0 = result.start_wall = time.time()
         mono0 = time.monotonic()
         try:
-            for i in range(0, x.shape[0], step):
-                await ws.send(encode_samples(x[i:i + step], encoding))
+            for k, i in enumerate(range(0, x.shape[0], step)):
+                await ws.send(payload[k * frame_bytes:(k + 1) * frame_bytes])
                 result.sent_seconds = (i + step) / sample_rate
                 if realtime:
                     due = mono0 + (i + step) / sample_rate / speed

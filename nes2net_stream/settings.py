@@ -26,6 +26,7 @@ class ModelSection(Section):
     path: str = "builtin:demo"
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype_mode: Literal["weights", "autocast"] = "weights"
 
 
 class VADSection(Section):
@@ -128,6 +129,7 @@ class EngineSection(Section):
     threads: int = Field(0, ge=0, le=256)
     cuda_graphs: bool = True
     cuda_graph_max_batch: int = Field(16, ge=1, le=4096)
+    cuda_graph_backend: bool = True
     latency_target_ms: float = Field(500.0, gt=0.0, le=600_000.0)
     max_hop_factor: int = Field(8, ge=1, le=64)
     feature_cache: bool = True

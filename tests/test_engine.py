@@ -105,3 +105,47 @@ def test_cuda_graph_buckets_match_eager_on_gpu(detector):
     with torch.inference_mode():
         fp32 = det(torch.from_numpy(x).cuda()).float().cpu()
     assert torch.allclose(a, fp32, atol=0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_backend_graph_of_large_buckets_matches_eager_on_gpu(detector):
+    det = detector.to("cuda")
+    graphs = BatchRunner(det, window_samples=16000, max_batch_size=32, dtype=torch.bfloat16,
+                         graph_max_batch=4)
+    eager = BatchRunner(det, window_samples=16000, max_batch_size=32, dtype=torch.bfloat16,
+                        cuda_graphs=False, backend_graphs=False)
+    x = windows(20)
+    a = graphs.run(x)
+    assert len([g for g in graphs._backend_graphs.values() if g is not None]) == 1
+    again = graphs.run(list(windows(20, seed=1)))  # replayed: results of the new inputs
+    assert torch.allclose(a, eager.run(x), atol=2e-2)
+    assert torch.allclose(again, eager.run(windows(20, seed=1)), atol=2e-2)
+
+
+def test_rows_given_as_a_list_match_an_array(detector):
+    runner = BatchRunner(detector, window_samples=16000, max_batch_size=8, use_buckets=True)
+    x = windows(3)
+    assert torch.equal(runner.run(list(x)), runner.run(x))
+    short = [w[:8000] for w in x]  # windows of another length run unbucketed
+    with torch.inference_mode():
+        want = detector(torch.from_numpy(np.stack(short)))
+    assert torch.allclose(runner.run(short), want, atol=1e-5)
+
+
+def test_weights_cast_to_bfloat16_score_close_to_float32(small_bundle):
+    """``[model] dtype_mode = "weights"``: the whole model in bf16 (on any device)."""
+    fp32 = load_model(small_bundle)
+    runner = BatchRunner(load_model(small_bundle), window_samples=16000, max_batch_size=8,
+                         dtype=torch.bfloat16, cast_weights=True, use_buckets=True)
+    assert next(runner.detector.parameters()).dtype == torch.bfloat16
+    x = windows(3)
+    got = runner.run(x)
+    with torch.inference_mode():
+        want = fp32(torch.from_numpy(x))
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert torch.allclose(got, want, atol=0.15), (got - want).abs().max()
+    # without cast_weights a CPU runner ignores the dtype (autocast is CUDA only)
+    plain = BatchRunner(load_model(small_bundle), window_samples=16000, max_batch_size=8,
+                        dtype=torch.bfloat16)
+    assert next(plain.detector.parameters()).dtype == torch.float32
+    assert torch.allclose(plain.run(x), want, atol=1e-5)

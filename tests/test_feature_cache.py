@@ -102,7 +102,7 @@ def test_a_batch_mixing_streams_new_and_repeated_keys():
     # round 2: a, b hit; c and the second a miss. round 3: a hits (stored last), c hits
     assert (runner.cache.hits, runner.cache.misses) == (4, 5)
     runner.cache.forget("a")
-    assert len(runner.cache) <= 2 and "a" not in runner.cache._store
+    assert len(runner.cache) <= 2 and "a" not in runner.cache
     del cache
 
 
@@ -140,3 +140,48 @@ async def test_engine_with_cache_matches_engine_without_on_real_windows():
     text = metrics.render().decode()
     assert f'nes2net_feature_cache_windows_total{{result="hit"}} {len(windows) - 1}.0' in text
     assert plain.feature_cache_stats == {"hits": 0, "misses": 0, "entries": 0}
+
+
+def test_slots_are_reused_bounded_and_survive_more_streams_than_entries():
+    det = detector()
+    cache = ConvFeatureCache(det, WINDOW, max_entries=3)
+    xs = {k: stream(2.0, seed=i) for i, k in enumerate("abcde")}
+
+    def run(pairs):
+        keys = [k for k, _ in pairs]
+        ends = [e for _, e in pairs]
+        rows = torch.from_numpy(np.stack([xs[k][e - WINDOW:e] for k, e in pairs]))
+        with torch.no_grad():
+            got = det.forward_from_conv(cache.features(rows, keys, ends))
+            assert torch.allclose(got, det(rows), atol=1e-4)
+
+    # five streams in one batch, three slots: the last three stay, each in its own slot
+    run([(k, WINDOW) for k in "abcde"])
+    assert len(cache) == 3 and cache.capacity == 3 and set("cde") == {k for k in "abcde"
+                                                                         if k in cache}
+    hits = cache.hits
+    run([(k, WINDOW + 3200) for k in "cde"])  # all three reuse their own frames
+    assert cache.hits == hits + 3
+    cache.forget("d")
+    assert "d" not in cache and len(cache) == 2
+    run([("a", WINDOW), ("e", WINDOW + 6400)])  # "a" takes d's freed slot, e hits
+    assert "a" in cache and "c" in cache and cache.capacity == 3
+    run([("a", WINDOW + 320), ("c", WINDOW + 6400)])
+    assert cache.hits == hits + 6
+
+
+def test_cache_with_weights_cast_to_bfloat16():
+    """The cache under ``dtype_mode = "weights"``: bf16 frames, scores close to fp32."""
+    x = stream(2.0, seed=4)
+    runner = BatchRunner(detector(aggregation="sea"), window_samples=WINDOW, max_batch_size=4,
+                         feature_cache=True, dtype=torch.bfloat16, cast_weights=True)
+    ref = detector(aggregation="sea")
+    for end in (WINDOW, WINDOW + 4800, WINDOW + 9600):
+        rows = x[None, end - WINDOW:end]
+        got = runner.run(rows, ["s"], [end])
+        with torch.no_grad():
+            want = ref(torch.from_numpy(rows))
+        assert got.dtype == torch.float32
+        assert torch.allclose(got, want, atol=0.1), (got - want).abs().max()
+    assert runner.cache is not None and runner.cache.hits == 2
+    assert runner.cache._slots is not None and runner.cache._slots.dtype == torch.bfloat16

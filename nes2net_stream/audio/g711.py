@@ -42,6 +42,9 @@ def _build_alaw_decode() -> np.ndarray:
 
 MULAW_DECODE = _build_mulaw_decode()
 ALAW_DECODE = _build_alaw_decode()
+#: the same tables as float32 in [-1, 1) (exact: x / 32768 is a power-of-two scaling)
+MULAW_DECODE_F32 = MULAW_DECODE.astype(np.float32) / 32768.0
+ALAW_DECODE_F32 = ALAW_DECODE.astype(np.float32) / 32768.0
 
 
 def mulaw_decode(data: bytes | np.ndarray) -> np.ndarray:

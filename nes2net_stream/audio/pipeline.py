@@ -91,9 +91,11 @@ class ChannelPipeline:
         buf = np.concatenate((self._pending, x)) if self._pending.size else x
         n_frames = buf.shape[0] // self._frame
         out: list[SpeechWindow] = []
+        whole = buf[:n_frames * self._frame]
+        pcm_all = np.clip(np.round(whole * 32767.0), -32768, 32767).astype(np.int16)
         for i in range(n_frames):
-            frame = buf[i * self._frame:(i + 1) * self._frame]
-            pcm = np.clip(np.round(frame * 32767.0), -32768, 32767).astype(np.int16)
+            frame = whole[i * self._frame:(i + 1) * self._frame]
+            pcm = pcm_all[i * self._frame:(i + 1) * self._frame]
             time_s = self._consumed / MODEL_RATE
             self._consumed += self._frame
             window = self._windower.push(frame, self._vad.is_speech(pcm), time_s)

@@ -80,24 +80,29 @@ class SpectralFrontend(nn.Module):
         return self.cfg.projection_dim or self.cfg.n_features
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """Compute (B, D, frames) log features of (B, S) float waveforms."""
+        """Compute (B, D, frames) log features of (B, S) float waveforms.
+
+        The spectrum is always computed in float32; the features come out in the dtype the
+        module was cast to (the dtype of its buffers).
+        """
         cfg = self.cfg
         x = wave.float()
         if cfg.pre_emphasis > 0:
             x = torch.cat((x[:, :1], x[:, 1:] - cfg.pre_emphasis * x[:, :-1]), dim=1)
         spec = torch.stft(x, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
-                          win_length=cfg.win_length, window=self.window, center=True,
+                          win_length=cfg.win_length, window=self.window.float(), center=True,
                           pad_mode="reflect", return_complex=True)
         power = spec.real.square() + spec.imag.square()  # (B, bins, frames)
         if cfg.kind == "logspec":
             feats = power[:, self.first_bin:self.first_bin + cfg.n_features, :]
         else:
-            feats = torch.einsum("bft,fn->bnt", power, self.fbank)
+            feats = torch.einsum("bft,fn->bnt", power, self.fbank.float())
         feats = torch.log(feats + 1e-8)
         if cfg.kind == "lfcc":
-            feats = torch.einsum("bnt,nk->bkt", feats, self.dct)
+            feats = torch.einsum("bnt,nk->bkt", feats, self.dct.float())
         if cfg.normalize:
             feats = feats - feats.mean(dim=-1, keepdim=True)
+        feats = feats.to(self.window.dtype)
         if self.projection is not None:
             feats = self.projection(feats)
         return feats

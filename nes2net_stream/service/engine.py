@@ -101,7 +101,9 @@ class ScoringEngine:
                  drop_policy: DropPolicy = "drop_oldest", dtype: torch.dtype | None = None,
                  threads: int | None = None, metrics: Any = None,
                  window_samples: int = 64_000, cuda_graphs: bool = True,
-                 cuda_graph_max_batch: int = 16, latency_target_s: float = 0.5,
+                 cuda_graph_max_batch: int = 16, cuda_graph_backend: bool = True,
+                 cast_weights: bool = False,
+                 latency_target_s: float = 0.5,
                  max_stride: int = 8, stall_timeout_s: float = 120.0,
                  feature_cache: bool = True, feature_cache_entries: int = 10_000):
         self.detector = detector.eval()
@@ -111,6 +113,8 @@ class ScoringEngine:
                                   max_batch_size=max_batch_size, dtype=dtype,
                                   cuda_graphs=cuda_graphs,
                                   graph_max_batch=cuda_graph_max_batch,
+                                  backend_graphs=cuda_graph_backend,
+                                  cast_weights=cast_weights,
                                   feature_cache=feature_cache,
                                   feature_cache_entries=feature_cache_entries)
         self.latency_target_s = latency_target_s
@@ -307,7 +311,7 @@ class ScoringEngine:
         cache = self.runner.cache
         hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
         try:
-            logits = self.runner.run(np.stack([it.samples for it in batch]).astype(np.float32),
+            logits = self.runner.run([it.samples for it in batch],
                                      [it.key for it in batch], [it.end for it in batch])
             scores = self.detector.scores_from_logits(logits)
         except Exception as exc:  # a failed batch fails its windows, not the engine

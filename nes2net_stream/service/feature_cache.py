@@ -27,7 +27,12 @@ from nes2net_stream.models.detector import Detector
 
 
 class ConvFeatureCache:
-    """Reuses the convolutional frames of each stream's previous window (device memory)."""
+    """Reuses the convolutional frames of each stream's previous window (device memory).
+
+    Frames live in one preallocated tensor of slots (grown by doubling up to ``max_entries``),
+    so a batch reads and writes the cache with a constant number of device operations whatever
+    its size, and an entry never keeps the rest of its batch's tensors alive.
+    """
 
     def __init__(self, detector: Detector, window_samples: int, max_entries: int = 10_000):
         self.detector = detector
@@ -35,7 +40,9 @@ class ConvFeatureCache:
         self.window_samples = window_samples
         self.max_entries = max_entries
         self.frames = self.geometry.frames(window_samples) if self.geometry else 0
-        self._store: OrderedDict[str, tuple[int, torch.Tensor]] = OrderedDict()
+        self._index: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key -> (slot, end)
+        self._free: list[int] = []
+        self._slots: torch.Tensor | None = None  # (capacity, C, frames)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -45,35 +52,45 @@ class ConvFeatureCache:
         """True when the model's front-end has a reusable convolutional geometry."""
         return self.geometry is not None and self.frames > 0
 
+    @property
+    def capacity(self) -> int:
+        """Slots allocated so far (device memory held: capacity x C x frames)."""
+        return 0 if self._slots is None else self._slots.shape[0]
+
     def __len__(self) -> int:
-        return len(self._store)
+        return len(self._index)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
 
     def forget(self, key: str) -> None:
         """Drop a stream's entry (its call ended)."""
         with self._lock:
-            self._store.pop(key, None)
+            entry = self._index.pop(key, None)
+            if entry is not None:
+                self._free.append(entry[0])
 
     def clear(self) -> None:
-        """Drop every entry."""
+        """Drop every entry (the slot memory is kept for reuse)."""
         with self._lock:
-            self._store.clear()
+            self._free.extend(slot for slot, _ in self._index.values())
+            self._index.clear()
 
-    def _reusable(self, key: str | None, end: int | None) -> tuple[torch.Tensor, int] | None:
-        """(previous frames, new frame count) when ``key``'s last window overlaps this one."""
-        if key is None or end is None or self.geometry is None:
+    def _plan(self, key: str | None, end: int | None) -> tuple[int, int] | None:
+        """(slot of the previous frames, new frame count) when ``key``'s last window overlaps."""
+        if key is None or end is None or self.geometry is None or self._slots is None:
             return None
-        with self._lock:
-            entry = self._store.get(key)
+        entry = self._index.get(key)
         if entry is None:
             return None
-        prev_end, frames = entry
+        slot, prev_end = entry
         shift = end - prev_end
         if shift <= 0 or shift % self.geometry.stride:
             return None
         new = shift // self.geometry.stride
         if new >= self.frames:
             return None
-        return frames, new
+        return slot, new
 
     def features(self, x: torch.Tensor, keys: Sequence[str | None],
                  ends: Sequence[int | None]) -> torch.Tensor:
@@ -85,41 +102,79 @@ class ConvFeatureCache:
         assert self.geometry is not None
         g = self.geometry
         n = x.shape[0]
-        plans: list[tuple[torch.Tensor, int] | None] = []
+        plans: list[tuple[int, int] | None] = []
         seen: set[str] = set()
-        for key, end in zip(keys, ends, strict=True):
-            # a stream twice in one batch: the second window's predecessor is not stored yet
-            plan = None if key in seen else self._reusable(key, end)
-            if key is not None:
-                seen.add(key)
-            plans.append(plan)
+        with self._lock:
+            for key, end in zip(keys, ends, strict=True):
+                # a stream twice in one batch: the second window's predecessor is not stored yet
+                plans.append(None if key in seen else self._plan(key, end))
+                if key is not None:
+                    seen.add(key)
         full_rows = [i for i, p in enumerate(plans) if p is None]
-        out: list[torch.Tensor | None] = [None] * n
+        out: torch.Tensor | None = None
         if full_rows:
-            conv = self.detector.conv_features(x[full_rows])
-            for j, i in enumerate(full_rows):
-                out[i] = conv[j]
+            conv = self.detector.conv_features(x[full_rows] if len(full_rows) < n else x)
+            out = conv if len(full_rows) == n else conv.new_empty(n, *conv.shape[1:])
+            if len(full_rows) < n:
+                out[full_rows] = conv
         by_new: dict[int, list[int]] = {}
         for i, p in enumerate(plans):
             if p is not None:
                 by_new.setdefault(p[1], []).append(i)
         for new, rows in by_new.items():
             first = self.frames - new
-            start = first * g.stride
             stop = (self.frames - 1) * g.stride + g.receptive_field
-            tail = self.detector.conv_features(x[rows, start:stop])
-            for j, i in enumerate(rows):
-                prev, _ = plans[i]  # type: ignore[misc]
-                out[i] = torch.cat([prev[:, new:], tail[j].to(prev.dtype)], dim=1)
+            tail = self.detector.conv_features(x[rows, first * g.stride:stop])
+            assert self._slots is not None
+            if out is None:
+                out = self._slots.new_empty(n, *self._slots.shape[1:])
+            idx = torch.tensor([plans[i][0] for i in rows],  # type: ignore[index]
+                               device=self._slots.device)
+            prev = self._slots.index_select(0, idx)[:, :, new:]
+            out[rows] = torch.cat([prev, tail.to(prev.dtype)], dim=2)
+        assert out is not None
         self.hits += n - len(full_rows)
         self.misses += len(full_rows)
-        feats = torch.stack(out)  # type: ignore[arg-type]
+        self._store(out, keys, ends)
+        return out
+
+    def _store(self, feats: torch.Tensor, keys: Sequence[str | None],
+               ends: Sequence[int | None]) -> None:
+        last: dict[str, tuple[int, int]] = {}  # key -> (row, end); the latest row of a stream
+        for i, (key, end) in enumerate(zip(keys, ends, strict=True)):
+            if key is not None and end is not None:
+                last[key] = (i, end)
+        if not last:
+            return
         with self._lock:
-            for i, (key, end) in enumerate(zip(keys, ends, strict=True)):
-                if key is None or end is None:
-                    continue
-                self._store[key] = (end, feats[i])
-                self._store.move_to_end(key)
-            while len(self._store) > self.max_entries:
-                self._store.popitem(last=False)
-        return feats
+            assigned: dict[str, tuple[int, int]] = {}  # key -> (row, slot)
+            for key, (row, end) in last.items():
+                entry = self._index.pop(key, None)
+                if entry is not None:
+                    slot = entry[0]
+                else:
+                    slot, evicted = self._take_slot(feats)
+                    assigned.pop(evicted or "", None)  # more streams than entries: it lost
+                self._index[key] = (slot, end)
+                assigned[key] = (row, slot)
+            assert self._slots is not None
+            rows = [row for row, _ in assigned.values()]
+            slots = torch.tensor([slot for _, slot in assigned.values()],
+                                 device=self._slots.device)
+            self._slots.index_copy_(0, slots, feats[rows].to(self._slots.dtype))
+
+    def _take_slot(self, like: torch.Tensor) -> tuple[int, str | None]:
+        """A free slot (and the key evicted for it): reuse, grow, or evict the oldest entry."""
+        if self._free:
+            return self._free.pop(), None
+        cap = self.capacity
+        if cap < self.max_entries:
+            new_cap = min(self.max_entries, max(64, 2 * cap))
+            grown = like.new_empty(new_cap, *like.shape[1:])
+            if self._slots is not None:
+                grown[:cap] = self._slots
+            self._slots = grown
+            self._free.extend(range(new_cap - 1, cap, -1))
+            return cap, None
+        key, (slot, _) = self._index.popitem(last=False)
+        return slot, key

@@ -97,7 +97,7 @@ class CallSession:
         self.audio_seconds = 0.0
         self._closing: asyncio.Future[list[OutputEvent]] | None = None
         self.log = log.bind(call_id=start.call_id, gateway=start.source.gateway)
-        self._restarts_seen = getattr(ctx.engine, "restarts", 0)
+        self._restarts_seen = ctx.engine.restarts
         self.degraded: str | None = None
         self._block = max(1, int(COALESCE_S * start.sample_rate))
 
@@ -218,7 +218,7 @@ class CallSession:
             except EngineStopped:
                 item.channel.windows_dropped += 1
                 self.ctx.metrics.windows_dropped.labels(reason="engine_stopped").inc()
-                if not getattr(self.ctx, "draining", False):
+                if not self.ctx.draining:
                     self._mark_degraded("engine_stopped")
                 continue
             except Exception as exc:  # model failure on this batch
@@ -233,7 +233,7 @@ class CallSession:
                 self.log.exception("window event failed", error=repr(exc))
 
     def _check_restarts(self) -> None:
-        restarts = getattr(self.ctx.engine, "restarts", 0)
+        restarts = self.ctx.engine.restarts
         if restarts != self._restarts_seen:
             self._restarts_seen = restarts
             self._mark_degraded("engine_restart")

@@ -1,0 +1,37 @@
+"""The GPU benchmark scripts run (``--smoke``: tiny geometry on the CPU) and print their JSON."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--smoke", *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.timeout(300)
+def test_feature_cache_ablation_smoke():
+    out = run_script("feature_cache_bench.py")
+    assert out["benchmark"] == "feature_cache" and out["rows"]
+    for row in out["rows"]:
+        for name in ("uncached", "cached", "cached_backend_graph",
+                     "cached_backend_graph_bf16_weights"):
+            assert row[name]["windows_per_s"] > 0
+            assert row[name]["max_abs_logit_diff_vs_uncached"] < 1e-3  # fp32 on the CPU
+    assert out["best_windows_per_s"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_engine_bench_smoke():
+    out = run_script("gpu_engine_bench.py")
+    assert [r["batch_size"] for r in out["rows"]] == [1, 2, 3]
+    for row in out["rows"]:
+        assert row["cuda_graph_bucket_bf16_weights"]["max_abs_logit_diff_vs_eager"] < 1e-3
