@@ -41,7 +41,7 @@ async def metric(svc, name: str) -> float:
 
 def crash_once(engine) -> threading.Event:
     """The engine's first forward pass after the returned event is set raises Boom."""
-    original = engine.runner.run
+    original = engine.runner.launch
     armed = threading.Event()
     crashed = []
 
@@ -51,7 +51,7 @@ def crash_once(engine) -> threading.Event:
             raise Boom("simulated worker crash")
         return original(*args, **kwargs)
 
-    engine.runner.run = run
+    engine.runner.launch = run
     return armed
 
 
@@ -121,14 +121,14 @@ async def test_stalled_batch_fails_readyz_until_it_finishes(make_service):
     svc = await make_service()
     engine = svc.ctx.engine
     engine.stall_timeout_s = 0.3
-    original = engine.runner.run
+    original = engine.runner.launch
     release = threading.Event()
 
     def slow(*args, **kwargs):
         release.wait(10)  # a batch stuck in the model (a hung device, a deadlock)
         return original(*args, **kwargs)
 
-    engine.runner.run = slow
+    engine.runner.launch = slow
     call = asyncio.create_task(stream_samples(svc.url, tone_bursts(6.0, 8000), 8000,
                                               call_id="stuck", realtime=False))
     for _ in range(200):
@@ -140,7 +140,7 @@ async def test_stalled_batch_fails_readyz_until_it_finishes(make_service):
     assert status == 503
     checks = json.loads(body)["checks"]
     assert checks == {"model_loaded": False, "redis": True, "not_draining": True}
-    engine.runner.run = original
+    engine.runner.launch = original
     release.set()
     res = await call
     assert res.summary["summary"]["windows_scored"] >= 1 and "degraded" not in res.summary

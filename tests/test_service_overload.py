@@ -33,13 +33,13 @@ async def test_three_times_capacity_keeps_health_checks_and_bounded_delay(make_s
 
     svc = await make_service(engine={"max_batch_size": 2, "max_delay_ms": 1.0})
     engine = svc.ctx.engine
-    run = engine.runner.run
+    run = engine.runner.launch
 
     def slow_run(*args, **kwargs):
         time.sleep(0.5)  # 2 windows per 0.5 s: the engine's whole capacity is 4 windows/s
         return run(*args, **kwargs)
 
-    engine.runner.run = slow_run
+    engine.runner.launch = slow_run
     health: list[tuple[str, int, float]] = []
     done = asyncio.Event()
 

@@ -3,7 +3,9 @@
 Calls submit windows from the event loop with :meth:`ScoringEngine.submit` (never blocks) and
 await the returned future. The worker takes the oldest window, waits at most
 ``max_delay_ms`` for more (or until ``max_batch_size`` are queued), runs one forward pass and
-resolves every future of the batch. The queue is bounded: when it is full the configured drop
+resolves every future of the batch. On CUDA the loop is pipelined: the next batch is staged and
+queued on the device before the previous one's results are collected, so host work (staging,
+kernel launches, delivering scores) overlaps device work. The queue is bounded: when it is full the configured drop
 policy rejects the newest window or evicts the oldest one, and the drop is counted.
 
 Anything that escapes the worker's loop (a bug, a ``BaseException`` from a native extension)
@@ -31,7 +33,7 @@ import torch
 
 from nes2net_stream.logs import get_logger
 from nes2net_stream.models.detector import Detector
-from nes2net_stream.service.runner import BatchRunner
+from nes2net_stream.service.runner import BatchRunner, Launched
 
 log = get_logger("nes2net.engine")
 
@@ -75,6 +77,13 @@ class _Item:
     end: int | None = None  # the stream's samples up to this window's end
 
 
+@dataclass
+class _Batch:
+    items: list[_Item]
+    launched: Launched
+    started: float
+
+
 def _resolve(fut: asyncio.Future[Any], value: Any = None, error: BaseException | None = None
              ) -> None:
     if fut.done():
@@ -105,7 +114,8 @@ class ScoringEngine:
                  cast_weights: bool = False,
                  latency_target_s: float = 0.5,
                  max_stride: int = 8, stall_timeout_s: float = 120.0,
-                 feature_cache: bool = True, feature_cache_entries: int = 10_000):
+                 feature_cache: bool = True, feature_cache_entries: int = 10_000,
+                 pipeline: bool | None = None):
         self.detector = detector.eval()
         self.device = next(detector.parameters()).device
         self.dtype = dtype
@@ -136,6 +146,11 @@ class ScoringEngine:
         self.restarts = 0
         self.stall_timeout_s = stall_timeout_s
         self._busy_since: float | None = None
+        # pipelining (CUDA): the next batch is queued while the previous one runs
+        self.pipelined = self.runner.cuda if pipeline is None else pipeline
+        self._inflight: deque[_Batch] = deque()
+        self._taking: list[_Item] = []  # the batch being launched or finished right now
+        self._last_done = 0.0
         self._crash_times: deque[float] = deque(maxlen=5)
 
     @property
@@ -255,10 +270,16 @@ class ScoringEngine:
         if evicted is not None:
             evicted.deliver(None, WindowDropped("scoring queue full (evicted)"))
 
-    def _take_batch(self) -> list[_Item]:
+    def _take_batch(self, running: Launched | None = None) -> list[_Item]:
+        """The next batch (or none once ``running``, a batch on the device, is done).
+
+        Waits for a first window, then up to ``max_delay_ms`` for the batch to fill.
+        """
         with self._cond:
             while self._running and not self._queue:
-                self._cond.wait(0.5)
+                if running is not None and running.ready():
+                    return []
+                self._cond.wait(0.5 if running is None else 0.001)
             if not self._queue:
                 return []
             deadline = self._queue[0].enqueued + self.max_delay_s
@@ -269,21 +290,34 @@ class ScoringEngine:
             return [self._queue.popleft() for _ in range(n)]
 
     def _worker(self) -> None:
+        """Take, launch and finish batches (the worker thread's loop).
+
+        Pipelined, the next batch is staged and queued on the device while the previous one
+        still runs (at most two in flight).
+        """
         if self.threads:
             torch.set_num_threads(self.threads)
-        batch: list[_Item] = []
+        self._inflight.clear()
         try:
             while True:
-                batch = self._take_batch()
-                if not batch:
-                    if not self._running:
-                        return
-                    continue
-                self._run_batch(batch)
-                batch = []
+                batch = self._take_batch(self._inflight[0].launched if self._inflight
+                                         else None)
+                launched = self._launch(batch) if batch else None
+                if launched is not None:
+                    self._inflight.append(launched)
+                # pipelined: finish the previous batch while this one is queued behind it
+                keep = 1 if self.pipelined and launched is not None else 0
+                while len(self._inflight) > keep:
+                    self._finish(self._inflight[0])
+                    self._inflight.popleft()
+                if not batch and not self._inflight and not self._running:
+                    return
         except BaseException as exc:  # anything escaping the loop: restart, never go silent
             self._busy_since = None
-            self._on_crash(exc, batch)
+            failed = list(self._taking) + [it for b in self._inflight for it in b.items
+                                           if b.items is not self._taking]
+            self._inflight.clear()
+            self._on_crash(exc, failed)
 
     def _on_crash(self, exc: BaseException, batch: list[_Item]) -> None:
         self.restarts += 1
@@ -305,38 +339,65 @@ class ScoringEngine:
         if self._running:
             self._spawn()
 
-    def _run_batch(self, batch: list[_Item]) -> None:
+    def _launch(self, batch: list[_Item]) -> _Batch | None:
+        """Queue one batch on the device (its windows fail at once if that raises)."""
         started = time.monotonic()
-        self._busy_since = started
+        if self._busy_since is None:
+            self._busy_since = started
+        self._taking = batch
         cache = self.runner.cache
         hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
         try:
-            logits = self.runner.run([it.samples for it in batch],
-                                     [it.key for it in batch], [it.end for it in batch])
-            scores = self.detector.scores_from_logits(logits)
+            launched = self.runner.launch([it.samples for it in batch],
+                                          [it.key for it in batch], [it.end for it in batch])
         except Exception as exc:  # a failed batch fails its windows, not the engine
-            self._busy_since = None
+            self._taking = []
+            self._busy_since = self._inflight[0].started if self._inflight else None
             for it in batch:
                 it.deliver(None, exc)
+            return None
+        self._taking = []
+        if cache is not None and self.metrics is not None:
+            self.metrics.feature_cache_windows.labels(result="hit").inc(cache.hits - hits)
+            self.metrics.feature_cache_windows.labels(result="miss").inc(cache.misses - misses)
+        return _Batch(batch, launched, started)
+
+    def _next_busy(self, finished: _Batch) -> float | None:
+        """Launch time of the oldest batch still on the device after ``finished``."""
+        return next((b.started for b in self._inflight if b is not finished), None)
+
+    def _finish(self, b: _Batch) -> None:
+        """Wait for a launched batch and deliver its scores."""
+        batch = self._taking = b.items  # until delivered: a crash fails what is left
+        try:
+            logits = b.launched.result()
+            scores = self.detector.scores_from_logits(logits)
+        except Exception as exc:  # a failed batch fails its windows, not the engine
+            self._busy_since = self._next_busy(b)
+            for it in batch:
+                it.deliver(None, exc)
+            self._taking = []
             return
-        self._busy_since = None
-        elapsed = time.monotonic() - started
-        rate = len(batch) / max(elapsed, 1e-6)
+        self._busy_since = self._next_busy(b)
+        done = time.monotonic()
+        elapsed = done - b.started
+        # device time of this batch alone: pipelined, it started when the previous one ended
+        busy = done - max(b.started, self._last_done)
+        self._last_done = done
+        rate = len(batch) / max(busy, 1e-6)
         self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
         self.batches += 1
         self.windows_scored += len(batch)
         if self.metrics is not None:
             self.metrics.observe_batch(len(batch), elapsed)
-            if cache is not None:
-                self.metrics.feature_cache_windows.labels(result="hit").inc(cache.hits - hits)
-                self.metrics.feature_cache_windows.labels(result="miss").inc(
-                    cache.misses - misses)
         for i, it in enumerate(batch):
             result = WindowResult(
                 raw=float(scores.raw[i]), llr=float(scores.llr[i]),
                 spoof_probability=float(scores.spoof_probability[i]),
                 bona_fide_logit=float(scores.bona_fide_logit[i]),
-                queue_delay_s=started - it.enqueued, inference_s=elapsed, batch_size=len(batch))
+                queue_delay_s=b.started - it.enqueued, inference_s=elapsed,
+                batch_size=len(batch))
             if self.metrics is not None:
                 self.metrics.queue_delay.observe(result.queue_delay_s)
             it.deliver(result, None)
+        self._taking = []

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,6 +31,26 @@ from nes2net_stream.models.detector import Detector
 from nes2net_stream.service.feature_cache import ConvFeatureCache
 
 log = get_logger("nes2net.runner")
+
+
+@dataclass
+class Launched:
+    """A batch whose forward pass was queued on the device; :meth:`result` waits for it."""
+
+    n: int
+    logits: torch.Tensor  # CPU logits, or a pinned buffer the device is still filling
+    done: torch.cuda.Event | None = None
+
+    def ready(self) -> bool:
+        """True when :meth:`result` would not block."""
+        return self.done is None or self.done.query()
+
+    def result(self) -> torch.Tensor:
+        """The batch's (n, n_logits) float32 logits on the CPU (blocks until ready)."""
+        if self.done is None:
+            return self.logits
+        self.done.synchronize()
+        return self.logits[:self.n].clone()
 
 
 def buckets_up_to(limit: int) -> list[int]:
@@ -70,7 +91,8 @@ class BatchRunner:
         self.backend_graphs = backend_graphs and self.cuda
         self._backend_graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor,
                                                  torch.Tensor] | None] = {}
-        self._pinned: dict[int, torch.Tensor] = {}
+        self._pinned: dict[tuple[int, int, int, int], torch.Tensor] = {}
+        self._parity = 0  # alternate staging buffers: a batch is staged while one runs
         cache = (ConvFeatureCache(self.detector, window_samples, feature_cache_entries)
                  if feature_cache else None)
         self.cache = cache if cache is not None and cache.enabled else None
@@ -89,36 +111,52 @@ class BatchRunner:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
 
-    def _host(self, rows: int) -> torch.Tensor:
-        buf = self._pinned.get(rows)
+    def _buffer(self, kind: int, rows: int, cols: int) -> torch.Tensor:
+        """A (rows, cols) float32 host buffer (pinned on CUDA) of this launch's parity."""
+        key = (kind, rows, cols, self._parity)
+        buf = self._pinned.get(key)
         if buf is None:
-            buf = torch.zeros(rows, self.window_samples, dtype=torch.float32,
-                              pin_memory=self.cuda)
-            self._pinned[rows] = buf
+            buf = torch.zeros(rows, cols, dtype=torch.float32, pin_memory=self.cuda)
+            self._pinned[key] = buf
         return buf
 
-    @torch.inference_mode()
     def run(self, windows: np.ndarray | Sequence[np.ndarray],
             keys: Sequence[str | None] | None = None,
             ends: Sequence[int | None] | None = None) -> torch.Tensor:
-        """Logits (n, n_logits) on the CPU for n float32 windows of ``window_samples``.
+        """Logits (n, n_logits) on the CPU for n float32 windows (see :meth:`launch`)."""
+        return self.launch(windows, keys, ends).result()
+
+    @torch.inference_mode()
+    def launch(self, windows: np.ndarray | Sequence[np.ndarray],
+               keys: Sequence[str | None] | None = None,
+               ends: Sequence[int | None] | None = None) -> Launched:
+        """Queue the forward pass of n float32 windows of ``window_samples``.
 
         ``windows`` is an (n, window_samples) array or a sequence of 1-D windows (written
         straight into the pinned staging buffer, no intermediate stack). ``keys``/``ends`` (per
         row: the stream and its sample count up to the window's end, or None) let the feature
-        cache reuse each stream's previous window.
+        cache reuse each stream's previous window. On CUDA this returns once the work is
+        queued (logits are copied back asynchronously), so the caller can stage the next
+        batch while this one runs; at most two launches may be pending at a time.
         """
         n = len(windows)
         rows = self.bucket(n) if self.use_buckets else n
         if any(len(w) != self.window_samples for w in windows):
             x = torch.from_numpy(np.stack(windows).astype(np.float32, copy=False))
-            return self._eager(self._device(x))[:n].float().cpu()
-        host = self._host(rows)
+            return Launched(n, self._eager(self._device(x))[:n].float().cpu())
+        self._parity ^= 1
+        host = self._buffer(0, rows, self.window_samples)
         staged = host.numpy()
         for i, w in enumerate(windows):
             staged[i] = w
         if rows > n:
             host[n:].zero_()
+        return self._collect(n, self._forward(host, n, rows, keys, ends))
+
+    def _forward(self, host: torch.Tensor, n: int, rows: int,
+                 keys: Sequence[str | None] | None, ends: Sequence[int | None] | None
+                 ) -> torch.Tensor:
+        """Device logits of the staged batch (rows >= n; the first n are real)."""
         use_cache = (self.cache is not None and keys is not None and ends is not None
                      and any(k is not None for k in keys)
                      and not (self.cuda_graphs and rows <= self.graph_max_batch))
@@ -129,18 +167,28 @@ class BatchRunner:
                 if rows > n:  # keep the bucketed shapes of the transformer
                     conv = torch.cat([conv, conv.new_zeros(rows - n, *conv.shape[1:])])
                 feats = self.detector.frontend.forward_from_conv(conv)
-            return self._backend(feats)[:n].float().cpu()
+            return self._backend(feats)
         if self.cuda_graphs and rows <= self.graph_max_batch and rows not in self._graph_failed:
             graph = self._graphs.get(rows) or self._capture(rows)
             if graph is not None:
                 g, static_in, static_out = graph
                 static_in.copy_(host, non_blocking=True)  # casts to the model's dtype
                 g.replay()
-                return static_out[:n].float().cpu()
+                return static_out
         x = self._device(host)
         with self._autocast():
             feats = self.detector.frontend(x)
-        return self._backend(feats)[:n].float().cpu()
+        return self._backend(feats)
+
+    def _collect(self, n: int, logits: torch.Tensor) -> Launched:
+        """Copy the first n rows of device logits back (asynchronously on CUDA)."""
+        if not self.cuda:
+            return Launched(n, logits[:n].float().cpu())
+        out = self._buffer(1, logits.shape[0], logits.shape[1])
+        out[:n].copy_(logits[:n], non_blocking=True)  # before the next launch reuses outputs
+        done = torch.cuda.Event()
+        done.record()
+        return Launched(n, out, done)
 
     def _device(self, host: torch.Tensor) -> torch.Tensor:
         """A host batch on the device, in the model's dtype when its weights were cast."""

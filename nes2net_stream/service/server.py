@@ -95,6 +95,7 @@ def build_engine(settings: Settings, metrics: ServiceMetrics) -> ScoringEngine:
                          cuda_graphs=e.cuda_graphs, cuda_graph_max_batch=e.cuda_graph_max_batch,
                          cuda_graph_backend=e.cuda_graph_backend,
                          cast_weights=settings.model.dtype_mode == "weights",
+                         pipeline=None if e.pipeline else False,
                          latency_target_s=e.latency_target_ms / 1000.0,
                          max_stride=e.max_hop_factor, feature_cache=e.feature_cache,
                          feature_cache_entries=e.feature_cache_entries,
