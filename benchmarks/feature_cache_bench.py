@@ -12,7 +12,10 @@ batch, and times the batch runner in steady state in these configurations:
 - ``uncached_backend_graph_bf16_weights``: the same without the cache.
 
 Also reports each configuration's largest logit difference from ``uncached`` (the cache is exact
-up to float rounding; bf16 weights round differently).
+up to float rounding; bf16 weights round differently). Then the whole scoring engine with the
+service's defaults (all of the above, dynamic batching) is timed on the same streams with its
+loop pipelined (``[engine] pipeline``, the default on CUDA) and sequential: ``engine_pipelined``
+and ``engine_sequential`` (windows per second over all steps, results delivered).
 XLS-R 300M + Nes2Net-X with random weights on CUDA (bf16); ``--smoke`` or ``--cpu-geometry``
 pick smaller front-ends with the same conv geometry for CPUs. Prints JSON.
 
@@ -26,6 +29,7 @@ import argparse
 import copy
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +43,7 @@ import torch
 
 from nes2net_stream.bench.engine import TINY_SSL, environment, sync
 from nes2net_stream.models.checkpoints import build_detector
+from nes2net_stream.service.engine import ScoringEngine
 from nes2net_stream.service.runner import BatchRunner
 
 # XLS-R's conv stack (512 channels) under a small transformer: the CPU-sized case where the
@@ -88,6 +93,44 @@ def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
     return sorted(times)[len(times) // 2], logits
 
 
+def measure_engine(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
+                   dtype: torch.dtype | None, device: torch.device, pipeline: bool) -> float:
+    """Windows per second through the whole engine: ``batch`` streams, ``steps`` hops each."""
+    engine = ScoringEngine(copy.deepcopy(det) if dtype is not None else det,
+                           max_batch_size=batch, max_delay_ms=5.0, max_queue=batch * (steps + 3),
+                           dtype=dtype, window_samples=window, cast_weights=dtype is not None,
+                           pipeline=pipeline)
+    engine.warmup()
+    rng = np.random.default_rng(2)
+    signal = (0.1 * rng.standard_normal((batch, window + hop * (steps + 3)))).astype(np.float32)
+    done = threading.Semaphore(0)
+
+    def deliver(result: object, error: BaseException | None) -> None:
+        if error is not None:
+            raise SystemExit(f"window failed: {error!r}")
+        done.release()
+
+    def submit_steps(first: int, count: int) -> None:
+        for k in range(first, first + count):
+            end = window + hop * k
+            for i in range(batch):
+                engine.submit_callback(signal[i, end - window:end], deliver, key=f"s{i}",
+                                       end=end)
+        for _ in range(batch * count):
+            done.acquire()
+
+    engine.start()
+    try:
+        submit_steps(0, 2)  # fills the cache, captures graphs
+        sync(device)
+        t = time.perf_counter()
+        submit_steps(2, steps)
+        secs = time.perf_counter() - t
+    finally:
+        engine.stop()
+    return batch * steps / secs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch-sizes", default="64,128,256")
@@ -98,6 +141,8 @@ def main() -> None:
     ap.add_argument("--cpu-geometry", action="store_true")
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help="comma-separated configurations to time (uncached always runs)")
+    ap.add_argument("--no-engine", action="store_true",
+                    help="skip the whole-engine (pipelined vs sequential) measurements")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if a.smoke:
@@ -126,6 +171,14 @@ def main() -> None:
             row[name] = {"latency_ms": round(1000 * secs, 2),
                          "windows_per_s": round(bs / secs, 1),
                          "max_abs_logit_diff_vs_uncached": float((logits - base).abs().max())}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        for name, pipelined in (("engine_pipelined", True), ("engine_sequential", False)):
+            if a.no_engine:
+                break
+            wps = measure_engine(det, bs, window, a.hop_samples, a.steps, dtype, device,
+                                 pipelined)
+            row[name] = {"windows_per_s": round(wps, 1)}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         rows.append(row)

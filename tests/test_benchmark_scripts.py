@@ -26,6 +26,8 @@ def test_feature_cache_ablation_smoke():
                      "cached_backend_graph_bf16_weights"):
             assert row[name]["windows_per_s"] > 0
             assert row[name]["max_abs_logit_diff_vs_uncached"] < 1e-3  # fp32 on the CPU
+        assert row["engine_pipelined"]["windows_per_s"] > 0
+        assert row["engine_sequential"]["windows_per_s"] > 0
     assert out["best_windows_per_s"] > 0
 
 

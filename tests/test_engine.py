@@ -36,8 +36,11 @@ def test_padding_to_buckets_does_not_change_scores(detector):
     assert torch.allclose(one, plain[:1], atol=1e-5)
 
 
-async def test_engine_batches_and_matches_direct_scoring(detector):
-    engine = ScoringEngine(detector, max_batch_size=8, max_delay_ms=50, window_samples=16000)
+@pytest.mark.parametrize("pipeline", [False, True])  # pipelined: the CUDA loop, forced on
+async def test_engine_batches_and_matches_direct_scoring(detector, pipeline):
+    engine = ScoringEngine(detector, max_batch_size=8, max_delay_ms=50, window_samples=16000,
+                           pipeline=pipeline)
+    assert engine.pipelined is pipeline
     engine.start()
     try:
         x = windows(12)
@@ -49,6 +52,7 @@ async def test_engine_batches_and_matches_direct_scoring(detector):
     assert torch.allclose(got, direct.spoof_probability, atol=1e-5)
     assert max(r.batch_size for r in results) > 1  # windows were batched together
     assert engine.windows_scored == 12
+    assert not engine._inflight and engine._busy_since is None
 
 
 async def test_full_queue_drops_oldest_and_counts(detector):

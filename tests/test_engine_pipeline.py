@@ -44,31 +44,6 @@ class Deferred:
         return self.inner.result()
 
 
-async def test_pipelined_engine_scores_like_direct_scoring(detector):
-    engine = ScoringEngine(detector, max_batch_size=4, max_delay_ms=1, window_samples=16000,
-                           pipeline=True)
-    assert engine.pipelined
-    launches: list[int] = []
-    original = engine.runner.launch
-
-    def launch(rows, *args, **kwargs):
-        launches.append(len(rows))
-        return original(rows, *args, **kwargs)
-
-    engine.runner.launch = launch
-    engine.start()
-    try:
-        x = windows(23)
-        results = await asyncio.gather(*[engine.submit(w) for w in x])
-    finally:
-        engine.stop()
-    direct = detector.score(torch.from_numpy(x))
-    got = torch.tensor([r.spoof_probability for r in results])
-    assert torch.allclose(got, direct.spoof_probability, atol=1e-5)
-    assert sum(launches) == 23 and engine.windows_scored == 23
-    assert not engine._inflight and engine._busy_since is None
-
-
 async def test_next_batch_is_launched_before_the_previous_one_finishes(detector):
     engine = ScoringEngine(detector, max_batch_size=2, max_delay_ms=1, window_samples=16000,
                            pipeline=True)

@@ -5,8 +5,9 @@ await the returned future. The worker takes the oldest window, waits at most
 ``max_delay_ms`` for more (or until ``max_batch_size`` are queued), runs one forward pass and
 resolves every future of the batch. On CUDA the loop is pipelined: the next batch is staged and
 queued on the device before the previous one's results are collected, so host work (staging,
-kernel launches, delivering scores) overlaps device work. The queue is bounded: when it is full the configured drop
-policy rejects the newest window or evicts the oldest one, and the drop is counted.
+kernel launches, delivering scores) overlaps device work. The queue is bounded: when it is full
+the configured drop policy rejects the newest window or evicts the oldest one, and the drop is
+counted.
 
 Anything that escapes the worker's loop (a bug, a ``BaseException`` from a native extension)
 kills the thread: the engine logs it, fails the windows of the batch being run with
