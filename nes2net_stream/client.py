@@ -65,8 +65,13 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
                          metadata: dict[str, Any] | None = None,
                          on_event: EventCallback | None = None, speed: float = 1.0,
                          extra_start: dict[str, Any] | None = None,
-                         open_timeout: float = 10.0) -> StreamResult:
-    """Stream samples (mono, or frames x channels) as one call and wait for its summary."""
+                         open_timeout: float = 10.0,
+                         send_log: list[tuple[float, float]] | None = None) -> StreamResult:
+    """Stream samples (mono, or frames x channels) as one call and wait for its summary.
+
+    ``send_log``, when given, gets one ``(seconds of audio sent so far, wall-clock time)`` pair
+    per audio message, right after it was handed to the socket.
+    """
     call_id = call_id or f"call-{uuid.uuid4().hex[:12]}"
     x = samples if samples.ndim == 2 else samples[:, None]
     roles = channel_roles or (["caller"] if x.shape[1] == 1 else ["caller", "agent"])
@@ -100,7 +105,9 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
         try:
             for k, i in enumerate(range(0, x.shape[0], step)):
                 await ws.send(payload[k * frame_bytes:(k + 1) * frame_bytes])
-                result.sent_seconds = (i + step) / sample_rate
+                result.sent_seconds = min(i + step, x.shape[0]) / sample_rate
+                if send_log is not None:
+                    send_log.append((result.sent_seconds, time.time()))
                 if realtime:
                     due = mono0 + (i + step) / sample_rate / speed
                     delay = due - time.monotonic()

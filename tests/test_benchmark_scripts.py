@@ -37,3 +37,19 @@ def test_engine_bench_smoke():
     assert [r["batch_size"] for r in out["rows"]] == [1, 2, 3]
     for row in out["rows"]:
         assert row["cuda_graph_bucket_bf16_weights"]["max_abs_logit_diff_vs_eager"] < 1e-3
+
+
+@pytest.mark.timeout(300)
+def test_e2e_bench_measures_latency_from_the_actual_send(tmp_path):
+    """`bench e2e` against a real service and redis-server: three short calls."""
+    out = tmp_path / "e2e.json"
+    proc = subprocess.run([sys.executable, "-m", "nes2net_stream", "bench", "e2e", "--calls", "3",
+                           "--duration-s", "6", "--out", str(out)],
+                          capture_output=True, text=True, timeout=280, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    level = json.loads(out.read_text())["levels"][0]
+    assert level["summaries"] == 3 and level["windows"] > 0 and level["dropped_windows"] == 0
+    assert 0 < level["latency_p50_ms"] <= level["latency_p99_ms"] <= level["latency_max_ms"]
+    # the load generator keeps real time at this load, so both latency definitions agree
+    assert 0 <= level["client_lag_p99_ms"] < 500
+    assert abs(level["latency_from_schedule_p99_ms"] - level["latency_p99_ms"]) < 500

@@ -11,6 +11,7 @@ no window was dropped and the p99 latency stays under the target.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ class LevelResult:
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     latency_max_ms: float | None
+    latency_from_schedule_p99_ms: float | None
     service_cpu_s: float
     cpu_ms_per_call_second: float
     client_lag_p99_ms: float
@@ -45,8 +47,23 @@ class LevelResult:
     windows_skipped_for_load: int = 0
 
 
-async def _reader(url: str, starts: dict[str, float], latencies: list[float],
-                  stop: asyncio.Event, stream: str) -> int:
+class _SendLog:
+    """When each call's audio was actually sent: (seconds sent, wall time) per packet."""
+
+    def __init__(self) -> None:
+        self.logs: dict[str, list[tuple[float, float]]] = {}
+
+    def sent_at(self, call_id: str, audio_s: float) -> float | None:
+        """Wall time at which the packet holding the audio at ``audio_s`` left the client."""
+        log = self.logs.get(call_id)
+        if not log:
+            return None
+        i = bisect.bisect_left(log, (audio_s - 1e-6, 0.0))
+        return log[i][1] if i < len(log) else None
+
+
+async def _reader(url: str, starts: dict[str, float], sends: _SendLog, latencies: list[float],
+                  scheduled: list[float], stop: asyncio.Event, stream: str) -> int:
     client = create_redis_client(url, decode_responses=True)
     last = "$"
     seen = 0
@@ -66,7 +83,10 @@ async def _reader(url: str, starts: dict[str, float], latencies: list[float],
                     if t0 is None:
                         continue
                     written = int(entry_id.split("-")[0]) / 1000.0
-                    latencies.append(written - (t0 + ev["window"]["end_s"]))
+                    end_s = ev["window"]["end_s"]
+                    scheduled.append(written - (t0 + end_s))
+                    sent = sends.sent_at(ev["call_id"], end_s)
+                    latencies.append(written - (sent if sent is not None else t0 + end_s))
                     seen += 1
     finally:
         await client.aclose()
@@ -78,10 +98,13 @@ async def _level_part(ws_url: str, redis_url: str, clip: np.ndarray, rate: int, 
                       ) -> dict[str, Any]:
     """Run a share of one level's calls in this process; return the raw measurements."""
     starts: dict[str, float] = {}
+    sends = _SendLog()
     latencies: list[float] = []
+    scheduled: list[float] = []
     lags: list[float] = []
     stop = asyncio.Event()
-    reader = asyncio.create_task(_reader(redis_url, starts, latencies, stop, "nes2net:scores"))
+    reader = asyncio.create_task(_reader(redis_url, starts, sends, latencies, scheduled, stop,
+                                         "nes2net:scores"))
     await asyncio.sleep(0.3)
 
     async def one(i: int) -> Any:
@@ -90,10 +113,13 @@ async def _level_part(ws_url: str, redis_url: str, clip: np.ndarray, rate: int, 
         offset = int(i * rate * 0.37) % clip.shape[0]  # different audio per call
         x = np.roll(clip, offset)
         starts[call_id] = time.time()
-        began = time.monotonic()
+        log = sends.logs[call_id] = []
         res = await stream_samples(ws_url, x, rate, call_id=call_id, encoding="mulaw",
-                                   realtime=True, frame_ms=frame_ms, open_timeout=60)
-        lags.append(time.monotonic() - began - duration_s)
+                                   realtime=True, frame_ms=frame_ms, open_timeout=60,
+                                   send_log=log)
+        if log:  # how far behind its real-time schedule the client sent a packet, at worst
+            (s0, w0) = log[0]
+            lags.append(max(w - w0 - (s - s0) for s, w in log))
         return res
 
     results = await asyncio.gather(*[one(i) for i in calls], return_exceptions=True)
@@ -102,7 +128,7 @@ async def _level_part(ws_url: str, redis_url: str, clip: np.ndarray, rate: int, 
     await reader
     ok = [r for r in results if not isinstance(r, BaseException)]
     summaries = [r.summary["summary"] for r in ok if r.summary is not None]
-    return {"latencies": latencies, "lags": lags,
+    return {"latencies": latencies, "scheduled": scheduled, "lags": lags,
             "errors": [repr(r) for r in results if isinstance(r, BaseException)][:5],
             "n_errors": sum(isinstance(r, BaseException) for r in results),
             "summaries": len(summaries),
@@ -142,6 +168,7 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
     elapsed = time.monotonic() - t_begin
     cpu_used = cpu() - cpu0
     latencies = [v for p in parts for v in p["latencies"]]
+    scheduled = [v for p in parts for v in p["scheduled"]]
     lags = [v for p in parts for v in p["lags"]]
     errors = [e for p in parts for e in p["errors"]]
     n_errors = sum(p["n_errors"] for p in parts)
@@ -150,8 +177,9 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
     dropped = sum(p["dropped"] for p in parts)
     lat = np.array(latencies) * 1000.0 if latencies else None
     p99 = float(np.percentile(lat, 99)) if lat is not None else None
+    lag_p99 = 1000 * float(np.percentile(lags, 99)) if lags else 0.0
     sustained = (n_errors == 0 and summaries == calls and dropped == 0 and p99 is not None
-                 and p99 <= target_p99_ms)
+                 and p99 <= target_p99_ms and lag_p99 <= target_p99_ms)
     return LevelResult(
         calls=calls, duration_s=duration_s, windows=windows,
         windows_per_s=round(windows / elapsed, 2), dropped_windows=dropped,
@@ -159,9 +187,11 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
         latency_p50_ms=None if lat is None else round(float(np.percentile(lat, 50)), 1),
         latency_p99_ms=None if p99 is None else round(p99, 1),
         latency_max_ms=None if lat is None else round(float(lat.max()), 1),
+        latency_from_schedule_p99_ms=(round(1000 * float(np.percentile(scheduled, 99)), 1)
+                                      if scheduled else None),
         service_cpu_s=round(cpu_used, 2),
         cpu_ms_per_call_second=round(1000 * cpu_used / (calls * duration_s), 3),
-        client_lag_p99_ms=round(1000 * float(np.percentile(lags, 99)), 1) if lags else 0.0,
+        client_lag_p99_ms=round(lag_p99, 1),
         sustained=sustained, errors=errors[:5],
         windows_skipped_for_load=sum(p["skipped"] for p in parts))
 
