@@ -9,7 +9,11 @@ measured slower) and replay only the back-end from a graph: Nes2Net-X is launch-
 batch size (measured 16.2 ms eager vs 5.2 ms graph-replayed at batch 128 on an H200).
 Every operation of the model works per sample (layer/batch norm in eval mode, attention within
 a window), so padding rows never change the scores of real rows; a test checks it. Host
-batches are written row by row straight into pinned memory and copied asynchronously.
+batches are written row by row straight into pinned memory and copied asynchronously;
+:meth:`BatchRunner.launch` returns as soon as the work is queued (logits come back through an
+asynchronous copy), so the engine can stage the next batch while this one runs. With
+``cast_weights`` the model itself is cast to the dtype (bf16 weights and activations) instead of
+running under autocast.
 
 With a :class:`ConvFeatureCache` (SSL front-ends with a reusable convolutional geometry), a
 batch whose rows carry stream keys runs the convolutional encoder only on each window's new
@@ -172,7 +176,7 @@ class BatchRunner:
             graph = self._graphs.get(rows) or self._capture(rows)
             if graph is not None:
                 g, static_in, static_out = graph
-                static_in.copy_(host, non_blocking=True)  # casts to the model's dtype
+                static_in.copy_(self._device(host))  # cast on the device, not the host
                 g.replay()
                 return static_out
         x = self._device(host)
