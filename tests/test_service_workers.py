@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 
+import pytest
 from helpers import tone_bursts
 
 from nes2net_stream.client import stream_samples
@@ -21,6 +22,8 @@ async def test_two_ingest_workers_share_the_port_and_one_scorer(small_bundle, re
         results = await asyncio.gather(*[
             stream_samples(svc.url, x, 8000, call_id=f"mp-{i}", realtime=True, speed=3.0)
             for i in range(12)])
+        await asyncio.sleep(2.5)  # every worker refreshes its gauges
+        scrapes = [await asyncio.to_thread(_scrape, svc.http + "/metrics") for _ in range(8)]
     finally:
         code = await asyncio.to_thread(svc.stop, 60)
     assert code == 0
@@ -35,6 +38,28 @@ async def test_two_ingest_workers_share_the_port_and_one_scorer(small_bundle, re
     assert workers == {0, 1}
     # both workers took calls (the kernel spreads connections over SO_REUSEPORT sockets)
     assert '"scorer ready"' in log
+    # whichever worker answers a scrape, it reports the sum over all workers
+    for values in scrapes:
+        assert values["nes2net_calls_started_total"] == 12, values
+        assert values["nes2net_calls_ended_total"] == 12
+        assert values["nes2net_active_calls"] == 0 and values["nes2net_ready"] == 1
+        assert values["nes2net_audio_seconds_total"] == pytest.approx(12 * 6.0, rel=0.01)
+        assert not any(k.startswith("process_") for k in values)  # per-process: left out
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Sample values of a /metrics page, summed over label sets."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
 
 
 def _running(stat) -> bool:

@@ -1,6 +1,17 @@
-"""Prometheus metrics of the service (base units, no per-call labels)."""
+"""Prometheus metrics of the service (base units, no per-call labels).
+
+With ``[server] workers > 1`` the ingest processes share one listening port, so a scrape of
+``/metrics`` reaches whichever worker the kernel picks. The scorer then gives every worker the
+same ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multi-process mode: each process keeps
+its values in files there) and every worker answers with the sum over all of them: counters and
+histograms add up, gauges of calls, queues and buffers are summed over the live workers, and
+``nes2net_ready`` is the minimum. ``process_*`` metrics are then left out (they would describe
+only the worker that answered); the scorer's own metrics are on ``scorer_metrics_port``.
+"""
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import (
     CollectorRegistry,
@@ -10,6 +21,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -21,7 +35,8 @@ class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "nes2net"):
         r = self.registry = registry or CollectorRegistry()
         p = prefix
-        self.active_calls = Gauge(f"{p}_active_calls", "Calls being streamed now", registry=r)
+        self.active_calls = Gauge(f"{p}_active_calls", "Calls being streamed now", registry=r,
+                                  multiprocess_mode="livesum")
         self.calls_started = Counter(f"{p}_calls_started_total", "Calls accepted",
                                      ["gateway"], registry=r)
         self.calls_ended = Counter(f"{p}_calls_ended_total", "Calls ended, by reason",
@@ -45,7 +60,7 @@ class ServiceMetrics:
         self.inference = Histogram(f"{p}_inference_seconds", "Model time per batch",
                                    buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge(f"{p}_queue_depth", "Windows waiting for the model",
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livesum")
         self.window_latency = Histogram(
             f"{p}_window_latency_seconds",
             "From a window's last audio sample received to its event written to Redis",
@@ -62,10 +77,11 @@ class ServiceMetrics:
         self.redis_errors = Counter(f"{p}_redis_errors_total", "Failed Redis writes",
                                     registry=r)
         self.redis_buffered = Gauge(f"{p}_redis_buffered_events",
-                                    "Events waiting to be written to Redis", registry=r)
+                                    "Events waiting to be written to Redis", registry=r,
+                                    multiprocess_mode="livesum")
         self.redis_buffered_bytes = Gauge(f"{p}_redis_buffered_bytes",
                                           "Approximate memory held by events waiting for Redis",
-                                          registry=r)
+                                          registry=r, multiprocess_mode="livesum")
         self.engine_restarts = Counter(f"{p}_engine_restarts_total",
                                        "Scoring worker crashes (each followed by a restart)",
                                        registry=r)
@@ -73,10 +89,14 @@ class ServiceMetrics:
             f"{p}_feature_cache_windows_total",
             "Windows through the SSL conv encoder, by whether the previous window's frames were "
             "reused (hit) or the whole window was encoded (miss)", ["result"], registry=r)
-        self.event_loop_tasks = Gauge(f"{p}_event_loop_tasks", "asyncio tasks alive in this "
-                                      "process", registry=r)
-        self.ready = Gauge(f"{p}_ready", "1 when the service accepts calls", registry=r)
-        ProcessCollector(registry=r)  # process_*: memory, CPU, open file descriptors
+        self.event_loop_tasks = Gauge(f"{p}_event_loop_tasks", "asyncio tasks alive in the "
+                                      "ingest process(es)", registry=r,
+                                      multiprocess_mode="livesum")
+        self.ready = Gauge(f"{p}_ready", "1 when the service accepts calls", registry=r,
+                           multiprocess_mode="livemin")
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV)) and registry is None
+        if not self.multiprocess:
+            ProcessCollector(registry=r)  # process_*: memory, CPU, open file descriptors
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one model forward pass (called from the engine thread)."""
@@ -85,5 +105,9 @@ class ServiceMetrics:
         self.windows_scored.inc(size)
 
     def render(self) -> bytes:
-        """Prometheus text exposition."""
+        """Prometheus text exposition (summed over all ingest processes in multi-process mode)."""
+        if self.multiprocess:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)

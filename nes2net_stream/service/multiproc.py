@@ -22,14 +22,17 @@ import contextlib
 import itertools
 import multiprocessing
 import os
+import shutil
 import signal
 import struct
+import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
+from prometheus_client.multiprocess import mark_process_dead
 
 from nes2net_stream.logs import configure_logging, get_logger
 from nes2net_stream.service.engine import (
@@ -39,6 +42,7 @@ from nes2net_stream.service.engine import (
     WindowDropped,
     WindowResult,
 )
+from nes2net_stream.service.metrics import MULTIPROC_ENV
 from nes2net_stream.settings import Settings
 
 log = get_logger("nes2net.multiproc")
@@ -250,10 +254,29 @@ def worker_main(settings_data: dict[str, Any], conn: Connection, index: int, mod
                 loop.call_soon_threadsafe(service.request_stop)
 
         engine.on_lost = lost
-        await service.run_forever()
+        refresher = asyncio.create_task(_refresh_gauges(ctx, engine))
+        try:
+            await service.run_forever()
+        finally:
+            refresher.cancel()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+
+
+async def _refresh_gauges(ctx: Any, engine: RemoteEngine, period_s: float = 2.0) -> None:
+    """Keep this worker's gauges current.
+
+    A scrape is answered by any one worker and sums (for readiness: takes the minimum of) the
+    values every worker last wrote.
+    """
+    m = ctx.metrics
+    while True:
+        m.queue_depth.set(engine.queue_depth)
+        m.event_loop_tasks.set(len(asyncio.all_tasks()))
+        ok = engine.running and not ctx.draining and await ctx.publisher.ping()
+        m.ready.set(1 if ok else 0)
+        await asyncio.sleep(period_s)
 
 
 class WorkerPool:
@@ -268,6 +291,10 @@ class WorkerPool:
         self.procs: list[Any] = [None] * n
         self.restarts = 0
         self.stopping = False
+        # prometheus_client multi-process mode for the workers (see metrics.py); the scorer
+        # imported prometheus_client before this is set, so its own metrics stay in memory
+        self.metrics_dir = tempfile.mkdtemp(prefix="nes2net-metrics-")
+        os.environ[MULTIPROC_ENV] = self.metrics_dir
 
     def _spawn(self, i: int) -> None:
         parent, child = self.ctx.Pipe(duplex=True)
@@ -293,6 +320,7 @@ class WorkerPool:
             for i, proc in enumerate(self.procs):
                 if proc is not None and not proc.is_alive() and not self.stopping:
                     self.restarts += 1
+                    mark_process_dead(proc.pid, self.metrics_dir)  # its live gauges go
                     log.error("ingest worker died; restarting", worker=i,
                               exitcode=proc.exitcode, restarts=self.restarts)
                     self._spawn(i)
@@ -311,3 +339,5 @@ class WorkerPool:
                 proc.join(max(0.1, deadline - time.monotonic()))
                 if proc.is_alive():
                     proc.kill()
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
