@@ -274,7 +274,8 @@ class ScoringEngine:
     def _take_batch(self, running: Launched | None = None) -> list[_Item]:
         """The next batch (or none once ``running``, a batch on the device, is done).
 
-        Waits for a first window, then up to ``max_delay_ms`` for the batch to fill.
+        Waits for a first window, then up to ``max_delay_ms`` for the batch to fill (less if
+        ``running`` finishes first: the device should not idle while a batch fills).
         """
         with self._cond:
             while self._running and not self._queue:
@@ -286,6 +287,10 @@ class ScoringEngine:
             deadline = self._queue[0].enqueued + self.max_delay_s
             while (len(self._queue) < self.max_batch_size and self._running
                    and (remaining := deadline - time.monotonic()) > 0):
+                if running is not None:  # stop filling once the device has gone idle
+                    if running.ready():
+                        break
+                    remaining = min(remaining, 0.001)
                 self._cond.wait(remaining)
             n = min(self.max_batch_size, len(self._queue))
             return [self._queue.popleft() for _ in range(n)]
