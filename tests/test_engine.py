@@ -153,3 +153,12 @@ def test_weights_cast_to_bfloat16_score_close_to_float32(small_bundle):
                         dtype=torch.bfloat16)
     assert next(plain.detector.parameters()).dtype == torch.float32
     assert torch.allclose(plain.run(x), want, atol=1e-5)
+
+
+def test_staging_buffers_do_not_grow_with_distinct_batch_sizes(detector):
+    runner = BatchRunner(detector, window_samples=16000, max_batch_size=8, use_buckets=False)
+    for n in range(1, 9):
+        runner.run(windows(n, seed=n))
+    # one input and one output buffer per parity, each of the largest batch, sliced per run
+    assert len(runner._pinned) <= 4
+    assert all(buf.shape[0] == 8 for buf in runner._pinned.values())

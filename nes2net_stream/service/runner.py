@@ -95,7 +95,7 @@ class BatchRunner:
         self.backend_graphs = backend_graphs and self.cuda
         self._backend_graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor,
                                                  torch.Tensor] | None] = {}
-        self._pinned: dict[tuple[int, int, int, int], torch.Tensor] = {}
+        self._pinned: dict[tuple[int, int, int], torch.Tensor] = {}
         self._parity = 0  # alternate staging buffers: a batch is staged while one runs
         cache = (ConvFeatureCache(self.detector, window_samples, feature_cache_entries)
                  if feature_cache else None)
@@ -116,13 +116,18 @@ class BatchRunner:
         return contextlib.nullcontext()
 
     def _buffer(self, kind: int, rows: int, cols: int) -> torch.Tensor:
-        """A (rows, cols) float32 host buffer (pinned on CUDA) of this launch's parity."""
-        key = (kind, rows, cols, self._parity)
+        """A (rows, cols) float32 host buffer (pinned on CUDA) of this launch's parity.
+
+        One buffer of the largest batch per kind, width and parity, sliced to ``rows``: the
+        host memory held does not grow with the number of distinct batch sizes.
+        """
+        key = (kind, cols, self._parity)
         buf = self._pinned.get(key)
-        if buf is None:
-            buf = torch.zeros(rows, cols, dtype=torch.float32, pin_memory=self.cuda)
+        if buf is None or buf.shape[0] < rows:
+            size = max(rows, self.buckets[-1])
+            buf = torch.zeros(size, cols, dtype=torch.float32, pin_memory=self.cuda)
             self._pinned[key] = buf
-        return buf
+        return buf[:rows]
 
     def run(self, windows: np.ndarray | Sequence[np.ndarray],
             keys: Sequence[str | None] | None = None,
