@@ -41,7 +41,7 @@ except ImportError:  # run from a source checkout without installing
 import numpy as np
 import torch
 
-from nes2net_stream.bench.engine import TINY_SSL, environment, sync
+from nes2net_stream.bench.engine import TINY_SSL, emit, environment, sync
 from nes2net_stream.models.checkpoints import build_detector
 from nes2net_stream.service.engine import ScoringEngine
 from nes2net_stream.service.runner import BatchRunner
@@ -189,10 +189,7 @@ def main() -> None:
               "environment": environment(device), "window_s": a.window_s,
               "hop_samples": a.hop_samples, "dtype": "bfloat16" if dtype else "float32",
               "rows": rows, "best_windows_per_s": best}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        a.out.write_text(text + "\n")
+    emit(result, a.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ autocast, plus the fp32 latency of a single window. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ except ImportError:  # run from a source checkout without installing
 
 import torch
 
-from nes2net_stream.bench.engine import TINY_SSL, bench_model, environment
+from nes2net_stream.bench.engine import TINY_SSL, bench_model, emit, environment
 from nes2net_stream.models.checkpoints import ARCHITECTURES, build_detector
 from nes2net_stream.models.nes2net import count_parameters
 
@@ -101,10 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["fp32_batch1"] = bench_model(detector, [1], window_s=args.window_s, dtype=None,
                                             min_time_s=args.min_time_s,
                                             max_iters=args.max_iters)[0]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit(result, args.out)
     return result
 
 

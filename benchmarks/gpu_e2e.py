@@ -28,7 +28,7 @@ except ImportError:  # run from a source checkout without installing
 
 import torch
 
-from nes2net_stream.bench.engine import TINY_SSL
+from nes2net_stream.bench.engine import TINY_SSL, emit
 from nes2net_stream.bundle import save_model
 from nes2net_stream.models.checkpoints import build_detector
 
@@ -110,10 +110,7 @@ def main() -> None:
     log = Path(tempfile.gettempdir()) / "nes2net-bench-service.log"
     if log.is_file():
         result["service_log_tail"] = log.read_text(errors="replace")[-2000:]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        a.out.write_text(text + "\n")
+    emit(result, a.out)
     shutil.rmtree(work, ignore_errors=True)
 
 

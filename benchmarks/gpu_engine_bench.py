@@ -29,7 +29,7 @@ except ImportError:  # run from a source checkout without installing
 import numpy as np
 import torch
 
-from nes2net_stream.bench.engine import TINY_SSL, environment, sync
+from nes2net_stream.bench.engine import TINY_SSL, emit, environment, sync
 from nes2net_stream.models.checkpoints import build_detector
 from nes2net_stream.service.runner import BatchRunner
 
@@ -128,10 +128,7 @@ def main() -> None:
               "best_windows_per_s": best}
     if device.type == "cuda":
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        a.out.write_text(text + "\n")
+    emit(result, a.out)
 
 
 if __name__ == "__main__":

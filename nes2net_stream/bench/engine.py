@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from nes2net_stream.models.detector import Detector
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_model(detector: Detector, batch_sizes: list[int], *, window_s: float = 4.0,
@@ -30,13 +27,13 @@ def bench_model(detector: Detector, batch_sizes: list[int], *, window_s: float =
         with torch.inference_mode(), ctx:
             for _ in range(warmup):
                 detector(x)
-            _sync(device)
+            sync(device)
             times = []
             start = time.perf_counter()
             while len(times) < max_iters and (time.perf_counter() - start) < min_time_s:
                 t = time.perf_counter()
                 detector(x)
-                _sync(device)
+                sync(device)
                 times.append(time.perf_counter() - t)
         times.sort()
         median = times[len(times) // 2]
@@ -68,3 +65,11 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def emit(result: dict[str, Any], out: Path | None) -> None:
+    """Print a benchmark's JSON result and, with ``out``, also write it there."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
