@@ -39,6 +39,7 @@ from nes2net_gateways._json_media import (
     feed_track,
     json_messages,
     json_object,
+    json_uint,
     log_sequence,
 )
 from nes2net_stream.errors import ConfigError
@@ -106,16 +107,6 @@ class TwilioEvent:
 TwilioMessage = TwilioStart | TwilioMedia | TwilioEvent
 
 
-def _sequence(value: Any, what: str = "sequenceNumber") -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
-        return int(value)
-    raise ProtocolError("bad_message", f"{what} must be a non-negative integer")
-
-
 def _str(obj: dict[str, Any], key: str, what: str, *, required: bool = True) -> str | None:
     value = obj.get(key)
     if value is None and not required:
@@ -155,7 +146,7 @@ def parse_message(text: str | bytes, max_bytes: int) -> TwilioMessage:
     event = msg.get("event")
     if not isinstance(event, str) or not event:
         raise ProtocolError("bad_message", "a Twilio message needs a string 'event'")
-    seq = _sequence(msg.get("sequenceNumber"))
+    seq = json_uint(msg.get("sequenceNumber"), "sequenceNumber")
     stream_sid = msg.get("streamSid")
     if stream_sid is not None and not isinstance(stream_sid, str):
         raise ProtocolError("bad_message", "'streamSid' must be a string")
@@ -166,7 +157,7 @@ def parse_message(text: str | bytes, max_bytes: int) -> TwilioMessage:
         track = media.get("track", "inbound")
         if track not in TRACKS:
             raise ProtocolError("bad_message", f"media: unknown track {track!r}")
-        _sequence(media.get("chunk"), "media.chunk")
+        json_uint(media.get("chunk"), "media.chunk")
         payload = b64decode(media.get("payload"), "media.payload")
         return TwilioMedia(seq, stream_sid, track, payload)
     return TwilioEvent(event, seq, stream_sid)
