@@ -9,7 +9,11 @@ batch, and times the batch runner in steady state in these configurations:
 - ``cached_backend_graph``: plus the back-end replayed from a CUDA graph;
 - ``cached_backend_graph_bf16_weights``: plus the model cast to bf16 (``dtype_mode =
   "weights"``), the service's default on CUDA;
-- ``uncached_backend_graph_bf16_weights``: the same without the cache.
+- ``uncached_backend_graph_bf16_weights``: the same without the cache;
+- ``cached_backend_graph_bf16_weights_gemm_conv`` and
+  ``uncached_backend_graph_bf16_weights_gemm_conv``: the same two with the conv feature
+  encoder as channels-last matrix products (``[engine] conv_encoder = "gemm"``, the service
+  default; the columns above use transformers' own encoder).
 
 Also reports each configuration's largest logit difference from ``uncached`` (the cache is exact
 up to float rounding; bf16 weights round differently). Then the whole scoring engine with the
@@ -52,24 +56,26 @@ CPU_SSL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
            "intermediate_size": 1024}
 
 
-CONFIGS = {  # name: (feature cache, back-end graph, cast weights)
-    "uncached": (False, False, False),
-    "cached": (True, False, False),
-    "cached_backend_graph": (True, True, False),
-    "cached_backend_graph_bf16_weights": (True, True, True),
-    "uncached_backend_graph_bf16_weights": (False, True, True),
+CONFIGS = {  # name: (feature cache, back-end graph, cast weights, conv encoder)
+    "uncached": (False, False, False, "native"),
+    "cached": (True, False, False, "native"),
+    "cached_backend_graph": (True, True, False, "native"),
+    "cached_backend_graph_bf16_weights": (True, True, True, "native"),
+    "uncached_backend_graph_bf16_weights": (False, True, True, "native"),
+    "cached_backend_graph_bf16_weights_gemm_conv": (True, True, True, "gemm"),
+    "uncached_backend_graph_bf16_weights_gemm_conv": (False, True, True, "gemm"),
 }
 
 
 def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
-            config: tuple[bool, bool, bool], dtype: torch.dtype | None, device: torch.device
+            config: tuple[bool, bool, bool, str], dtype: torch.dtype | None, device: torch.device
             ) -> tuple[float, torch.Tensor]:
     """Median seconds per steady-state batch, and the logits of the last one."""
-    cache, backend_graph, cast = config
-    runner = BatchRunner(copy.deepcopy(det) if cast else det, window_samples=window,
+    cache, backend_graph, cast, conv = config
+    runner = BatchRunner(copy.deepcopy(det), window_samples=window,
                          max_batch_size=batch, dtype=dtype, use_buckets=False,
                          cuda_graphs=False, backend_graphs=backend_graph, feature_cache=cache,
-                         cast_weights=cast and dtype is not None)
+                         cast_weights=cast and dtype is not None, conv_encoder=conv)
     rng = np.random.default_rng(1)
     signal = (0.1 * rng.standard_normal((batch, window + hop * (steps + 3)))).astype(np.float32)
     keys = [f"stream-{i}" for i in range(batch)]
@@ -96,7 +102,7 @@ def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
 def measure_engine(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
                    dtype: torch.dtype | None, device: torch.device, pipeline: bool) -> float:
     """Windows per second through the whole engine: ``batch`` streams, ``steps`` hops each."""
-    engine = ScoringEngine(copy.deepcopy(det) if dtype is not None else det,
+    engine = ScoringEngine(copy.deepcopy(det),
                            max_batch_size=batch, max_delay_ms=5.0, max_queue=batch * (steps + 3),
                            dtype=dtype, window_samples=window, cast_weights=dtype is not None,
                            pipeline=pipeline)

@@ -4,9 +4,12 @@ Builds XLS-R 300M + Nes2Net-X with random weights (weights do not change the cos
 the engine's batch runner (pinned host staging, asynchronous copy) for each batch size in four
 modes: plain eager (bf16 autocast), eager with ``cudnn.benchmark``, CUDA graphs (whole model
 replayed for buckets up to 16, the back-end alone above), and the same with the model cast to
-bf16 (``dtype_mode = "weights"``, the service default). Also checks that graph replay and
-bucket padding give the same logits as eager execution, and times the Nes2Net-X back-end alone
-(eager vs graph). Prints JSON.
+bf16 (``dtype_mode = "weights"``), and that plus the conv feature encoder as channels-last
+matrix products (``[engine] conv_encoder = "gemm"``; the service defaults; the other modes use
+transformers' encoder). Also checks that graph replay and bucket padding give the same logits
+as eager execution, and times the Nes2Net-X back-end alone (eager vs graph) and the conv
+feature encoder alone (native vs GEMM, on a whole window and on one hop's new audio). Prints
+JSON.
 
     python benchmarks/gpu_engine_bench.py --out engine.json     # CUDA machine
     python benchmarks/gpu_engine_bench.py --smoke               # CPU, tiny geometry
@@ -33,7 +36,8 @@ from nes2net_stream.bench.engine import TINY_SSL, emit, environment, sync
 from nes2net_stream.models.checkpoints import build_detector
 from nes2net_stream.service.runner import BatchRunner
 
-MODES = ("eager", "eager_cudnn_benchmark", "cuda_graph_bucket", "cuda_graph_bucket_bf16_weights")
+MODES = ("eager", "eager_cudnn_benchmark", "cuda_graph_bucket", "cuda_graph_bucket_bf16_weights",
+         "cuda_graph_bucket_bf16_weights_gemm_conv")
 
 
 def time_calls(fn, device: torch.device, min_time_s: float, max_iters: int) -> float:
@@ -49,6 +53,38 @@ def time_calls(fn, device: torch.device, min_time_s: float, max_iters: int) -> f
         sync(device)
         times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]
+
+
+def conv_encoder_times(det: torch.nn.Module, sizes: list[int], samples: int,
+                       dtype: torch.dtype | None, device: torch.device, min_time_s: float,
+                       max_iters: int) -> list[dict]:
+    """The conv feature encoder alone, native vs GEMM, on whole windows and on one hop."""
+    model = copy.deepcopy(det).to(dtype) if dtype is not None else det
+    frontend = model.frontend
+    out = []
+    hop = 16_400  # 51 new frames: one 1.02 s hop of the streaming cache
+    for bs in sorted({min(sizes), max(sizes)}):
+        for length in (samples, hop):
+            x = 0.1 * torch.randn(bs, length, device=device, dtype=dtype or torch.float32)
+            entry: dict = {"batch_size": bs, "samples": length}
+            with torch.inference_mode():
+                for impl in ("native", "gemm"):
+                    frontend.conv_impl = impl
+                    secs = time_calls(lambda xx=x: frontend.conv_features(xx), device,
+                                      min_time_s, max_iters)
+                    entry[f"{impl}_ms"] = round(1000 * secs, 3)
+                frontend.conv_impl = "native"
+                ref = frontend.conv_features(x)
+                frontend.conv_impl = "gemm"
+                diff = (frontend.conv_features(x) - ref).abs().max()
+                entry["max_abs_diff"] = float(diff)
+                entry["max_abs_native"] = float(ref.abs().max())
+            out.append(entry)
+            print(json.dumps({"conv_encoder": entry}), file=sys.stderr, flush=True)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
 
 
 def main() -> None:
@@ -79,10 +115,11 @@ def main() -> None:
         for mode in MODES:
             torch.backends.cudnn.benchmark = mode != "eager"
             graphs = mode.startswith("cuda_graph")
-            cast = mode.endswith("bf16_weights") and dtype is not None
-            runner = BatchRunner(copy.deepcopy(det) if cast else det, window_samples=samples,
+            cast = "bf16_weights" in mode and dtype is not None
+            runner = BatchRunner(copy.deepcopy(det), window_samples=samples,
                                  max_batch_size=max(sizes), dtype=dtype, use_buckets=graphs,
-                                 cuda_graphs=graphs, backend_graphs=graphs, cast_weights=cast)
+                                 cuda_graphs=graphs, backend_graphs=graphs, cast_weights=cast,
+                                 conv_encoder="gemm" if mode.endswith("gemm_conv") else "native")
             secs = time_calls(lambda r=runner, xx=x: r.run(xx), device, a.min_time_s,
                               a.max_iters)
             row[mode] = {"latency_ms": round(1000 * secs, 2),
@@ -91,7 +128,8 @@ def main() -> None:
                 row["bucket"] = runner.bucket(bs)
                 row["graph_captured"] = runner.bucket(bs) in runner._graphs
                 eager = BatchRunner(det, window_samples=samples, max_batch_size=max(sizes),
-                                    dtype=dtype, use_buckets=False, cuda_graphs=False).run(x)
+                                    dtype=dtype, use_buckets=False, cuda_graphs=False,
+                                    conv_encoder="native").run(x)
                 row[mode]["max_abs_logit_diff_vs_eager"] = float(
                     (runner.run(x) - eager).abs().max())
             del runner
@@ -121,10 +159,12 @@ def main() -> None:
                 entry["graph_ms"] = round(1000 * time_calls(g.replay, device, a.min_time_s,
                                                             a.max_iters), 3)
         backend.append(entry)
+    conv = conv_encoder_times(det, sizes, samples, dtype, device, a.min_time_s, a.max_iters)
     best = max(max(r[m]["windows_per_s"] for m in MODES) for r in rows)
     result = {"benchmark": "gpu_engine", "device": str(device), "smoke": a.smoke,
               "environment": environment(device), "window_s": a.window_s,
               "dtype": "bfloat16" if dtype else "float32", "rows": rows, "backend": backend,
+              "conv_encoder": conv,
               "best_windows_per_s": best}
     if device.type == "cuda":
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepared runs on a lent GPU machine, in two stages of under 10 minutes each:
 #   bash benchmarks/gpu_run.sh engine   CUDA correctness tests, then the engine ablation
-#                                       (feature cache, back-end graphs, bf16 weights,
-#                                       pipelining) and the bucket/graph benchmark
+#                                       (feature cache, back-end graphs, bf16 weights, GEMM
+#                                       conv encoder, pipelining) and the bucket/graph benchmark
 #   bash benchmarks/gpu_run.sh e2e      the service end to end with multi-process ingest
 # Expects the Python wheels the image lacks in .whl/ and the Debian packages of redis-server in
 # .debs/ (see docs/benchmarks.md); writes JSON into $OUT.
@@ -18,10 +18,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)"
 case "$STAGE" in
   engine)
-    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py \
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py \
       tests/test_engine_pipeline.py tests/test_feature_cache.py tests/test_checkpoints.py \
+      tests/test_conv_gemm.py \
       2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
-    timeout 240 python3 benchmarks/feature_cache_bench.py --batch-sizes 128,256 \
+    timeout 270 python3 benchmarks/feature_cache_bench.py --batch-sizes 128,256 \
       --out "$OUT/feature_cache.json" > /dev/null
     timeout 150 python3 benchmarks/gpu_engine_bench.py --batch-sizes 1,8,32,128,256 \
       --min-time-s 1 --out "$OUT/engine.json" > /dev/null

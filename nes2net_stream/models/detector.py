@@ -126,6 +126,13 @@ class Detector(nn.Module):
         """(B, S) -> (B, C, frames): the front-end's convolutional feature encoder only."""
         return self.frontend.conv_features(wave)
 
+    def set_conv_impl(self, impl: str) -> bool:
+        """Run the SSL convolutional encoder as ``"gemm"`` or ``"native"``; False if no SSL."""
+        if not hasattr(self.frontend, "conv_impl"):
+            return False
+        self.frontend.conv_impl = impl
+        return True
+
     def forward_from_conv(self, conv: torch.Tensor) -> torch.Tensor:
         """Logits from precomputed convolutional features (same as :meth:`forward`)."""
         return self.backend(self.frontend.forward_from_conv(conv))

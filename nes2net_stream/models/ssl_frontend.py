@@ -17,7 +17,9 @@ The convolutional feature encoder can run separately (:meth:`SSLFrontend.conv_fe
 :meth:`SSLFrontend.forward_from_conv`): with per-frame layer norm (``feat_extract_norm="layer"``,
 the XLS-R and WavLM Large geometry), no padding and no waveform normalisation, each output frame
 depends only on the samples under its receptive field, so the frames of overlapping windows can
-be computed once and reused (:class:`ConvGeometry`, the streaming feature cache).
+be computed once and reused (:class:`ConvGeometry`, the streaming feature cache). With
+``conv_impl = "gemm"`` (what the scoring engine sets) that encoder runs as channels-last matrix
+products (:mod:`nes2net_stream.models.conv_gemm`) instead of transformers' own modules.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,9 @@ from torch import nn
 
 from nes2net_stream.errors import BundleError, DependencyError
 from nes2net_stream.models.config import SSLConfig
+from nes2net_stream.models.conv_gemm import gemm_conv_features, supports_gemm
+
+ConvImpl = Literal["native", "gemm"]
 
 _OVERRIDES = {"apply_spec_augment": False, "layerdrop": 0.0, "mask_time_prob": 0.0,
               "mask_feature_prob": 0.0}
@@ -110,6 +115,7 @@ class SSLFrontend(nn.Module):
         if cfg.freeze:
             for p in self.model.parameters():
                 p.requires_grad_(False)
+        self._conv_impl: ConvImpl = "native"
 
     @property
     def output_dim(self) -> int:
@@ -160,10 +166,26 @@ class SSLFrontend(nn.Module):
             field = (field - 1) * st + k
         return ConvGeometry(stride=math.prod(strides), receptive_field=field)
 
+    @property
+    def conv_impl(self) -> ConvImpl:
+        """How the convolutional encoder runs: ``"native"`` (transformers) or ``"gemm"``."""
+        return self._conv_impl
+
+    @conv_impl.setter
+    def conv_impl(self, impl: ConvImpl) -> None:
+        if impl not in ("native", "gemm"):
+            raise ValueError(f"conv_impl must be 'native' or 'gemm', not {impl!r}")
+        if impl == "gemm" and not supports_gemm(self.model.feature_extractor.conv_layers):
+            raise BundleError("this front-end's convolutional encoder has no GEMM form "
+                              "(unexpected layer kinds); use the native one")
+        self._conv_impl = impl
+
     def conv_features(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) waveform -> (B, C, frames) output of the convolutional feature encoder."""
         if self.cfg.normalize_waveform:
             wave = F.layer_norm(wave, wave.shape[-1:], eps=1e-5)
+        if self._conv_impl == "gemm":
+            return gemm_conv_features(self.model.feature_extractor.conv_layers, wave)
         return self.model.feature_extractor(wave)
 
     def forward_from_conv(self, conv: torch.Tensor) -> torch.Tensor:
@@ -208,6 +230,8 @@ class SSLFrontend(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) waveform -> (B, D, frames)."""
+        if self._conv_impl == "gemm":
+            return self.forward_from_conv(self.conv_features(wave))
         if self.cfg.normalize_waveform:
             wave = F.layer_norm(wave, wave.shape[-1:], eps=1e-5)
         return self._features(wave)

@@ -112,7 +112,7 @@ class ScoringEngine:
                  threads: int | None = None, metrics: Any = None,
                  window_samples: int = 64_000, cuda_graphs: bool = True,
                  cuda_graph_max_batch: int = 16, cuda_graph_backend: bool = True,
-                 cast_weights: bool = False,
+                 cast_weights: bool = False, conv_encoder: str = "gemm",
                  latency_target_s: float = 0.5,
                  max_stride: int = 8, stall_timeout_s: float = 120.0,
                  feature_cache: bool = True, feature_cache_entries: int = 10_000,
@@ -125,7 +125,7 @@ class ScoringEngine:
                                   cuda_graphs=cuda_graphs,
                                   graph_max_batch=cuda_graph_max_batch,
                                   backend_graphs=cuda_graph_backend,
-                                  cast_weights=cast_weights,
+                                  cast_weights=cast_weights, conv_encoder=conv_encoder,
                                   feature_cache=feature_cache,
                                   feature_cache_entries=feature_cache_entries)
         self.latency_target_s = latency_target_s

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nes2net_stream.errors import BundleError
 from nes2net_stream.logs import get_logger
 from nes2net_stream.models.detector import Detector
 from nes2net_stream.service.feature_cache import ConvFeatureCache
@@ -74,8 +75,16 @@ class BatchRunner:
                  dtype: torch.dtype | None = None, use_buckets: bool | None = None,
                  cuda_graphs: bool = True, graph_max_batch: int = 16,
                  backend_graphs: bool = True, feature_cache: bool = False,
-                 feature_cache_entries: int = 10_000, cast_weights: bool = False):
+                 feature_cache_entries: int = 10_000, cast_weights: bool = False,
+                 conv_encoder: str = "gemm"):
         self.detector = detector.eval()
+        # the SSL conv encoder as channels-last matrix products (models/conv_gemm.py)
+        try:
+            self.detector.set_conv_impl(conv_encoder)
+        except BundleError as exc:
+            log.warning("conv_encoder unavailable for this model; using the native encoder",
+                        conv_encoder=conv_encoder, error=str(exc))
+            self.detector.set_conv_impl("native")
         self.device = next(detector.parameters()).device
         self.cuda = self.device.type == "cuda"
         # cast_weights: the whole model in ``dtype`` (any device); else autocast (CUDA only)
