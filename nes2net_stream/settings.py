@@ -71,6 +71,7 @@ class ServerSection(Section):
     port: int = Field(8080, ge=0, le=65535)
     drain_timeout_s: float = Field(30.0, ge=0.0, le=3600.0)
     workers: int = Field(1, ge=1, le=64)
+    worker_window_slots: int = Field(512, ge=0, le=65_536)
     scorer_metrics_port: int = Field(0, ge=0, le=65535)
     tls_cert: str = ""
     tls_key: str = ""

@@ -53,3 +53,12 @@ def test_e2e_bench_measures_latency_from_the_actual_send(tmp_path):
     # the load generator keeps real time at this load, so both latency definitions agree
     assert 0 <= level["client_lag_p99_ms"] < 500
     assert abs(level["latency_from_schedule_p99_ms"] - level["latency_p99_ms"]) < 500
+
+
+@pytest.mark.timeout(300)
+def test_ingest_channel_bench_smoke():
+    out = run_script("ingest_channel_bench.py")
+    assert [r["busy_threads"] for r in out["rows"]] == [0, 1]
+    for row in out["rows"]:
+        assert row["windows_per_s"] > 0 and row["failed"] == 0
+        assert row["loop_lag_p99_ms"] >= 0 and row["worker_cpu_us_per_window"] > 0

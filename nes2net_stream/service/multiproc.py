@@ -5,8 +5,9 @@ resampling and VAD run in its event loop), far below what one GPU can score. Wit
 ``[server] workers = N > 1`` the parent process owns the model and the scoring engine, and N
 worker processes each run the complete ingest side (WebSocket and TCP listeners sharing the
 port through ``SO_REUSEPORT``, sessions, alert policy, Redis publishing). Workers send windows to
-the scorer over a pipe (a request id and the raw float32 samples) and get the scores back; the
-events they publish are the same as in single-process mode.
+the scorer through the window channel (:mod:`nes2net_stream.service.ipc`: batched records over a
+socket pair, samples in shared-memory slots) and get the scores back in batches; the events
+they publish are the same as in single-process mode.
 
 Faults: the scorer restarts a worker that dies (the calls of the other workers go on; those of
 the dead one lose their summaries with it). A scoring-worker restart inside the scorer reaches
@@ -24,7 +25,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import struct
 import tempfile
 import threading
 import time
@@ -35,6 +35,7 @@ import numpy as np
 from prometheus_client.multiprocess import mark_process_dead
 
 from nes2net_stream.logs import configure_logging, get_logger
+from nes2net_stream.service import ipc
 from nes2net_stream.service.engine import (
     EngineRestarted,
     EngineStopped,
@@ -46,10 +47,8 @@ from nes2net_stream.service.metrics import MULTIPROC_ENV
 from nes2net_stream.settings import Settings
 
 log = get_logger("nes2net.multiproc")
-# request id, stream end (-1: none), stream key (16 bytes, zeros: none)
-_HEADER = struct.Struct("<Qq16s")
-_FORGET = 2**64 - 1  # request id of "this stream ended" messages (no samples, no reply)
 _ERRORS = {"dropped": WindowDropped, "stopped": EngineStopped, "restarted": EngineRestarted}
+MAX_INLINE_BYTES = 64 * 1024 * 1024  # inline window samples queued per worker, at most
 
 
 class ScorerHub:
@@ -60,64 +59,95 @@ class ScorerHub:
         self._threads: list[threading.Thread] = []
 
     def attach(self, conn: Connection, name: str) -> None:
-        """Serve one worker's connection in a reader thread."""
-        lock = threading.Lock()
+        """Serve one worker's connection: a reader thread and a reply-sender thread."""
+        outbox = ipc.Outbox()
 
         def reply(req: int, result: WindowResult | None, error: BaseException | None) -> None:
+            # runs in the engine thread: queue only, the sender thread does the system call
             if result is not None:
-                msg: tuple = (req, (result.raw, result.llr, result.spoof_probability,
-                                    result.bona_fide_logit, result.queue_delay_s,
-                                    result.inference_s, result.batch_size), None)
+                outbox.put((req, (result.raw, result.llr, result.spoof_probability,
+                                  result.bona_fide_logit, result.queue_delay_s,
+                                  result.inference_s, result.batch_size), None))
             else:
                 kind = next((k for k, cls in _ERRORS.items() if isinstance(error, cls)),
                             repr(error))
-                msg = (req, None, kind)
-            with lock, contextlib.suppress(OSError, EOFError, BrokenPipeError):
-                conn.send((msg, self.engine.expected_wait_s, self.engine.restarts))
+                outbox.put((req, None, kind))
+
+        def send() -> None:
+            while (batch := outbox.take()) is not None:
+                try:
+                    conn.send((batch, self.engine.expected_wait_s, self.engine.restarts))
+                except (OSError, EOFError, BrokenPipeError, ValueError):
+                    return
 
         def serve() -> None:
-            while True:
-                try:
-                    data = conn.recv_bytes()
-                except (EOFError, OSError):
-                    return
-                req, end, raw_key = _HEADER.unpack_from(data)
-                key = raw_key.hex() if any(raw_key) else None
-                if req == _FORGET:
-                    if key is not None:
-                        self.engine.forget(key)
-                    continue
-                samples = np.frombuffer(data, dtype=np.float32, offset=_HEADER.size).copy()
-                self.engine.submit_callback(samples, lambda r, e, q=req: reply(q, r, e),
-                                            key=key, end=None if end < 0 else end)
+            arenas: list[ipc.SlotArena] = []
+            submit = self.engine.submit_callback
+            try:
+                while True:
+                    try:
+                        data = conn.recv_bytes()
+                    except (EOFError, OSError):
+                        return
+                    for rec in ipc.parse(data):
+                        if rec.kind == ipc.WINDOW:
+                            if rec.samples is not None:
+                                samples = rec.samples
+                            elif (arenas and 0 <= rec.slot < len(arenas) * arenas[0].slots
+                                  and rec.n <= arenas[0].slot_samples):
+                                chunk = arenas[0].slots
+                                samples = arenas[rec.slot // chunk].view(rec.slot % chunk, rec.n)
+                            else:
+                                reply(rec.req, None, RuntimeError("bad window slot"))
+                                continue
+                            submit(samples, lambda r, e, q=rec.req: reply(q, r, e),
+                                   key=rec.key, end=rec.end)
+                        elif rec.kind == ipc.FORGET and rec.key is not None:
+                            self.engine.forget(rec.key)
+                        elif rec.kind == ipc.HELLO:
+                            fd = ipc.recv_fd(conn)
+                            arenas.append(ipc.SlotArena(rec.slot, rec.end or 0, fd=fd))
+                            os.close(fd)  # the mapping keeps the memory
+            finally:
+                outbox.close()
 
-        t = threading.Thread(target=serve, name=f"scorer-{name}", daemon=True)
-        t.start()
-        self._threads.append(t)
+        for target, role in ((serve, "scorer"), (send, "replies")):
+            t = threading.Thread(target=target, name=f"{role}-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
 
 
 class RemoteEngine:
-    """Worker side: the :class:`ScoringEngine` interface over a pipe to the scorer process."""
+    """Worker side: the :class:`ScoringEngine` interface over a pipe to the scorer process.
+
+    ``submit`` never blocks the event loop on the pipe: it writes the samples into a shared
+    memory slot (or queues them inline) and a sender thread sends what accumulated.
+    """
 
     def __init__(self, conn: Connection, model_id: str, device: str, max_stride: int,
-                 latency_target_s: float):
+                 latency_target_s: float, *, window_samples: int = 64_000, slots: int = 512):
         self.conn = conn
         self._model_id = model_id
         self.device = device
         self.max_stride = max_stride
         self.latency_target_s = latency_target_s
         self._ids = itertools.count(1)
+        # request id -> (future, its loop, shared-memory slot or -1)
         self._pending: dict[int, tuple[asyncio.Future[WindowResult],
-                                       asyncio.AbstractEventLoop]] = {}
+                                       asyncio.AbstractEventLoop, int]] = {}
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
+        self._outbox = ipc.Outbox()
         self._wait_s = 0.0
         self._alive = False
         self._reader: threading.Thread | None = None
+        self._sender: threading.Thread | None = None
+        self.window_samples = window_samples
+        self.pool = (ipc.SlotPool(slots, window_samples)
+                     if slots and ipc.memfd_available() else None)
+        self._submit_lock = threading.Lock()
         self.windows_dropped = 0
         self.restarts = 0  # the scorer's engine restarts, as last reported
         self.on_lost: Any = None  # called (from the reader thread) when the scorer is gone
-
     @property
     def model_id(self) -> str:
         """Id of the model served by the scorer."""
@@ -148,10 +178,13 @@ class RemoteEngine:
         """The scorer warms up its own device."""
 
     def start(self) -> None:
-        """Start receiving scores."""
+        """Start the sender and receiver threads."""
         self._alive = True
         self._reader = threading.Thread(target=self._receive, name="remote-engine", daemon=True)
+        self._sender = threading.Thread(target=self._send, name="remote-engine-send",
+                                        daemon=True)
         self._reader.start()
+        self._sender.start()
 
     def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         """Wait (up to ``timeout``) for in-flight windows, then stop."""
@@ -159,76 +192,107 @@ class RemoteEngine:
         while drain and self._pending and time.monotonic() < deadline:
             time.sleep(0.05)
         self._alive = False
+        self._outbox.close()
 
     def forget(self, key: str) -> None:
         """Tell the scorer that the stream ``key`` ended (its cached features can go)."""
-        if not self._alive:
-            return
-        with contextlib.suppress(OSError, BrokenPipeError, ValueError), self._send_lock:
-            self.conn.send_bytes(_HEADER.pack(_FORGET, -1, bytes.fromhex(key)))
+        if self._alive:
+            rec = ipc.pack_forget(key)
+            self._outbox.put(rec, len(rec))
 
     def submit(self, samples: np.ndarray, *, key: str | None = None,
                end: int | None = None) -> asyncio.Future[WindowResult]:
-        """Send one window to the scorer; the future resolves when its score comes back."""
+        """Queue one window for the scorer; the future resolves when its score comes back."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[WindowResult] = loop.create_future()
         if not self._alive:
             fut.set_exception(EngineStopped("scorer connection is closed"))
             return fut
+        if self._outbox.queued_bytes > MAX_INLINE_BYTES:
+            self.windows_dropped += 1  # the scorer is not reading: shed, do not queue more
+            fut.set_exception(WindowDropped("ingest-to-scorer channel full"))
+            return fut
         req = next(self._ids)
-        with self._lock:
-            self._pending[req] = (fut, loop)
-        raw_key = bytes.fromhex(key) if key is not None else bytes(16)
-        payload = (_HEADER.pack(req, -1 if end is None else end, raw_key)
-                   + np.ascontiguousarray(samples, np.float32).tobytes())
-        try:
-            with self._send_lock:
-                self.conn.send_bytes(payload)
-        except (OSError, BrokenPipeError) as exc:
+        with self._submit_lock:  # a new arena must be queued before the records using it
+            try:
+                message, slot, arena = ipc.pack_window(req, key, end, samples, self.pool)
+            except OSError as exc:  # no more shared memory: send samples inline from now on
+                log.warning("shared-memory window slots unavailable; sending samples inline",
+                            error=str(exc))
+                self.pool = None
+                message, slot, arena = ipc.pack_window(req, key, end, samples, None)
             with self._lock:
-                self._pending.pop(req, None)
-            fut.set_exception(EngineStopped(f"scorer connection lost: {exc}"))
+                self._pending[req] = (fut, loop, slot)
+            if arena is not None:
+                self._outbox.put(arena)
+            self._outbox.put(message, len(message))
         return fut
+
+    def _send(self) -> None:
+        """Sender thread: everything queued since the last send goes out as one message."""
+        while (batch := self._outbox.take(ipc.MAX_MESSAGE_BYTES)) is not None:
+            try:
+                records: list[bytes] = []
+                for item in batch:
+                    if isinstance(item, ipc.SlotArena):  # announce it, then pass its fd
+                        if records:
+                            self.conn.send_bytes(b"".join(records))
+                            records = []
+                        self.conn.send_bytes(ipc.pack_hello(item))
+                        ipc.send_fd(self.conn, item.fd)
+                    else:
+                        records.append(item)
+                if records:
+                    self.conn.send_bytes(b"".join(records))
+            except (OSError, BrokenPipeError, ValueError):
+                return  # the receiver sees the closed connection and fails what is pending
 
     def _receive(self) -> None:
         while True:
             try:
-                (req, values, error), wait_s, restarts = self.conn.recv()
+                replies, wait_s, restarts = self.conn.recv()
             except (EOFError, OSError):
                 break
             self._wait_s = wait_s
             self.restarts = restarts
+            settled: dict[asyncio.AbstractEventLoop, list[tuple]] = {}
             with self._lock:
-                entry = self._pending.pop(req, None)
-            if entry is None:
-                continue
-            fut, loop = entry
-            if values is not None:
-                outcome: Any = WindowResult(*values)
-                err = None
-            else:
-                outcome = None
-                err = _ERRORS.get(error, RuntimeError)(error)
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, fut, outcome, err)
+                entries = [(self._pending.pop(req, None), values, error)
+                           for req, values, error in replies]
+            for entry, values, error in entries:
+                if entry is None:
+                    continue
+                fut, loop, slot = entry
+                if slot >= 0 and self.pool is not None:
+                    self.pool.release(slot)
+                if values is not None:
+                    outcome: Any = (WindowResult(*values), None)
+                else:
+                    outcome = (None, _ERRORS.get(error, RuntimeError)(error))
+                settled.setdefault(loop, []).append((fut, *outcome))
+            for loop, items in settled.items():  # one wake-up of each loop per message
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle_all, items)
         self._alive = False
+        self._outbox.close()
         with self._lock:
             pending, self._pending = self._pending, {}
-        for fut, loop in pending.values():
+        for fut, loop, _ in pending.values():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, fut, None,
-                                          EngineStopped("scorer connection lost"))
+                loop.call_soon_threadsafe(_settle_all, [(fut, None, EngineStopped(
+                    "scorer connection lost"))])
         if self.on_lost is not None:
             self.on_lost()
 
 
-def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(value)
+def _settle_all(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, value, error in items:
+        if fut.done():
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
 
 
 def worker_main(settings_data: dict[str, Any], conn: Connection, index: int, model_id: str,
@@ -239,7 +303,9 @@ def worker_main(settings_data: dict[str, Any], conn: Connection, index: int, mod
     settings = Settings.model_validate(settings_data)
     configure_logging(settings.logging.level, settings.logging.format)
     engine = RemoteEngine(conn, model_id, device, settings.engine.max_hop_factor,
-                          settings.engine.latency_target_ms / 1000.0)
+                          settings.engine.latency_target_ms / 1000.0,
+                          window_samples=int(round(settings.windows.window_s * 16000)),
+                          slots=settings.server.worker_window_slots)
     ctx = build_context(settings, engine=engine, spoof_prior=spoof_prior)
     service = Service(settings, ctx, reuse_port=True, worker_index=index)
 
