@@ -42,6 +42,7 @@ from nes2net_stream.service.engine import (
     ScoringEngine,
     WindowDropped,
     WindowResult,
+    _resolve,
 )
 from nes2net_stream.service.metrics import MULTIPROC_ENV
 from nes2net_stream.settings import Settings
@@ -287,12 +288,7 @@ class RemoteEngine:
 
 def _settle_all(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for fut, value, error in items:
-        if fut.done():
-            continue
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            fut.set_result(value)
+        _resolve(fut, value, error)
 
 
 def worker_main(settings_data: dict[str, Any], conn: Connection, index: int, model_id: str,
