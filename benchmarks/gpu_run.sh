@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_run.sh engine   CUDA correctness tests, then the engine ablation
 #                                       (feature cache, back-end graphs, bf16 weights, GEMM
 #                                       conv encoder, pipelining) and the bucket/graph benchmark
-#   bash benchmarks/gpu_run.sh e2e      the service end to end with multi-process ingest
+#   bash benchmarks/gpu_run.sh e2e      the ingest-to-scorer channel alone, then the service end
+#                                       to end with multi-process ingest
 # Expects the Python wheels the image lacks in .whl/ and the Debian packages of redis-server in
 # .debs/ (see docs/benchmarks.md); writes JSON into $OUT.
 set -uo pipefail
@@ -33,7 +34,9 @@ case "$STAGE" in
     export PATH=/tmp/redis/usr/bin:$PATH
     export LD_LIBRARY_PATH=/tmp/redis/usr/lib/x86_64-linux-gnu:/tmp/redis/lib/x86_64-linux-gnu
     redis-server --version || ldd /tmp/redis/usr/bin/redis-check-rdb
-    timeout 500 python3 benchmarks/gpu_e2e.py --calls 1000,2500 --duration-s 15 \
+    timeout 90 python3 benchmarks/ingest_channel_bench.py --rates 1000,2000,4000 \
+      --busy-threads 0,1 --seconds 5 --out "$OUT/ingest_channel.json" > /dev/null
+    timeout 450 python3 benchmarks/gpu_e2e.py --calls 1000,2500 --duration-s 15 \
       --workers 6 --client-procs 6 --out "$OUT/e2e_workers.json" > /dev/null
     ;;
   *) echo "unknown stage $STAGE (engine or e2e)"; exit 2 ;;
