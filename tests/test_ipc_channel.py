@@ -133,3 +133,28 @@ def test_submit_never_blocks_when_the_scorer_stops_reading():
     parent.close()  # the scorer "dies": the rest fail with EngineStopped, none hang
     remote._reader.join(5)
     assert not remote.running and remote.queue_depth == 0
+
+
+@pytest.mark.parametrize("message", [b"short", ipc.RECORD.pack(9, 1, -1, bytes(16), -1, 0),
+                                     ipc.RECORD.pack(ipc.WINDOW, 1, -1, bytes(16), -1, 10_000)])
+def test_a_malformed_message_closes_that_workers_connection(message):
+    """Truncated record, unknown kind, inline samples past the end: the worker is dropped
+    (and restarted by the pool), the scorer goes on."""
+    parent, child = multiprocessing.Pipe()
+    scorer = RecordingEngine()
+    ScorerHub(scorer).attach(parent, "w0")  # type: ignore[arg-type]
+    child.send_bytes(message)
+    assert child.poll(5)
+    with pytest.raises(EOFError):
+        child.recv()
+    assert scorer.seen == []
+
+
+def test_a_window_naming_a_slot_that_was_never_shared_fails_alone():
+    parent, child = multiprocessing.Pipe()
+    scorer = RecordingEngine()
+    ScorerHub(scorer).attach(parent, "w0")  # type: ignore[arg-type]
+    child.send_bytes(ipc.RECORD.pack(ipc.WINDOW, 5, -1, bytes(16), 3, 100))
+    assert child.poll(5)
+    replies, _, _ = child.recv()
+    assert replies == [(5, None, "RuntimeError('bad window slot')")]

@@ -28,9 +28,9 @@ def decode(data: bytes, encoding: str, channels: int) -> np.ndarray:
                           ).astype(np.float32)
         x *= 1.0 / 32768.0
     elif encoding == "mulaw":
-        x = g711.MULAW_DECODE_F32[np.frombuffer(data, dtype=np.uint8)]
+        x = g711.MULAW_DECODE_F32.take(np.frombuffer(data, dtype=np.uint8))
     elif encoding == "alaw":
-        x = g711.ALAW_DECODE_F32[np.frombuffer(data, dtype=np.uint8)]
+        x = g711.ALAW_DECODE_F32.take(np.frombuffer(data, dtype=np.uint8))
     else:
         x = np.frombuffer(data, dtype="<f4").astype(np.float32)
         if not np.all(np.isfinite(x)):

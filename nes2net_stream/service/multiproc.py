@@ -83,7 +83,6 @@ class ScorerHub:
 
         def serve() -> None:
             arenas: list[ipc.SlotArena] = []
-            submit = self.engine.submit_callback
             try:
                 while True:
                     try:
@@ -91,24 +90,11 @@ class ScorerHub:
                     except (EOFError, OSError):
                         return
                     for rec in ipc.parse(data):
-                        if rec.kind == ipc.WINDOW:
-                            if rec.samples is not None:
-                                samples = rec.samples
-                            elif (arenas and 0 <= rec.slot < len(arenas) * arenas[0].slots
-                                  and rec.n <= arenas[0].slot_samples):
-                                chunk = arenas[0].slots
-                                samples = arenas[rec.slot // chunk].view(rec.slot % chunk, rec.n)
-                            else:
-                                reply(rec.req, None, RuntimeError("bad window slot"))
-                                continue
-                            submit(samples, lambda r, e, q=rec.req: reply(q, r, e),
-                                   key=rec.key, end=rec.end)
-                        elif rec.kind == ipc.FORGET and rec.key is not None:
-                            self.engine.forget(rec.key)
-                        elif rec.kind == ipc.HELLO:
-                            fd = ipc.recv_fd(conn)
-                            arenas.append(ipc.SlotArena(rec.slot, rec.end or 0, fd=fd))
-                            os.close(fd)  # the mapping keeps the memory
+                        self._handle(conn, rec, arenas, reply)
+            except Exception as exc:  # a malformed message: drop this worker, it is restarted
+                log.error("bad message from an ingest worker; closing its connection",
+                          worker=name, error=repr(exc))
+                conn.close()
             finally:
                 outbox.close()
 
@@ -116,6 +102,36 @@ class ScorerHub:
             t = threading.Thread(target=target, name=f"{role}-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _handle(self, conn: Connection, rec: ipc.Record, arenas: list[ipc.SlotArena],
+                reply: Any) -> None:
+        """Act on one worker record: submit a window, forget a stream, or map a new arena."""
+        if rec.kind == ipc.WINDOW:
+            if rec.samples is not None:
+                samples = rec.samples
+            elif (arenas and 0 <= rec.slot < len(arenas) * arenas[0].slots
+                  and rec.n <= arenas[0].slot_samples):
+                chunk = arenas[0].slots
+                samples = arenas[rec.slot // chunk].view(rec.slot % chunk, rec.n)
+            else:
+                reply(rec.req, None, RuntimeError("bad window slot"))
+                return
+            self.engine.submit_callback(samples, lambda r, e, q=rec.req: reply(q, r, e),
+                                        key=rec.key, end=rec.end)
+        elif rec.kind == ipc.FORGET and rec.key is not None:
+            self.engine.forget(rec.key)
+        elif rec.kind == ipc.HELLO:
+            fd = ipc.recv_fd(conn)
+            try:
+                slots, samples_per_slot = rec.slot, rec.end or 0
+                if slots <= 0 or samples_per_slot <= 0 or (arenas and (
+                        slots, samples_per_slot) != (arenas[0].slots, arenas[0].slot_samples)):
+                    raise ValueError(f"bad slot arena {slots} x {samples_per_slot}")
+                arenas.append(ipc.SlotArena(slots, samples_per_slot, fd=fd))
+            finally:
+                os.close(fd)  # the mapping keeps the memory
+        else:
+            raise ValueError(f"unknown record kind {rec.kind}")
 
 
 class RemoteEngine:
