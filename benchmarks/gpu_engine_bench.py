@@ -7,9 +7,10 @@ replayed for buckets up to 16, the back-end alone above), and the same with the 
 bf16 (``dtype_mode = "weights"``), and that plus the conv feature encoder as channels-last
 matrix products (``[engine] conv_encoder = "gemm"``; the service defaults; the other modes use
 transformers' encoder). Also checks that graph replay and bucket padding give the same logits
-as eager execution, and times the Nes2Net-X back-end alone (eager vs graph) and the conv
-feature encoder alone (native vs GEMM, on a whole window and on one hop's new audio). Prints
-JSON.
+as eager execution, and times the Nes2Net-X back-end alone (eager vs graph), the conv
+feature encoder alone (native vs GEMM, on a whole window and on one hop's new audio) and each
+stage of the model (``stages``: conv encoder, feature projection, positional convolution,
+transformer layers, back-end). Prints JSON.
 
     python benchmarks/gpu_engine_bench.py --out engine.json     # CUDA machine
     python benchmarks/gpu_engine_bench.py --smoke               # CPU, tiny geometry
@@ -23,6 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 try:
     import nes2net_stream  # noqa: F401
@@ -84,6 +86,63 @@ def conv_encoder_times(det: torch.nn.Module, sizes: list[int], samples: int,
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return out
+
+
+def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dtype | None,
+                device: torch.device, min_time_s: float, max_iters: int) -> dict:
+    """Milliseconds per stage of the SSL front-end and the back-end at one batch size.
+
+    Conv encoder (native and GEMM, whole window and one hop's new audio), feature projection,
+    the convolutional positional embedding, the transformer layers, the back-end (eager and,
+    on CUDA, replayed from a graph): where the rest of the time goes once the conv encoder
+    is cheap.
+    """
+    model = copy.deepcopy(det).to(dtype) if dtype is not None else copy.deepcopy(det)
+    frontend, ssl, backend = model.frontend, model.frontend.model, model.backend
+    act = dtype or torch.float32
+    out: dict = {"batch_size": batch}
+
+    def t(name: str, fn: Any) -> Any:
+        out[f"{name}_ms"] = round(1000 * time_calls(fn, device, min_time_s, max_iters), 3)
+        return fn()
+
+    with torch.inference_mode():
+        for length, tag in ((samples, "window"), (16_400, "hop")):
+            x = 0.1 * torch.randn(batch, length, device=device, dtype=act)
+            for impl in ("native", "gemm"):
+                frontend.conv_impl = impl
+                conv = t(f"conv_{impl}_{tag}", lambda xx=x: frontend.conv_features(xx))
+        conv = frontend.conv_features(0.1 * torch.randn(batch, samples, device=device,
+                                                        dtype=act))
+        hidden, _ = t("feature_projection", lambda: ssl.feature_projection(conv.transpose(1, 2)))
+        enc = ssl.encoder
+        t("positional_conv", lambda: enc.pos_conv_embed(hidden))
+
+        def layers() -> torch.Tensor:
+            h = hidden
+            for layer in enc.layers:
+                h = layer(h)
+                h = h[0] if isinstance(h, tuple) else h
+            return h
+
+        t("transformer_layers", layers)
+        feats = frontend(0.1 * torch.randn(batch, samples, device=device, dtype=act))
+        t("whole_frontend", lambda: frontend.forward_from_conv(conv))
+        t("backend_eager", lambda: backend(feats))
+        if device.type == "cuda":
+            static = feats.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    backend(static)
+            torch.cuda.current_stream().wait_stream(stream)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                backend(static)
+            t("backend_graph", g.replay)
+    print(json.dumps({"stages": out}), file=sys.stderr, flush=True)
     return out
 
 
@@ -160,11 +219,13 @@ def main() -> None:
                                                             a.max_iters), 3)
         backend.append(entry)
     conv = conv_encoder_times(det, sizes, samples, dtype, device, a.min_time_s, a.max_iters)
+    stages = [stage_times(det, bs, samples, dtype, device, a.min_time_s, a.max_iters)
+              for bs in sorted({min(128, max(sizes)), max(sizes)})]
     best = max(max(r[m]["windows_per_s"] for m in MODES) for r in rows)
     result = {"benchmark": "gpu_engine", "device": str(device), "smoke": a.smoke,
               "environment": environment(device), "window_s": a.window_s,
               "dtype": "bfloat16" if dtype else "float32", "rows": rows, "backend": backend,
-              "conv_encoder": conv,
+              "conv_encoder": conv, "stages": stages,
               "best_windows_per_s": best}
     if device.type == "cuda":
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)

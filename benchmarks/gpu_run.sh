@@ -19,13 +19,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)"
 case "$STAGE" in
   engine)
-    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py \
+    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py \
       tests/test_engine_pipeline.py tests/test_feature_cache.py tests/test_checkpoints.py \
       tests/test_conv_gemm.py \
       2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
-    timeout 270 python3 benchmarks/feature_cache_bench.py --batch-sizes 128,256 \
+    timeout 250 python3 benchmarks/feature_cache_bench.py --batch-sizes 128,256 \
       --out "$OUT/feature_cache.json" > /dev/null
-    timeout 150 python3 benchmarks/gpu_engine_bench.py --batch-sizes 1,8,32,128,256 \
+    timeout 180 python3 benchmarks/gpu_engine_bench.py --batch-sizes 1,8,32,128,256 \
       --min-time-s 1 --out "$OUT/engine.json" > /dev/null
     ;;
   e2e)

@@ -37,6 +37,11 @@ def test_engine_bench_smoke():
     assert [r["batch_size"] for r in out["rows"]] == [1, 2, 3]
     for row in out["rows"]:
         assert row["cuda_graph_bucket_bf16_weights"]["max_abs_logit_diff_vs_eager"] < 1e-3
+    for entry in out["conv_encoder"]:
+        assert entry["max_abs_diff"] <= 1e-4 * max(1.0, entry["max_abs_native"])
+    for stage in ("conv_gemm_hop_ms", "positional_conv_ms", "transformer_layers_ms",
+                  "backend_eager_ms"):
+        assert all(s[stage] > 0 for s in out["stages"])
 
 
 @pytest.mark.timeout(300)
