@@ -37,7 +37,7 @@ case "$STAGE" in
     timeout 90 python3 benchmarks/ingest_channel_bench.py --rates 1000,2000,4000 \
       --busy-threads 0,1 --seconds 5 --out "$OUT/ingest_channel.json" > /dev/null
     timeout 450 python3 benchmarks/gpu_e2e.py --calls 1000,2500 --duration-s 15 \
-      --workers 6 --client-procs 6 --out "$OUT/e2e_workers.json" > /dev/null
+      --workers 10 --client-procs 6 --out "$OUT/e2e_workers.json" > /dev/null
     ;;
   *) echo "unknown stage $STAGE (engine or e2e)"; exit 2 ;;
 esac
