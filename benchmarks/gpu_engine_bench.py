@@ -1,16 +1,18 @@
 """Scoring-engine throughput on a GPU: eager vs cuDNN autotuning vs bucketed CUDA graphs.
 
 Builds XLS-R 300M + Nes2Net-X with random weights (weights do not change the cost), then times
-the engine's batch runner (pinned host staging, asynchronous copy) for each batch size in four
-modes: plain eager (bf16 autocast), eager with ``cudnn.benchmark``, CUDA graphs (whole model
-replayed for buckets up to 16, the back-end alone above), and the same with the model cast to
-bf16 (``dtype_mode = "weights"``), and that plus the conv feature encoder as channels-last
-matrix products (``[engine] conv_encoder = "gemm"``; the service defaults; the other modes use
-transformers' encoder). Also checks that graph replay and bucket padding give the same logits
-as eager execution, and times the Nes2Net-X back-end alone (eager vs graph), the conv
-feature encoder alone (native vs GEMM, on a whole window and on one hop's new audio) and each
-stage of the model (``stages``: conv encoder, feature projection, positional convolution,
-transformer layers, back-end). Prints JSON.
+the engine's batch runner (pinned host staging, asynchronous copy) for each batch size in these
+modes: plain eager (bf16 autocast); eager with ``cudnn.benchmark``; CUDA graphs (whole model
+replayed for buckets up to 16, the back-end alone above); the same with the model cast to bf16
+(``dtype_mode = "weights"``); that plus the conv feature encoder as channels-last matrix
+products (``[engine] conv_encoder = "gemm"``: the service defaults; the other modes use
+transformers' encoder); and that with the whole model replayed from a graph at every bucket
+(with autocast that was slower than eager from batch 32 up; with cast weights it may not be).
+Also checks that graph replay and bucket padding give the same logits as eager execution, and
+times the Nes2Net-X back-end alone (eager vs graph), the conv feature encoder alone (native vs
+GEMM, on a whole window and on one hop's new audio) and each stage of the model (``stages``:
+conv encoder, feature projection, positional convolution, transformer layers, back-end).
+Prints JSON.
 
     python benchmarks/gpu_engine_bench.py --out engine.json     # CUDA machine
     python benchmarks/gpu_engine_bench.py --smoke               # CPU, tiny geometry
@@ -39,7 +41,8 @@ from nes2net_stream.models.checkpoints import build_detector
 from nes2net_stream.service.runner import BatchRunner
 
 MODES = ("eager", "eager_cudnn_benchmark", "cuda_graph_bucket", "cuda_graph_bucket_bf16_weights",
-         "cuda_graph_bucket_bf16_weights_gemm_conv")
+         "cuda_graph_bucket_bf16_weights_gemm_conv",
+         "cuda_graph_all_buckets_bf16_weights_gemm_conv")
 
 
 def time_calls(fn, device: torch.device, min_time_s: float, max_iters: int) -> float:
@@ -178,6 +181,7 @@ def main() -> None:
             runner = BatchRunner(copy.deepcopy(det), window_samples=samples,
                                  max_batch_size=max(sizes), dtype=dtype, use_buckets=graphs,
                                  cuda_graphs=graphs, backend_graphs=graphs, cast_weights=cast,
+                                 graph_max_batch=max(sizes) if "all_buckets" in mode else 16,
                                  conv_encoder="gemm" if mode.endswith("gemm_conv") else "native")
             secs = time_calls(lambda r=runner, xx=x: r.run(xx), device, a.min_time_s,
                               a.max_iters)

@@ -23,7 +23,9 @@ def test_feature_cache_ablation_smoke():
     assert out["benchmark"] == "feature_cache" and out["rows"]
     for row in out["rows"]:
         for name in ("uncached", "cached", "cached_backend_graph",
-                     "cached_backend_graph_bf16_weights"):
+                     "cached_backend_graph_bf16_weights",
+                     "cached_backend_graph_bf16_weights_gemm_conv",
+                     "uncached_backend_graph_bf16_weights_gemm_conv"):
             assert row[name]["windows_per_s"] > 0
             assert row[name]["max_abs_logit_diff_vs_uncached"] < 1e-3  # fp32 on the CPU
         assert row["engine_pipelined"]["windows_per_s"] > 0
