@@ -10,6 +10,7 @@ import pytest
 
 from nes2net_stream.service import ipc
 from nes2net_stream.service.engine import WindowDropped, WindowResult
+from nes2net_stream.service.metrics import ServiceMetrics
 from nes2net_stream.service.multiproc import RemoteEngine, ScorerHub
 
 pytestmark = pytest.mark.skipif(not ipc.memfd_available(), reason="needs memfd (Linux)")
@@ -119,6 +120,7 @@ def test_submit_never_blocks_when_the_scorer_stops_reading():
     """Slots, then inline samples up to the cap; beyond it windows are shed, not waited on."""
     parent, child = multiprocessing.Pipe()  # nobody reads `parent`
     remote = RemoteEngine(child, "m", "cpu", 8, 0.5, window_samples=16_000, slots=64)
+    remote.metrics = metrics = ServiceMetrics()
     remote.start()
 
     async def flood():
@@ -129,6 +131,10 @@ def test_submit_never_blocks_when_the_scorer_stops_reading():
     futs = asyncio.run(flood())
     shed = [f for f in futs if f.done() and isinstance(f.exception(), WindowDropped)]
     assert shed and remote.windows_dropped == len(shed)
+    value = metrics.registry.get_sample_value
+    assert value("nes2net_windows_dropped_total", {"reason": "ingest_channel_full"}) == len(shed)
+    inline = value("nes2net_ingest_channel_inline_windows_total")
+    assert inline == 1_400 - 64 - len(shed)  # the first 64 took the slots
     assert remote.queue_depth == 1_400 - len(shed)
     parent.close()  # the scorer "dies": the rest fail with EngineStopped, none hang
     remote._reader.join(5)

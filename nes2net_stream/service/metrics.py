@@ -52,6 +52,10 @@ class ServiceMetrics:
         self.windows_scored = Counter(f"{p}_windows_scored_total", "Windows scored", registry=r)
         self.windows_dropped = Counter(f"{p}_windows_dropped_total",
                                        "Windows not scored, by reason", ["reason"], registry=r)
+        self.channel_inline = Counter(
+            f"{p}_ingest_channel_inline_windows_total",
+            "Windows an ingest worker sent inside its messages because all its shared-memory "
+            "slots were in use (workers > 1)", registry=r)
         self.batch_size = Histogram(f"{p}_batch_size", "Windows per model forward pass",
                                     buckets=_BATCH_BUCKETS, registry=r)
         self.queue_delay = Histogram(f"{p}_queue_delay_seconds",

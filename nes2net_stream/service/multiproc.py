@@ -165,6 +165,7 @@ class RemoteEngine:
         self.windows_dropped = 0
         self.restarts = 0  # the scorer's engine restarts, as last reported
         self.on_lost: Any = None  # called (from the reader thread) when the scorer is gone
+        self.metrics: Any = None  # the worker's ServiceMetrics, once built
     @property
     def model_id(self) -> str:
         """Id of the model served by the scorer."""
@@ -227,6 +228,8 @@ class RemoteEngine:
             return fut
         if self._outbox.queued_bytes > MAX_INLINE_BYTES:
             self.windows_dropped += 1  # the scorer is not reading: shed, do not queue more
+            if self.metrics is not None:
+                self.metrics.windows_dropped.labels(reason="ingest_channel_full").inc()
             fut.set_exception(WindowDropped("ingest-to-scorer channel full"))
             return fut
         req = next(self._ids)
@@ -240,6 +243,8 @@ class RemoteEngine:
                 message, slot, arena = ipc.pack_window(req, key, end, samples, None)
             with self._lock:
                 self._pending[req] = (fut, loop, slot)
+            if slot < 0 and self.metrics is not None:
+                self.metrics.channel_inline.inc()
             if arena is not None:
                 self._outbox.put(arena)
             self._outbox.put(message, len(message))
@@ -319,6 +324,7 @@ def worker_main(settings_data: dict[str, Any], conn: Connection, index: int, mod
                           window_samples=int(round(settings.windows.window_s * 16000)),
                           slots=settings.server.worker_window_slots)
     ctx = build_context(settings, engine=engine, spoof_prior=spoof_prior)
+    engine.metrics = ctx.metrics
     service = Service(settings, ctx, reuse_port=True, worker_index=index)
 
     async def main() -> None:
