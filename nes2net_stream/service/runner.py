@@ -17,14 +17,18 @@ running under autocast.
 
 With a :class:`ConvFeatureCache` (SSL front-ends with a reusable convolutional geometry), a
 batch whose rows carry stream keys runs the convolutional encoder only on each window's new
-audio; such batches run eagerly (the cached frames differ per batch, so they cannot be
-replayed from a graph), which is where the cache pays off anyway: large batches.
+audio; such batches run their front-end eagerly (the cached frames differ per batch, so they
+cannot be replayed from a graph), which is where the cache pays off anyway: large batches.
+
+Graph capture is a function (:data:`Capture`): :func:`cuda_capture` on CUDA; the CPU tests pass
+:func:`eager_capture`, which keeps the static-buffer semantics, to check these paths against
+eager execution without a GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +40,41 @@ from nes2net_stream.models.detector import Detector
 from nes2net_stream.service.feature_cache import ConvFeatureCache
 
 log = get_logger("nes2net.runner")
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+# capture(fn, static input) -> (replay, static output): after replay(), the static output
+# holds fn(static input) for the input's current contents
+Capture = Callable[[Forward, torch.Tensor], tuple[Callable[[], None], torch.Tensor]]
+
+
+def cuda_capture(fn: Forward, static_in: torch.Tensor) -> tuple[Callable[[], None],
+                                                                 torch.Tensor]:
+    """Capture ``fn(static_in)`` in a CUDA graph (after warm-up runs on a side stream)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # cuDNN autotuning and lazy allocations happen before capture
+            fn(static_in)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn(static_in)
+    return graph.replay, static_out
+
+
+def eager_capture(fn: Forward, static_in: torch.Tensor) -> tuple[Callable[[], None],
+                                                                  torch.Tensor]:
+    """Graph semantics without a GPU: replay recomputes into the same static output buffer.
+
+    Lets the CPU test suite run the runner's graph paths (static buffers, bucket padding,
+    output reuse between replays) against eager execution.
+    """
+    static_out = fn(static_in).clone()
+
+    def replay() -> None:
+        static_out.copy_(fn(static_in))
+
+    return replay, static_out
 
 
 @dataclass
@@ -76,7 +115,7 @@ class BatchRunner:
                  cuda_graphs: bool = True, graph_max_batch: int = 16,
                  backend_graphs: bool = True, feature_cache: bool = False,
                  feature_cache_entries: int = 10_000, cast_weights: bool = False,
-                 conv_encoder: str = "gemm"):
+                 conv_encoder: str = "gemm", graph_capture: Capture | None = None):
         self.detector = detector.eval()
         # the SSL conv encoder as channels-last matrix products (models/conv_gemm.py)
         try:
@@ -95,14 +134,16 @@ class BatchRunner:
         self.window_samples = window_samples
         self.buckets = buckets_up_to(max_batch_size)
         self.use_buckets = self.cuda if use_buckets is None else use_buckets
-        self.cuda_graphs = cuda_graphs and self.cuda
+        # graphs need a capture function: CUDA graphs on CUDA (tests pass eager_capture)
+        self.capture = graph_capture or (cuda_capture if self.cuda else None)
+        self.cuda_graphs = cuda_graphs and self.capture is not None
         # measured on an H200 with XLS-R 300M: graph replay is 2-4x faster up to batch 8-16
         # (launch-bound), but slower than eager at 32 and above (docs/benchmarks.md)
         self.graph_max_batch = graph_max_batch
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._graphs: dict[int, tuple[Callable[[], None], torch.Tensor, torch.Tensor]] = {}
         self._graph_failed: set[int] = set()
-        self.backend_graphs = backend_graphs and self.cuda
-        self._backend_graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor,
+        self.backend_graphs = backend_graphs and self.capture is not None
+        self._backend_graphs: dict[tuple, tuple[Callable[[], None], torch.Tensor,
                                                  torch.Tensor] | None] = {}
         self._pinned: dict[tuple[int, int, int], torch.Tensor] = {}
         self._parity = 0  # alternate staging buffers: a batch is staged while one runs
@@ -189,9 +230,9 @@ class BatchRunner:
         if self.cuda_graphs and rows <= self.graph_max_batch and rows not in self._graph_failed:
             graph = self._graphs.get(rows) or self._capture(rows)
             if graph is not None:
-                g, static_in, static_out = graph
+                replay, static_in, static_out = graph
                 static_in.copy_(self._device(host))  # cast on the device, not the host
-                g.replay()
+                replay()
                 return static_out
         x = self._device(host)
         with self._autocast():
@@ -200,8 +241,8 @@ class BatchRunner:
 
     def _collect(self, n: int, logits: torch.Tensor) -> Launched:
         """Copy the first n rows of device logits back (asynchronously on CUDA)."""
-        if not self.cuda:
-            return Launched(n, logits[:n].float().cpu())
+        if not self.cuda:  # a copy: graph outputs are static buffers reused by the next run
+            return Launched(n, logits[:n].float().clone())
         out = self._buffer(1, logits.shape[0], logits.shape[1])
         out[:n].copy_(logits[:n], non_blocking=True)  # before the next launch reuses outputs
         done = torch.cuda.Event()
@@ -229,52 +270,43 @@ class BatchRunner:
         if graph is None:
             with self._autocast():
                 return self.detector.backend(feats)
-        g, static_in, static_out = graph
+        replay, static_in, static_out = graph
         static_in.copy_(feats)
-        g.replay()
+        replay()
         return static_out
 
-    def _capture_backend(self, feats: torch.Tensor) -> tuple[torch.cuda.CUDAGraph,
-                                                              torch.Tensor, torch.Tensor] | None:
+    def _capture_backend(self, feats: torch.Tensor) -> tuple[Callable[[], None], torch.Tensor,
+                                                              torch.Tensor] | None:
         backend = self.detector.backend
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                return backend(x)
+
+        static_in = feats.clone()
         try:
-            static_in = feats.clone()
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream), self._autocast():
-                for _ in range(3):
-                    backend(static_in)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), self._autocast():
-                static_out = backend(static_in)
+            assert self.capture is not None
+            replay, static_out = self.capture(run, static_in)
         except Exception as exc:  # fall back to the eager back-end for this shape
             log.warning("back-end CUDA graph capture failed; running it eagerly",
                         shape=list(feats.shape), error=repr(exc))
             return None
         log.info("captured back-end CUDA graph", shape=list(feats.shape))
-        return graph, static_in, static_out
+        return replay, static_in, static_out
 
-    def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor,
+    def _capture(self, rows: int) -> tuple[Callable[[], None], torch.Tensor,
                                            torch.Tensor] | None:
         try:
+            assert self.capture is not None
             static_in = torch.zeros(rows, self.window_samples, device=self.device,
                                     dtype=self.input_dtype or torch.float32)
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):  # warm-up (cuDNN autotuning, lazy allocations)
-                    self._eager(static_in)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._eager(static_in)
+            replay, static_out = self.capture(self._eager, static_in)
         except Exception as exc:  # some models cannot be captured: fall back to eager
             self._graph_failed.add(rows)
             log.warning("CUDA graph capture failed; running eagerly", bucket=rows,
                         error=repr(exc))
             return None
-        self._graphs[rows] = (graph, static_in, static_out)
+        self._graphs[rows] = (replay, static_in, static_out)
         log.info("captured CUDA graph", bucket=rows)
         return self._graphs[rows]
 
