@@ -92,9 +92,11 @@ class SpectralFrontend(nn.Module):
         spec = torch.stft(x, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
                           win_length=cfg.win_length, window=self.window.float(), center=True,
                           pad_mode="reflect", return_complex=True)
+        if cfg.kind == "logspec":  # the power of the kept bins only
+            spec = spec[:, self.first_bin:self.first_bin + cfg.n_features, :]
         power = spec.real.square() + spec.imag.square()  # (B, bins, frames)
         if cfg.kind == "logspec":
-            feats = power[:, self.first_bin:self.first_bin + cfg.n_features, :]
+            feats = power
         else:
             feats = torch.einsum("bft,fn->bnt", power, self.fbank.float())
         feats = torch.log(feats + 1e-8)
