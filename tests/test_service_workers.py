@@ -62,6 +62,21 @@ def _scrape(url: str) -> dict[str, float]:
     return out
 
 
+def _wait_listening(log_path, workers: set[int], timeout: float) -> None:
+    """Wait until every ingest worker logged that it listens (startup is not simultaneous)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log_path.read_text() if log_path.exists() else ""
+        seen = {json.loads(line).get("worker") for line in text.splitlines()
+                if '"service listening"' in line}
+        if workers <= seen:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"workers {sorted(workers)} did not all start listening")
+
+
 def _running(stat) -> bool:
     """True while the process of ``/proc/PID/stat`` exists and is not a zombie."""
     try:
@@ -98,6 +113,8 @@ async def test_a_killed_ingest_worker_is_replaced_and_other_calls_go_on(
     x = tone_bursts(8.0, 8000)
     try:
         await asyncio.to_thread(svc.wait_ready, 120)
+        # ready means one worker answers; calls must reach both before one is killed
+        await asyncio.to_thread(_wait_listening, tmp_path / "log", {0, 1}, 60)
         workers = _worker_pids(svc.proc.pid)
         assert len(workers) == 2
         calls = [asyncio.ensure_future(stream_samples(svc.url, x, 8000, call_id=f"k-{i}",
