@@ -38,7 +38,7 @@ import torch
 
 from nes2net_stream.bench.engine import TINY_SSL, emit, environment, sync
 from nes2net_stream.models.checkpoints import build_detector
-from nes2net_stream.service.runner import BatchRunner
+from nes2net_stream.service.runner import BatchRunner, cuda_capture
 
 MODES = ("eager", "eager_cudnn_benchmark", "cuda_graph_bucket", "cuda_graph_bucket_bf16_weights",
          "cuda_graph_bucket_bf16_weights_gemm_conv",
@@ -134,17 +134,8 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
         t("whole_frontend", lambda: frontend.forward_from_conv(conv))
         t("backend_eager", lambda: backend(feats))
         if device.type == "cuda":
-            static = feats.clone()
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):
-                    backend(static)
-            torch.cuda.current_stream().wait_stream(stream)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                backend(static)
-            t("backend_graph", g.replay)
+            replay, _ = cuda_capture(backend, feats.clone())
+            t("backend_graph", replay)
     print(json.dumps({"stages": out}), file=sys.stderr, flush=True)
     return out
 
@@ -209,17 +200,8 @@ def main() -> None:
                                  a.max_iters)
             entry = {"batch_size": bs, "eager_ms": round(1000 * eager_s, 3)}
             if device.type == "cuda":
-                static = feats.clone()
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    for _ in range(3):
-                        det.backend(static)
-                torch.cuda.current_stream().wait_stream(stream)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    det.backend(static)
-                entry["graph_ms"] = round(1000 * time_calls(g.replay, device, a.min_time_s,
+                replay, _ = cuda_capture(det.backend, feats.clone())
+                entry["graph_ms"] = round(1000 * time_calls(replay, device, a.min_time_s,
                                                             a.max_iters), 3)
         backend.append(entry)
     conv = conv_encoder_times(det, sizes, samples, dtype, device, a.min_time_s, a.max_iters)
