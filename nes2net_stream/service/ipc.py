@@ -192,6 +192,8 @@ class Outbox:
     def put(self, item: object, size: int = 0) -> None:
         """Queue one item (``size``: bytes it holds, for :attr:`queued_bytes`)."""
         with self._cond:
+            if self._closed:  # the sender is gone (its peer closed): nothing would send it
+                return
             self._items.append((item, size))
             self._bytes += size
             self._cond.notify()
@@ -202,7 +204,7 @@ class Outbox:
         return self._bytes
 
     def close(self) -> None:
-        """Wake the sender; :meth:`take` returns None once the queue is empty."""
+        """Refuse new items and wake the sender; :meth:`take` returns None once empty."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
