@@ -9,9 +9,10 @@ products (``[engine] conv_encoder = "gemm"``: the service defaults; the other mo
 transformers' encoder); and that with the whole model replayed from a graph at every bucket
 (with autocast that was slower than eager from batch 32 up; with cast weights it may not be).
 Also checks that graph replay and bucket padding give the same logits as eager execution, and
-times the Nes2Net-X back-end alone (eager vs graph), the conv feature encoder alone (native vs
-GEMM, on a whole window and on one hop's new audio) and each stage of the model (``stages``:
-conv encoder, feature projection, positional convolution, transformer layers, back-end).
+times the Nes2Net-X back-end alone (eager vs graph) and each stage of the model (``stages``:
+conv encoder, feature projection, positional convolution, transformer layers, back-end), with
+the conv encoder also compared alone (``conv_encoder``: native vs GEMM on a whole window and on
+one hop's new audio, times and largest difference).
 Prints JSON.
 
     python benchmarks/gpu_engine_bench.py --out engine.json     # CUDA machine
@@ -60,46 +61,16 @@ def time_calls(fn, device: torch.device, min_time_s: float, max_iters: int) -> f
     return sorted(times)[len(times) // 2]
 
 
-def conv_encoder_times(det: torch.nn.Module, sizes: list[int], samples: int,
-                       dtype: torch.dtype | None, device: torch.device, min_time_s: float,
-                       max_iters: int) -> list[dict]:
-    """The conv feature encoder alone, native vs GEMM, on whole windows and on one hop."""
-    model = copy.deepcopy(det).to(dtype) if dtype is not None else det
-    frontend = model.frontend
-    out = []
-    hop = 16_400  # 51 new frames: one 1.02 s hop of the streaming cache
-    for bs in sorted({min(sizes), max(sizes)}):
-        for length in (samples, hop):
-            x = 0.1 * torch.randn(bs, length, device=device, dtype=dtype or torch.float32)
-            entry: dict = {"batch_size": bs, "samples": length}
-            with torch.inference_mode():
-                for impl in ("native", "gemm"):
-                    frontend.conv_impl = impl
-                    secs = time_calls(lambda xx=x: frontend.conv_features(xx), device,
-                                      min_time_s, max_iters)
-                    entry[f"{impl}_ms"] = round(1000 * secs, 3)
-                frontend.conv_impl = "native"
-                ref = frontend.conv_features(x)
-                frontend.conv_impl = "gemm"
-                diff = (frontend.conv_features(x) - ref).abs().max()
-                entry["max_abs_diff"] = float(diff)
-                entry["max_abs_native"] = float(ref.abs().max())
-            out.append(entry)
-            print(json.dumps({"conv_encoder": entry}), file=sys.stderr, flush=True)
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return out
-
-
 def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dtype | None,
-                device: torch.device, min_time_s: float, max_iters: int) -> dict:
+                device: torch.device, min_time_s: float, max_iters: int
+                ) -> tuple[dict, list[dict]]:
     """Milliseconds per stage of the SSL front-end and the back-end at one batch size.
 
     Conv encoder (native and GEMM, whole window and one hop's new audio), feature projection,
     the convolutional positional embedding, the transformer layers, the back-end (eager and,
     on CUDA, replayed from a graph): where the rest of the time goes once the conv encoder
-    is cheap.
+    is cheap. Also returns the conv encoder comparison (times and largest GEMM-vs-native
+    difference per input length).
     """
     model = copy.deepcopy(det).to(dtype) if dtype is not None else copy.deepcopy(det)
     frontend, ssl, backend = model.frontend, model.frontend.model, model.backend
@@ -110,12 +81,22 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
         out[f"{name}_ms"] = round(1000 * time_calls(fn, device, min_time_s, max_iters), 3)
         return fn()
 
+    conv_entries = []
     with torch.inference_mode():
+        # 16,400 samples: 51 new frames, one 1.02 s hop of the streaming cache
         for length, tag in ((samples, "window"), (16_400, "hop")):
             x = 0.1 * torch.randn(batch, length, device=device, dtype=act)
+            convs = {}
             for impl in ("native", "gemm"):
                 frontend.conv_impl = impl
-                conv = t(f"conv_{impl}_{tag}", lambda xx=x: frontend.conv_features(xx))
+                convs[impl] = t(f"conv_{impl}_{tag}", lambda xx=x: frontend.conv_features(xx))
+            entry = {"batch_size": batch, "samples": length,
+                     "native_ms": out[f"conv_native_{tag}_ms"],
+                     "gemm_ms": out[f"conv_gemm_{tag}_ms"],
+                     "max_abs_diff": float((convs["gemm"] - convs["native"]).abs().max()),
+                     "max_abs_native": float(convs["native"].abs().max())}
+            conv_entries.append(entry)
+            print(json.dumps({"conv_encoder": entry}), file=sys.stderr, flush=True)
         conv = frontend.conv_features(0.1 * torch.randn(batch, samples, device=device,
                                                         dtype=act))
         hidden, _ = t("feature_projection", lambda: ssl.feature_projection(conv.transpose(1, 2)))
@@ -137,7 +118,7 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
             replay, _ = cuda_capture(backend, feats.clone())
             t("backend_graph", replay)
     print(json.dumps({"stages": out}), file=sys.stderr, flush=True)
-    return out
+    return out, conv_entries
 
 
 def main() -> None:
@@ -204,9 +185,12 @@ def main() -> None:
                 entry["graph_ms"] = round(1000 * time_calls(replay, device, a.min_time_s,
                                                             a.max_iters), 3)
         backend.append(entry)
-    conv = conv_encoder_times(det, sizes, samples, dtype, device, a.min_time_s, a.max_iters)
-    stages = [stage_times(det, bs, samples, dtype, device, a.min_time_s, a.max_iters)
-              for bs in sorted({min(128, max(sizes)), max(sizes)})]
+    stages, conv = [], []
+    for bs in sorted({min(128, max(sizes)), max(sizes)}):
+        stage, entries = stage_times(det, bs, samples, dtype, device, a.min_time_s,
+                                     a.max_iters)
+        stages.append(stage)
+        conv.extend(entries)
     best = max(max(r[m]["windows_per_s"] for m in MODES) for r in rows)
     result = {"benchmark": "gpu_engine", "device": str(device), "smoke": a.smoke,
               "environment": environment(device), "window_s": a.window_s,

@@ -94,11 +94,9 @@ class SpectralFrontend(nn.Module):
                           pad_mode="reflect", return_complex=True)
         if cfg.kind == "logspec":  # the power of the kept bins only
             spec = spec[:, self.first_bin:self.first_bin + cfg.n_features, :]
-        power = spec.real.square() + spec.imag.square()  # (B, bins, frames)
-        if cfg.kind == "logspec":
-            feats = power
-        else:
-            feats = torch.einsum("bft,fn->bnt", power, self.fbank.float())
+        feats = spec.real.square() + spec.imag.square()  # (B, bins, frames)
+        if cfg.kind != "logspec":
+            feats = torch.einsum("bft,fn->bnt", feats, self.fbank.float())
         feats = torch.log(feats + 1e-8)
         if cfg.kind == "lfcc":
             feats = torch.einsum("bnt,nk->bkt", feats, self.dct.float())

@@ -78,7 +78,7 @@ class ScorerHub:
             while (batch := outbox.take()) is not None:
                 try:
                     conn.send((batch, self.engine.expected_wait_s, self.engine.restarts))
-                except (OSError, EOFError, BrokenPipeError, ValueError):
+                except (OSError, EOFError, ValueError):  # the worker is gone
                     return
 
         def serve() -> None:
@@ -266,7 +266,7 @@ class RemoteEngine:
                         records.append(item)
                 if records:
                     self.conn.send_bytes(b"".join(records))
-            except (OSError, BrokenPipeError, ValueError):
+            except (OSError, ValueError):
                 return  # the receiver sees the closed connection and fails what is pending
 
     def _receive(self) -> None:
