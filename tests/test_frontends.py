@@ -114,3 +114,38 @@ def test_score_convention_two_and_one_logit():
         det.backend_cfg, n_logits=1))
     s1 = det1.scores_from_logits(torch.tensor([[2.5]]))
     assert float(s1.raw) == -2.5 and float(s1.bona_fide_logit) == 2.5
+
+
+@pytest.mark.parametrize("family,stable", [("wav2vec2", True), ("wav2vec2", False),
+                                           ("wavlm", True), ("hubert", True),
+                                           ("hubert", False)])
+@pytest.mark.parametrize("aggregation", ["last", "weighted_sum"])
+def test_transformer_from_conv_features_equals_the_whole_model(family, stable, aggregation):
+    """The SSL tail run from conv features is the transformers model's own forward."""
+    hf = tiny_hf_config(family, stable_layer_norm=stable)
+    hf["feat_proj_layer_norm"] = True  # HuBERT's optional projection norm (ignored elsewhere)
+    fe = SSLFrontend(SSLConfig(family=family, aggregation=aggregation, hf_config=hf)).eval()
+    wave = torch.randn(3, 8000) * 0.1
+    with torch.no_grad():
+        conv = fe.conv_features(wave)
+        assert torch.allclose(fe.transformer(conv), fe.model(wave).last_hidden_state,
+                              atol=1e-6)
+        final, hidden = fe.hidden_states(wave)
+        native = fe(wave)
+        assert torch.allclose(fe.forward_from_conv(conv), native, atol=1e-6)
+    # no hook is left behind on the feature encoder (nothing replaces its output)
+    assert not fe.model.feature_extractor._forward_hooks
+    assert len(hidden) == fe.n_layer and final.shape == hidden[-1].shape
+
+
+def test_transformer_from_conv_features_applies_the_wav2vec2_adapter():
+    hf = tiny_hf_config("wav2vec2")
+    hf.update(add_adapter=True, output_hidden_size=32, num_adapter_layers=1,
+              adapter_stride=2, adapter_kernel_size=3)
+    fe = SSLFrontend(SSLConfig(family="wav2vec2", hf_config=hf)).eval()
+    wave = torch.randn(2, 8000) * 0.1
+    with torch.no_grad():
+        expected = fe.model(wave).last_hidden_state
+        got = fe.transformer(fe.conv_features(wave))
+    assert got.shape == expected.shape and got.shape[1] < 24  # the adapter halved the frames
+    assert torch.allclose(got, expected, atol=1e-6)

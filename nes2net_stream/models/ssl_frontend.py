@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -189,22 +190,32 @@ class SSLFrontend(nn.Module):
         return self.model.feature_extractor(wave)
 
     def forward_from_conv(self, conv: torch.Tensor) -> torch.Tensor:
-        """(B, C, frames) encoder output -> (B, D, frames), the rest of :meth:`forward`.
+        """(B, C, frames) encoder output -> (B, D, frames), the rest of :meth:`forward`."""
+        return self._features(lambda: self.transformer(conv))
 
-        The transformers model is run on a one-frame dummy input whose encoder output is
-        replaced by ``conv`` (a forward hook), so the model's own forward code is reused.
+    def transformer(self, conv: torch.Tensor) -> torch.Tensor:
+        """(B, C, frames) conv encoder output -> (B, frames, D) final SSL output.
+
+        What the transformers models' ``forward`` does after their feature encoder (the same
+        for wav2vec 2.0, WavLM and HuBERT): feature projection (wav2vec 2.0 and WavLM return
+        the projected and the normalised features, HuBERT only the projected ones), the
+        transformer encoder, and the adapter of wav2vec 2.0 models that have one. Time masking
+        is skipped: it is disabled here (``apply_spec_augment=False``) and off in eval mode.
+        A test holds this equal to ``model(wave)`` for every family and aggregation.
         """
-        geometry = self.conv_geometry()
-        rf = geometry.receptive_field if geometry is not None else 400
-        dummy = conv.new_zeros(conv.shape[0], rf)
-        handle = self.model.feature_extractor.register_forward_hook(lambda _m, _a, _o: conv)
-        try:
-            return self._features(dummy)
-        finally:
-            handle.remove()
+        projected = self.model.feature_projection(conv.transpose(1, 2))
+        hidden = projected[0] if isinstance(projected, tuple) else projected
+        out = self.model.encoder(hidden)[0]
+        adapter = getattr(self.model, "adapter", None)
+        return adapter(out) if adapter is not None else out
 
     def hidden_states(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the SSL model; return (final output, per-layer hidden states), each (B, T, F)."""
+        return self._hidden_states(lambda: self.model(wave).last_hidden_state)
+
+    def _hidden_states(self, run: Callable[[], torch.Tensor]
+                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``run()`` (the model's final output) with every layer's hidden state captured."""
         captured: list[torch.Tensor] = []
         layers = self.model.encoder.layers
 
@@ -218,15 +229,15 @@ class SSLFrontend(nn.Module):
         handles = [layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
         handles += [layer.register_forward_hook(post_hook) for layer in layers]
         try:
-            out = self.model(wave)
+            final = run()
         finally:
             for h in handles:
                 h.remove()
         if len(captured) != self.n_layer:
             raise RuntimeError(f"captured {len(captured)} hidden states, expected {self.n_layer}")
         if self.cfg.last_hidden_state == "encoder_output":
-            captured[-1] = out.last_hidden_state
-        return out.last_hidden_state, captured
+            captured[-1] = final
+        return final, captured
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) waveform -> (B, D, frames)."""
@@ -234,13 +245,14 @@ class SSLFrontend(nn.Module):
             return self.forward_from_conv(self.conv_features(wave))
         if self.cfg.normalize_waveform:
             wave = F.layer_norm(wave, wave.shape[-1:], eps=1e-5)
-        return self._features(wave)
+        return self._features(lambda: self.model(wave).last_hidden_state)
 
-    def _features(self, wave: torch.Tensor) -> torch.Tensor:
+    def _features(self, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """(B, D, frames) features from ``run()``, the SSL model's final output (B, T, D)."""
         if self.cfg.aggregation == "last":
-            feats = self.model(wave).last_hidden_state
+            feats = run()
         else:
-            _, hidden = self.hidden_states(wave)
+            _, hidden = self._hidden_states(run)
             feats = self.aggregate(hidden)
         return feats.transpose(1, 2)
 
