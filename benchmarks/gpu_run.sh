@@ -54,7 +54,7 @@ e2e() {
   step e2e 200 python3 benchmarks/gpu_e2e.py --calls "${E2E_CALLS:-2500}" --duration-s 15 \
     --workers 10 --client-procs 6 --out "$OUT/e2e_workers.json"
   step ingest_channel 40 python3 benchmarks/ingest_channel_bench.py --rates 2000,4000 \
-    --busy-threads 0,1 --seconds 4 --out "$OUT/ingest_channel.json"
+    --busy-threads 0,1 --busy-duty 0.2,1.0 --seconds 3 --out "$OUT/ingest_channel.json"
 }
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

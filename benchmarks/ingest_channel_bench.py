@@ -91,21 +91,32 @@ def worker(conn: Any, rate: int, seconds: float, samples: int, out: Any) -> None
     out.put(asyncio.run(main()))
 
 
-def busy(stop: threading.Event) -> None:
-    """Python work that holds the GIL almost all the time."""
+def busy(stop: threading.Event, duty: float = 1.0) -> None:
+    """Python work that holds the GIL for ``duty`` of the time (in 10 ms periods).
+
+    ``duty`` 1 holds it almost all the time (a CPU model thread); below 1 the thread sleeps
+    the rest of each period with the GIL released, as a GPU model thread does while it waits
+    for the device (its Python time is launching kernels and delivering scores).
+    """
     x = 0
+    period = 0.010
     while not stop.is_set():
-        for i in range(2_000):
-            x += i
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < duty * period:
+            for i in range(200):
+                x += i
+        if duty < 1.0:
+            time.sleep((1.0 - duty) * period)
 
 
-def measure(rate: int, busy_threads: int, seconds: float, samples: int) -> dict:
+def measure(rate: int, busy_threads: int, seconds: float, samples: int,
+            duty: float = 1.0) -> dict:
     """One level: a fresh worker process and hub."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     out = ctx.Queue()
     stop = threading.Event()
-    threads = [threading.Thread(target=busy, args=(stop,), daemon=True)
+    threads = [threading.Thread(target=busy, args=(stop, duty), daemon=True)
                for _ in range(busy_threads)]
     for t in threads:
         t.start()
@@ -117,26 +128,31 @@ def measure(rate: int, busy_threads: int, seconds: float, samples: int) -> dict:
     finally:
         stop.set()
         proc.join(10)
-    return {"busy_threads": busy_threads, **result}
+    return {"busy_threads": busy_threads, "busy_duty": duty if busy_threads else None,
+            **result}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="1000,2000,4000")
     ap.add_argument("--busy-threads", default="0,1")
+    ap.add_argument("--busy-duty", default="1.0",
+                    help="share of each 10 ms the busy threads hold the GIL (comma list)")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--window-samples", type=int, default=64_000)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if a.smoke:
-        a.rates, a.busy_threads, a.seconds = "200", "0,1", 1.0
+        a.rates, a.busy_threads, a.busy_duty, a.seconds = "200", "0,1", "1.0,0.3", 1.0
     rows = []
+    duties = [float(d) for d in a.busy_duty.split(",")]
     for busy_threads in [int(b) for b in a.busy_threads.split(",")]:
-        for rate in [int(r) for r in a.rates.split(",")]:
-            row = measure(rate, busy_threads, a.seconds, a.window_samples)
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+        for duty in duties if busy_threads else duties[:1]:
+            for rate in [int(r) for r in a.rates.split(",")]:
+                row = measure(rate, busy_threads, a.seconds, a.window_samples, duty)
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
     emit({"benchmark": "ingest_channel", "smoke": a.smoke, "seconds": a.seconds,
           "window_samples": a.window_samples, "rows": rows}, a.out)
 

@@ -65,7 +65,8 @@ def test_e2e_bench_measures_latency_from_the_actual_send(tmp_path):
 @pytest.mark.timeout(300)
 def test_ingest_channel_bench_smoke():
     out = run_script("ingest_channel_bench.py")
-    assert [r["busy_threads"] for r in out["rows"]] == [0, 1]
+    assert [(r["busy_threads"], r["busy_duty"]) for r in out["rows"]] == [
+        (0, None), (1, 1.0), (1, 0.3)]
     for row in out["rows"]:
         assert row["windows_per_s"] > 0 and row["failed"] == 0
         assert row["loop_lag_p99_ms"] >= 0 and row["worker_cpu_us_per_window"] > 0
