@@ -13,7 +13,13 @@ batch, and times the batch runner in steady state in these configurations:
 - ``cached_backend_graph_bf16_weights_gemm_conv`` and
   ``uncached_backend_graph_bf16_weights_gemm_conv``: the same two with the conv feature
   encoder as channels-last matrix products (``[engine] conv_encoder = "gemm"``, the service
-  default; the columns above use transformers' own encoder).
+  default; the columns above use transformers' own encoder);
+- ``cached_backend_graph_bf16_weights_gemm_conv_compiled``: the first of those with the
+  back-end compiled by ``torch.compile`` (``[engine] compile_backend``), replayed from the same
+  graphs.
+
+Each column also gives ``warmup_s``, the first two batches (cache fill, graph capture and, for
+the compiled back-end, compilation).
 
 Also reports each configuration's largest logit difference from ``uncached`` (the cache is exact
 up to float rounding; bf16 weights round differently). Then the whole scoring engine with the
@@ -56,26 +62,29 @@ CPU_SSL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
            "intermediate_size": 1024}
 
 
-CONFIGS = {  # name: (feature cache, back-end graph, cast weights, conv encoder)
-    "uncached": (False, False, False, "native"),
-    "cached": (True, False, False, "native"),
-    "cached_backend_graph": (True, True, False, "native"),
-    "cached_backend_graph_bf16_weights": (True, True, True, "native"),
-    "uncached_backend_graph_bf16_weights": (False, True, True, "native"),
-    "cached_backend_graph_bf16_weights_gemm_conv": (True, True, True, "gemm"),
-    "uncached_backend_graph_bf16_weights_gemm_conv": (False, True, True, "gemm"),
+# name: (feature cache, back-end graph, cast weights, conv encoder, compiled back-end)
+CONFIGS = {
+    "uncached": (False, False, False, "native", False),
+    "cached": (True, False, False, "native", False),
+    "cached_backend_graph": (True, True, False, "native", False),
+    "cached_backend_graph_bf16_weights": (True, True, True, "native", False),
+    "uncached_backend_graph_bf16_weights": (False, True, True, "native", False),
+    "cached_backend_graph_bf16_weights_gemm_conv": (True, True, True, "gemm", False),
+    "uncached_backend_graph_bf16_weights_gemm_conv": (False, True, True, "gemm", False),
+    "cached_backend_graph_bf16_weights_gemm_conv_compiled": (True, True, True, "gemm", True),
 }
 
 
 def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
-            config: tuple[bool, bool, bool, str], dtype: torch.dtype | None, device: torch.device
-            ) -> tuple[float, torch.Tensor]:
-    """Median seconds per steady-state batch, and the logits of the last one."""
-    cache, backend_graph, cast, conv = config
+            config: tuple[bool, bool, bool, str, bool], dtype: torch.dtype | None,
+            device: torch.device) -> tuple[float, float, torch.Tensor]:
+    """Median seconds per steady-state batch, warm-up seconds, the logits of the last batch."""
+    cache, backend_graph, cast, conv, compiled = config
     runner = BatchRunner(copy.deepcopy(det), window_samples=window,
                          max_batch_size=batch, dtype=dtype, use_buckets=False,
                          cuda_graphs=False, backend_graphs=backend_graph, feature_cache=cache,
-                         cast_weights=cast and dtype is not None, conv_encoder=conv)
+                         cast_weights=cast and dtype is not None, conv_encoder=conv,
+                         compile_backend=compiled)
     rng = np.random.default_rng(1)
     signal = (0.1 * rng.standard_normal((batch, window + hop * (steps + 3)))).astype(np.float32)
     keys = [f"stream-{i}" for i in range(batch)]
@@ -84,9 +93,13 @@ def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
         end = window + hop * k
         return runner.run(signal[:, end - window:end], keys, [end] * batch)
 
-    step(0)  # fills the cache (and warms up)
+    t0 = time.perf_counter()
+    step(0)  # fills the cache (and warms up: graph capture, compilation)
     step(1)
     sync(device)
+    warmup = time.perf_counter() - t0
+    if compiled and not runner.backend_compiled:
+        raise SystemExit("the back-end failed to compile (see the warning above)")
     times = []
     logits = torch.empty(0)
     for k in range(2, steps + 2):
@@ -96,7 +109,7 @@ def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
         times.append(time.perf_counter() - t)
     if cache:
         assert runner.cache is not None and runner.cache.hits >= batch * steps
-    return sorted(times)[len(times) // 2], logits
+    return sorted(times)[len(times) // 2], warmup, logits
 
 
 def measure_engine(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
@@ -171,11 +184,11 @@ def main() -> None:
         row: dict = {"batch_size": bs}
         base = None
         for name in ["uncached"] + [n for n in names if n != "uncached"]:
-            secs, logits = measure(det, bs, window, a.hop_samples, a.steps, CONFIGS[name],
-                                   dtype, device)
+            secs, warmup, logits = measure(det, bs, window, a.hop_samples, a.steps,
+                                           CONFIGS[name], dtype, device)
             base = logits if base is None else base
             row[name] = {"latency_ms": round(1000 * secs, 2),
-                         "windows_per_s": round(bs / secs, 1),
+                         "windows_per_s": round(bs / secs, 1), "warmup_s": round(warmup, 2),
                          "max_abs_logit_diff_vs_uncached": float((logits - base).abs().max())}
             if device.type == "cuda":
                 torch.cuda.empty_cache()

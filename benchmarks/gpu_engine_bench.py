@@ -9,7 +9,7 @@ products (``[engine] conv_encoder = "gemm"``: the service defaults; the other mo
 transformers' encoder); and that with the whole model replayed from a graph at every bucket
 (with autocast that was slower than eager from batch 32 up; with cast weights it may not be).
 Also checks that graph replay and bucket padding give the same logits as eager execution, and
-times the Nes2Net-X back-end alone (eager vs graph) and each stage of the model (``stages``:
+times each stage of the model (``stages``:
 conv encoder, feature projection, positional convolution, transformer layers, back-end), with
 the conv encoder also compared alone (``conv_encoder``: native vs GEMM on a whole window and on
 one hop's new audio, times and largest difference).
@@ -172,19 +172,6 @@ def main() -> None:
                 torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    # back-end alone (launch-bound): eager vs graph at a small and a large batch
-    backend = []
-    for bs in (1, min(128, max(sizes))):
-        feats = torch.randn(bs, det.backend.cfg.input_dim, 200, device=device)
-        with torch.inference_mode():
-            eager_s = time_calls(lambda f=feats: det.backend(f), device, a.min_time_s,
-                                 a.max_iters)
-            entry = {"batch_size": bs, "eager_ms": round(1000 * eager_s, 3)}
-            if device.type == "cuda":
-                replay, _ = cuda_capture(det.backend, feats.clone())
-                entry["graph_ms"] = round(1000 * time_calls(replay, device, a.min_time_s,
-                                                            a.max_iters), 3)
-        backend.append(entry)
     stages, conv = [], []
     for bs in sorted({min(128, max(sizes)), max(sizes)}):
         stage, entries = stage_times(det, bs, samples, dtype, device, a.min_time_s,
@@ -194,7 +181,7 @@ def main() -> None:
     best = max(max(r[m]["windows_per_s"] for m in MODES) for r in rows)
     result = {"benchmark": "gpu_engine", "device": str(device), "smoke": a.smoke,
               "environment": environment(device), "window_s": a.window_s,
-              "dtype": "bfloat16" if dtype else "float32", "rows": rows, "backend": backend,
+              "dtype": "bfloat16" if dtype else "float32", "rows": rows,
               "conv_encoder": conv, "stages": stages,
               "best_windows_per_s": best}
     if device.type == "cuda":

@@ -2,10 +2,12 @@
 # Prepared runs on a lent GPU machine (a session has about 15 minutes of device time in all,
 # machine start included, and at most 10 minutes per command):
 #   bash benchmarks/gpu_run.sh          everything below in one command, most decisive first,
-#                                       each step bounded by what is left of BUDGET_S (570 s)
-#   bash benchmarks/gpu_run.sh engine   CUDA correctness tests, the engine ablation (feature
-#                                       cache, back-end graphs, bf16 weights, GEMM conv encoder,
-#                                       pipelining) and the bucket/graph/per-stage benchmark
+#                                       each step bounded by what is left of BUDGET_S (570 s):
+#                                       CUDA correctness tests, the streaming engine (feature
+#                                       cache, service defaults, compiled back-end), the service
+#                                       end to end at 2,500 calls, the bucket/graph/per-stage
+#                                       benchmark, the back-end alone, the ingest channel
+#   bash benchmarks/gpu_run.sh engine   the engine steps only
 #   bash benchmarks/gpu_run.sh e2e      the service end to end with multi-process ingest, then
 #                                       the ingest-to-scorer channel alone on that host
 # Expects the Python wheels the image lacks in .whl/ and the Debian packages of redis-server in
@@ -35,17 +37,31 @@ step() {
   tail -3 "$OUT/$name.log"
 }
 
-engine() {
+cuda_tests() {
   step cuda_tests 80 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py \
     tests/test_engine_pipeline.py tests/test_feature_cache.py tests/test_checkpoints.py \
     tests/test_conv_gemm.py
+}
+
+# the engine with the feature cache: the service's defaults, the best earlier configuration and
+# the compiled back-end (uncached always runs as the reference), then the whole engine
+feature_cache() {
   step feature_cache 190 python3 benchmarks/feature_cache_bench.py --batch-sizes 128,256 \
-    --steps 8 --out "$OUT/feature_cache.json"
+    --steps 8 --out "$OUT/feature_cache.json" --configs \
+    cached,cached_backend_graph_bf16_weights_gemm_conv,cached_backend_graph_bf16_weights_gemm_conv_compiled,uncached_backend_graph_bf16_weights_gemm_conv
+}
+
+engine_modes() {
   step engine 130 python3 benchmarks/gpu_engine_bench.py --batch-sizes 1,32,128,256 \
     --min-time-s 0.7 --out "$OUT/engine.json"
 }
 
-e2e() {
+backend() {
+  step backend 80 python3 benchmarks/backend_bench.py --batch-sizes 128,256 --min-time-s 0.5 \
+    --out "$OUT/backend.json"
+}
+
+e2e_calls() {
   mkdir -p /tmp/redis && for f in .debs/*.deb; do dpkg -x "$f" /tmp/redis; done
   ln -sf /tmp/redis/usr/bin/redis-check-rdb /tmp/redis/usr/bin/redis-server
   export PATH=/tmp/redis/usr/bin:$PATH
@@ -53,6 +69,9 @@ e2e() {
   redis-server --version || ldd /tmp/redis/usr/bin/redis-check-rdb
   step e2e 200 python3 benchmarks/gpu_e2e.py --calls "${E2E_CALLS:-2500}" --duration-s 15 \
     --workers 10 --client-procs 6 --out "$OUT/e2e_workers.json"
+}
+
+channel() {
   step ingest_channel 40 python3 benchmarks/ingest_channel_bench.py --rates 2000,4000 \
     --busy-threads 0,1 --busy-duty 0.2,1.0 --seconds 3 --out "$OUT/ingest_channel.json"
 }
@@ -63,9 +82,9 @@ export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)"
 case "$STAGE" in
-  all) engine; e2e ;;
-  engine) engine ;;
-  e2e) e2e ;;
+  all) cuda_tests; feature_cache; e2e_calls; engine_modes; backend; channel ;;
+  engine) cuda_tests; feature_cache; engine_modes; backend ;;
+  e2e) e2e_calls; channel ;;
   *) echo "unknown stage $STAGE (all, engine or e2e)"; exit 2 ;;
 esac
 ls -la "$OUT"

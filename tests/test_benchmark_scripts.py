@@ -25,7 +25,8 @@ def test_feature_cache_ablation_smoke():
         for name in ("uncached", "cached", "cached_backend_graph",
                      "cached_backend_graph_bf16_weights",
                      "cached_backend_graph_bf16_weights_gemm_conv",
-                     "uncached_backend_graph_bf16_weights_gemm_conv"):
+                     "uncached_backend_graph_bf16_weights_gemm_conv",
+                     "cached_backend_graph_bf16_weights_gemm_conv_compiled"):
             assert row[name]["windows_per_s"] > 0
             assert row[name]["max_abs_logit_diff_vs_uncached"] < 1e-3  # fp32 on the CPU
         assert row["engine_pipelined"]["windows_per_s"] > 0
@@ -70,3 +71,12 @@ def test_ingest_channel_bench_smoke():
     for row in out["rows"]:
         assert row["windows_per_s"] > 0 and row["failed"] == 0
         assert row["loop_lag_p99_ms"] >= 0 and row["worker_cpu_us_per_window"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_backend_bench_smoke():
+    out = run_script("backend_bench.py")
+    assert [r["batch_size"] for r in out["rows"]] == [1, 4]
+    for row in out["rows"]:
+        assert row["eager_ms"] > 0 and row["compiled_ms"] > 0 and row["compile_s"] >= 0
+        assert row["max_abs_diff"] < 1e-4  # float32 on the CPU: inductor's fusions only

@@ -20,6 +20,12 @@ batch whose rows carry stream keys runs the convolutional encoder only on each w
 audio; such batches run their front-end eagerly (the cached frames differ per batch, so they
 cannot be replayed from a graph), which is where the cache pays off anyway: large batches.
 
+With ``compile_backend`` the back-end runs through ``torch.compile`` (inductor fuses the
+hundreds of small per-channel kernels of Nes2Net-X: activations, batch norms, weighted sums),
+replayed from the same graphs; compilation happens at the first batch of a shape (warm-up), and
+any failure to compile (no compiler on the host, an unsupported operation) falls back to the
+eager back-end with a warning.
+
 Graph capture is a function (:data:`Capture`): :func:`cuda_capture` on CUDA; the CPU tests pass
 :func:`eager_capture`, which keeps the static-buffer semantics, to check these paths against
 eager execution without a GPU.
@@ -45,6 +51,13 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 # capture(fn, static input) -> (replay, static output): after replay(), the static output
 # holds fn(static input) for the input's current contents
 Capture = Callable[[Forward, torch.Tensor], tuple[Callable[[], None], torch.Tensor]]
+# compiler(module) -> a callable with the module's results (torch.compile by default)
+Compiler = Callable[[torch.nn.Module], Forward]
+
+
+def default_compiler(module: torch.nn.Module) -> Forward:
+    """``torch.compile`` with automatic dynamic shapes (one recompile covers every batch)."""
+    return torch.compile(module)  # type: ignore[return-value]
 
 
 def cuda_capture(fn: Forward, static_in: torch.Tensor) -> tuple[Callable[[], None],
@@ -115,7 +128,8 @@ class BatchRunner:
                  cuda_graphs: bool = True, graph_max_batch: int = 16,
                  backend_graphs: bool = True, feature_cache: bool = False,
                  feature_cache_entries: int = 10_000, cast_weights: bool = False,
-                 conv_encoder: str = "gemm", graph_capture: Capture | None = None):
+                 conv_encoder: str = "gemm", graph_capture: Capture | None = None,
+                 compile_backend: bool = False, compiler: Compiler | None = None):
         self.detector = detector.eval()
         # the SSL conv encoder as channels-last matrix products (models/conv_gemm.py)
         try:
@@ -145,6 +159,9 @@ class BatchRunner:
         self.backend_graphs = backend_graphs and self.capture is not None
         self._backend_graphs: dict[tuple, tuple[Callable[[], None], torch.Tensor,
                                                  torch.Tensor] | None] = {}
+        self._backend_fn: Forward = self.detector.backend
+        if compile_backend:
+            self._backend_fn = (compiler or default_compiler)(self.detector.backend)
         self._pinned: dict[tuple[int, int, int], torch.Tensor] = {}
         self._parity = 0  # alternate staging buffers: a batch is staged while one runs
         cache = (ConvFeatureCache(self.detector, window_samples, feature_cache_entries)
@@ -256,20 +273,37 @@ class BatchRunner:
 
     def _eager(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            return self.detector(x)
+            return self._run_backend(self.detector.frontend(x))
+
+    @property
+    def backend_compiled(self) -> bool:
+        """True while the back-end runs compiled (False when off or after a failure)."""
+        return self._backend_fn is not self.detector.backend
+
+    def _run_backend(self, feats: torch.Tensor) -> torch.Tensor:
+        """The back-end (compiled when asked and possible) on front-end features."""
+        fn = self._backend_fn
+        if fn is self.detector.backend:
+            return fn(feats)
+        try:
+            return fn(feats)
+        except Exception as exc:  # compilation failed (no compiler, unsupported op): eager
+            log.warning("compiled back-end failed; running it eagerly", error=repr(exc))
+            self._backend_fn = self.detector.backend
+            return self.detector.backend(feats)
 
     def _backend(self, feats: torch.Tensor) -> torch.Tensor:
         """The back-end's logits for front-end features, replayed from a graph where possible."""
         if not self.backend_graphs:
             with self._autocast():
-                return self.detector.backend(feats)
+                return self._run_backend(feats)
         shape = (tuple(feats.shape), feats.dtype)
         if shape not in self._backend_graphs:
             self._backend_graphs[shape] = self._capture_backend(feats)
         graph = self._backend_graphs[shape]
         if graph is None:
             with self._autocast():
-                return self.detector.backend(feats)
+                return self._run_backend(feats)
         replay, static_in, static_out = graph
         static_in.copy_(feats)
         replay()
@@ -277,11 +311,9 @@ class BatchRunner:
 
     def _capture_backend(self, feats: torch.Tensor) -> tuple[Callable[[], None], torch.Tensor,
                                                               torch.Tensor] | None:
-        backend = self.detector.backend
-
         def run(x: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                return backend(x)
+                return self._run_backend(x)
 
         static_in = feats.clone()
         try:

@@ -94,7 +94,7 @@ def build_engine(settings: Settings, metrics: ServiceMetrics) -> ScoringEngine:
                          window_samples=int(round(settings.windows.window_s * 16000)),
                          cuda_graphs=e.cuda_graphs, cuda_graph_max_batch=e.cuda_graph_max_batch,
                          cuda_graph_backend=e.cuda_graph_backend,
-                         conv_encoder=e.conv_encoder,
+                         conv_encoder=e.conv_encoder, compile_backend=e.compile_backend,
                          cast_weights=settings.model.dtype_mode == "weights",
                          pipeline=None if e.pipeline else False,
                          latency_target_s=e.latency_target_ms / 1000.0,

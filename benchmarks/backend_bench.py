@@ -1,0 +1,106 @@
+"""The Nes2Net-X back-end alone: eager, replayed from a CUDA graph, compiled, both.
+
+XLS-R 300M's back-end (D = 1024, 8 x 8 groups, 200 frames per 4 s window) with random
+weights. It is made of about 400 small kernels (16-channel convolutions, activations, batch
+norms, weighted sums), so it is launch- and latency-bound at every batch size: 5.2 ms per batch
+of 128 replayed from a graph on an H200 (research ceilings), about a tenth of the whole cached
+model's time, which the engine target cannot afford. Columns per batch size: ``eager_ms``;
+``compiled_ms`` (``torch.compile``, what ``[engine] compile_backend`` does); on CUDA also
+``graph_ms`` and ``compiled_graph_ms`` (the engine replays the back-end from a graph for large
+buckets); the compile time of each new shape (the first is static, the second recompiles with
+a dynamic batch that covers the rest) and the compiled output's largest difference from eager.
+Prints JSON.
+
+    python benchmarks/backend_bench.py --out backend.json        # CUDA machine (bf16)
+    python benchmarks/backend_bench.py --batch-sizes 1,16         # CPU (float32)
+    python benchmarks/backend_bench.py --input-dim 256 --outer-ratio 4 --frames 401  # demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+try:
+    import nes2net_stream  # noqa: F401
+except ImportError:  # run from a source checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from nes2net_stream.bench.engine import emit, environment, sync
+from nes2net_stream.models.config import BackendConfig
+from nes2net_stream.models.nes2net import Nes2Net
+from nes2net_stream.service.runner import cuda_capture, default_compiler
+
+
+def median_ms(fn, device: torch.device, min_time_s: float, max_iters: int) -> float:
+    """Median milliseconds per call after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_iters and time.perf_counter() - start < min_time_s:
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return round(1000 * sorted(times)[len(times) // 2], 3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch-sizes", default="1,32,128,256")
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--min-time-s", type=float, default=1.0)
+    ap.add_argument("--max-iters", type=int, default=200)
+    ap.add_argument("--input-dim", type=int, default=1024)
+    ap.add_argument("--outer-ratio", type=int, default=8)
+    ap.add_argument("--inner-ratio", type=int, default=8)
+    ap.add_argument("--smoke", action="store_true", help="a small back-end, for tests")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    cfg = BackendConfig(variant="nes2net_x", dilation=2, input_dim=a.input_dim,
+                        outer_ratio=a.outer_ratio, inner_ratio=a.inner_ratio)
+    if a.smoke:
+        cfg = BackendConfig(variant="nes2net_x", input_dim=64, outer_ratio=4, inner_ratio=4,
+                            dilation=2)
+        a.batch_sizes, a.frames, a.min_time_s, a.max_iters = "1,4", 50, 0.05, 5
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    eager = Nes2Net(cfg).eval().to(device, dtype)
+    compiled = default_compiler(eager)
+    rows = []
+    with torch.inference_mode():
+        for bs in [int(b) for b in a.batch_sizes.split(",")]:
+            x = torch.randn(bs, cfg.input_dim, a.frames, device=device, dtype=dtype)
+            t = time.perf_counter()
+            got = compiled(x)
+            sync(device)
+            row = {"batch_size": bs, "compile_s": round(time.perf_counter() - t, 2),
+                   "max_abs_diff": float((got.float() - eager(x).float()).abs().max()),
+                   "eager_ms": median_ms(lambda xx=x: eager(xx), device, a.min_time_s,
+                                         a.max_iters),
+                   "compiled_ms": median_ms(lambda xx=x: compiled(xx), device, a.min_time_s,
+                                            a.max_iters)}
+            if device.type == "cuda":
+                for name, fn in (("graph_ms", eager), ("compiled_graph_ms", compiled)):
+                    replay, _ = cuda_capture(fn, x.clone())
+                    row[name] = median_ms(replay, device, a.min_time_s, a.max_iters)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    emit({"benchmark": "backend", "device": str(device), "smoke": a.smoke,
+          "environment": environment(device), "dtype": str(dtype).removeprefix("torch."),
+          "frames": a.frames, "config": {"input_dim": cfg.input_dim,
+                                         "outer_ratio": cfg.outer_ratio,
+                                         "inner_ratio": cfg.inner_ratio},
+          "rows": rows}, a.out)
+
+
+if __name__ == "__main__":
+    main()
