@@ -16,7 +16,9 @@ batch, and times the batch runner in steady state in these configurations:
   default; the columns above use transformers' own encoder);
 - ``cached_backend_graph_bf16_weights_gemm_conv_compiled``: the first of those with the
   back-end compiled by ``torch.compile`` (``[engine] compile_backend``), replayed from the same
-  graphs.
+  graphs;
+- ``cached_backend_graph_bf16_weights_gemm_conv_fft_pos``: the same (not compiled) with the
+  transformer's positional convolution through FFTs (``[engine] pos_conv = "fft"``).
 
 Each column also gives ``warmup_s``, the first two batches (cache fill, graph capture and, for
 the compiled back-end, compilation).
@@ -62,29 +64,33 @@ CPU_SSL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
            "intermediate_size": 1024}
 
 
-# name: (feature cache, back-end graph, cast weights, conv encoder, compiled back-end)
+# name: (feature cache, back-end graph, cast weights, conv encoder, compiled back-end,
+#        positional convolution)
 CONFIGS = {
-    "uncached": (False, False, False, "native", False),
-    "cached": (True, False, False, "native", False),
-    "cached_backend_graph": (True, True, False, "native", False),
-    "cached_backend_graph_bf16_weights": (True, True, True, "native", False),
-    "uncached_backend_graph_bf16_weights": (False, True, True, "native", False),
-    "cached_backend_graph_bf16_weights_gemm_conv": (True, True, True, "gemm", False),
-    "uncached_backend_graph_bf16_weights_gemm_conv": (False, True, True, "gemm", False),
-    "cached_backend_graph_bf16_weights_gemm_conv_compiled": (True, True, True, "gemm", True),
+    "uncached": (False, False, False, "native", False, "native"),
+    "cached": (True, False, False, "native", False, "native"),
+    "cached_backend_graph": (True, True, False, "native", False, "native"),
+    "cached_backend_graph_bf16_weights": (True, True, True, "native", False, "native"),
+    "uncached_backend_graph_bf16_weights": (False, True, True, "native", False, "native"),
+    "cached_backend_graph_bf16_weights_gemm_conv": (True, True, True, "gemm", False, "native"),
+    "uncached_backend_graph_bf16_weights_gemm_conv": (False, True, True, "gemm", False, "native"),
+    "cached_backend_graph_bf16_weights_gemm_conv_compiled": (True, True, True, "gemm", True,
+                                                             "native"),
+    "cached_backend_graph_bf16_weights_gemm_conv_fft_pos": (True, True, True, "gemm", False,
+                                                            "fft"),
 }
 
 
 def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
-            config: tuple[bool, bool, bool, str, bool], dtype: torch.dtype | None,
+            config: tuple[bool, bool, bool, str, bool, str], dtype: torch.dtype | None,
             device: torch.device) -> tuple[float, float, torch.Tensor]:
     """Median seconds per steady-state batch, warm-up seconds, the logits of the last batch."""
-    cache, backend_graph, cast, conv, compiled = config
+    cache, backend_graph, cast, conv, compiled, pos_conv = config
     runner = BatchRunner(copy.deepcopy(det), window_samples=window,
                          max_batch_size=batch, dtype=dtype, use_buckets=False,
                          cuda_graphs=False, backend_graphs=backend_graph, feature_cache=cache,
                          cast_weights=cast and dtype is not None, conv_encoder=conv,
-                         compile_backend=compiled)
+                         compile_backend=compiled, pos_conv=pos_conv)
     rng = np.random.default_rng(1)
     signal = (0.1 * rng.standard_normal((batch, window + hop * (steps + 3)))).astype(np.float32)
     keys = [f"stream-{i}" for i in range(batch)]

@@ -10,7 +10,8 @@ transformers' encoder); and that with the whole model replayed from a graph at e
 (with autocast that was slower than eager from batch 32 up; with cast weights it may not be).
 Also checks that graph replay and bucket padding give the same logits as eager execution, and
 times each stage of the model (``stages``:
-conv encoder, feature projection, positional convolution, transformer layers, back-end), with
+conv encoder, feature projection, positional convolution direct and through FFTs
+(``[engine] pos_conv``), transformer layers, back-end), with
 the conv encoder also compared alone (``conv_encoder``: native vs GEMM on a whole window and on
 one hop's new audio, times and largest difference).
 Prints JSON.
@@ -67,10 +68,10 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
     """Milliseconds per stage of the SSL front-end and the back-end at one batch size.
 
     Conv encoder (native and GEMM, whole window and one hop's new audio), feature projection,
-    the convolutional positional embedding, the transformer layers, the back-end (eager and,
-    on CUDA, replayed from a graph): where the rest of the time goes once the conv encoder
-    is cheap. Also returns the conv encoder comparison (times and largest GEMM-vs-native
-    difference per input length).
+    the convolutional positional embedding (direct and through FFTs), the transformer layers,
+    the back-end (eager and, on CUDA, replayed from a graph): where the rest of the time goes
+    once the conv encoder is cheap. Also returns the conv encoder comparison (times and
+    largest GEMM-vs-native difference per input length).
     """
     model = copy.deepcopy(det).to(dtype) if dtype is not None else copy.deepcopy(det)
     frontend, ssl, backend = model.frontend, model.frontend.model, model.backend
@@ -101,7 +102,13 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
                                                         dtype=act))
         hidden, _ = t("feature_projection", lambda: ssl.feature_projection(conv.transpose(1, 2)))
         enc = ssl.encoder
-        t("positional_conv", lambda: enc.pos_conv_embed(hidden))
+        native_pos = t("positional_conv", lambda: enc.pos_conv_embed(hidden))
+        frontend.pos_conv_impl = "fft"  # [engine] pos_conv = "fft"
+        fft_pos = t("positional_conv_fft", lambda: enc.pos_conv_embed(hidden))
+        out["positional_conv_fft_max_abs_diff"] = float(
+            (fft_pos.float() - native_pos.float()).abs().max())
+        out["positional_conv_max_abs"] = float(native_pos.float().abs().max())
+        frontend.pos_conv_impl = "native"
 
         def layers() -> torch.Tensor:
             h = hidden
@@ -128,6 +135,8 @@ def main() -> None:
     ap.add_argument("--min-time-s", type=float, default=1.5)
     ap.add_argument("--max-iters", type=int, default=100)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--stages-only", action="store_true",
+                    help="only the per-stage timings, at the given batch sizes (e.g. a CPU)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if a.smoke:
@@ -143,7 +152,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else None
     rng = np.random.default_rng(0)
     rows = []
-    for bs in sizes:
+    for bs in [] if a.stages_only else sizes:
         x = (0.1 * rng.standard_normal((bs, samples))).astype(np.float32)
         row = {"batch_size": bs}
         for mode in MODES:
@@ -173,12 +182,12 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     stages, conv = [], []
-    for bs in sorted({min(128, max(sizes)), max(sizes)}):
+    for bs in sizes if a.stages_only else sorted({min(128, max(sizes)), max(sizes)}):
         stage, entries = stage_times(det, bs, samples, dtype, device, a.min_time_s,
                                      a.max_iters)
         stages.append(stage)
         conv.extend(entries)
-    best = max(max(r[m]["windows_per_s"] for m in MODES) for r in rows)
+    best = max((r[m]["windows_per_s"] for r in rows for m in MODES), default=None)
     result = {"benchmark": "gpu_engine", "device": str(device), "smoke": a.smoke,
               "environment": environment(device), "window_s": a.window_s,
               "dtype": "bfloat16" if dtype else "float32", "rows": rows,

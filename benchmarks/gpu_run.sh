@@ -40,15 +40,16 @@ step() {
 cuda_tests() {
   step cuda_tests 80 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py \
     tests/test_engine_pipeline.py tests/test_feature_cache.py tests/test_checkpoints.py \
-    tests/test_conv_gemm.py
+    tests/test_conv_gemm.py tests/test_pos_conv_fft.py
 }
 
-# the engine with the feature cache: the service's defaults, the best earlier configuration and
-# the compiled back-end (uncached always runs as the reference), then the whole engine
+# the engine with the feature cache: the best earlier configuration, the service's defaults,
+# the positional convolution through FFTs, the compiled back-end (uncached always runs as the
+# reference), then the whole engine
 feature_cache() {
   step feature_cache 190 python3 benchmarks/feature_cache_bench.py --batch-sizes 128,256 \
     --steps 8 --out "$OUT/feature_cache.json" --configs \
-    cached,cached_backend_graph_bf16_weights_gemm_conv,cached_backend_graph_bf16_weights_gemm_conv_compiled,uncached_backend_graph_bf16_weights_gemm_conv
+    cached,cached_backend_graph_bf16_weights_gemm_conv,cached_backend_graph_bf16_weights_gemm_conv_fft_pos,cached_backend_graph_bf16_weights_gemm_conv_compiled,uncached_backend_graph_bf16_weights_gemm_conv
 }
 
 engine_modes() {

@@ -42,9 +42,12 @@ def test_engine_bench_smoke():
         assert row["cuda_graph_bucket_bf16_weights"]["max_abs_logit_diff_vs_eager"] < 1e-3
     for entry in out["conv_encoder"]:
         assert entry["max_abs_diff"] <= 1e-4 * max(1.0, entry["max_abs_native"])
-    for stage in ("conv_gemm_hop_ms", "positional_conv_ms", "transformer_layers_ms",
-                  "backend_eager_ms"):
+    for stage in ("conv_gemm_hop_ms", "positional_conv_ms", "positional_conv_fft_ms",
+                  "transformer_layers_ms", "backend_eager_ms"):
         assert all(s[stage] > 0 for s in out["stages"])
+    for s in out["stages"]:
+        scale = max(1.0, s["positional_conv_max_abs"])
+        assert s["positional_conv_fft_max_abs_diff"] <= 1e-4 * scale
 
 
 @pytest.mark.timeout(300)

@@ -133,6 +133,13 @@ class Detector(nn.Module):
         self.frontend.conv_impl = impl
         return True
 
+    def set_pos_conv_impl(self, impl: str) -> bool:
+        """Run the SSL positional convolution ``"fft"`` or ``"native"``; False if no SSL."""
+        if not hasattr(self.frontend, "pos_conv_impl"):
+            return False
+        self.frontend.pos_conv_impl = impl
+        return True
+
     def forward_from_conv(self, conv: torch.Tensor) -> torch.Tensor:
         """Logits from precomputed convolutional features (same as :meth:`forward`)."""
         return self.backend(self.frontend.forward_from_conv(conv))

@@ -19,7 +19,9 @@ the XLS-R and WavLM Large geometry), no padding and no waveform normalisation, e
 depends only on the samples under its receptive field, so the frames of overlapping windows can
 be computed once and reused (:class:`ConvGeometry`, the streaming feature cache). With
 ``conv_impl = "gemm"`` (what the scoring engine sets) that encoder runs as channels-last matrix
-products (:mod:`nes2net_stream.models.conv_gemm`) instead of transformers' own modules.
+products (:mod:`nes2net_stream.models.conv_gemm`) instead of transformers' own modules, and
+with ``pos_conv_impl = "fft"`` the transformer's positional convolution runs through FFTs
+(:mod:`nes2net_stream.models.pos_conv_fft`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from torch import nn
 from nes2net_stream.errors import BundleError, DependencyError
 from nes2net_stream.models.config import SSLConfig
 from nes2net_stream.models.conv_gemm import gemm_conv_features, supports_gemm
+from nes2net_stream.models.pos_conv_fft import supports_fft, use_fft, uses_fft
 
 ConvImpl = Literal["native", "gemm"]
+PosConvImpl = Literal["native", "fft"]
 
 _OVERRIDES = {"apply_spec_augment": False, "layerdrop": 0.0, "mask_time_prob": 0.0,
               "mask_feature_prob": 0.0}
@@ -180,6 +184,25 @@ class SSLFrontend(nn.Module):
             raise BundleError("this front-end's convolutional encoder has no GEMM form "
                               "(unexpected layer kinds); use the native one")
         self._conv_impl = impl
+
+    @property
+    def pos_conv_impl(self) -> PosConvImpl:
+        """How the positional convolution runs: ``"native"`` or ``"fft"``."""
+        return "fft" if uses_fft(self._pos_conv()) else "native"
+
+    @pos_conv_impl.setter
+    def pos_conv_impl(self, impl: PosConvImpl) -> None:
+        if impl not in ("native", "fft"):
+            raise ValueError(f"pos_conv_impl must be 'native' or 'fft', not {impl!r}")
+        conv = self._pos_conv()
+        if impl == "fft" and (conv is None or not supports_fft(conv)):
+            raise BundleError("this front-end's positional convolution has no FFT form")
+        if conv is not None:
+            use_fft(conv, impl == "fft")
+
+    def _pos_conv(self) -> nn.Module | None:
+        """The transformer's positional convolution (``nn.Conv1d``), if it has one."""
+        return getattr(getattr(self.model.encoder, "pos_conv_embed", None), "conv", None)
 
     def conv_features(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) waveform -> (B, C, frames) output of the convolutional feature encoder."""

@@ -128,8 +128,9 @@ class BatchRunner:
                  cuda_graphs: bool = True, graph_max_batch: int = 16,
                  backend_graphs: bool = True, feature_cache: bool = False,
                  feature_cache_entries: int = 10_000, cast_weights: bool = False,
-                 conv_encoder: str = "gemm", graph_capture: Capture | None = None,
-                 compile_backend: bool = False, compiler: Compiler | None = None):
+                 conv_encoder: str = "gemm", pos_conv: str = "fft",
+                 graph_capture: Capture | None = None, compile_backend: bool = False,
+                 compiler: Compiler | None = None):
         self.detector = detector.eval()
         # the SSL conv encoder as channels-last matrix products (models/conv_gemm.py)
         try:
@@ -138,6 +139,13 @@ class BatchRunner:
             log.warning("conv_encoder unavailable for this model; using the native encoder",
                         conv_encoder=conv_encoder, error=str(exc))
             self.detector.set_conv_impl("native")
+        # the SSL positional convolution through FFTs (models/pos_conv_fft.py)
+        try:
+            self.detector.set_pos_conv_impl(pos_conv)
+        except BundleError as exc:
+            log.warning("pos_conv unavailable for this model; using the native convolution",
+                        pos_conv=pos_conv, error=str(exc))
+            self.detector.set_pos_conv_impl("native")
         self.device = next(detector.parameters()).device
         self.cuda = self.device.type == "cuda"
         # cast_weights: the whole model in ``dtype`` (any device); else autocast (CUDA only)
