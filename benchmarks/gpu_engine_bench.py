@@ -2,10 +2,11 @@
 
 Builds XLS-R 300M + Nes2Net-X with random weights (weights do not change the cost), then times
 the engine's batch runner (pinned host staging, asynchronous copy) for each batch size in these
-modes: plain eager (bf16 autocast); eager with ``cudnn.benchmark``; CUDA graphs (whole model
-replayed for buckets up to 16, the back-end alone above); the same with the model cast to bf16
-(``dtype_mode = "weights"``); that plus the conv feature encoder as channels-last matrix
-products (``[engine] conv_encoder = "gemm"``: the service defaults; the other modes use
+modes, all with transformers' positional convolution (``pos_conv = "native"``; the stages
+compare it with the FFT form): plain eager (bf16 autocast); eager with ``cudnn.benchmark``;
+CUDA graphs (whole model replayed for buckets up to 16, the back-end alone above); the same
+with the model cast to bf16 (``dtype_mode = "weights"``); that plus the conv feature encoder as
+channels-last matrix products (``[engine] conv_encoder = "gemm"``; the other modes use
 transformers' encoder); and that with the whole model replayed from a graph at every bucket
 (with autocast that was slower than eager from batch 32 up; with cast weights it may not be).
 Also checks that graph replay and bucket padding give the same logits as eager execution, and
@@ -75,6 +76,7 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
     """
     model = copy.deepcopy(det).to(dtype) if dtype is not None else copy.deepcopy(det)
     frontend, ssl, backend = model.frontend, model.frontend.model, model.backend
+    frontend.pos_conv_impl = "native"  # the copied model may carry a runner's setting
     act = dtype or torch.float32
     out: dict = {"batch_size": batch}
 
@@ -163,7 +165,8 @@ def main() -> None:
                                  max_batch_size=max(sizes), dtype=dtype, use_buckets=graphs,
                                  cuda_graphs=graphs, backend_graphs=graphs, cast_weights=cast,
                                  graph_max_batch=max(sizes) if "all_buckets" in mode else 16,
-                                 conv_encoder="gemm" if mode.endswith("gemm_conv") else "native")
+                                 conv_encoder="gemm" if mode.endswith("gemm_conv") else "native",
+                                 pos_conv="native")
             secs = time_calls(lambda r=runner, xx=x: r.run(xx), device, a.min_time_s,
                               a.max_iters)
             row[mode] = {"latency_ms": round(1000 * secs, 2),
@@ -173,7 +176,7 @@ def main() -> None:
                 row["graph_captured"] = runner.bucket(bs) in runner._graphs
                 eager = BatchRunner(det, window_samples=samples, max_batch_size=max(sizes),
                                     dtype=dtype, use_buckets=False, cuda_graphs=False,
-                                    conv_encoder="native").run(x)
+                                    conv_encoder="native", pos_conv="native").run(x)
                 row[mode]["max_abs_logit_diff_vs_eager"] = float(
                     (runner.run(x) - eager).abs().max())
             del runner

@@ -30,8 +30,12 @@ def bench() -> None:
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Autocast dtype on CUDA [bfloat16 on CUDA].")
 @click.option("--min-time-s", type=float, default=2.0, show_default=True)
+@click.option("--conv-encoder", type=click.Choice(["gemm", "native"]), default="gemm",
+              show_default=True, help="SSL conv encoder form ([engine] conv_encoder).")
+@click.option("--pos-conv", type=click.Choice(["fft", "native"]), default="fft",
+              show_default=True, help="SSL positional convolution ([engine] pos_conv).")
 def bench_engine(model_path: str, batch_sizes: str, window_s: float, device: str,
-                 dtype: str | None, min_time_s: float) -> None:
+                 dtype: str | None, min_time_s: float, conv_encoder: str, pos_conv: str) -> None:
     """Windows per second and latency per batch of the scoring model."""
     import torch
 
@@ -41,6 +45,8 @@ def bench_engine(model_path: str, batch_sizes: str, window_s: float, device: str
 
     dev = torch.device(resolve_device(device))
     detector = load_model(model_path, device=dev)
+    detector.set_conv_impl(conv_encoder)  # as the engine runs it (no-ops without an SSL model)
+    detector.set_pos_conv_impl(pos_conv)
     dt = getattr(torch, dtype or ("bfloat16" if dev.type == "cuda" else "float32"))
     rows = bench_model(detector, [int(b) for b in batch_sizes.split(",")], window_s=window_s,
                        dtype=None if dt == torch.float32 else dt, min_time_s=min_time_s)
