@@ -232,3 +232,33 @@ def test_cached_ssl_batches_use_back_end_graphs_and_stay_exact():
         assert torch.allclose(got, reference.run(batch), atol=1e-4), end
     assert runner.cache is not None and runner.cache.hits == 12
     assert any(g is not None for g in runner._backend_graphs.values())
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_front_end_runs_on_real_rows_unless_it_needs_bucket_shapes(monkeypatch, pad):
+    """Without cuDNN in the front-end only the back-end sees the padded bucket; with it
+    (``pad_frontend``) the whole bucket runs. Scores are the same either way."""
+    torch.manual_seed(0)
+    det = Detector(SSLConfig(family="wav2vec2", aggregation="last",
+                             hf_config=tiny_hf_config("wav2vec2")),
+                   BackendConfig(input_dim=32, outer_ratio=4, inner_ratio=2, se_ratio=2)).eval()
+    monkeypatch.setattr(BatchRunner, "pad_frontend", property(lambda self: pad))
+    runner = graph_runner(det, feature_cache=True)
+    reference = BatchRunner(det, window_samples=16000, max_batch_size=16, use_buckets=False)
+    seen = []
+    det.frontend.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[0]))
+    seen_tail = []
+    det.frontend.model.encoder.register_forward_hook(
+        lambda _m, args, _o: seen_tail.append(args[0].shape[0]))
+    rng = np.random.default_rng(5)
+    streams = (0.1 * rng.standard_normal((6, 2 * 16000))).astype(np.float32)
+    keys = [f"{i + 1:032x}" for i in range(6)]
+    first = runner.run(streams[:, :16000])  # no keys: the eager path, bucket 8
+    assert seen == [8 if pad else 6]
+    runner.run(streams[:, :16000], keys, [16000] * 6)  # fills the cache
+    end = 16000 + 320 * 20
+    seen_tail.clear()
+    cached = runner.run(streams[:, end - 16000:end], keys, [end] * 6)  # the cache's path
+    assert seen_tail == [8 if pad else 6]  # the transformer of the cached path
+    assert torch.allclose(first, reference.run(streams[:, :16000]), atol=1e-5)
+    assert torch.allclose(cached, reference.run(streams[:, end - 16000:end]), atol=1e-5)

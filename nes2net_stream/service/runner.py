@@ -6,7 +6,11 @@ GPU: cuDNN autotuning (``cudnn.benchmark``) then pays off, and the forward pass 
 bucket is captured once in a CUDA graph and replayed, removing the kernel-launch overhead that
 dominates small batches. Larger buckets run the front-end eagerly (there whole-model graphs were
 measured slower) and replay only the back-end from a graph: Nes2Net-X is launch-bound at every
-batch size (measured 16.2 ms eager vs 5.2 ms graph-replayed at batch 128 on an H200).
+batch size (measured 16.2 ms eager vs 5.2 ms graph-replayed at batch 128 on an H200). When the
+front-end uses no cuDNN convolution (the SSL front-end with the GEMM conv encoder and the FFT
+positional convolution, the defaults), a large batch runs its front-end on its real rows only
+and just the back-end sees the padded bucket: under load, batches of 129-255 windows no longer
+pay for 256 (:attr:`BatchRunner.pad_frontend`).
 Every operation of the model works per sample (layer/batch norm in eval mode, attention within
 a window), so padding rows never change the scores of real rows; a test checks it. Host
 batches are written row by row straight into pinned memory and copied asynchronously;
@@ -108,6 +112,13 @@ class Launched:
             return self.logits
         self.done.synchronize()
         return self.logits[:self.n].clone()
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` with zero rows appended up to ``rows`` (itself when it has them already)."""
+    if t.shape[0] >= rows:
+        return t
+    return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
 
 
 def buckets_up_to(limit: int) -> list[int]:
@@ -248,10 +259,9 @@ class BatchRunner:
             x = self._device(host[:n])
             with self._autocast():
                 conv = self.cache.features(x, keys, ends)  # type: ignore[union-attr, arg-type]
-                if rows > n:  # keep the bucketed shapes of the transformer
-                    conv = torch.cat([conv, conv.new_zeros(rows - n, *conv.shape[1:])])
-                feats = self.detector.frontend.forward_from_conv(conv)
-            return self._backend(feats)
+                feats = self.detector.frontend.forward_from_conv(
+                    _pad_rows(conv, rows) if self.pad_frontend else conv)
+            return self._backend(_pad_rows(feats, rows))
         if self.cuda_graphs and rows <= self.graph_max_batch and rows not in self._graph_failed:
             graph = self._graphs.get(rows) or self._capture(rows)
             if graph is not None:
@@ -259,10 +269,24 @@ class BatchRunner:
                 static_in.copy_(self._device(host))  # cast on the device, not the host
                 replay()
                 return static_out
-        x = self._device(host)
+        x = self._device(host if self.pad_frontend else host[:n])
         with self._autocast():
             feats = self.detector.frontend(x)
-        return self._backend(feats)
+        return self._backend(_pad_rows(feats, rows))
+
+    @property
+    def pad_frontend(self) -> bool:
+        """Whether the eager front-end runs on the whole bucket (padding rows included).
+
+        Padding keeps the shapes that reach cuDNN few, so that its per-shape autotuning
+        (``cudnn.benchmark``) happens once per bucket; the SSL front-end with the GEMM conv
+        encoder and the FFT positional convolution uses no cuDNN convolution, so it runs on the
+        real rows only (a batch of 150 costs 150 rows, not 256) and only the back-end, replayed
+        from graphs per bucket, sees the padded shape.
+        """
+        fe = self.detector.frontend
+        return self.cuda and not (getattr(fe, "conv_impl", None) == "gemm"
+                                  and getattr(fe, "pos_conv_impl", None) == "fft")
 
     def _collect(self, n: int, logits: torch.Tensor) -> Launched:
         """Copy the first n rows of device logits back (asynchronously on CUDA)."""
