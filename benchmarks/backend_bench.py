@@ -23,6 +23,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 try:
     import nes2net_stream  # noqa: F401
@@ -31,25 +32,15 @@ except ImportError:  # run from a source checkout without installing
 
 import torch
 
-from nes2net_stream.bench.engine import emit, environment, sync
+from nes2net_stream.bench.engine import emit, environment, sync, time_calls
 from nes2net_stream.models.config import BackendConfig
 from nes2net_stream.models.nes2net import Nes2Net
 from nes2net_stream.service.runner import cuda_capture, default_compiler
 
 
-def median_ms(fn, device: torch.device, min_time_s: float, max_iters: int) -> float:
-    """Median milliseconds per call after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_iters and time.perf_counter() - start < min_time_s:
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return round(1000 * sorted(times)[len(times) // 2], 3)
+def median_ms(fn: Any, device: torch.device, min_time_s: float, max_iters: int) -> float:
+    """Median milliseconds per call (see :func:`time_calls`)."""
+    return round(1000 * time_calls(fn, device, min_time_s, max_iters), 3)
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ import argparse
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,28 +38,13 @@ except ImportError:  # run from a source checkout without installing
 import numpy as np
 import torch
 
-from nes2net_stream.bench.engine import TINY_SSL, emit, environment, sync
+from nes2net_stream.bench.engine import TINY_SSL, emit, environment, time_calls
 from nes2net_stream.models.checkpoints import build_detector
 from nes2net_stream.service.runner import BatchRunner, cuda_capture
 
 MODES = ("eager", "eager_cudnn_benchmark", "cuda_graph_bucket", "cuda_graph_bucket_bf16_weights",
          "cuda_graph_bucket_bf16_weights_gemm_conv",
          "cuda_graph_all_buckets_bf16_weights_gemm_conv")
-
-
-def time_calls(fn, device: torch.device, min_time_s: float, max_iters: int) -> float:
-    """Median seconds per call of ``fn`` after 2 warm-ups."""
-    for _ in range(2):
-        fn()
-    sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_iters and time.perf_counter() - start < min_time_s:
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
 
 
 def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dtype | None,

@@ -51,6 +51,21 @@ TINY_SSL: dict[str, Any] = {
     "num_conv_pos_embedding_groups": 2}
 
 
+def time_calls(fn: Any, device: torch.device, min_time_s: float, max_iters: int) -> float:
+    """Median seconds per call of ``fn`` (device work included) after 2 warm-up calls."""
+    for _ in range(2):
+        fn()
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_iters and time.perf_counter() - start < min_time_s:
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued CUDA work (a no-op on CPU), so timings cover the whole computation."""
     if device.type == "cuda":

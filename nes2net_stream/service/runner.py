@@ -143,20 +143,10 @@ class BatchRunner:
                  graph_capture: Capture | None = None, compile_backend: bool = False,
                  compiler: Compiler | None = None):
         self.detector = detector.eval()
-        # the SSL conv encoder as channels-last matrix products (models/conv_gemm.py)
-        try:
-            self.detector.set_conv_impl(conv_encoder)
-        except BundleError as exc:
-            log.warning("conv_encoder unavailable for this model; using the native encoder",
-                        conv_encoder=conv_encoder, error=str(exc))
-            self.detector.set_conv_impl("native")
-        # the SSL positional convolution through FFTs (models/pos_conv_fft.py)
-        try:
-            self.detector.set_pos_conv_impl(pos_conv)
-        except BundleError as exc:
-            log.warning("pos_conv unavailable for this model; using the native convolution",
-                        pos_conv=pos_conv, error=str(exc))
-            self.detector.set_pos_conv_impl("native")
+        # the SSL conv encoder as channels-last matrix products (models/conv_gemm.py) and the
+        # positional convolution through FFTs (models/pos_conv_fft.py), where the model has them
+        self._use_form(self.detector.set_conv_impl, "conv_encoder", conv_encoder)
+        self._use_form(self.detector.set_pos_conv_impl, "pos_conv", pos_conv)
         self.device = next(detector.parameters()).device
         self.cuda = self.device.type == "cuda"
         # cast_weights: the whole model in ``dtype`` (any device); else autocast (CUDA only)
@@ -188,6 +178,16 @@ class BatchRunner:
         self.cache = cache if cache is not None and cache.enabled else None
         if self.cuda:
             torch.backends.cudnn.benchmark = True
+
+    @staticmethod
+    def _use_form(setter: Callable[[str], bool], setting: str, form: str) -> None:
+        """Ask the model for a computation form; keep its native one where it has none."""
+        try:
+            setter(form)
+        except BundleError as exc:
+            log.warning(f"{setting} unavailable for this model; using the native form",
+                        form=form, error=str(exc))
+            setter("native")
 
     def bucket(self, n: int) -> int:
         """Smallest bucket holding ``n`` rows."""
