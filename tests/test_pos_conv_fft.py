@@ -84,6 +84,17 @@ def test_bf16_inputs_give_bf16_outputs_close_to_float32():
     assert torch.allclose(got.float(), expected, atol=0.02 * float(expected.abs().max()))
 
 
+def test_training_runs_the_direct_convolution_so_the_kernel_gets_gradients():
+    torch.manual_seed(6)
+    conv = nn.Conv1d(16, 16, 8, padding=4, groups=2)
+    use_fft(conv, True)
+    x = torch.randn(2, 16, 20)
+    conv(x).square().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert torch.allclose(conv(x), nn.Conv1d.forward(conv, x), atol=1e-5)
+
+
 def test_only_plain_stride_one_convolutions_have_an_fft_form():
     with pytest.raises(ValueError, match="no FFT form"):
         use_fft(nn.Conv1d(8, 8, 3, stride=2), True)
