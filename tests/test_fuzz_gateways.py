@@ -370,6 +370,7 @@ def check_media_start(ms: MediaStart):
     asterisk_starts().map(lambda s: (s if isinstance(s, str) else dumps(s)).encode())
     .flatmap(corrupted).map(lambda b: b.decode("utf-8", "replace")),
     st.text(max_size=120), st.sampled_from([t for t in NASTY_JSON if isinstance(t, str)])))
+@example('{"event": "MEDIA_START\\n", "connection_id": "a", "format": "ulaw", "ptime": 20}')
 @example('{"event": "MEDIA_START", "connection_id": "a", "format": "ulaw", "ptime": Infinity}')
 @example('{"event": "MEDIA_START", "connection_id": "a", "format": "ulaw", "ptime": NaN}')
 @example('{"event": "MEDIA_START", "connection_id": "a", "format": "ulaw", "ptime": 1e400}')

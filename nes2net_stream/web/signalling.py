@@ -15,7 +15,7 @@ from typing import Any
 from nes2net_stream.service.protocol import CALL_ID_RE, ROLE_RE
 
 OFFER_KEYS = {"sdp", "type", "call_id", "metadata", "channel_role"}
-SDP_LINE_RE = re.compile(r"^[a-z]=[\x20-\x7e\x80-\U0010ffff]*$")
+SDP_LINE_RE = re.compile(r"^[a-z]=[\x20-\x7e\x80-\U0010ffff]*\Z")
 SDP_REQUIRED = (("o=", "an origin line (o=)"), ("m=", "at least one media section (m=)"),
                 ("a=ice-ufrag:", "ICE credentials (a=ice-ufrag)"),
                 ("a=ice-pwd:", "ICE credentials (a=ice-pwd)"),

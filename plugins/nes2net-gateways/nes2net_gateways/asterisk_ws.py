@@ -55,7 +55,7 @@ FORMATS: dict[str, tuple[str, int]] = {
 #: events that need no action from a listen-only consumer
 IGNORED = {"MEDIA_XOFF", "MEDIA_XON", "QUEUE_DRAINED", "STATUS", "MEDIA_BUFFERING_COMPLETED",
            "MEDIA_MARK_PROCESSED"}
-EVENT_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+EVENT_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}\Z")
 
 
 @dataclass(frozen=True)
