@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,24 +34,44 @@ from nes2net_stream.bundle import save_model
 from nes2net_stream.models.checkpoints import build_detector
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot (Linux ``/proc/stat``), else None."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 class GpuSampler(threading.Thread):
-    """Polls nvidia-smi every 0.5 s while the benchmark runs."""
+    """Polls nvidia-smi and the host's CPU use every 0.5 s while the benchmark runs.
+
+    The host's CPU share says whether load generators, ingest workers and scorer ran out of
+    cores (then the GPU waits for them) or the GPU is the limit.
+    """
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.samples: list[tuple[float, float, float]] = []
+        self.cpu: list[tuple[float, float]] = []  # (time, busy % of all cores since last)
         self.stop = threading.Event()
 
     def run(self) -> None:
-        if shutil.which("nvidia-smi") is None:
-            return
+        smi = shutil.which("nvidia-smi")
+        last = cpu_times()
         while not self.stop.is_set():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                                  "--format=csv,noheader,nounits"], capture_output=True,
-                                 text=True, check=False).stdout.strip().splitlines()
-            if out:
-                util, mem = (float(v) for v in out[0].split(","))
-                self.samples.append((time.time(), util, mem))
+            if smi is not None:
+                out = subprocess.run([smi, "--query-gpu=utilization.gpu,memory.used",
+                                      "--format=csv,noheader,nounits"], capture_output=True,
+                                     text=True, check=False).stdout.strip().splitlines()
+                if out:
+                    util, mem = (float(v) for v in out[0].split(","))
+                    self.samples.append((time.time(), util, mem))
+            now = cpu_times()
+            if now is not None and last is not None and now[1] > last[1]:
+                self.cpu.append((time.time(), 100.0 * (now[0] - last[0]) / (now[1] - last[1])))
+            last = now
             self.stop.wait(0.5)
 
 
@@ -107,6 +128,13 @@ def main() -> None:
         result["gpu_utilization_pct"] = {"mean": round(sum(util) / len(util), 1),
                                          "max": max(util), "samples": len(util)}
         result["gpu_memory_used_mib_max"] = max(m for _, _, m in sampler.samples)
+    busy = [b for t, b in sampler.cpu if t >= began]
+    if busy:
+        busy.sort()
+        result["host_cpu_busy_pct"] = {"mean": round(sum(busy) / len(busy), 1),
+                                       "p90": round(busy[int(0.9 * (len(busy) - 1))], 1),
+                                       "max": round(busy[-1], 1), "samples": len(busy),
+                                       "cores": os.cpu_count()}
     log = Path(tempfile.gettempdir()) / "nes2net-bench-service.log"
     if log.is_file():
         result["service_log_tail"] = log.read_text(errors="replace")[-2000:]

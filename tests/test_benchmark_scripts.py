@@ -83,3 +83,16 @@ def test_backend_bench_smoke():
     for row in out["rows"]:
         assert row["eager_ms"] > 0 and row["compiled_ms"] > 0 and row["compile_s"] >= 0
         assert row["max_abs_diff"] < 1e-4  # float32 on the CPU: inductor's fusions only
+
+
+@pytest.mark.timeout(300)
+def test_gpu_e2e_smoke_runs_the_service_with_ingest_workers():
+    """`gpu_e2e.py --smoke`: a tiny XLS-R-geometry bundle, two ingest workers, a real
+    redis-server; reports the level and the host's CPU use."""
+    out = run_script("gpu_e2e.py")
+    assert out["exit_code"] == 0 and out["ingest_workers"] == 2
+    level = out["e2e"]["levels"][0]
+    assert level["calls"] == 4 and level["summaries"] == 4 and level["windows"] > 0
+    assert level["dropped_windows"] == 0
+    cpu = out["host_cpu_busy_pct"]
+    assert cpu["samples"] > 0 and 0 <= cpu["mean"] <= cpu["max"] <= 100
