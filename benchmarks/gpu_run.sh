@@ -53,7 +53,7 @@ feature_cache() {
 }
 
 engine_modes() {
-  step engine 130 python3 benchmarks/gpu_engine_bench.py --batch-sizes 1,32,128,256 \
+  step engine 130 python3 benchmarks/gpu_engine_bench.py --batch-sizes 1,32,128,192,256 \
     --min-time-s 0.7 --out "$OUT/engine.json"
 }
 
