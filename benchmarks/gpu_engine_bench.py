@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--min-time-s", type=float, default=1.5)
     ap.add_argument("--max-iters", type=int, default=100)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="comma-separated modes to time (default: all)")
     ap.add_argument("--stages-only", action="store_true",
                     help="only the per-stage timings, at the given batch sizes (e.g. a CPU)")
     ap.add_argument("--out", type=Path, default=None)
@@ -133,6 +135,9 @@ def main() -> None:
         a.batch_sizes, a.window_s, a.min_time_s, a.max_iters = "1,2,3", 1.0, 0.1, 3
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = [int(b) for b in a.batch_sizes.split(",")]
+    modes = [m for m in a.modes.split(",") if m]
+    if unknown := sorted(set(modes) - set(MODES)):
+        ap.error(f"unknown --modes {unknown}; choose from {list(MODES)}")
     samples = int(a.window_s * 16000)
     torch.manual_seed(0)
     det = build_detector("xlsr300m-nes2net-x", ssl_overrides=TINY_SSL if a.smoke else None,
@@ -152,7 +157,7 @@ def main() -> None:
     for bs in [] if a.stages_only else sizes:
         x = (0.1 * rng.standard_normal((bs, samples))).astype(np.float32)
         row = {"batch_size": bs}
-        for mode in MODES:
+        for mode in modes:
             torch.backends.cudnn.benchmark = mode != "eager"
             graphs = mode.startswith("cuda_graph")
             cast = "bf16_weights" in mode and dtype is not None
@@ -179,7 +184,7 @@ def main() -> None:
                 torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    best = max((r[m]["windows_per_s"] for r in rows for m in MODES), default=None)
+    best = max((r[m]["windows_per_s"] for r in rows for m in modes), default=None)
     result = {"benchmark": "gpu_engine", "device": str(device), "smoke": a.smoke,
               "environment": environment(device), "window_s": a.window_s,
               "dtype": "bfloat16" if dtype else "float32", "rows": rows,

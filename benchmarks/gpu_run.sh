@@ -54,7 +54,8 @@ feature_cache() {
 
 engine_modes() {
   step engine 130 python3 benchmarks/gpu_engine_bench.py --batch-sizes 1,32,128,192,256 \
-    --min-time-s 0.7 --out "$OUT/engine.json"
+    --min-time-s 0.7 --out "$OUT/engine.json" --modes \
+    cuda_graph_bucket_bf16_weights,cuda_graph_bucket_bf16_weights_gemm_conv,cuda_graph_bucket_bf16_weights_gemm_conv_fft_pos,cuda_graph_all_buckets_bf16_weights_gemm_conv
 }
 
 backend() {
