@@ -95,6 +95,19 @@ def test_training_runs_the_direct_convolution_so_the_kernel_gets_gradients():
         assert torch.allclose(conv(x), nn.Conv1d.forward(conv, x), atol=1e-5)
 
 
+def test_autocast_does_not_reach_the_fft_arithmetic():
+    torch.manual_seed(7)
+    conv = nn.Conv1d(32, 32, 16, padding=8, groups=2)
+    x = torch.randn(2, 32, 40)
+    with torch.no_grad():
+        expected = conv(x)
+        use_fft(conv, True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = conv(x)
+    assert got.dtype == torch.float32  # the input's dtype, computed in float32
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
 def test_only_plain_stride_one_convolutions_have_an_fft_form():
     with pytest.raises(ValueError, match="no FFT form"):
         use_fft(nn.Conv1d(8, 8, 3, stride=2), True)
