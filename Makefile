@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := redis-server sox libsox-fmt-all ffmpeg espeak-ng flite festiv
 	pocketsphinx-testdata alsa-utils chromium docker-compose haproxy
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup system-deps venv lint fuzz bench clean corpus demo-model
+.PHONY: demo test setup system-deps venv lint fuzz bench clean corpus demo-model docs-images
 
 demo: setup
 	$(PY) -m nes2net_stream.demo
@@ -47,6 +47,9 @@ lint: setup
 
 fuzz: setup
 	NES2NET_FUZZ_EXAMPLES=100000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_*.py
+
+docs-images: setup
+	NES2NET_UPDATE_DOCS_IMAGES=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_browser.py
 
 corpus: setup
 	$(PY) -m nes2net_stream data build-demo corpus/demo --jobs 2

@@ -1,12 +1,16 @@
 """The try-it page and the dashboard in headless Chromium (Debian's package), over CDP.
 
-Chromium's fake media devices feed a bundled WAV file as the microphone. The screenshots in
-docs/images are (re)written by these tests.
+Chromium's fake media devices feed a bundled WAV file as the microphone. The tests take the
+screenshots of docs/images; they write them there only with ``NES2NET_UPDATE_DOCS_IMAGES=1``
+(``make docs-images``), elsewhere into a temporary folder, so a test run changes no tracked
+file.
 """
 
 import asyncio
 import json
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +22,8 @@ from nes2net_stream.client import stream_samples
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "nes2net_stream" / "assets" / "samples"
-IMAGES = REPO / "docs" / "images"
+IMAGES = (REPO / "docs" / "images" if os.environ.get("NES2NET_UPDATE_DOCS_IMAGES") == "1"
+          else Path(tempfile.mkdtemp(prefix="nes2net-screenshots-")))
 TOKEN = "browser-test-token-0123456789"
 CHROMIUM = find_chromium()
 
