@@ -89,4 +89,5 @@ case "$STAGE" in
   e2e) e2e_calls; channel ;;
   *) echo "unknown stage $STAGE (all, engine or e2e)"; exit 2 ;;
 esac
+python3 benchmarks/summarize_gpu_run.py "$OUT" > "$OUT/summary.md" && cat "$OUT/summary.md"
 ls -la "$OUT"

@@ -1,0 +1,226 @@
+"""Markdown tables and the pending decisions from the files of one ``gpu_run.sh`` run.
+
+A lent GPU session is short; this turns ``$OUT`` (``gpu.txt``, ``steps.txt``,
+``feature_cache.json``, ``engine.json``, ``backend.json``, ``e2e_workers.json``,
+``ingest_channel.json``, whichever exist) into the tables for docs/benchmarks.md and answers
+the questions the run was prepared for: are the targets met, does the FFT positional
+convolution beat cuDNN, does the compiled back-end pay, do whole-model graphs pay at every
+bucket. Missing files or rows (a step cut short) are skipped and said so.
+
+    python benchmarks/summarize_gpu_run.py path/to/out > summary.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ENGINE_TARGET = 3000.0  # windows/s
+E2E_TARGET_CALLS = 2500
+E2E_P99_MS = 1000.0
+
+
+def load(folder: Path, name: str) -> dict[str, Any] | None:
+    """A JSON result of the run, or None (absent or cut short before it was written)."""
+    path = folder / name
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table."""
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3g}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return out + [""]
+
+
+def wps(entry: Any) -> float | None:
+    """Windows per second of one result cell."""
+    return entry.get("windows_per_s") if isinstance(entry, dict) else None
+
+
+def feature_cache_section(fc: dict[str, Any]) -> tuple[list[str], float | None]:
+    """Streaming engine table (windows/s per configuration) and its best figure."""
+    names: list[str] = []
+    for row in fc["rows"]:
+        names += [k for k, v in row.items() if isinstance(v, dict) and k not in names]
+    rows = [[row["batch_size"]] + [wps(row.get(n)) for n in names] for row in fc["rows"]]
+    lines = ["### Streaming engine (`feature_cache_bench.py`), windows/s", ""]
+    lines += table(["batch"] + [f"`{n}`" for n in names], rows)
+    warm = [(row["batch_size"], n, row[n]["warmup_s"]) for row in fc["rows"] for n in names
+            if isinstance(row.get(n), dict) and "warmup_s" in row[n]]
+    slow = [f"{n} at {b}: {w} s" for b, n, w in warm if w >= 5]
+    if slow:
+        lines += ["Warm-up (capture, compilation) of at least 5 s: " + "; ".join(slow), ""]
+    best = max((v for r in rows for v in r[1:] if v is not None), default=None)
+    return lines, best
+
+
+def engine_sections(eng: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Engine modes and per-stage tables, and the figures the decisions need."""
+    lines: list[str] = []
+    found: dict[str, Any] = {}
+    stages = eng.get("stages") or []
+    if stages:
+        keys = [k for k in stages[0] if k.endswith("_ms")]
+        lines += ["### Per-stage timings (`gpu_engine_bench.py`), ms per batch", ""]
+        lines += table(["stage"] + [f"batch {s['batch_size']}" for s in stages],
+                       [[k.removesuffix("_ms")] + [s.get(k) for s in stages] for k in keys])
+        found["stages"] = stages
+    rows = eng.get("rows") or []
+    if rows:
+        modes: list[str] = []
+        for row in rows:
+            modes += [k for k, v in row.items() if isinstance(v, dict) and k not in modes]
+        lines += ["### Engine modes (`gpu_engine_bench.py`), windows/s", ""]
+        lines += table(["batch"] + [f"`{m}`" for m in modes],
+                       [[r["batch_size"]] + [wps(r.get(m)) for m in modes] for r in rows])
+        found["rows"] = rows
+    return lines, found
+
+
+def backend_section(be: dict[str, Any]) -> list[str]:
+    """Back-end alone: eager, graph, compiled, compiled graph."""
+    cols = ["eager_ms", "graph_ms", "compiled_ms", "compiled_graph_ms", "compile_s",
+            "max_abs_diff"]
+    lines = ["### Nes2Net-X back-end alone (`backend_bench.py`)", ""]
+    return lines + table(["batch"] + cols, [[r["batch_size"]] + [r.get(c) for c in cols]
+                                            for r in be["rows"]])
+
+
+def e2e_section(e2e: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """End-to-end levels with GPU and host CPU use."""
+    levels = (e2e.get("e2e") or {}).get("levels") or []
+    cols = ["calls", "windows_per_s", "latency_p50_ms", "latency_p99_ms", "dropped_windows",
+            "windows_skipped_for_load", "client_lag_p99_ms", "cpu_ms_per_call_second",
+            "sustained"]
+    lines = ["### End to end (`gpu_e2e.py`)", ""]
+    lines += table(cols, [[lv.get(c) for c in cols] for lv in levels])
+    gpu, cpu = e2e.get("gpu_utilization_pct"), e2e.get("host_cpu_busy_pct")
+    if gpu or cpu:
+        lines += [f"GPU busy {gpu['mean'] if gpu else '-'} % on average; host CPU busy "
+                  f"{cpu['mean'] if cpu else '-'} % on average, p90 "
+                  f"{cpu['p90'] if cpu else '-'} % of {cpu['cores'] if cpu else '-'} cores.", ""]
+    if not levels:
+        lines += ["No level finished: " + str(e2e.get("stderr_tail", ""))[-500:], ""]
+    return lines, levels
+
+
+def channel_section(ch: dict[str, Any]) -> list[str]:
+    """Ingest channel rows."""
+    cols = ["busy_threads", "busy_duty", "offered_per_s", "windows_per_s", "failed",
+            "loop_lag_p99_ms", "shared_memory_slots"]
+    lines = ["### Ingest channel (`ingest_channel_bench.py`)", ""]
+    return lines + table(cols, [[r.get(c) for c in cols] for r in ch["rows"]])
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def decisions(best_engine: float | None, found: dict[str, Any],
+              backend: dict[str, Any] | None, levels: list[dict[str, Any]]) -> list[str]:
+    """What the run says about the targets and the defaults left open."""
+    out = ["### Decisions", ""]
+    if best_engine is not None:
+        verdict = "met" if best_engine >= ENGINE_TARGET else "not met"
+        out.append(f"- Engine target ({ENGINE_TARGET:,.0f} windows/s): {verdict}, best "
+                   f"{best_engine:,.1f} windows/s.")
+    top = next((lv for lv in levels if lv.get("calls") == E2E_TARGET_CALLS), None)
+    if top is not None:
+        ok = (top.get("sustained") and (top.get("latency_p99_ms") or 1e9) < E2E_P99_MS
+              and not top.get("dropped_windows"))
+        out.append(f"- End-to-end target ({E2E_TARGET_CALLS:,} calls, p99 < "
+                   f"{E2E_P99_MS:,.0f} ms, no drops): {'met' if ok else 'not met'} (p99 "
+                   f"{top.get('latency_p99_ms')} ms, {top.get('windows_per_s')} windows/s, "
+                   f"{top.get('windows_skipped_for_load')} skipped for load).")
+    stages = found.get("stages") or []
+    direct = _mean([s["positional_conv_ms"] for s in stages if "positional_conv_fft_ms" in s])
+    fft = _mean([s["positional_conv_fft_ms"] for s in stages if "positional_conv_fft_ms" in s])
+    if direct is not None and fft is not None:
+        advice = 'keep "fft"' if fft <= direct else 'set the default to "native"'
+        out.append(f"- `[engine] pos_conv`: FFT {fft:.2f} ms vs direct {direct:.2f} ms on "
+                   f"average: {advice}.")
+    if backend is not None:
+        pairs = [(r["graph_ms"], r["compiled_graph_ms"]) for r in backend["rows"]
+                 if r.get("graph_ms") and r.get("compiled_graph_ms")]
+        if pairs:
+            gain = _mean([g / c for g, c in pairs]) or 0.0
+            out.append(f"- `[engine] compile_backend`: graph-replayed back-end {gain:.2f}x "
+                       f"faster compiled: {'turn it on' if gain > 1.05 else 'leave it off'} "
+                       "(check the streaming column `..._compiled` too).")
+    rows = found.get("rows") or []
+    big = [r for r in rows if r["batch_size"] >= 32]
+    bucket = [wps(r.get("cuda_graph_bucket_bf16_weights_gemm_conv")) for r in big]
+    whole = [wps(r.get("cuda_graph_all_buckets_bf16_weights_gemm_conv")) for r in big]
+    if bucket and all(v is not None for v in bucket + whole):
+        better = all(w > b for w, b in zip(whole, bucket, strict=True))  # type: ignore[operator]
+        out.append("- `[engine] cuda_graph_max_batch`: whole-model graphs at every bucket are "
+                   f"{'faster' if better else 'not faster'} than eager front-ends from "
+                   f"batch 32 up: {'raise it' if better else 'keep 16'}.")
+    return out + [""]
+
+
+def summarize(folder: Path) -> str:
+    """The whole Markdown summary of one run's output folder."""
+    lines = [f"## GPU run ({folder.name})", ""]
+    gpu = folder / "gpu.txt"
+    if gpu.is_file():
+        lines += ["Machine: " + " ".join(gpu.read_text().split("\n")[1:2]).strip(), ""]
+    steps = folder / "steps.txt"
+    if steps.is_file():
+        lines += ["Steps: " + "; ".join(s for s in steps.read_text().splitlines() if s), ""]
+    best, found, levels = None, {}, []
+    missing = []
+    if (fc := load(folder, "feature_cache.json")) is not None:
+        part, best = feature_cache_section(fc)
+        lines += part
+    else:
+        missing.append("feature_cache.json")
+    if (eng := load(folder, "engine.json")) is not None:
+        part, found = engine_sections(eng)
+        lines += part
+        best = max((v for v in (best, eng.get("best_windows_per_s")) if v is not None),
+                   default=None)
+    else:
+        missing.append("engine.json")
+    backend = load(folder, "backend.json")
+    lines += backend_section(backend) if backend is not None else []
+    if (e2e := load(folder, "e2e_workers.json")) is not None:
+        part, levels = e2e_section(e2e)
+        lines += part
+    else:
+        missing.append("e2e_workers.json")
+    if (ch := load(folder, "ingest_channel.json")) is not None:
+        lines += channel_section(ch)
+    if missing:
+        lines += ["Not in this run (cut short or not run): " + ", ".join(missing), ""]
+    lines += decisions(best, found, backend, levels)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("folder", type=Path, help="the run's $OUT folder")
+    a = ap.parse_args()
+    if not a.folder.is_dir():
+        ap.error(f"{a.folder} is not a folder")
+    sys.stdout.write(summarize(a.folder) + "\n")
+
+
+if __name__ == "__main__":
+    main()

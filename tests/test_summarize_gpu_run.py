@@ -1,0 +1,68 @@
+"""`benchmarks/summarize_gpu_run.py` on a real earlier GPU run and on fresh smoke outputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "summarize_gpu_run.py"
+
+
+def summarize(folder: Path) -> str:
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(folder)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_the_recorded_h200_run_gives_its_figures_and_verdicts():
+    text = summarize(ROOT / "benchmarks" / "results" / "h200-2026-11-26")
+    assert "Machine: NVIDIA H200" in text
+    assert "| 256 | 1,118.5 | 1,706.5 |" in text  # uncached, cached at batch 256
+    assert "Engine target (3,000 windows/s): not met, best 1,706.5 windows/s." in text
+    assert "End-to-end target (2,500 calls" in text and "not met (p99 2160.0 ms" in text
+    assert "| 2,500 | 608.7 |" in text and "| no |" in text
+
+
+@pytest.mark.timeout(300)
+def test_smoke_outputs_of_every_step_are_summarised_with_the_pending_decisions(tmp_path):
+    for script, name in (("feature_cache_bench.py", "feature_cache.json"),
+                         ("gpu_engine_bench.py", "engine.json"),
+                         ("backend_bench.py", "backend.json")):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke",
+                               "--out", str(tmp_path / name)], capture_output=True, text=True,
+                              timeout=280, cwd=ROOT, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    # GPU-only fields (graph timings, a 2,500-call level) as the GPU run writes them
+    backend = json.loads((tmp_path / "backend.json").read_text())
+    for row in backend["rows"]:
+        row.update(graph_ms=2.0, compiled_graph_ms=1.0)
+    (tmp_path / "backend.json").write_text(json.dumps(backend))
+    level = {"calls": 2500, "windows_per_s": 2480.0, "latency_p50_ms": 300.0,
+             "latency_p99_ms": 800.0, "dropped_windows": 0, "windows_skipped_for_load": 0,
+             "client_lag_p99_ms": 40.0, "cpu_ms_per_call_second": 3.1, "sustained": True}
+    (tmp_path / "e2e_workers.json").write_text(json.dumps({
+        "e2e": {"levels": [level]}, "gpu_utilization_pct": {"mean": 80.0},
+        "host_cpu_busy_pct": {"mean": 70.0, "p90": 85.0, "cores": 16}}))
+    (tmp_path / "steps.txt").write_text("cuda_tests: exit 0 after 50s (limit 80s)\n")
+    text = summarize(tmp_path)
+    assert "`cached_backend_graph_bf16_weights_gemm_conv_compiled`" in text
+    assert "`cuda_graph_bucket_bf16_weights_gemm_conv_fft_pos`" in text
+    assert "positional_conv_fft" in text and "compiled_graph_ms" in text
+    assert "End-to-end target (2,500 calls, p99 < 1,000 ms, no drops): met" in text
+    assert "host CPU busy 70.0 % on average, p90 85.0 % of 16 cores" in text
+    assert "`[engine] pos_conv`: FFT" in text
+    assert ("`[engine] compile_backend`: graph-replayed back-end 2.00x faster compiled: "
+            "turn it on") in text
+    assert "Steps: cuda_tests: exit 0" in text
+    assert "Not in this run" not in text
+
+
+def test_a_run_cut_short_says_what_is_missing(tmp_path):
+    (tmp_path / "gpu.txt").write_text("name, memory.total [MiB]\nNVIDIA H100, 81559 MiB\n")
+    text = summarize(tmp_path)
+    assert "Machine: NVIDIA H100, 81559 MiB" in text
+    assert "Not in this run (cut short or not run): feature_cache.json, engine.json" in text
