@@ -93,6 +93,13 @@ def test_training_runs_the_direct_convolution_so_the_kernel_gets_gradients():
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
     with torch.no_grad():
         assert torch.allclose(conv(x), nn.Conv1d.forward(conv, x), atol=1e-5)
+    # a frozen kernel but an input that needs its gradient (after inference-mode use)
+    conv.requires_grad_(False)
+    with torch.inference_mode():
+        conv(x)
+    xg = x.clone().requires_grad_(True)
+    conv(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
 
 
 def test_autocast_does_not_reach_the_fft_arithmetic():

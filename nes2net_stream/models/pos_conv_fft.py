@@ -11,7 +11,8 @@ about 25 times fewer operations, in float32 (more precise than a bf16 convolutio
 :func:`use_fft` replaces the ``forward`` of the model's own ``nn.Conv1d`` (instance attribute:
 parameters, state dict, weight norm and device moves stay transformers'); the kernel's spectrum
 is computed from the current parameters and kept until they change (cast, move, load). It is
-an inference path: while gradients are recorded for the kernel, the direct convolution runs.
+an inference path: while gradients are recorded (for the kernel or the input), the direct
+convolution runs.
 :func:`use_fft` with ``False`` restores the module's own forward. Results equal the direct
 convolution up to float rounding (tests).
 """
@@ -86,8 +87,10 @@ class FFTConvForward:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, T) -> (B, C_out, T + 2P - K + 1), as ``conv(x)``."""
         conv = self.conv
-        if torch.is_grad_enabled() and any(p.requires_grad for p in conv.parameters()):
-            return nn.Conv1d.forward(conv, x)  # training: the kernel's spectrum has no gradient
+        if torch.is_grad_enabled() and (x.requires_grad
+                                        or any(p.requires_grad for p in conv.parameters())):
+            # gradients are being recorded: the cached spectrum is not part of the graph
+            return nn.Conv1d.forward(conv, x)
         b, c, t = x.shape
         k, pad, g = conv.kernel_size[0], conv.padding[0], conv.groups
         n = fft_size(t + k - 1)
