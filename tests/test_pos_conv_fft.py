@@ -160,11 +160,22 @@ def test_runner_with_fft_positional_convolution_and_cache_matches_eager():
                               atol=1e-5), (n, end)
 
 
+def test_warming_the_positional_convolution_per_batch_size():
+    det = Detector(SSLConfig(family="wav2vec2", aggregation="last",
+                             hf_config=tiny_hf_config("wav2vec2")),
+                   BackendConfig(input_dim=32, outer_ratio=4, inner_ratio=2, se_ratio=2)).eval()
+    runner = BatchRunner(det, window_samples=16000, max_batch_size=8, pos_conv="fft")
+    assert runner.warm_positional_conv(range(1, 9)) == 8
+    native = BatchRunner(det, window_samples=16000, max_batch_size=8, pos_conv="native")
+    assert native.warm_positional_conv(range(1, 9)) == 0
+
+
 def test_a_model_without_ssl_ignores_the_setting(small_bundle):
     from nes2net_stream.bundle import load_model
 
     det = load_model(small_bundle)
-    BatchRunner(det, window_samples=16000, max_batch_size=4, pos_conv="fft")  # no error
+    runner = BatchRunner(det, window_samples=16000, max_batch_size=4, pos_conv="fft")
+    assert runner.warm_positional_conv([1, 2]) == 0  # nothing to warm
     assert det.set_pos_conv_impl("fft") is False
 
 

@@ -188,19 +188,19 @@ class SSLFrontend(nn.Module):
     @property
     def pos_conv_impl(self) -> PosConvImpl:
         """How the positional convolution runs: ``"native"`` or ``"fft"``."""
-        return "fft" if uses_fft(self._pos_conv()) else "native"
+        return "fft" if uses_fft(self.positional_conv()) else "native"
 
     @pos_conv_impl.setter
     def pos_conv_impl(self, impl: PosConvImpl) -> None:
         if impl not in ("native", "fft"):
             raise ValueError(f"pos_conv_impl must be 'native' or 'fft', not {impl!r}")
-        conv = self._pos_conv()
+        conv = self.positional_conv()
         if impl == "fft" and (conv is None or not supports_fft(conv)):
             raise BundleError("this front-end's positional convolution has no FFT form")
         if conv is not None:
             use_fft(conv, impl == "fft")
 
-    def _pos_conv(self) -> nn.Module | None:
+    def positional_conv(self) -> nn.Module | None:
         """The transformer's positional convolution (``nn.Conv1d``), if it has one."""
         return getattr(getattr(self.model.encoder, "pos_conv_embed", None), "conv", None)
 
