@@ -23,13 +23,30 @@ E2E_TARGET_CALLS = 2500
 E2E_P99_MS = 1000.0
 
 
-def load(folder: Path, name: str) -> dict[str, Any] | None:
-    """A JSON result of the run, or None (absent or cut short before it was written)."""
-    path = folder / name
+def load(folder: Path, name: str, log: str | None = None) -> dict[str, Any] | None:
+    """A JSON result of the run; if a step was cut short before writing it, what its progress
+    log ``log`` holds (the benchmarks print each finished row as a JSON line); else None."""
     try:
-        return json.loads(path.read_text())
+        return json.loads((folder / name).read_text())
     except (OSError, ValueError):
+        pass
+    try:
+        lines = (folder / log).read_text(errors="replace").splitlines() if log else []
+    except OSError:
         return None
+    partial: dict[str, Any] = {"rows": [], "stages": [], "partial": True}
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(item, dict):
+            continue
+        if "batch_size" in item or "offered_per_s" in item:
+            partial["rows"].append(item)
+        elif isinstance(item.get("stages"), dict):
+            partial["stages"].append(item["stages"])
+    return partial if partial["rows"] or partial["stages"] else None
 
 
 def table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -180,37 +197,46 @@ def summarize(folder: Path) -> str:
     """The whole Markdown summary of one run's output folder."""
     lines = [f"## GPU run ({folder.name})", ""]
     gpu = folder / "gpu.txt"
-    if gpu.is_file():
-        lines += ["Machine: " + " ".join(gpu.read_text().split("\n")[1:2]).strip(), ""]
+    machine = " ".join(gpu.read_text().split("\n")[1:2]).strip() if gpu.is_file() else ""
+    if machine:
+        lines += [f"Machine: {machine}", ""]
     steps = folder / "steps.txt"
     if steps.is_file():
         lines += ["Steps: " + "; ".join(s for s in steps.read_text().splitlines() if s), ""]
     best, found, levels = None, {}, []
     missing = []
-    if (fc := load(folder, "feature_cache.json")) is not None:
+    cut: list[str] = []
+    if (fc := load(folder, "feature_cache.json", "feature_cache.log")) is not None:
         part, best = feature_cache_section(fc)
         lines += part
+        cut += ["feature_cache"] if fc.get("partial") else []
     else:
         missing.append("feature_cache.json")
-    if (eng := load(folder, "engine.json")) is not None:
+    if (eng := load(folder, "engine.json", "engine.log")) is not None:
         part, found = engine_sections(eng)
         lines += part
         best = max((v for v in (best, eng.get("best_windows_per_s")) if v is not None),
                    default=None)
+        cut += ["engine"] if eng.get("partial") else []
     else:
         missing.append("engine.json")
-    backend = load(folder, "backend.json")
-    lines += backend_section(backend) if backend is not None else []
+    if (backend := load(folder, "backend.json", "backend.log")) is not None:
+        lines += backend_section(backend)
+        cut += ["backend"] if backend.get("partial") else []
     if (e2e := load(folder, "e2e_workers.json")) is not None:
         part, levels = e2e_section(e2e)
         lines += part
     else:
         missing.append("e2e_workers.json")
-    if (ch := load(folder, "ingest_channel.json")) is not None:
+    if (ch := load(folder, "ingest_channel.json", "ingest_channel.log")) is not None:
         lines += channel_section(ch)
+        cut += ["ingest_channel"] if ch.get("partial") else []
+    if cut:
+        lines += ["Cut short, rows taken from the progress logs: " + ", ".join(cut), ""]
     if missing:
         lines += ["Not in this run (cut short or not run): " + ", ".join(missing), ""]
-    lines += decisions(best, found, backend, levels)
+    verdicts = decisions(best, found, backend, levels)
+    lines += verdicts if len(verdicts) > 3 else verdicts[:2] + ["Nothing to decide from.", ""]
     return "\n".join(lines)
 
 

@@ -67,3 +67,17 @@ def test_a_run_cut_short_says_what_is_missing(tmp_path):
     text = summarize(tmp_path)
     assert "Machine: NVIDIA H100, 81559 MiB" in text
     assert "Not in this run (cut short or not run): feature_cache.json, engine.json" in text
+
+
+def test_rows_of_steps_cut_short_come_from_their_progress_logs(tmp_path):
+    row = {"batch_size": 128, "uncached": {"windows_per_s": 1100.0},
+           "cached_backend_graph_bf16_weights_gemm_conv": {"windows_per_s": 2100.0}}
+    (tmp_path / "feature_cache.log").write_text("warming up\n" + json.dumps(row) + "\n")
+    stage = {"batch_size": 128, "positional_conv_ms": 3.0, "positional_conv_fft_ms": 1.0}
+    (tmp_path / "engine.log").write_text(json.dumps({"conv_encoder": {"batch_size": 128}})
+                                         + "\n" + json.dumps({"stages": stage}) + "\nTraceback")
+    text = summarize(tmp_path)
+    assert "| 128 | 1,100.0 | 2,100.0 |" in text
+    assert "Cut short, rows taken from the progress logs: feature_cache, engine" in text
+    assert 'FFT 1.00 ms vs direct 3.00 ms on average: keep "fft"' in text
+    assert "Engine target (3,000 windows/s): not met, best 2,100.0 windows/s." in text
