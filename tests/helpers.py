@@ -22,6 +22,16 @@ def tiny_hf_config(family: str = "wav2vec2", *, stable_layer_norm: bool = True,
     return cls(**kwargs).to_dict()
 
 
+def tiny_ssl_detector():
+    """A small wav2vec 2.0-geometry detector (random weights) with a Nes2Net back-end, eval."""
+    from nes2net_stream.models.config import BackendConfig, SSLConfig
+    from nes2net_stream.models.detector import Detector
+
+    return Detector(SSLConfig(family="wav2vec2", aggregation="last",
+                              hf_config=tiny_hf_config("wav2vec2")),
+                    BackendConfig(input_dim=32, outer_ratio=4, inner_ratio=2, se_ratio=2)).eval()
+
+
 def tone_bursts(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
     """Voiced-speech-like harmonic bursts separated by pauses (float32 in [-1, 1])."""
     rng = np.random.default_rng(seed)

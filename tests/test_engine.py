@@ -3,11 +3,9 @@ import asyncio
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_hf_config
+from helpers import tiny_ssl_detector
 
 from nes2net_stream.bundle import load_model
-from nes2net_stream.models.config import BackendConfig, SSLConfig
-from nes2net_stream.models.detector import Detector
 from nes2net_stream.service.engine import EngineStopped, ScoringEngine, WindowDropped
 from nes2net_stream.service.runner import BatchRunner, buckets_up_to, eager_capture
 
@@ -218,9 +216,7 @@ def test_a_failed_capture_falls_back_to_eager(detector):
 def test_cached_ssl_batches_use_back_end_graphs_and_stay_exact():
     """Large buckets with the feature cache: cached conv frames, graph-replayed back-end."""
     torch.manual_seed(0)
-    det = Detector(SSLConfig(family="wav2vec2", aggregation="last",
-                             hf_config=tiny_hf_config("wav2vec2")),
-                   BackendConfig(input_dim=32, outer_ratio=4, inner_ratio=2, se_ratio=2)).eval()
+    det = tiny_ssl_detector()
     runner = graph_runner(det, feature_cache=True)
     reference = BatchRunner(det, window_samples=16000, max_batch_size=16, use_buckets=False)
     rng = np.random.default_rng(3)
@@ -239,9 +235,7 @@ def test_front_end_runs_on_real_rows_unless_it_needs_bucket_shapes(monkeypatch, 
     """Without cuDNN in the front-end only the back-end sees the padded bucket; with it
     (``pad_frontend``) the whole bucket runs. Scores are the same either way."""
     torch.manual_seed(0)
-    det = Detector(SSLConfig(family="wav2vec2", aggregation="last",
-                             hf_config=tiny_hf_config("wav2vec2")),
-                   BackendConfig(input_dim=32, outer_ratio=4, inner_ratio=2, se_ratio=2)).eval()
+    det = tiny_ssl_detector()
     monkeypatch.setattr(BatchRunner, "pad_frontend", property(lambda self: pad))
     runner = graph_runner(det, feature_cache=True)
     reference = BatchRunner(det, window_samples=16000, max_batch_size=16, use_buckets=False)

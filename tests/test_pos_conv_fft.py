@@ -5,12 +5,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_hf_config
+from helpers import tiny_hf_config, tiny_ssl_detector
 from torch import nn
 
 from nes2net_stream.errors import BundleError
-from nes2net_stream.models.config import BackendConfig, SSLConfig
-from nes2net_stream.models.detector import Detector
+from nes2net_stream.models.config import SSLConfig
 from nes2net_stream.models.pos_conv_fft import fft_size, use_fft, uses_fft
 from nes2net_stream.models.ssl_frontend import SSLFrontend
 from nes2net_stream.service.runner import BatchRunner, cuda_capture, eager_capture
@@ -142,9 +141,7 @@ def test_frontend_with_fft_positional_convolution_equals_native(family):
 
 def test_runner_with_fft_positional_convolution_and_cache_matches_eager():
     torch.manual_seed(4)
-    det = Detector(SSLConfig(family="wav2vec2", aggregation="last",
-                             hf_config=tiny_hf_config("wav2vec2")),
-                   BackendConfig(input_dim=32, outer_ratio=4, inner_ratio=2, se_ratio=2)).eval()
+    det = tiny_ssl_detector()
     reference = BatchRunner(copy.deepcopy(det), window_samples=16000, max_batch_size=8,
                             use_buckets=False, pos_conv="native")
     runner = BatchRunner(det, window_samples=16000, max_batch_size=8, use_buckets=True,
@@ -161,9 +158,7 @@ def test_runner_with_fft_positional_convolution_and_cache_matches_eager():
 
 
 def test_warming_the_positional_convolution_per_batch_size():
-    det = Detector(SSLConfig(family="wav2vec2", aggregation="last",
-                             hf_config=tiny_hf_config("wav2vec2")),
-                   BackendConfig(input_dim=32, outer_ratio=4, inner_ratio=2, se_ratio=2)).eval()
+    det = tiny_ssl_detector()
     runner = BatchRunner(det, window_samples=16000, max_batch_size=8, pos_conv="fft")
     assert runner.warm_positional_conv(range(1, 9)) == 8
     native = BatchRunner(det, window_samples=16000, max_batch_size=8, pos_conv="native")
