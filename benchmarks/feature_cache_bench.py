@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 try:
     import nes2net_stream  # noqa: F401
@@ -64,33 +65,40 @@ CPU_SSL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
            "intermediate_size": 1024}
 
 
-# name: (feature cache, back-end graph, cast weights, conv encoder, compiled back-end,
-#        positional convolution)
+class Config(NamedTuple):
+    """One configuration: the :class:`BatchRunner` arguments that differ between columns."""
+
+    feature_cache: bool
+    backend_graphs: bool = False
+    cast_weights: bool = False
+    conv_encoder: str = "native"
+    compile_backend: bool = False
+    pos_conv: str = "native"
+
+
+_BF16 = {"backend_graphs": True, "cast_weights": True}
 CONFIGS = {
-    "uncached": (False, False, False, "native", False, "native"),
-    "cached": (True, False, False, "native", False, "native"),
-    "cached_backend_graph": (True, True, False, "native", False, "native"),
-    "cached_backend_graph_bf16_weights": (True, True, True, "native", False, "native"),
-    "uncached_backend_graph_bf16_weights": (False, True, True, "native", False, "native"),
-    "cached_backend_graph_bf16_weights_gemm_conv": (True, True, True, "gemm", False, "native"),
-    "uncached_backend_graph_bf16_weights_gemm_conv": (False, True, True, "gemm", False, "native"),
-    "cached_backend_graph_bf16_weights_gemm_conv_compiled": (True, True, True, "gemm", True,
-                                                             "native"),
-    "cached_backend_graph_bf16_weights_gemm_conv_fft_pos": (True, True, True, "gemm", False,
-                                                            "fft"),
+    "uncached": Config(False),
+    "cached": Config(True),
+    "cached_backend_graph": Config(True, backend_graphs=True),
+    "cached_backend_graph_bf16_weights": Config(True, **_BF16),
+    "uncached_backend_graph_bf16_weights": Config(False, **_BF16),
+    "cached_backend_graph_bf16_weights_gemm_conv": Config(True, **_BF16, conv_encoder="gemm"),
+    "uncached_backend_graph_bf16_weights_gemm_conv": Config(False, **_BF16,
+                                                            conv_encoder="gemm"),
+    "cached_backend_graph_bf16_weights_gemm_conv_compiled": Config(
+        True, **_BF16, conv_encoder="gemm", compile_backend=True),
+    "cached_backend_graph_bf16_weights_gemm_conv_fft_pos": Config(
+        True, **_BF16, conv_encoder="gemm", pos_conv="fft"),
 }
 
 
 def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
-            config: tuple[bool, bool, bool, str, bool, str], dtype: torch.dtype | None,
+            config: Config, dtype: torch.dtype | None,
             device: torch.device) -> tuple[float, float, torch.Tensor]:
     """Median seconds per steady-state batch, warm-up seconds, the logits of the last batch."""
-    cache, backend_graph, cast, conv, compiled, pos_conv = config
-    runner = BatchRunner(copy.deepcopy(det), window_samples=window,
-                         max_batch_size=batch, dtype=dtype, use_buckets=False,
-                         cuda_graphs=False, backend_graphs=backend_graph, feature_cache=cache,
-                         cast_weights=cast and dtype is not None, conv_encoder=conv,
-                         compile_backend=compiled, pos_conv=pos_conv)
+    runner = BatchRunner(copy.deepcopy(det), window_samples=window, max_batch_size=batch,
+                         dtype=dtype, use_buckets=False, cuda_graphs=False, **config._asdict())
     rng = np.random.default_rng(1)
     signal = (0.1 * rng.standard_normal((batch, window + hop * (steps + 3)))).astype(np.float32)
     keys = [f"stream-{i}" for i in range(batch)]
@@ -104,7 +112,7 @@ def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
     step(1)
     sync(device)
     warmup = time.perf_counter() - t0
-    if compiled and not runner.backend_compiled:
+    if config.compile_backend and not runner.backend_compiled:
         raise SystemExit("the back-end failed to compile (see the warning above)")
     times = []
     logits = torch.empty(0)
@@ -113,7 +121,7 @@ def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
         logits = step(k)
         sync(device)
         times.append(time.perf_counter() - t)
-    if cache:
+    if config.feature_cache:
         assert runner.cache is not None and runner.cache.hits >= batch * steps
     return sorted(times)[len(times) // 2], warmup, logits
 
