@@ -124,7 +124,7 @@ def e2e_section(e2e: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     levels = (e2e.get("e2e") or {}).get("levels") or []
     cols = ["calls", "windows_per_s", "latency_p50_ms", "latency_p99_ms", "dropped_windows",
             "windows_skipped_for_load", "client_lag_p99_ms", "cpu_ms_per_call_second",
-            "sustained"]
+            "ingest_cpu_ms_per_call_second", "client_cpu_ms_per_call_second", "sustained"]
     lines = ["### End to end (`gpu_e2e.py`)", ""]
     lines += table(cols, [[lv.get(c) for c in cols] for lv in levels])
     gpu, cpu = e2e.get("gpu_utilization_pct"), e2e.get("host_cpu_busy_pct")

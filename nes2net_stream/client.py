@@ -36,6 +36,16 @@ def encode_samples(samples: np.ndarray, encoding: str) -> bytes:
     raise ValueError(f"unsupported encoding {encoding!r}")
 
 
+def start_message(call_id: str, encoding: str, sample_rate: int, channels: int = 1, *,
+                  channel_roles: list[str] | None = None,
+                  metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The generic protocol's ``start`` message for one call."""
+    roles = channel_roles or (["caller"] if channels == 1 else ["caller", "agent"])
+    return {"type": "start", "call_id": call_id, "encoding": encoding,
+            "sample_rate": sample_rate, "channels": channels, "channel_roles": roles,
+            "metadata": metadata or {}}
+
+
 @dataclass
 class StreamResult:
     """What came back for one streamed call."""
@@ -74,10 +84,8 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
     """
     call_id = call_id or f"call-{uuid.uuid4().hex[:12]}"
     x = samples if samples.ndim == 2 else samples[:, None]
-    roles = channel_roles or (["caller"] if x.shape[1] == 1 else ["caller", "agent"])
-    start = {"type": "start", "call_id": call_id, "encoding": encoding,
-             "sample_rate": sample_rate, "channels": x.shape[1], "channel_roles": roles,
-             "metadata": metadata or {}}
+    start = start_message(call_id, encoding, sample_rate, x.shape[1],
+                          channel_roles=channel_roles, metadata=metadata)
     start.update(extra_start or {})
     headers = {"Authorization": f"Bearer {token}"} if token else None
     result = StreamResult(call_id=call_id)

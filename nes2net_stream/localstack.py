@@ -105,14 +105,22 @@ class ServiceProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) of the service and its worker processes (Linux /proc)."""
-        total = 0.0
-        for pid in [self.proc.pid, *_children(self.proc.pid)]:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return _cpu_seconds([self.proc.pid, *_children(self.proc.pid)])
+
+    def worker_cpu_seconds(self) -> float:
+        """CPU time of the service's child processes alone (its ingest workers, if any)."""
+        return _cpu_seconds(_children(self.proc.pid))
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone (or not Linux)
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:

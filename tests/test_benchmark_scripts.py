@@ -64,6 +64,9 @@ def test_e2e_bench_measures_latency_from_the_actual_send(tmp_path):
     # the load generator keeps real time at this load, so both latency definitions agree
     assert 0 <= level["client_lag_p99_ms"] < 500
     assert abs(level["latency_from_schedule_p99_ms"] - level["latency_p99_ms"]) < 500
+    # CPU per call-second: the service (one process: no separate ingest workers), the clients
+    assert level["cpu_ms_per_call_second"] > 0 and level["client_cpu_ms_per_call_second"] > 0
+    assert level["ingest_cpu_ms_per_call_second"] is None
 
 
 @pytest.mark.timeout(300)
@@ -94,5 +97,7 @@ def test_gpu_e2e_smoke_runs_the_service_with_ingest_workers():
     level = out["e2e"]["levels"][0]
     assert level["calls"] == 4 and level["summaries"] == 4 and level["windows"] > 0
     assert level["dropped_windows"] == 0
+    # the ingest workers' share of the service's CPU is reported on its own
+    assert 0 < level["ingest_cpu_ms_per_call_second"] < level["cpu_ms_per_call_second"]
     cpu = out["host_cpu_busy_pct"]
     assert cpu["samples"] > 0 and 0 <= cpu["mean"] <= cpu["max"] <= 100

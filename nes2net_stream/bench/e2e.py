@@ -1,12 +1,13 @@
 """End-to-end load benchmark: N concurrent real-time calls over loopback WebSocket.
 
 The service runs as a separate process (so its CPU time can be measured) with a real Redis.
-Each simulated call streams a sample recording at real-time pace in 20 ms packets, like a
-telephony gateway. A reader tails ``nes2net:scores`` and measures, for every window, the time
-from the moment its last audio sample was sent to the moment its event was written to Redis
-(the entry id's server timestamp). A load level is *sustained* when every call got its summary,
-no window was dropped or skipped for load (every call scored at its configured hop) and the p99
-latency stays under the target.
+Each simulated call streams a sample recording at real-time pace in ``frame_ms`` packets, like
+a telephony gateway (the lean load generator of :mod:`nes2net_stream.bench.loadgen`). A reader
+tails ``nes2net:scores`` and measures, for every window, the time from the moment its last
+audio sample was sent to the moment its event was written to Redis (the entry id's server
+timestamp). A load level is *sustained* when every call got its summary, no window was dropped
+or skipped for load (every call scored at its configured hop) and the p99 latency stays under
+the target.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from nes2net_stream.audio.io import load_audio
-from nes2net_stream.client import stream_samples
+from nes2net_stream.bench.loadgen import CallPlan, LoadGenerator
+from nes2net_stream.client import encode_samples, start_message
 from nes2net_stream.service.redis_client import create_redis_client
 
 
@@ -46,28 +48,22 @@ class LevelResult:
     sustained: bool
     errors: list[str] = field(default_factory=list)
     windows_skipped_for_load: int = 0
+    #: CPU of the service's ingest worker processes alone (None: the service ran as one process)
+    ingest_cpu_ms_per_call_second: float | None = None
+    #: CPU of the load-generator processes (they share the host with the service)
+    client_cpu_ms_per_call_second: float | None = None
 
 
-class _SendLog:
-    """When each call's audio was actually sent: (seconds sent, wall time) per packet."""
-
-    def __init__(self) -> None:
-        self.logs: dict[str, list[tuple[float, float]]] = {}
-
-    def sent_at(self, call_id: str, audio_s: float) -> float | None:
-        """Wall time at which the packet holding the audio at ``audio_s`` left the client."""
-        log = self.logs.get(call_id)
-        if not log:
-            return None
-        i = bisect.bisect_left(log, (audio_s - 1e-6, 0.0))
-        return log[i][1] if i < len(log) else None
+def _sent_at(log: list[tuple[float, float]], audio_s: float) -> float | None:
+    """Wall time at which the packet holding the audio at ``audio_s`` left the client."""
+    i = bisect.bisect_left(log, (audio_s - 1e-6, 0.0))
+    return log[i][1] if i < len(log) else None
 
 
-async def _reader(url: str, starts: dict[str, float], sends: _SendLog, latencies: list[float],
-                  scheduled: list[float], stop: asyncio.Event, stream: str) -> int:
+async def _reader(url: str, prefix: str, seen: list[tuple[str, float, float]],
+                  stop: asyncio.Event, stream: str) -> None:
+    """Collect (call id, window end, time written) of every window event of this level."""
     client = create_redis_client(url, decode_responses=True)
-    last = "$"
-    seen = 0
     try:
         info = await client.xinfo_stream(stream)
         last = info["last-generated-id"]
@@ -80,97 +76,110 @@ async def _reader(url: str, starts: dict[str, float], sends: _SendLog, latencies
                 for entry_id, fields in entries:
                     last = entry_id
                     ev = json.loads(fields["event"])
-                    t0 = starts.get(ev["call_id"])
-                    if t0 is None:
-                        continue
-                    written = int(entry_id.split("-")[0]) / 1000.0
-                    end_s = ev["window"]["end_s"]
-                    scheduled.append(written - (t0 + end_s))
-                    sent = sends.sent_at(ev["call_id"], end_s)
-                    latencies.append(written - (sent if sent is not None else t0 + end_s))
-                    seen += 1
+                    if ev["call_id"].startswith(prefix):
+                        seen.append((ev["call_id"], ev["window"]["end_s"],
+                                     int(entry_id.split("-")[0]) / 1000.0))
     finally:
         await client.aclose()
-    return seen
 
 
-async def _level_part(ws_url: str, redis_url: str, clip: np.ndarray, rate: int, calls: range,
-                      total: int, duration_s: float, ramp_s: float, frame_ms: int
-                      ) -> dict[str, Any]:
+async def _level_part(ws_url: str, clip: np.ndarray, rate: int, calls: range, total: int,
+                      ramp_s: float, frame_ms: int) -> dict[str, Any]:
     """Run a share of one level's calls in this process; return the raw measurements."""
-    starts: dict[str, float] = {}
-    sends = _SendLog()
-    latencies: list[float] = []
-    scheduled: list[float] = []
-    lags: list[float] = []
-    stop = asyncio.Event()
-    reader = asyncio.create_task(_reader(redis_url, starts, sends, latencies, scheduled, stop,
-                                         "nes2net:scores"))
-    await asyncio.sleep(0.3)
-
-    async def one(i: int) -> Any:
-        await asyncio.sleep(ramp_s * i / max(1, total))
+    cpu0 = time.process_time()
+    packet = max(1, rate * frame_ms // 1000)
+    plans: list[CallPlan] = []
+    encoded = np.frombuffer(encode_samples(clip, "mulaw"), dtype=np.uint8)  # one byte a sample
+    for i in calls:
         call_id = f"bench-{total}-{i}"
         offset = int(i * rate * 0.37) % clip.shape[0]  # different audio per call
-        x = np.roll(clip, offset)
-        starts[call_id] = time.time()
-        log = sends.logs[call_id] = []
-        res = await stream_samples(ws_url, x, rate, call_id=call_id, encoding="mulaw",
-                                   realtime=True, frame_ms=frame_ms, open_timeout=60,
-                                   send_log=log)
-        if log:  # how far behind its real-time schedule the client sent a packet, at worst
-            (s0, w0) = log[0]
-            lags.append(max(w - w0 - (s - s0) for s, w in log))
-        return res
-
-    results = await asyncio.gather(*[one(i) for i in calls], return_exceptions=True)
-    await asyncio.sleep(1.0)
-    stop.set()
-    await reader
-    ok = [r for r in results if not isinstance(r, BaseException)]
-    summaries = [r.summary["summary"] for r in ok if r.summary is not None]
-    return {"latencies": latencies, "scheduled": scheduled, "lags": lags,
-            "errors": [repr(r) for r in results if isinstance(r, BaseException)][:5],
-            "n_errors": sum(isinstance(r, BaseException) for r in results),
-            "summaries": len(summaries),
+        plans.append(CallPlan(
+            call_id, start_message(call_id, "mulaw", rate),
+            np.roll(encoded, offset).tobytes(), packet_bytes=packet,
+            packet_s=packet / rate, audio_s=clip.shape[0] / rate,
+            delay_s=ramp_s * i / max(1, total)))
+    outcomes = await LoadGenerator(ws_url).run(plans)
+    failed = [o for o in outcomes if o.failure is not None or o.summary is None]
+    summaries = [o.summary["summary"] for o in outcomes if o.summary is not None]
+    return {"send_logs": {p.call_id: p.send_log for p in plans},
+            "errors": [f"{o.call_id}: {o.failure or o.errors or 'no summary'}"
+                       for o in failed][:5],
+            "n_errors": len(failed), "summaries": len(summaries),
             "windows": sum(s["windows_scored"] for s in summaries),
             "dropped": sum(s["windows_dropped"] for s in summaries),
-            "skipped": sum(s.get("windows_skipped_for_load", 0) for s in summaries)}
+            "skipped": sum(s.get("windows_skipped_for_load", 0) for s in summaries),
+            "cpu_s": time.process_time() - cpu0}
 
 
 def _part_in_process(args: tuple) -> dict[str, Any]:
     return asyncio.run(_level_part(*args))
 
 
+def _warm_up(delay_s: float) -> None:
+    """Runs in each load-generator process before the level: imports this module there."""
+    time.sleep(delay_s)
+
+
+def _latencies(seen: list[tuple[str, float, float]], logs: dict[str, list[tuple[float, float]]]
+               ) -> tuple[list[float], list[float]]:
+    """Per window: seconds from its last sample's send, and from its real-time schedule."""
+    latencies: list[float] = []
+    scheduled: list[float] = []
+    for call_id, end_s, written in seen:
+        log = logs.get(call_id)
+        if not log:
+            continue
+        t0 = log[0][1]  # the first packet left at the call's audio time 0
+        scheduled.append(written - (t0 + end_s))
+        sent = _sent_at(log, end_s)
+        latencies.append(written - (sent if sent is not None else t0 + end_s))
+    return latencies, scheduled
+
+
 async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, calls: int,
                     duration_s: float, *, cpu: Any, ramp_s: float = 5.0,
                     target_p99_ms: float = 500.0, frame_ms: int = 20,
-                    procs: int = 1) -> LevelResult:
-    """Run ``calls`` concurrent real-time calls of ``duration_s`` each (``procs`` clients)."""
+                    procs: int = 1, worker_cpu: Any = None) -> LevelResult:
+    """Run ``calls`` concurrent real-time calls of ``duration_s`` each.
+
+    The load comes from ``procs`` spawned load-generator processes; this process only times the
+    events in Redis. ``cpu`` returns the service's CPU seconds so far, ``worker_cpu``
+    (optional) those of its ingest worker processes alone.
+    """
+    import concurrent.futures
+    import multiprocessing
+
     n = int(duration_s * rate)
     clip = np.tile(audio, int(np.ceil(n / audio.shape[0])))[:n]
-    cpu0 = cpu()
-    t_begin = time.monotonic()
-    if procs <= 1:
-        parts = [await _level_part(ws_url, redis_url, clip, rate, range(calls), calls,
-                                   duration_s, ramp_s, frame_ms)]
-    else:
-        import concurrent.futures
-        import multiprocessing
-
-        shares = [range(k, calls, procs) for k in range(procs)]
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(procs, mp_context=ctx) as pool:
-            loop = asyncio.get_running_loop()
-            parts = await asyncio.gather(*[
-                loop.run_in_executor(pool, _part_in_process,
-                                     (ws_url, redis_url, clip, rate, share, calls, duration_s,
-                                      ramp_s, frame_ms)) for share in shares])
-    elapsed = time.monotonic() - t_begin
-    cpu_used = cpu() - cpu0
-    latencies = [v for p in parts for v in p["latencies"]]
-    scheduled = [v for p in parts for v in p["scheduled"]]
-    lags = [v for p in parts for v in p["lags"]]
+    procs = max(1, min(procs, calls))
+    seen: list[tuple[str, float, float]] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ProcessPoolExecutor(
+            procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # start the processes and import this module there before the clock runs
+        await asyncio.gather(*[loop.run_in_executor(pool, _warm_up, 0.5) for _ in range(procs)])
+        reader = asyncio.create_task(_reader(redis_url, f"bench-{calls}-", seen, stop,
+                                             "nes2net:scores"))
+        await asyncio.sleep(0.3)
+        cpu0 = cpu()
+        worker0 = worker_cpu() if worker_cpu is not None else 0.0
+        t_begin = time.monotonic()
+        parts = await asyncio.gather(*[
+            loop.run_in_executor(pool, _part_in_process,
+                                 (ws_url, clip, rate, range(k, calls, procs), calls, ramp_s,
+                                  frame_ms)) for k in range(procs)])
+        elapsed = time.monotonic() - t_begin
+        cpu_used = cpu() - cpu0
+        worker_used = worker_cpu() - worker0 if worker_cpu is not None else 0.0
+        await asyncio.sleep(1.0)  # the last events reach the reader
+        stop.set()
+        await reader
+    logs = {c: log for p in parts for c, log in p["send_logs"].items()}
+    latencies, scheduled = _latencies(seen, logs)
+    lags = [max(w - log[0][1] - (s - log[0][0]) for s, w in log)  # worst lateness per call
+            for log in logs.values() if log]
+    call_s = calls * duration_s
     errors = [e for p in parts for e in p["errors"]]
     n_errors = sum(p["n_errors"] for p in parts)
     summaries = sum(p["summaries"] for p in parts)
@@ -192,7 +201,10 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
         latency_from_schedule_p99_ms=(round(1000 * float(np.percentile(scheduled, 99)), 1)
                                       if scheduled else None),
         service_cpu_s=round(cpu_used, 2),
-        cpu_ms_per_call_second=round(1000 * cpu_used / (calls * duration_s), 3),
+        cpu_ms_per_call_second=round(1000 * cpu_used / call_s, 3),
+        ingest_cpu_ms_per_call_second=(round(1000 * worker_used / call_s, 3)
+                                       if worker_used > 0 else None),
+        client_cpu_ms_per_call_second=round(1000 * sum(p["cpu_s"] for p in parts) / call_s, 3),
         client_lag_p99_ms=round(lag_p99, 1),
         sustained=sustained, errors=errors[:5],
         windows_skipped_for_load=skipped)
@@ -201,14 +213,15 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
 async def run_sweep(ws_url: str, redis_url: str, audio_path: Path, levels: list[int],
                     duration_s: float, *, cpu: Any, target_p99_ms: float = 500.0,
                     frame_ms: int = 20, stop_on_failure: bool = True,
-                    procs: int = 1) -> dict[str, Any]:
+                    procs: int = 1, worker_cpu: Any = None) -> dict[str, Any]:
     """Run increasing load levels; report each and the largest sustained one."""
     clip = load_audio(audio_path, sample_rate=8000)
     out: list[dict[str, Any]] = []
     best = 0
     for calls in levels:
         res = await run_level(ws_url, redis_url, clip.samples, 8000, calls, duration_s, cpu=cpu,
-                              target_p99_ms=target_p99_ms, frame_ms=frame_ms, procs=procs)
+                              target_p99_ms=target_p99_ms, frame_ms=frame_ms, procs=procs,
+                              worker_cpu=worker_cpu)
         out.append(asdict(res))
         if res.sustained:
             best = max(best, calls)
