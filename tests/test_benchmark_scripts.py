@@ -101,3 +101,12 @@ def test_gpu_e2e_smoke_runs_the_service_with_ingest_workers():
     assert 0 < level["ingest_cpu_ms_per_call_second"] < level["cpu_ms_per_call_second"]
     cpu = out["host_cpu_busy_pct"]
     assert cpu["samples"] > 0 and 0 <= cpu["mean"] <= cpu["max"] <= 100
+
+
+@pytest.mark.timeout(300)
+def test_ws_receive_bench_smoke():
+    """Both receive forms run against real loopback connections and report CPU per message."""
+    out = run_script("ws_receive_bench.py")
+    assert [r["form"] for r in out["rows"]] == ["asyncio_timeout", "receiver"]
+    for row in out["rows"]:
+        assert row["server_cpu_s"] > 0 and row["cpu_us_per_message"] > 0

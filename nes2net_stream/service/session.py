@@ -49,6 +49,10 @@ MAX_INFLIGHT_WINDOWS = 64
 #: and the audio path is chunk-invariant, so scores are unchanged (windows come at most this
 #: much later)
 COALESCE_S = 0.06
+#: the audio-seconds counter is advanced per call in steps of this many seconds (and at the
+#: call's end) rather than per packet: a shared counter costs a lock (and, with ingest workers,
+#: a shared-memory write) per update
+METRIC_EVERY_S = 1.0
 
 
 @dataclass
@@ -95,6 +99,7 @@ class CallSession:
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._consumer = asyncio.create_task(self._consume(), name=f"call-{start.call_id}")
         self.audio_seconds = 0.0
+        self._audio_unreported = 0.0  # received, not yet added to the audio-seconds counter
         self._closing: asyncio.Future[list[OutputEvent]] | None = None
         self.log = log.bind(call_id=start.call_id, gateway=start.source.gateway)
         self._restarts_seen = ctx.engine.restarts
@@ -121,7 +126,9 @@ class CallSession:
         seconds = frames.shape[0] / self.start.sample_rate
         if chunk.channel is None or chunk.channel == self.start.channels[0]:
             self.audio_seconds += seconds
-            self.ctx.metrics.audio_seconds.inc(seconds)
+            self._audio_unreported += seconds
+            if self._audio_unreported >= METRIC_EVERY_S:
+                self._report_audio()
         if chunk.channel is not None:
             ch = self._channels.get(chunk.channel)
             if ch is not None:
@@ -129,6 +136,10 @@ class CallSession:
             return
         for ch in self._channels.values():
             self._process(ch, frames[:, ch.index], received)
+
+    def _report_audio(self) -> None:
+        self.ctx.metrics.audio_seconds.inc(self._audio_unreported)
+        self._audio_unreported = 0.0
 
     def discontinuity(self, gap_s: float) -> None:
         """A gap of ``gap_s`` seconds in the provider's audio (pause, discard, packet loss)."""
@@ -184,6 +195,7 @@ class CallSession:
 
     async def _close(self, end: CallEnd) -> list[OutputEvent]:
         now = time.monotonic()
+        self._report_audio()
         for ch in self._channels.values():
             self._flush(ch, now)
             for window in ch.pipeline.finish():

@@ -31,6 +31,7 @@ from nes2net_stream.service.errors import (
 from nes2net_stream.service.events import AudioChunk, CallEnd, OutputEvent, Source
 from nes2net_stream.service.protocol import parse_json, parse_start
 from nes2net_stream.service.session import CallSession
+from nes2net_stream.service.ws_poll import Receiver
 
 log = get_logger("nes2net.ws")
 OUTBOUND_LIMIT = 1000
@@ -95,7 +96,8 @@ class Outbound:
     async def _run(self) -> None:
         while (text := await self.queue.get()) is not None:
             try:
-                await asyncio.wait_for(self.conn.send(text), self.send_timeout_s)
+                async with asyncio.timeout(self.send_timeout_s):  # no task per event
+                    await self.conn.send(text)
             except ConnectionClosed:
                 return
             except TimeoutError:
@@ -129,7 +131,7 @@ async def handle_generic(conn: ServerConnection, ctx: ServiceContext) -> None:
     close_code, close_reason = CLOSE_NORMAL, "call ended"
     try:
         try:
-            first = await asyncio.wait_for(conn.recv(), limits.start_timeout_s)
+            first = await Receiver.of(conn).recv(limits.start_timeout_s)
         except TimeoutError:
             raise ProtocolError("start_timeout", f"no start message within "
                                 f"{limits.start_timeout_s:g} s") from None
@@ -191,16 +193,14 @@ async def _stream(conn: ServerConnection, ctx: ServiceContext, session: CallSess
     last_message = time.monotonic()
     messages = TokenBucket(MAX_MESSAGES_PER_S, MESSAGE_BURST)
     controls = TokenBucket(MAX_CONTROL_PER_S, CONTROL_BURST)
+    receiver = Receiver.of(conn)
     while True:
         if ctx.draining:
             out.message(ProtocolError("shutting_down", "the service is shutting down; the "
                                       "call's summary follows").to_event())
             return CallEnd("shutdown")
         try:  # short waits so a drain is noticed even on a silent connection
-            # (asyncio.timeout, unlike wait_for on 3.11, creates no task per message;
-            # cancelling recv() loses no data)
-            async with asyncio.timeout(DRAIN_POLL_S):
-                msg = await conn.recv()
+            msg = await receiver.recv(DRAIN_POLL_S)
         except TimeoutError:
             if conn.protocol.close_sent is not None:
                 # the connection is closing (keepalive timeout, stalled reader): incoming

@@ -35,6 +35,7 @@ from nes2net_stream.service.audio_decode import AudioFormatError
 from nes2net_stream.service.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, ProtocolError
 from nes2net_stream.service.events import AudioChunk, CallEnd, CallStart, OutputEvent, Source
 from nes2net_stream.service.protocol import CALL_ID_RE, ROLE_RE
+from nes2net_stream.service.ws_poll import Receiver
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -349,9 +350,8 @@ async def ws_receive(gateway: Gateway, conn: ServerConnection, *, started: bool)
             code = "idle_timeout" if started else "start_timeout"
             what = "no message" if started else "no start message"
             raise ProtocolError(code, f"{what} within {timeout:g} s")
-        try:
-            async with asyncio.timeout(min(left, DRAIN_POLL_S)):
-                msg = await conn.recv()
+        try:  # one timer per connection rather than one per message
+            msg = await Receiver.of(conn).recv(min(left, DRAIN_POLL_S))
             break
         except TimeoutError:  # cancelling recv() loses nothing (websockets guarantees it)
             continue
