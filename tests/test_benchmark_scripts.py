@@ -110,3 +110,11 @@ def test_ws_receive_bench_smoke():
     assert [r["form"] for r in out["rows"]] == ["asyncio_timeout", "receiver"]
     for row in out["rows"]:
         assert row["server_cpu_s"] > 0 and row["cpu_us_per_message"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_policy_bench_smoke():
+    out = run_script("policy_bench.py")
+    timings = out["us_per_window_at_call_length"]
+    assert sorted(timings) == ["ema", "max", "mean", "median"]
+    assert all(set(t) == {"10", "100"} and min(t.values()) > 0 for t in timings.values())

@@ -35,3 +35,49 @@ def aggregate_llrs(llrs: Sequence[float], method: Aggregation = "mean",
             value = ema_alpha * float(v) + (1.0 - ema_alpha) * value
         return value
     raise ValueError(f"unknown aggregation {method!r}; expected one of {AGGREGATIONS}")
+
+
+class RunningAggregate:
+    """:func:`aggregate_llrs` of a growing sequence, updated per value without re-reading it.
+
+    ``add`` returns exactly what ``aggregate_llrs`` of all values so far returns (the same
+    floating-point operations): ``max`` and ``ema`` update in constant time; ``mean`` and
+    ``median`` read a float64 buffer that grows by doubling instead of converting a Python list
+    per call. A streaming call adds one window per hop for up to hours, so recomputing from a
+    list (and, for ``ema``, a Python loop over every window) would cost time linear in the
+    call's length for every window.
+    """
+
+    def __init__(self, method: Aggregation = "mean", ema_alpha: float = 0.3):
+        if method not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {method!r}; expected one of {AGGREGATIONS}")
+        if method == "ema" and not 0.0 < ema_alpha <= 1.0:
+            raise ValueError("ema_alpha must be in (0, 1]")
+        self.method = method
+        self.ema_alpha = ema_alpha
+        self._buf = np.empty(64, dtype=np.float64)
+        self._n = 0
+        self.value: float | None = None  # the aggregate so far (None before any value)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, llr: float) -> float:
+        """Append one window LLR; return the aggregate of all of them."""
+        v = float(llr)
+        if self._n == self._buf.shape[0]:
+            self._buf = np.concatenate((self._buf, np.empty_like(self._buf)))
+        self._buf[self._n] = v
+        self._n += 1
+        prev = self.value
+        if self.method == "mean":
+            value = float(self._buf[:self._n].mean())
+        elif self.method == "median":
+            value = float(np.median(self._buf[:self._n]))
+        elif self.method == "max":
+            value = v if prev is None else max(prev, v)
+        else:
+            a = self.ema_alpha
+            value = v if prev is None else a * v + (1.0 - a) * prev
+        self.value = value
+        return value

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from nes2net_stream.errors import ConfigError
-from nes2net_stream.scoring.aggregate import Aggregation, aggregate_llrs
+from nes2net_stream.scoring.aggregate import Aggregation, RunningAggregate
 
 _LEVEL = {"bona_fide": 0, "suspicious": 1, "spoof": 2}
 _STATES = ("bona_fide", "suspicious", "spoof")
@@ -58,13 +58,17 @@ class ChannelPolicy:
     llrs: list[float] = field(default_factory=list)
     state: str | None = None
     max_probability: float = 0.0
+    _running: RunningAggregate = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._running = RunningAggregate(self.cfg.aggregation, self.cfg.ema_alpha)
+        for llr in self.llrs:
+            self._running.add(llr)
 
     @property
     def running_llr(self) -> float | None:
-        """Aggregate of the window LLRs so far."""
-        if not self.llrs:
-            return None
-        return aggregate_llrs(self.llrs, self.cfg.aggregation, self.cfg.ema_alpha)
+        """Aggregate of the window LLRs so far (kept up to date by :meth:`update`)."""
+        return self._running.value
 
     @property
     def running_probability(self) -> float | None:
@@ -78,6 +82,7 @@ class ChannelPolicy:
     def update(self, llr: float, probability: float) -> tuple[str | None, str]:
         """Add a window score; return (previous state, new state)."""
         self.llrs.append(float(llr))
+        self._running.add(llr)
         self.max_probability = max(self.max_probability, float(probability))
         previous = self.state
         self.state = self._next_state(self.running_probability or 0.0)
