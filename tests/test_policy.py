@@ -12,10 +12,12 @@ from nes2net_stream.scoring.aggregate import AGGREGATIONS, RunningAggregate, agg
 from nes2net_stream.service.policy import AlertConfig, ChannelPolicy
 
 
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("method", AGGREGATIONS)
-def test_running_aggregate_equals_the_batch_aggregate_bit_for_bit(method):
+def test_running_aggregate_equals_the_batch_aggregate_bit_for_bit(method, ties):
     rng = np.random.default_rng(7)
-    llrs = list(rng.normal(0.0, 3.0, size=300))  # past the buffer's first doublings (64, 128)
+    llrs = rng.normal(0.0, 3.0, size=300)  # past the buffer's first doublings (64, 128)
+    llrs = list(np.round(llrs, 0) if ties else llrs)  # many equal values: median's middle pair
     running = RunningAggregate(method, ema_alpha=0.25)
     assert running.value is None
     for n, llr in enumerate(llrs, start=1):

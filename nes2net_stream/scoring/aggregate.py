@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from typing import Literal
 
@@ -41,11 +42,11 @@ class RunningAggregate:
     """:func:`aggregate_llrs` of a growing sequence, updated per value without re-reading it.
 
     ``add`` returns exactly what ``aggregate_llrs`` of all values so far returns (the same
-    floating-point operations): ``max`` and ``ema`` update in constant time; ``mean`` and
-    ``median`` read a float64 buffer that grows by doubling instead of converting a Python list
-    per call. A streaming call adds one window per hop for up to hours, so recomputing from a
-    list (and, for ``ema``, a Python loop over every window) would cost time linear in the
-    call's length for every window.
+    floating-point operations): ``max`` and ``ema`` update in constant time, ``mean`` reads a
+    float64 buffer that grows by doubling instead of converting a Python list per call, and
+    ``median`` keeps the values sorted (one insertion per value). A streaming call adds one
+    window per hop for up to hours, so recomputing from a list (and, for ``ema``, a Python
+    loop over every window) would cost time linear in the call's length for every window.
     """
 
     def __init__(self, method: Aggregation = "mean", ema_alpha: float = 0.3):
@@ -55,8 +56,9 @@ class RunningAggregate:
             raise ValueError("ema_alpha must be in (0, 1]")
         self.method = method
         self.ema_alpha = ema_alpha
-        self._buf = np.empty(64, dtype=np.float64)
         self._n = 0
+        self._buf = np.empty(64 if method == "mean" else 0, dtype=np.float64)  # mean only
+        self._sorted: list[float] = []  # median only
         self.value: float | None = None  # the aggregate so far (None before any value)
 
     def __len__(self) -> int:
@@ -65,15 +67,18 @@ class RunningAggregate:
     def add(self, llr: float) -> float:
         """Append one window LLR; return the aggregate of all of them."""
         v = float(llr)
-        if self._n == self._buf.shape[0]:
-            self._buf = np.concatenate((self._buf, np.empty_like(self._buf)))
-        self._buf[self._n] = v
-        self._n += 1
+        n = self._n = self._n + 1
         prev = self.value
         if self.method == "mean":
-            value = float(self._buf[:self._n].mean())
+            if n > self._buf.shape[0]:
+                self._buf = np.concatenate((self._buf, np.empty_like(self._buf)))
+            self._buf[n - 1] = v
+            value = float(self._buf[:n].mean())
         elif self.method == "median":
-            value = float(np.median(self._buf[:self._n]))
+            bisect.insort(self._sorted, v)
+            mid = n // 2
+            value = (self._sorted[mid] if n % 2
+                     else (self._sorted[mid - 1] + self._sorted[mid]) / 2.0)
         elif self.method == "max":
             value = v if prev is None else max(prev, v)
         else:
