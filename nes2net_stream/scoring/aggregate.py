@@ -41,12 +41,13 @@ def aggregate_llrs(llrs: Sequence[float], method: Aggregation = "mean",
 class RunningAggregate:
     """:func:`aggregate_llrs` of a growing sequence, updated per value without re-reading it.
 
-    ``add`` returns exactly what ``aggregate_llrs`` of all values so far returns (the same
-    floating-point operations): ``max`` and ``ema`` update in constant time, ``mean`` reads a
-    float64 buffer that grows by doubling instead of converting a Python list per call, and
-    ``median`` keeps the values sorted (one insertion per value). A streaming call adds one
-    window per hop for up to hours, so recomputing from a list (and, for ``ema``, a Python
-    loop over every window) would cost time linear in the call's length for every window.
+    A streaming call adds one window per hop for up to hours; recomputing the aggregate from a
+    list (and, for ``ema``, a Python loop over every window) would cost time linear in the
+    call's length for every window, and keeping the list memory linear in it. ``max`` and
+    ``ema`` update in constant time and memory with exactly the operations of
+    :func:`aggregate_llrs`; ``mean`` keeps a compensated (Neumaier) sum, equal to the batch
+    mean within a few units in the last place; ``median`` keeps the values sorted (one
+    insertion per value; the only form whose memory grows) and equals the batch median exactly.
     """
 
     def __init__(self, method: Aggregation = "mean", ema_alpha: float = 0.3):
@@ -57,7 +58,8 @@ class RunningAggregate:
         self.method = method
         self.ema_alpha = ema_alpha
         self._n = 0
-        self._buf = np.empty(64 if method == "mean" else 0, dtype=np.float64)  # mean only
+        self._sum = 0.0  # mean: running sum and its compensation term
+        self._comp = 0.0
         self._sorted: list[float] = []  # median only
         self.value: float | None = None  # the aggregate so far (None before any value)
 
@@ -70,10 +72,13 @@ class RunningAggregate:
         n = self._n = self._n + 1
         prev = self.value
         if self.method == "mean":
-            if n > self._buf.shape[0]:
-                self._buf = np.concatenate((self._buf, np.empty_like(self._buf)))
-            self._buf[n - 1] = v
-            value = float(self._buf[:n].mean())
+            total = self._sum + v
+            if abs(self._sum) >= abs(v):
+                self._comp += (self._sum - total) + v
+            else:
+                self._comp += (v - total) + self._sum
+            self._sum = total
+            value = (total + self._comp) / n
         elif self.method == "median":
             bisect.insort(self._sorted, v)
             mid = n // 2

@@ -55,15 +55,17 @@ class ChannelPolicy:
     """Running score and state of one scored channel of one call."""
 
     cfg: AlertConfig
-    llrs: list[float] = field(default_factory=list)
     state: str | None = None
     max_probability: float = 0.0
     _running: RunningAggregate = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._running = RunningAggregate(self.cfg.aggregation, self.cfg.ema_alpha)
-        for llr in self.llrs:
-            self._running.add(llr)
+
+    @property
+    def windows(self) -> int:
+        """Window scores seen so far."""
+        return len(self._running)
 
     @property
     def running_llr(self) -> float | None:
@@ -81,7 +83,6 @@ class ChannelPolicy:
 
     def update(self, llr: float, probability: float) -> tuple[str | None, str]:
         """Add a window score; return (previous state, new state)."""
-        self.llrs.append(float(llr))
         self._running.add(llr)
         self.max_probability = max(self.max_probability, float(probability))
         previous = self.state
@@ -93,7 +94,7 @@ class ChannelPolicy:
         target = "bona_fide"
         if p >= c.suspicious_threshold:
             target = "suspicious"
-        if p >= c.spoof_threshold and len(self.llrs) >= c.min_windows_for_spoof:
+        if p >= c.spoof_threshold and self.windows >= c.min_windows_for_spoof:
             target = "spoof"
         current = self.state
         if current is None or _LEVEL[target] >= _LEVEL[current]:

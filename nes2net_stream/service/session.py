@@ -66,7 +66,8 @@ class _Channel:
     windows_dropped: int = 0
     windows_skipped: int = 0
     last_submitted: int = -1_000_000
-    probabilities: list[float] = field(default_factory=list)
+    probability_sum: float = 0.0  # of the scored windows' spoof probabilities
+    probability_max: float | None = None
     cache_key: str = field(default_factory=lambda: uuid.uuid4().hex)  # feature-cache stream
     held: list[np.ndarray] = field(default_factory=list)  # decoded audio not processed yet
     held_samples: int = 0
@@ -272,7 +273,8 @@ class CallSession:
     def _on_score(self, item: _Pending, r: WindowResult) -> None:
         ch, w = item.channel, item.window
         ch.windows_scored += 1
-        ch.probabilities.append(r.spoof_probability)
+        ch.probability_sum += r.spoof_probability
+        ch.probability_max = max(ch.probability_max or 0.0, r.spoof_probability)
         previous, state = ch.policy.update(r.llr, r.spoof_probability)
         window_body = {
             "window": {"index": w.index, "start_s": w.start_s, "end_s": w.end_s,
@@ -293,7 +295,7 @@ class CallSession:
                           running_spoof_probability=window_body["running"]["spoof_probability"])
 
     def _summary(self, ch: _Channel, end: CallEnd) -> OutputEvent:
-        probs = ch.probabilities
+        scored = ch.windows_scored
         body = {
             "summary": {
                 "end_reason": end.reason,
@@ -303,8 +305,10 @@ class CallSession:
                 "windows_scored": ch.windows_scored,
                 "windows_dropped": ch.windows_dropped,
                 "windows_skipped_for_load": ch.windows_skipped,
-                "max_spoof_probability": round(max(probs), 5) if probs else None,
-                "mean_spoof_probability": round(float(np.mean(probs)), 5) if probs else None,
+                "max_spoof_probability": (round(ch.probability_max, 5)
+                                          if ch.probability_max is not None else None),
+                "mean_spoof_probability": (round(ch.probability_sum / scored, 5)
+                                           if scored else None),
                 "final_state": ch.policy.state,
                 "wall_s": round(time.monotonic() - self.started_at, 3),
             },
