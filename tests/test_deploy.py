@@ -258,6 +258,8 @@ def test_compose_service_redis_and_secrets(name):
     assert svc["read_only"] is True and svc["init"] is True
     env = {k: _interpolate(str(v)) for k, v in svc["environment"].items()}
     settings = load_settings(DOCKER / "config.toml", environ=env)  # every key is a real one
+    # a socket per call: the container's open-files limit covers max_calls with room to spare
+    assert svc["ulimits"]["nofile"]["hard"] >= 4 * settings.limits.max_calls
     assert _seconds(svc["stop_grace_period"]) > settings.server.drain_timeout_s + 5
     assert "@" not in env["NES2NET_REDIS__URL"]  # the password comes from a file
     assert "password_file=/run/secrets/redis_password" in env["NES2NET_REDIS__URL"]

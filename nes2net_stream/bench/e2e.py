@@ -25,6 +25,7 @@ import numpy as np
 from nes2net_stream.audio.io import load_audio
 from nes2net_stream.bench.loadgen import CallPlan, LoadGenerator
 from nes2net_stream.client import encode_samples, start_message
+from nes2net_stream.service.oslimits import raise_open_files
 from nes2net_stream.service.redis_client import create_redis_client
 
 
@@ -86,6 +87,7 @@ async def _reader(url: str, prefix: str, seen: list[tuple[str, float, float]],
 async def _level_part(ws_url: str, clip: np.ndarray, rate: int, calls: range, total: int,
                       ramp_s: float, frame_ms: int) -> dict[str, Any]:
     """Run a share of one level's calls in this process; return the raw measurements."""
+    raise_open_files(len(calls))  # a socket per call
     cpu0 = time.process_time()
     packet = max(1, rate * frame_ms // 1000)
     plans: list[CallPlan] = []

@@ -41,6 +41,7 @@ from nes2net_stream.service.context import ServiceContext
 from nes2net_stream.service.engine import ScoringEngine
 from nes2net_stream.service.events import CallEnd
 from nes2net_stream.service.metrics import ServiceMetrics
+from nes2net_stream.service.oslimits import check_open_files
 from nes2net_stream.service.policy import AlertConfig
 from nes2net_stream.service.publisher import RedisConfig, RedisPublisher
 from nes2net_stream.service.ws_generic import handle_generic
@@ -362,6 +363,7 @@ def _text(conn: ServerConnection, status: HTTPStatus, body: str) -> Response:
 
 def run_service(settings: Settings, **kwargs: Any) -> None:
     """Blocking entry point of ``nes2net-stream serve``."""
+    check_open_files(settings.limits.max_calls, log)  # ingest workers inherit the limit
     if settings.server.workers > 1:
         asyncio.run(run_multiprocess(settings))
         return
