@@ -73,6 +73,7 @@ class ServerSection(Section):
     workers: int = Field(1, ge=1, le=64)
     worker_window_slots: int = Field(512, ge=0, le=65_536)
     scorer_metrics_port: int = Field(0, ge=0, le=65535)
+    backlog: int = Field(1024, ge=1, le=65535)
     tls_cert: str = ""
     tls_key: str = ""
 

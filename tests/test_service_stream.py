@@ -1,11 +1,15 @@
 import asyncio
 import json
+import shutil
+import subprocess
 import urllib.request
 
 import numpy as np
+import pytest
 from helpers import tone_bursts
 
 from nes2net_stream.client import encode_samples, stream_samples
+from nes2net_stream.settings import Settings
 
 DOCUMENTED = {"schema", "event_id", "type", "call_id", "channel", "source", "metadata", "ts",
               "ts_unix", "model_id", "replica", "state"}
@@ -137,3 +141,13 @@ def test_encode_samples_round_trip():
     for enc in ("pcm_s16le", "mulaw", "alaw"):
         y = decode(encode_samples(x, enc), enc, 1)[:, 0]
         assert np.max(np.abs(y - x)) < (1e-4 if enc == "pcm_s16le" else 0.02)
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+async def test_listen_backlog_comes_from_config(make_service):
+    """`[server] backlog`: a burst of calls waits in the accept queue, not for SYN retries."""
+    svc = await make_service(server={"backlog": 7})
+    out = (await asyncio.to_thread(subprocess.run, ["ss", "-ltnH", f"sport = :{svc.port}"],
+                                   capture_output=True, text=True, check=True)).stdout.split()
+    assert out[0] == "LISTEN" and out[2] == "7"  # Send-Q of a listener: its backlog
+    assert Settings().server.backlog == 1024

@@ -261,11 +261,13 @@ class Service:
             select_subprotocol=self._select_subprotocol,
             max_size=MAX_WS_MESSAGE, ssl=self._ssl(), ping_interval=ping, ping_timeout=ping,
             close_timeout=5, server_header="nes2net-stream", reuse_port=self.reuse_port,
+            backlog=s.backlog,
             compression=None)  # audio does not deflate; compressing costs CPU on both ends
         for gw in self.gateways:
             if gw.transport == "tcp":
                 srv = await asyncio.start_server(gw.serve_tcp, gw.config.host, gw.config.port,
-                                                 limit=1 << 17, reuse_port=self.reuse_port)
+                                                 limit=1 << 17, reuse_port=self.reuse_port,
+                                                 backlog=s.backlog)
                 gw.bound_port = srv.sockets[0].getsockname()[1]
                 self._tcp_servers.append(srv)
                 log.info("gateway listening", gateway=gw.name, host=gw.config.host,
