@@ -70,6 +70,22 @@ def test_e2e_bench_measures_latency_from_the_actual_send(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_e2e_bench_speaks_twilio_media_streams(tmp_path):
+    """`bench e2e --protocol twilio`: the Twilio gateway ingests, summaries come from Redis."""
+    out = tmp_path / "e2e.json"
+    proc = subprocess.run([sys.executable, "-m", "nes2net_stream", "bench", "e2e", "--calls", "2",
+                           "--duration-s", "6", "--frame-ms", "20", "--protocol", "twilio",
+                           "--out", str(out)], capture_output=True, text=True, timeout=280,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    level = report["levels"][0]
+    assert report["protocol"] == "twilio" and level["errors"] == []
+    assert level["summaries"] == 2 and level["windows"] > 0 and level["dropped_windows"] == 0
+    assert 0 < level["latency_p50_ms"] <= level["latency_p99_ms"]
+
+
+@pytest.mark.timeout(300)
 def test_ingest_channel_bench_smoke():
     out = run_script("ingest_channel_bench.py")
     assert [(r["busy_threads"], r["busy_duty"]) for r in out["rows"]] == [

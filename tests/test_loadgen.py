@@ -101,3 +101,37 @@ async def test_refused_handshakes_and_closed_ports_are_outcomes_not_exceptions()
                                  open_timeout=5).run([plan("gone")])
     assert out.summary is None and out.failure is not None
     assert rec.messages == {}
+
+
+async def test_twilio_calls_carry_the_providers_messages_in_order():
+    """A Twilio Media Streams call as Twilio sends it: connected, start, media..., stop."""
+    import base64
+
+    from nes2net_stream.bench.provider_calls import twilio_plan
+
+    got: list[dict] = []
+
+    async def handler(conn: ServerConnection) -> None:
+        async for msg in conn:
+            got.append(json.loads(msg))
+            if got[-1]["event"] == "stop":
+                await conn.close()
+                return
+
+    audio = os.urandom(8000)  # 1 s of 8 kHz μ-law
+    p = twilio_plan("CA-load-1", audio, rate=8000, packet=160, delay_s=0.0)
+    async with serve(handler, "127.0.0.1", 0) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        (out,) = await LoadGenerator(f"ws://127.0.0.1:{port}/v1/gateways/twilio").run([p])
+    assert out.failure is None and out.close_code == 1000
+    assert [m["event"] for m in got] == ["connected", "start"] + ["media"] * 50 + ["stop"]
+    sid = got[1]["start"]["streamSid"]
+    assert got[1]["start"]["callSid"] == "CA-load-1" and got[1]["streamSid"] == sid
+    assert got[1]["start"]["mediaFormat"] == {"encoding": "audio/x-mulaw", "sampleRate": 8000,
+                                              "channels": 1}
+    media = got[2:-1]
+    assert b"".join(base64.b64decode(m["media"]["payload"]) for m in media) == audio
+    assert [int(m["sequenceNumber"]) for m in got[1:]] == list(range(2, 54))
+    assert [int(m["media"]["timestamp"]) for m in media] == [20 * k for k in range(50)]
+    assert {m["streamSid"] for m in media} == {sid} and {m["media"]["track"] for m in media} == {
+        "inbound"}

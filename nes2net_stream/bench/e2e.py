@@ -19,14 +19,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from nes2net_stream.audio.io import load_audio
-from nes2net_stream.bench.loadgen import CallPlan, LoadGenerator
-from nes2net_stream.client import encode_samples, start_message
+from nes2net_stream.bench.loadgen import LoadGenerator
+from nes2net_stream.bench.provider_calls import PROTOCOLS
+from nes2net_stream.client import encode_samples
 from nes2net_stream.service.oslimits import raise_open_files
+from nes2net_stream.service.publisher import RedisConfig
 from nes2net_stream.service.redis_client import create_redis_client
+
+SCORES, ALERTS = RedisConfig().scores_stream, RedisConfig().alerts_stream  # default key prefix
 
 
 @dataclass
@@ -62,55 +67,52 @@ def _sent_at(log: list[tuple[float, float]], audio_s: float) -> float | None:
 
 
 async def _reader(url: str, prefix: str, seen: list[tuple[str, float, float]],
-                  stop: asyncio.Event, stream: str) -> None:
-    """Collect (call id, window end, time written) of every window event of this level."""
+                  summaries: dict[str, dict[str, Any]], stop: asyncio.Event) -> None:
+    """Collect the level's window events (call id, window end, time written) and summaries."""
     client = create_redis_client(url, decode_responses=True)
-    try:
-        info = await client.xinfo_stream(stream)
-        last = info["last-generated-id"]
-    except Exception:  # noqa: BLE001 - the stream may not exist yet
-        last = "0-0"
+    last: dict[str, str] = {}
+    for stream in (SCORES, ALERTS):
+        try:
+            last[stream] = (await client.xinfo_stream(stream))["last-generated-id"]
+        except Exception:  # noqa: BLE001 - the stream may not exist yet
+            last[stream] = "0-0"
     try:
         while not stop.is_set():
-            reply = await client.xread({stream: last}, block=200, count=1000)
-            for _, entries in reply or []:
+            reply = await client.xread(last, block=200, count=1000)  # type: ignore[arg-type]
+            for stream, entries in reply or []:
                 for entry_id, fields in entries:
-                    last = entry_id
+                    last[stream] = entry_id
                     ev = json.loads(fields["event"])
-                    if ev["call_id"].startswith(prefix):
+                    if not ev["call_id"].startswith(prefix):
+                        continue
+                    if ev["type"] == "window":
                         seen.append((ev["call_id"], ev["window"]["end_s"],
                                      int(entry_id.split("-")[0]) / 1000.0))
+                    elif ev["type"] == "summary":
+                        summaries[ev["call_id"]] = ev["summary"]
     finally:
         await client.aclose()
 
 
 async def _level_part(ws_url: str, clip: np.ndarray, rate: int, calls: range, total: int,
-                      ramp_s: float, frame_ms: int) -> dict[str, Any]:
+                      ramp_s: float, frame_ms: int, protocol: str = "generic"
+                      ) -> dict[str, Any]:
     """Run a share of one level's calls in this process; return the raw measurements."""
     raise_open_files(len(calls))  # a socket per call
     cpu0 = time.process_time()
     packet = max(1, rate * frame_ms // 1000)
-    plans: list[CallPlan] = []
+    proto = PROTOCOLS[protocol]
     encoded = np.frombuffer(encode_samples(clip, "mulaw"), dtype=np.uint8)  # one byte a sample
-    for i in calls:
-        call_id = f"bench-{total}-{i}"
-        offset = int(i * rate * 0.37) % clip.shape[0]  # different audio per call
-        plans.append(CallPlan(
-            call_id, start_message(call_id, "mulaw", rate),
-            np.roll(encoded, offset).tobytes(), packet_bytes=packet,
-            packet_s=packet / rate, audio_s=clip.shape[0] / rate,
-            delay_s=ramp_s * i / max(1, total)))
-    outcomes = await LoadGenerator(ws_url).run(plans)
-    failed = [o for o in outcomes if o.failure is not None or o.summary is None]
-    summaries = [o.summary["summary"] for o in outcomes if o.summary is not None]
+    plans = [proto.plan(f"bench-{total}-{i}",
+                        np.roll(encoded, int(i * rate * 0.37) % clip.shape[0]).tobytes(),
+                        rate=rate, packet=packet, delay_s=ramp_s * i / max(1, total))
+             for i in calls]  # different audio per call
+    url = urlunsplit(urlsplit(ws_url)._replace(path=proto.path))
+    outcomes = await LoadGenerator(url).run(plans)
+    failed = [o for o in outcomes if o.failure is not None or o.errors]
     return {"send_logs": {p.call_id: p.send_log for p in plans},
-            "errors": [f"{o.call_id}: {o.failure or o.errors or 'no summary'}"
-                       for o in failed][:5],
-            "n_errors": len(failed), "summaries": len(summaries),
-            "windows": sum(s["windows_scored"] for s in summaries),
-            "dropped": sum(s["windows_dropped"] for s in summaries),
-            "skipped": sum(s.get("windows_skipped_for_load", 0) for s in summaries),
-            "cpu_s": time.process_time() - cpu0}
+            "errors": [f"{o.call_id}: {o.failure or o.errors}" for o in failed][:5],
+            "n_errors": len(failed), "cpu_s": time.process_time() - cpu0}
 
 
 def _part_in_process(args: tuple) -> dict[str, Any]:
@@ -128,7 +130,7 @@ def _latencies(seen: list[tuple[str, float, float]], logs: dict[str, list[tuple[
     latencies: list[float] = []
     scheduled: list[float] = []
     for call_id, end_s, written in seen:
-        log = logs.get(call_id)
+        log = logs.get(call_id.split(":", 1)[0])  # a provider's call id may add a stream id
         if not log:
             continue
         t0 = log[0][1]  # the first packet left at the call's audio time 0
@@ -141,11 +143,13 @@ def _latencies(seen: list[tuple[str, float, float]], logs: dict[str, list[tuple[
 async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, calls: int,
                     duration_s: float, *, cpu: Any, ramp_s: float = 5.0,
                     target_p99_ms: float = 500.0, frame_ms: int = 20,
-                    procs: int = 1, worker_cpu: Any = None) -> LevelResult:
+                    procs: int = 1, worker_cpu: Any = None,
+                    protocol: str = "generic") -> LevelResult:
     """Run ``calls`` concurrent real-time calls of ``duration_s`` each.
 
-    The load comes from ``procs`` spawned load-generator processes; this process only times the
-    events in Redis. ``cpu`` returns the service's CPU seconds so far, ``worker_cpu``
+    The load comes from ``procs`` spawned load-generator processes speaking ``protocol`` (see
+    :data:`~nes2net_stream.bench.provider_calls.PROTOCOLS`); this process reads the events and
+    call summaries in Redis. ``cpu`` returns the service's CPU seconds so far, ``worker_cpu``
     (optional) those of its ingest worker processes alone.
     """
     import concurrent.futures
@@ -155,14 +159,14 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
     clip = np.tile(audio, int(np.ceil(n / audio.shape[0])))[:n]
     procs = max(1, min(procs, calls))
     seen: list[tuple[str, float, float]] = []
+    found: dict[str, dict[str, Any]] = {}  # call summaries by call id
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with concurrent.futures.ProcessPoolExecutor(
             procs, mp_context=multiprocessing.get_context("spawn")) as pool:
         # start the processes and import this module there before the clock runs
         await asyncio.gather(*[loop.run_in_executor(pool, _warm_up, 0.5) for _ in range(procs)])
-        reader = asyncio.create_task(_reader(redis_url, f"bench-{calls}-", seen, stop,
-                                             "nes2net:scores"))
+        reader = asyncio.create_task(_reader(redis_url, f"bench-{calls}-", seen, found, stop))
         await asyncio.sleep(0.3)
         cpu0 = cpu()
         worker0 = worker_cpu() if worker_cpu is not None else 0.0
@@ -170,11 +174,15 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
         parts = await asyncio.gather(*[
             loop.run_in_executor(pool, _part_in_process,
                                  (ws_url, clip, rate, range(k, calls, procs), calls, ramp_s,
-                                  frame_ms)) for k in range(procs)])
+                                  frame_ms, protocol)) for k in range(procs)])
         elapsed = time.monotonic() - t_begin
         cpu_used = cpu() - cpu0
         worker_used = worker_cpu() - worker0 if worker_cpu is not None else 0.0
-        await asyncio.sleep(1.0)  # the last events reach the reader
+        for _ in range(100):  # the last summaries reach Redis (up to 10 s)
+            if len(found) >= calls:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # and the last window events (alerts are written first)
         stop.set()
         await reader
     logs = {c: log for p in parts for c, log in p["send_logs"].items()}
@@ -184,13 +192,15 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
     call_s = calls * duration_s
     errors = [e for p in parts for e in p["errors"]]
     n_errors = sum(p["n_errors"] for p in parts)
-    summaries = sum(p["summaries"] for p in parts)
-    windows = sum(p["windows"] for p in parts)
-    dropped = sum(p["dropped"] for p in parts)
+    summaries = len(found)
+    windows = sum(s["windows_scored"] for s in found.values())
+    dropped = sum(s["windows_dropped"] for s in found.values())
     lat = np.array(latencies) * 1000.0 if latencies else None
     p99 = float(np.percentile(lat, 99)) if lat is not None else None
     lag_p99 = 1000 * float(np.percentile(lags, 99)) if lags else 0.0
-    skipped = sum(p["skipped"] for p in parts)
+    skipped = sum(s.get("windows_skipped_for_load", 0) for s in found.values())
+    if summaries < calls:
+        errors.append(f"{calls - summaries} call(s) without a summary in Redis")
     sustained = (n_errors == 0 and summaries == calls and dropped == 0 and skipped == 0
                  and p99 is not None and p99 <= target_p99_ms and lag_p99 <= target_p99_ms)
     return LevelResult(
@@ -215,7 +225,8 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
 async def run_sweep(ws_url: str, redis_url: str, audio_path: Path, levels: list[int],
                     duration_s: float, *, cpu: Any, target_p99_ms: float = 500.0,
                     frame_ms: int = 20, stop_on_failure: bool = True,
-                    procs: int = 1, worker_cpu: Any = None) -> dict[str, Any]:
+                    procs: int = 1, worker_cpu: Any = None,
+                    protocol: str = "generic") -> dict[str, Any]:
     """Run increasing load levels; report each and the largest sustained one."""
     clip = load_audio(audio_path, sample_rate=8000)
     out: list[dict[str, Any]] = []
@@ -223,11 +234,12 @@ async def run_sweep(ws_url: str, redis_url: str, audio_path: Path, levels: list[
     for calls in levels:
         res = await run_level(ws_url, redis_url, clip.samples, 8000, calls, duration_s, cpu=cpu,
                               target_p99_ms=target_p99_ms, frame_ms=frame_ms, procs=procs,
-                              worker_cpu=worker_cpu)
+                              worker_cpu=worker_cpu, protocol=protocol)
         out.append(asdict(res))
         if res.sustained:
             best = max(best, calls)
         elif stop_on_failure:
             break
     return {"levels": out, "max_sustained_calls": best, "target_p99_ms": target_p99_ms,
-            "frame_ms": frame_ms, "call_duration_s": duration_s, "client_processes": procs}
+            "frame_ms": frame_ms, "call_duration_s": duration_s, "client_processes": procs,
+            "protocol": protocol}

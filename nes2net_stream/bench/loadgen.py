@@ -16,6 +16,7 @@ import asyncio
 import heapq
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,12 @@ TICK_S = 0.005
 
 @dataclass
 class CallPlan:
-    """One simulated call: its id, encoded audio and packet size, and when it starts."""
+    """One simulated call: its messages, encoded audio and packet size, and when it starts.
+
+    By default audio goes out as binary messages and the call ends with ``{"type": "stop"}``
+    (the generic protocol); a provider protocol sets ``preamble``, ``media`` (one packet's
+    bytes and index to a text message) and ``stop``.
+    """
 
     call_id: str
     start: dict[str, Any]  # the start message
@@ -42,6 +48,9 @@ class CallPlan:
     audio_s: float  # length of the call's audio
     delay_s: float = 0.0  # start this long after the generator
     send_log: list[tuple[float, float]] = field(default_factory=list)
+    preamble: list[dict[str, Any]] = field(default_factory=list)  # sent before ``start``
+    media: Callable[[int, bytes], str] | None = None  # None: binary audio messages
+    stop: dict[str, Any] = field(default_factory=lambda: {"type": "stop"})
 
     @property
     def packets(self) -> int:
@@ -121,7 +130,11 @@ class LoadCall(asyncio.Protocol):
         if not self.is_open:
             return False
         p = self.plan
-        self.ws.send_binary(p.payload[k * p.packet_bytes:(k + 1) * p.packet_bytes])
+        chunk = p.payload[k * p.packet_bytes:(k + 1) * p.packet_bytes]
+        if p.media is None:
+            self.ws.send_binary(chunk)
+        else:
+            self.ws.send_text(p.media(k, chunk).encode())
         self._flush()
         return True
 
@@ -202,7 +215,8 @@ class LoadGenerator:
             async with asyncio.timeout(self.open_timeout):
                 await loop.create_connection(lambda: call, self.host, self.port)
                 await call.opened
-            call.send_text(plan.start)
+            for message in (*plan.preamble, plan.start):
+                call.send_text(message)
             self._seq += 1
             heapq.heappush(self._due, (loop.time(), self._seq, 0, call))
             self._arm()
@@ -239,5 +253,5 @@ class LoadGenerator:
             if k + 1 < p.packets:
                 heapq.heappush(due_list, (due + p.packet_s, seq, k + 1, call))
             else:
-                call.send_text({"type": "stop"})
+                call.send_text(p.stop)
         self._arm()

@@ -75,15 +75,21 @@ def bench_engine(model_path: str, batch_sizes: str, window_s: float, device: str
                    "at 100 ms packets, 1.3 ms at 20 ms.")
 @click.option("--service-env", multiple=True, metavar="KEY=VALUE",
               help="Extra environment for the service, e.g. NES2NET_ENGINE__MAX_BATCH_SIZE=128.")
+@click.option("--protocol", type=click.Choice(["generic", "twilio"]), default="generic",
+              show_default=True,
+              help="What the simulated gateways speak: the generic protocol (binary audio) or "
+                   "Twilio Media Streams (JSON, base64 μ-law per packet).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON here.")
 def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int,
               model_path: str, audio: Path | None, redis_url: str | None, keep_going: bool,
-              client_procs: int, service_env: tuple[str, ...], out: Path | None) -> None:
+              client_procs: int, service_env: tuple[str, ...], protocol: str,
+              out: Path | None) -> None:
     """Sustained concurrent real-time calls over loopback, latency window -> Redis event."""
     import tempfile
 
     from nes2net_stream.bench.e2e import run_sweep
+    from nes2net_stream.bench.provider_calls import PROTOCOLS
     from nes2net_stream.demo import sample_path
     from nes2net_stream.localstack import LocalRedis, ServiceProcess
 
@@ -91,7 +97,7 @@ def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int
     url = redis_url or local.url  # type: ignore[union-attr]
     log = Path(tempfile.gettempdir()) / "nes2net-bench-service.log"
     env = {"NES2NET_LIMITS__MAX_CALLS": "100000", "NES2NET_LOGGING__LEVEL": "warning",
-           "NES2NET_HTTP__PORT": "0"}
+           "NES2NET_HTTP__PORT": "0", **PROTOCOLS[protocol].service_env}
     env.update(_env_pairs(service_env))
     service = ServiceProcess(url, model=model_path, log_path=log, extra_env=env)
     try:
@@ -101,7 +107,8 @@ def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int
                                        levels, duration_s, cpu=service.cpu_seconds,
                                        target_p99_ms=target_p99_ms, frame_ms=frame_ms,
                                        stop_on_failure=not keep_going, procs=client_procs,
-                                       worker_cpu=service.worker_cpu_seconds))
+                                       worker_cpu=service.worker_cpu_seconds,
+                                       protocol=protocol))
     finally:
         service.stop()
         if local is not None:
