@@ -1,13 +1,13 @@
 """End-to-end load benchmark: N concurrent real-time calls over loopback WebSocket.
 
-The service runs as a separate process (so its CPU time can be measured) with a real Redis.
-Each simulated call streams a sample recording at real-time pace in ``frame_ms`` packets, like
-a telephony gateway (the lean load generator of :mod:`nes2net_stream.bench.loadgen`). A reader
-tails ``nes2net:scores`` and measures, for every window, the time from the moment its last
-audio sample was sent to the moment its event was written to Redis (the entry id's server
-timestamp). A load level is *sustained* when every call got its summary, no window was dropped
-or skipped for load (every call scored at its configured hop) and the p99 latency stays under
-the target.
+The service runs as a separate process (so its CPU time can be measured) with a real Redis. Each
+simulated call streams a sample recording at real-time pace in ``frame_ms`` packets, like a
+telephony gateway (the lean load generator of :mod:`nes2net_stream.bench.loadgen`). A reader
+tails ``nes2net:scores`` and ``nes2net:alerts`` and measures, for every window, the time from
+the moment its last audio sample was sent to the moment its event was written to Redis (the
+entry id's server timestamp); the calls' summaries are read there too. A load level is
+*sustained* when every call got its summary, no window was dropped or skipped for load (every
+call scored at its configured hop) and the p99 latency stays under the target.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ async def _level_part(ws_url: str, clip: np.ndarray, rate: int, calls: range, to
     url = urlunsplit(urlsplit(ws_url)._replace(path=proto.path))
     outcomes = await LoadGenerator(url).run(plans)
     failed = [o for o in outcomes if o.failure is not None or o.errors]
-    return {"send_logs": {p.call_id: p.send_log for p in plans},
+    return {"send_logs": {p.service_call_id: p.send_log for p in plans},
             "errors": [f"{o.call_id}: {o.failure or o.errors}" for o in failed][:5],
             "n_errors": len(failed), "cpu_s": time.process_time() - cpu0}
 
@@ -130,7 +130,7 @@ def _latencies(seen: list[tuple[str, float, float]], logs: dict[str, list[tuple[
     latencies: list[float] = []
     scheduled: list[float] = []
     for call_id, end_s, written in seen:
-        log = logs.get(call_id.split(":", 1)[0])  # a provider's call id may add a stream id
+        log = logs.get(call_id)
         if not log:
             continue
         t0 = log[0][1]  # the first packet left at the call's audio time 0

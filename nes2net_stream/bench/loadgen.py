@@ -1,13 +1,14 @@
 """A lean load generator for the end-to-end benchmark: thousands of real-time calls per process.
 
-Every simulated call is a real WebSocket client of the generic protocol (``/v1/stream``) over
-loopback: websockets' Sans-I/O client protocol does the opening handshake, frames and masks
-each message and answers the service's pings, and an asyncio transport carries the bytes. What
-it leaves out, against :func:`nes2net_stream.client.stream_samples`, is the per-packet overhead
-of the asyncio connection layer: no task, timer and lock per call and packet; one timer per
-process sends every packet that is due. The load generator shares the host's cores with the
-service it measures, so every core it does not use is one more for the service
-(docs/benchmarks.md, "Load generator").
+Every simulated call is a real WebSocket client over loopback (of the generic protocol, or of a
+provider's, see :mod:`nes2net_stream.bench.provider_calls`): websockets' Sans-I/O client
+protocol does the opening handshake, frames and masks each message and answers the service's
+pings, and an asyncio transport carries the bytes. What it leaves out, against
+:func:`nes2net_stream.client.stream_samples`, is the per-packet overhead of the asyncio
+connection layer: no task, timer and lock per call and packet; one timer per process sends every
+packet that is due. The load generator shares the host's cores with the service it measures, so
+every core it does not use is one more for the service (docs/benchmarks.md, "Where the host's
+cores go end to end").
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class CallPlan:
     preamble: list[dict[str, Any]] = field(default_factory=list)  # sent before ``start``
     media: Callable[[int, bytes], str] | None = None  # None: binary audio messages
     stop: dict[str, Any] = field(default_factory=lambda: {"type": "stop"})
+    service_call_id: str = ""  # the id the service gives the call ("": ``call_id``)
+
+    def __post_init__(self) -> None:
+        self.service_call_id = self.service_call_id or self.call_id
 
     @property
     def packets(self) -> int:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from nes2net_stream.bench.loadgen import CallPlan
 from nes2net_stream.client import start_message
 
+ACCOUNT_SID = "AC" + "0" * 32  # a Twilio account id of the right shape
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -53,7 +55,7 @@ def twilio_plan(call_id: str, mulaw: bytes, *, rate: int, packet: int, delay_s: 
                 f'"streamSid":"{stream_sid}"}}')
 
     start = {"event": "start", "sequenceNumber": "2", "streamSid": stream_sid,
-             "start": {"accountSid": "AC" + "0" * 32, "callSid": call_id,
+             "start": {"accountSid": ACCOUNT_SID, "callSid": call_id,
                        "streamSid": stream_sid, "tracks": ["inbound"], "customParameters": {},
                        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
                                        "channels": 1}}}
@@ -64,7 +66,8 @@ def twilio_plan(call_id: str, mulaw: bytes, *, rate: int, packet: int, delay_s: 
                     media=media,
                     stop={"event": "stop", "sequenceNumber": str(n_packets + 3),
                           "streamSid": stream_sid,
-                          "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_id}})
+                          "stop": {"accountSid": ACCOUNT_SID, "callSid": call_id}},
+                    service_call_id=f"{call_id}:{stream_sid}")
 
 
 PROTOCOLS: dict[str, Protocol] = {

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from nes2net_stream.bench.provider_calls import PROTOCOLS
+
 
 def _stamp() -> dict[str, str]:
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -75,7 +77,7 @@ def bench_engine(model_path: str, batch_sizes: str, window_s: float, device: str
                    "at 100 ms packets, 1.3 ms at 20 ms.")
 @click.option("--service-env", multiple=True, metavar="KEY=VALUE",
               help="Extra environment for the service, e.g. NES2NET_ENGINE__MAX_BATCH_SIZE=128.")
-@click.option("--protocol", type=click.Choice(["generic", "twilio"]), default="generic",
+@click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="generic",
               show_default=True,
               help="What the simulated gateways speak: the generic protocol (binary audio) or "
                    "Twilio Media Streams (JSON, base64 μ-law per packet).")
@@ -89,7 +91,6 @@ def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int
     import tempfile
 
     from nes2net_stream.bench.e2e import run_sweep
-    from nes2net_stream.bench.provider_calls import PROTOCOLS
     from nes2net_stream.demo import sample_path
     from nes2net_stream.localstack import LocalRedis, ServiceProcess
 

@@ -2,10 +2,11 @@
 
 Many hosts start processes with a soft ``RLIMIT_NOFILE`` of 1,024 (the hard limit is usually far
 higher), which a service accepting ``[limits] max_calls`` = 1,000 connections per process would
-hit under load: ``accept()`` fails with "too many open files" and new calls are refused while
-the service looks healthy. At start-up the soft limit is raised to the hard one (as servers
-commonly do; it needs no privilege), and a warning names the setting when even the hard limit is
-below what the configured call limit needs.
+hit under load: ``accept()`` fails with "too many open files", new connections wait in the
+kernel's accept queue and calls start late, in waves, while the service looks healthy. At
+start-up the soft limit is raised to the hard one (as servers commonly do; it needs no
+privilege), and a warning names the setting when even the hard limit is below what the
+configured call limit needs.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def check_open_files(calls: int, log: Any) -> OpenFiles | None:
     if found is None:
         return None
     if not found.enough:
-        log.warning("open-files limit below what limits.max_calls needs; calls beyond it will "
-                    "be refused at accept()", max_calls=calls, needed=found.needed,
+        log.warning("open-files limit below what limits.max_calls needs; calls beyond it "
+                    "will wait to be accepted and start late", max_calls=calls, needed=found.needed,
                     limit=found.after, hard_limit=found.hard,
                     fix="raise the hard limit: ulimit -Hn, systemd LimitNOFILE=, "
                         "docker --ulimit nofile=")
