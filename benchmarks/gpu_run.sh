@@ -12,7 +12,8 @@
 #                                       the ingest-to-scorer channel alone on that host
 # Expects the Python wheels the image lacks in .whl/ and the Debian packages of redis-server in
 # .debs/ (see docs/benchmarks.md); writes JSON (and each benchmark's progress log, so a step cut
-# short still reports the rows it finished) into $OUT.
+# short still reports the rows it finished) into $OUT, packed at the end into $OUT/run.tgz
+# beside $OUT/summary.md (PACK=0 leaves them loose).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 STAGE=${1:-all}
@@ -91,3 +92,9 @@ case "$STAGE" in
 esac
 python3 benchmarks/summarize_gpu_run.py "$OUT" > "$OUT/summary.md" && cat "$OUT/summary.md"
 ls -la "$OUT"
+# the device tool returns at most 8 files: pack every log and JSON into one archive beside the
+# summary (unpack with: tar xzf run.tgz)
+if [[ ${PACK:-1} == 1 ]]; then
+  tar czf /tmp/run.tgz -C "$OUT" --exclude summary.md . && \
+    find "$OUT" -mindepth 1 ! -name summary.md -delete && mv /tmp/run.tgz "$OUT/run.tgz"
+fi
