@@ -18,7 +18,10 @@ batch, and times the batch runner in steady state in these configurations:
   back-end compiled by ``torch.compile`` (``[engine] compile_backend``), replayed from the same
   graphs;
 - ``cached_backend_graph_bf16_weights_gemm_conv_fft_pos``: the same (not compiled) with the
-  transformer's positional convolution through FFTs (``[engine] pos_conv = "fft"``).
+  transformer's positional convolution through FFTs (``[engine] pos_conv = "fft"``);
+- ``..._fft_pos_fused_layers``: plus the transformer layers' fused forward (``[engine]
+  encoder_layers = "fused"``; every column above runs transformers' own layers), and
+  ``..._fft_pos_fused_layers_compiled`` with the compiled back-end as well.
 
 Each column also gives ``warmup_s``, the first two batches (cache fill, graph capture and, for
 the compiled back-end, compilation).
@@ -27,7 +30,10 @@ Also reports each configuration's largest logit difference from ``uncached`` (th
 up to float rounding; bf16 weights round differently). Then the whole scoring engine with the
 service's defaults (all of the above, dynamic batching) is timed on the same streams with its
 loop pipelined (``[engine] pipeline``, the default on CUDA) and sequential: ``engine_pipelined``
-and ``engine_sequential`` (windows per second over all steps, results delivered).
+and ``engine_sequential`` (windows per second over all steps, results delivered);
+``engine_pipelined_native_layers`` is the first with transformers' own layers and
+``engine_pipelined_compiled`` with the compiled back-end (compiled during the engine's
+warm-up, which is not timed).
 XLS-R 300M + Nes2Net-X with random weights on CUDA (bf16); ``--smoke`` or ``--cpu-geometry``
 pick smaller front-ends with the same conv geometry for CPUs. Prints JSON.
 
@@ -74,6 +80,7 @@ class Config(NamedTuple):
     conv_encoder: str = "native"
     compile_backend: bool = False
     pos_conv: str = "native"
+    encoder_layers: str = "native"
 
 
 _BF16 = {"backend_graphs": True, "cast_weights": True}
@@ -90,7 +97,17 @@ CONFIGS = {
         True, **_BF16, conv_encoder="gemm", compile_backend=True),
     "cached_backend_graph_bf16_weights_gemm_conv_fft_pos": Config(
         True, **_BF16, conv_encoder="gemm", pos_conv="fft"),
+    "cached_backend_graph_bf16_weights_gemm_conv_fft_pos_fused_layers": Config(
+        True, **_BF16, conv_encoder="gemm", pos_conv="fft", encoder_layers="fused"),
+    "cached_backend_graph_bf16_weights_gemm_conv_fft_pos_fused_layers_compiled": Config(
+        True, **_BF16, conv_encoder="gemm", pos_conv="fft", encoder_layers="fused",
+        compile_backend=True),
 }
+# whole-engine columns: name -> (pipelined, [engine] encoder_layers, compile_backend)
+ENGINE_COLUMNS = {"engine_pipelined": (True, "fused", False),
+                  "engine_sequential": (False, "fused", False),
+                  "engine_pipelined_native_layers": (True, "native", False),
+                  "engine_pipelined_compiled": (True, "fused", True)}
 
 
 def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
@@ -127,13 +144,17 @@ def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
 
 
 def measure_engine(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
-                   dtype: torch.dtype | None, device: torch.device, pipeline: bool) -> float:
+                   dtype: torch.dtype | None, device: torch.device, pipeline: bool,
+                   encoder_layers: str = "fused", compile_backend: bool = False) -> float:
     """Windows per second through the whole engine: ``batch`` streams, ``steps`` hops each."""
     engine = ScoringEngine(copy.deepcopy(det),
                            max_batch_size=batch, max_delay_ms=5.0, max_queue=batch * (steps + 3),
                            dtype=dtype, window_samples=window, cast_weights=dtype is not None,
-                           pipeline=pipeline)
-    engine.warmup()
+                           pipeline=pipeline, encoder_layers=encoder_layers,
+                           compile_backend=compile_backend)
+    engine.warmup()  # every bucket: graph capture and, compiled, compilation
+    if compile_backend and not engine.runner.backend_compiled:
+        raise SystemExit("the back-end failed to compile (see the warning above)")
     rng = np.random.default_rng(2)
     signal = (0.1 * rng.standard_normal((batch, window + hop * (steps + 3)))).astype(np.float32)
     done = threading.Semaphore(0)
@@ -176,6 +197,8 @@ def main() -> None:
                     help="comma-separated configurations to time (uncached always runs)")
     ap.add_argument("--no-engine", action="store_true",
                     help="skip the whole-engine (pipelined vs sequential) measurements")
+    ap.add_argument("--engine-columns", default="engine_pipelined,engine_sequential",
+                    help=f"whole-engine columns to time, of {', '.join(ENGINE_COLUMNS)}")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if a.smoke:
@@ -194,6 +217,9 @@ def main() -> None:
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
         ap.error(f"unknown --configs {unknown}; choose from {sorted(CONFIGS)}")
+    unknown = sorted(set(a.engine_columns.split(",")) - set(ENGINE_COLUMNS) - {""})
+    if unknown:
+        ap.error(f"unknown --engine-columns {unknown}; choose from {sorted(ENGINE_COLUMNS)}")
     for bs in [int(b) for b in a.batch_sizes.split(",")]:
         row: dict = {"batch_size": bs}
         base = None
@@ -206,11 +232,10 @@ def main() -> None:
                          "max_abs_logit_diff_vs_uncached": float((logits - base).abs().max())}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        for name, pipelined in (("engine_pipelined", True), ("engine_sequential", False)):
-            if a.no_engine:
-                break
+        for name in [] if a.no_engine else [c for c in a.engine_columns.split(",") if c]:
+            pipelined, layers, compiled = ENGINE_COLUMNS[name]
             wps = measure_engine(det, bs, window, a.hop_samples, a.steps, dtype, device,
-                                 pipelined)
+                                 pipelined, layers, compiled)
             row[name] = {"windows_per_s": round(wps, 1)}
             if device.type == "cuda":
                 torch.cuda.empty_cache()

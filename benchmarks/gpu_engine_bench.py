@@ -9,13 +9,16 @@ with the model cast to bf16 (``dtype_mode = "weights"``); that plus the conv fea
 channels-last matrix products (``[engine] conv_encoder = "gemm"``; the other modes use
 transformers' encoder); and that with the whole model replayed from a graph at every bucket
 (with autocast that was slower than eager from batch 32 up; with cast weights it may not be);
-and the service's defaults (``..._fft_pos``: the positional convolution through FFTs, so the
-front-end runs on a batch's real rows and only the back-end on its padded bucket; compare it
-with ``cuda_graph_bucket_bf16_weights_gemm_conv`` at a batch size between buckets, e.g. 192).
+``..._fft_pos`` (the positional convolution through FFTs, so the front-end runs on a batch's
+real rows and only the back-end on its padded bucket; compare it with
+``cuda_graph_bucket_bf16_weights_gemm_conv`` at a batch size between buckets, e.g. 192); and
+the service's defaults, ``..._fft_pos_fused_layers`` (the transformer layers' fused forward,
+``[engine] encoder_layers = "fused"``; every other mode runs transformers' own layers).
 Also checks that graph replay and bucket padding give the same logits as eager execution, and
 times each stage of the model (``stages``:
 conv encoder, feature projection, positional convolution direct and through FFTs
-(``[engine] pos_conv``), transformer layers, back-end), with
+(``[engine] pos_conv``), transformer layers (transformers' and fused,
+``[engine] encoder_layers``), back-end), with
 the conv encoder also compared alone (``conv_encoder``: native vs GEMM on a whole window and on
 one hop's new audio, times and largest difference).
 Prints JSON.
@@ -48,7 +51,8 @@ from nes2net_stream.service.runner import BatchRunner, cuda_capture
 MODES = ("eager", "eager_cudnn_benchmark", "cuda_graph_bucket", "cuda_graph_bucket_bf16_weights",
          "cuda_graph_bucket_bf16_weights_gemm_conv",
          "cuda_graph_all_buckets_bf16_weights_gemm_conv",
-         "cuda_graph_bucket_bf16_weights_gemm_conv_fft_pos")
+         "cuda_graph_bucket_bf16_weights_gemm_conv_fft_pos",
+         "cuda_graph_bucket_bf16_weights_gemm_conv_fft_pos_fused_layers")
 
 
 def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dtype | None,
@@ -107,7 +111,13 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
                 h = h[0] if isinstance(h, tuple) else h
             return h
 
-        t("transformer_layers", layers)
+        native_layers = t("transformer_layers", layers)
+        frontend.layers_impl = "fused"  # [engine] encoder_layers = "fused"
+        fused_layers = t("transformer_layers_fused", layers)
+        out["transformer_layers_fused_max_abs_diff"] = float(
+            (fused_layers.float() - native_layers.float()).abs().max())
+        out["transformer_layers_max_abs"] = float(native_layers.float().abs().max())
+        frontend.layers_impl = "native"
         feats = frontend(0.1 * torch.randn(batch, samples, device=device, dtype=act))
         t("whole_frontend", lambda: frontend.forward_from_conv(conv))
         t("backend_eager", lambda: backend(feats))
@@ -167,7 +177,8 @@ def main() -> None:
                                  cuda_graphs=graphs, backend_graphs=graphs, cast_weights=cast,
                                  graph_max_batch=max(sizes) if "all_buckets" in mode else 16,
                                  conv_encoder="gemm" if "gemm_conv" in mode else "native",
-                                 pos_conv="fft" if mode.endswith("fft_pos") else "native")
+                                 pos_conv="fft" if "fft_pos" in mode else "native",
+                                 encoder_layers="fused" if "fused_layers" in mode else "native")
             secs = time_calls(lambda r=runner, xx=x: r.run(xx), device, a.min_time_s,
                               a.max_iters)
             row[mode] = {"latency_ms": round(1000 * secs, 2),
@@ -178,7 +189,8 @@ def main() -> None:
                 if eager is None:
                     eager = BatchRunner(det, window_samples=samples, max_batch_size=max(sizes),
                                         dtype=dtype, use_buckets=False, cuda_graphs=False,
-                                        conv_encoder="native", pos_conv="native").run(x)
+                                        conv_encoder="native", pos_conv="native",
+                                        encoder_layers="native").run(x)
                 row[mode]["max_abs_logit_diff_vs_eager"] = float(
                     (runner.run(x) - eager).abs().max())
             del runner

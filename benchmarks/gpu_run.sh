@@ -10,6 +10,11 @@
 #   bash benchmarks/gpu_run.sh engine   the engine steps only
 #   bash benchmarks/gpu_run.sh e2e      the service end to end with multi-process ingest, then
 #                                       the ingest-to-scorer channel alone on that host
+#   bash benchmarks/gpu_run.sh layers   a shorter follow-up (about 6 minutes): the fused
+#                                       transformer layers and the compiled back-end against the
+#                                       previous defaults (CUDA tests, per-stage timings, the
+#                                       streaming engine at batch 256), the service end to end,
+#                                       then a profile of one streaming batch
 # Expects the Python wheels the image lacks in .whl/ and the Debian packages of redis-server in
 # .debs/ (see docs/benchmarks.md); writes JSON (and each benchmark's progress log, so a step cut
 # short still reports the rows it finished) into $OUT, packed at the end into $OUT/run.tgz
@@ -70,8 +75,33 @@ e2e_calls() {
   export PATH=/tmp/redis/usr/bin:$PATH
   export LD_LIBRARY_PATH=/tmp/redis/usr/lib/x86_64-linux-gnu:/tmp/redis/lib/x86_64-linux-gnu
   redis-server --version || ldd /tmp/redis/usr/bin/redis-check-rdb
-  step e2e 200 python3 benchmarks/gpu_e2e.py --calls "${E2E_CALLS:-2500}" --duration-s 15 \
+  step e2e "${E2E_CAP_S:-200}" python3 benchmarks/gpu_e2e.py --calls "${E2E_CALLS:-2500}" \
+    --duration-s "${E2E_DURATION_S:-15}" \
     --workers 10 --client-procs 6 --out "$OUT/e2e_workers.json"
+}
+
+# the follow-up: fused transformer layers ([engine] encoder_layers) and the compiled back-end
+layers_tests() {
+  step cuda_tests 50 python3 -m pytest -q -p no:cacheprovider tests/test_fused_layers.py \
+    tests/test_engine.py tests/test_engine_pipeline.py tests/test_feature_cache.py \
+    tests/test_pos_conv_fft.py
+}
+
+layers_stages() {
+  step engine 50 python3 benchmarks/gpu_engine_bench.py --stages-only --batch-sizes 128,256 \
+    --min-time-s 0.5 --out "$OUT/engine.json"
+}
+
+layers_engine() {
+  local base=cached_backend_graph_bf16_weights_gemm_conv_fft_pos
+  step feature_cache 150 python3 benchmarks/feature_cache_bench.py --batch-sizes 256 \
+    --steps 8 --out "$OUT/feature_cache.json" \
+    --configs "$base,${base}_fused_layers,${base}_fused_layers_compiled" \
+    --engine-columns engine_pipelined,engine_pipelined_native_layers,engine_pipelined_compiled
+}
+
+profile_batch() {
+  step profile 30 python3 benchmarks/profile_engine.py --batch 256 --out "$OUT/profile.json"
 }
 
 channel() {
@@ -88,7 +118,9 @@ case "$STAGE" in
   all) cuda_tests; feature_cache; e2e_calls; engine_modes; backend; channel ;;
   engine) cuda_tests; feature_cache; engine_modes; backend ;;
   e2e) e2e_calls; channel ;;
-  *) echo "unknown stage $STAGE (all, engine or e2e)"; exit 2 ;;
+  layers) layers_tests; layers_stages; layers_engine; E2E_CAP_S=90 E2E_DURATION_S=20 e2e_calls
+    profile_batch ;;
+  *) echo "unknown stage $STAGE (all, engine, e2e or layers)"; exit 2 ;;
 esac
 python3 benchmarks/summarize_gpu_run.py "$OUT" > "$OUT/summary.md" && cat "$OUT/summary.md"
 ls -la "$OUT"

@@ -2,7 +2,7 @@
 
 A lent GPU session is short; this turns ``$OUT`` (``gpu.txt``, ``steps.txt``,
 ``feature_cache.json``, ``engine.json``, ``backend.json``, ``e2e_workers.json``,
-``ingest_channel.json``, whichever exist) into the tables for docs/benchmarks.md and answers
+``ingest_channel.json``, ``profile.json``, whichever exist) into the tables for docs/benchmarks.md and answers
 the questions the run was prepared for: are the targets met, does the FFT positional
 convolution beat cuDNN, does the compiled back-end pay, do whole-model graphs pay at every
 bucket. Missing files or rows (a step cut short) are skipped and said so.
@@ -145,6 +145,16 @@ def channel_section(ch: dict[str, Any]) -> list[str]:
     return lines + table(cols, [[r.get(c) for c in cols] for r in ch["rows"]])
 
 
+def profile_section(prof: dict[str, Any], top: int = 15) -> list[str]:
+    """The operations and kernels with the most self time in one streaming batch."""
+    head = (f"### Profile of one streaming batch (`profile_engine.py`, batch "
+            f"{prof.get('batch_size')}, {prof.get('time_kind')} "
+            f"{prof.get('self_ms_per_batch')} ms per batch)")
+    rows = [[r["name"].replace("|", "\\|"), r["ms_per_batch"], r["calls_per_batch"], f"{100 * r['share']:.1f} %"]
+            for r in (prof.get("top") or [])[:top]]
+    return [head, ""] + table(["operation / kernel", "ms per batch", "calls", "share"], rows)
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -173,6 +183,14 @@ def decisions(best_engine: float | None, found: dict[str, Any],
         advice = 'keep "fft"' if fft <= direct else 'set the default to "native"'
         out.append(f"- `[engine] pos_conv`: FFT {fft:.2f} ms vs direct {direct:.2f} ms on "
                    f"average: {advice}.")
+    native = _mean([s["transformer_layers_ms"] for s in stages
+                    if "transformer_layers_fused_ms" in s])
+    fused = _mean([s["transformer_layers_fused_ms"] for s in stages
+                   if "transformer_layers_fused_ms" in s])
+    if native is not None and fused is not None:
+        advice = 'keep "fused"' if fused <= native else 'set the default to "native"'
+        out.append(f"- `[engine] encoder_layers`: fused {fused:.2f} ms vs transformers' "
+                   f"{native:.2f} ms on average: {advice}.")
     if backend is not None:
         pairs = [(r["graph_ms"], r["compiled_graph_ms"]) for r in backend["rows"]
                  if r.get("graph_ms") and r.get("compiled_graph_ms")]
@@ -231,6 +249,8 @@ def summarize(folder: Path) -> str:
     if (ch := load(folder, "ingest_channel.json", "ingest_channel.log")) is not None:
         lines += channel_section(ch)
         cut += ["ingest_channel"] if ch.get("partial") else []
+    if (prof := load(folder, "profile.json")) is not None:
+        lines += profile_section(prof)
     if cut:
         lines += ["Cut short, rows taken from the progress logs: " + ", ".join(cut), ""]
     if missing:

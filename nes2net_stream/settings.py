@@ -135,6 +135,7 @@ class EngineSection(Section):
     pipeline: bool = True
     conv_encoder: Literal["gemm", "native"] = "gemm"
     pos_conv: Literal["fft", "native"] = "fft"
+    encoder_layers: Literal["fused", "native"] = "fused"
     compile_backend: bool = False
     latency_target_ms: float = Field(500.0, gt=0.0, le=600_000.0)
     max_hop_factor: int = Field(8, ge=1, le=64)

@@ -19,18 +19,21 @@ def run_script(name: str, *args: str) -> dict:
 
 @pytest.mark.timeout(300)
 def test_feature_cache_ablation_smoke():
-    out = run_script("feature_cache_bench.py")
+    out = run_script("feature_cache_bench.py", "--engine-columns",
+                     "engine_pipelined,engine_sequential,engine_pipelined_native_layers")
     assert out["benchmark"] == "feature_cache" and out["rows"]
     for row in out["rows"]:
         for name in ("uncached", "cached", "cached_backend_graph",
                      "cached_backend_graph_bf16_weights",
                      "cached_backend_graph_bf16_weights_gemm_conv",
                      "uncached_backend_graph_bf16_weights_gemm_conv",
-                     "cached_backend_graph_bf16_weights_gemm_conv_compiled"):
+                     "cached_backend_graph_bf16_weights_gemm_conv_compiled",
+                     "cached_backend_graph_bf16_weights_gemm_conv_fft_pos_fused_layers"):
             assert row[name]["windows_per_s"] > 0
             assert row[name]["max_abs_logit_diff_vs_uncached"] < 1e-3  # fp32 on the CPU
         assert row["engine_pipelined"]["windows_per_s"] > 0
         assert row["engine_sequential"]["windows_per_s"] > 0
+        assert row["engine_pipelined_native_layers"]["windows_per_s"] > 0
     assert out["best_windows_per_s"] > 0
 
 
@@ -40,14 +43,29 @@ def test_engine_bench_smoke():
     assert [r["batch_size"] for r in out["rows"]] == [1, 2, 3]
     for row in out["rows"]:
         assert row["cuda_graph_bucket_bf16_weights"]["max_abs_logit_diff_vs_eager"] < 1e-3
+        fused = row["cuda_graph_bucket_bf16_weights_gemm_conv_fft_pos_fused_layers"]
+        assert fused["max_abs_logit_diff_vs_eager"] < 1e-3
     for entry in out["conv_encoder"]:
         assert entry["max_abs_diff"] <= 1e-4 * max(1.0, entry["max_abs_native"])
     for stage in ("conv_gemm_hop_ms", "positional_conv_ms", "positional_conv_fft_ms",
-                  "transformer_layers_ms", "backend_eager_ms"):
+                  "transformer_layers_ms", "transformer_layers_fused_ms", "backend_eager_ms"):
         assert all(s[stage] > 0 for s in out["stages"])
     for s in out["stages"]:
         scale = max(1.0, s["positional_conv_max_abs"])
         assert s["positional_conv_fft_max_abs_diff"] <= 1e-4 * scale
+        assert s["transformer_layers_fused_max_abs_diff"] <= 1e-4 * max(
+            1.0, s["transformer_layers_max_abs"])
+
+
+@pytest.mark.timeout(300)
+def test_profile_smoke_lists_where_a_streaming_batch_spends_its_time():
+    out = run_script("profile_engine.py")
+    assert out["benchmark"] == "profile_engine" and out["time_kind"] == "CPU self time"
+    top = out["top"]
+    assert 0 < len(top) <= 15 and out["self_ms_per_batch"] > 0
+    times = [r["ms_per_batch"] for r in top]
+    assert times == sorted(times, reverse=True) and 0 < sum(r["share"] for r in top) <= 1.0001
+    assert any("layer_norm" in r["name"] for r in top)  # the model's operations, by name
 
 
 @pytest.mark.timeout(300)
@@ -67,6 +85,7 @@ def test_e2e_bench_measures_latency_from_the_actual_send(tmp_path):
     # CPU per call-second: the service (one process: no separate ingest workers), the clients
     assert level["cpu_ms_per_call_second"] > 0 and level["client_cpu_ms_per_call_second"] > 0
     assert level["ingest_cpu_ms_per_call_second"] is None
+    assert json.loads(out.read_text())["service_exit_code"] == 0  # drained and exited cleanly
 
 
 @pytest.mark.timeout(300)

@@ -62,6 +62,19 @@ def test_smoke_outputs_of_every_step_are_summarised_with_the_pending_decisions(t
     assert "Not in this run" not in text
 
 
+def test_the_profile_becomes_a_table_of_the_top_kernels(tmp_path):
+    top = [{"name": "void gemm<bf16>|tile", "ms_per_batch": 40.5, "calls_per_batch": 96.0,
+            "share": 0.45}, {"name": "layer_norm_kernel", "ms_per_batch": 5.25,
+                             "calls_per_batch": 48.0, "share": 0.0583}]
+    (tmp_path / "profile.json").write_text(json.dumps(
+        {"batch_size": 256, "time_kind": "device self time", "self_ms_per_batch": 90.0,
+         "top": top}))
+    text = summarize(tmp_path)
+    assert "batch 256, device self time 90.0 ms per batch" in text
+    assert "| void gemm<bf16>\\|tile | 40.5 | 96.0 | 45.0 % |" in text
+    assert "| layer_norm_kernel | 5.25 | 48.0 | 5.8 % |" in text
+
+
 def test_a_run_cut_short_says_what_is_missing(tmp_path):
     (tmp_path / "gpu.txt").write_text("name, memory.total [MiB]\nNVIDIA H100, 81559 MiB\n")
     text = summarize(tmp_path)
@@ -73,11 +86,14 @@ def test_rows_of_steps_cut_short_come_from_their_progress_logs(tmp_path):
     row = {"batch_size": 128, "uncached": {"windows_per_s": 1100.0},
            "cached_backend_graph_bf16_weights_gemm_conv": {"windows_per_s": 2100.0}}
     (tmp_path / "feature_cache.log").write_text("warming up\n" + json.dumps(row) + "\n")
-    stage = {"batch_size": 128, "positional_conv_ms": 3.0, "positional_conv_fft_ms": 1.0}
+    stage = {"batch_size": 128, "positional_conv_ms": 3.0, "positional_conv_fft_ms": 1.0,
+             "transformer_layers_ms": 34.0, "transformer_layers_fused_ms": 36.0}
     (tmp_path / "engine.log").write_text(json.dumps({"conv_encoder": {"batch_size": 128}})
                                          + "\n" + json.dumps({"stages": stage}) + "\nTraceback")
     text = summarize(tmp_path)
     assert "| 128 | 1,100.0 | 2,100.0 |" in text
     assert "Cut short, rows taken from the progress logs: feature_cache, engine" in text
     assert 'FFT 1.00 ms vs direct 3.00 ms on average: keep "fft"' in text
+    assert ("`[engine] encoder_layers`: fused 36.00 ms vs transformers' 34.00 ms on average: "
+            'set the default to "native"') in text
     assert "Engine target (3,000 windows/s): not met, best 2,100.0 windows/s." in text

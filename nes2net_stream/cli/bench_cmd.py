@@ -111,10 +111,11 @@ def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int
                                        worker_cpu=service.worker_cpu_seconds,
                                        protocol=protocol))
     finally:
-        service.stop()
+        exit_code = service.stop()
         if local is not None:
             local.stop()
-    report = {"benchmark": "e2e", **_stamp(), "model": model_path, **report}
+    report = {"benchmark": "e2e", **_stamp(), "model": model_path, **report,
+              "service_exit_code": exit_code}
     text = json.dumps(report, indent=2)
     if out is not None:
         out.write_text(text + "\n", encoding="utf-8")

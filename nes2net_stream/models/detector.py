@@ -140,6 +140,13 @@ class Detector(nn.Module):
         self.frontend.pos_conv_impl = impl
         return True
 
+    def set_layers_impl(self, impl: str) -> bool:
+        """Run the SSL transformer layers ``"fused"`` or ``"native"``; False if no SSL."""
+        if not hasattr(self.frontend, "layers_impl"):
+            return False
+        self.frontend.layers_impl = impl
+        return True
+
     def forward_from_conv(self, conv: torch.Tensor) -> torch.Tensor:
         """Logits from precomputed convolutional features (same as :meth:`forward`)."""
         return self.backend(self.frontend.forward_from_conv(conv))

@@ -21,7 +21,8 @@ be computed once and reused (:class:`ConvGeometry`, the streaming feature cache)
 ``conv_impl = "gemm"`` (what the scoring engine sets) that encoder runs as channels-last matrix
 products (:mod:`nes2net_stream.models.conv_gemm`) instead of transformers' own modules, and
 with ``pos_conv_impl = "fft"`` the transformer's positional convolution runs through FFTs
-(:mod:`nes2net_stream.models.pos_conv_fft`).
+(:mod:`nes2net_stream.models.pos_conv_fft`); with ``layers_impl = "fused"`` the transformer
+layers that have one run a leaner inference forward (:mod:`nes2net_stream.models.fused_layers`).
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ from torch import nn
 from nes2net_stream.errors import BundleError, DependencyError
 from nes2net_stream.models.config import SSLConfig
 from nes2net_stream.models.conv_gemm import gemm_conv_features, supports_gemm
+from nes2net_stream.models.fused_layers import supports_fused, use_fused, uses_fused
 from nes2net_stream.models.pos_conv_fft import supports_fft, use_fft, uses_fft
 
 ConvImpl = Literal["native", "gemm"]
 PosConvImpl = Literal["native", "fft"]
+LayersImpl = Literal["native", "fused"]
 
 _OVERRIDES = {"apply_spec_augment": False, "layerdrop": 0.0, "mask_time_prob": 0.0,
               "mask_feature_prob": 0.0}
@@ -199,6 +202,19 @@ class SSLFrontend(nn.Module):
             raise BundleError("this front-end's positional convolution has no FFT form")
         if conv is not None:
             use_fft(conv, impl == "fft")
+
+    @property
+    def layers_impl(self) -> LayersImpl:
+        """``"fused"`` while any transformer layer runs the fused forward, else ``"native"``."""
+        return "fused" if any(uses_fused(m) for m in self.model.encoder.layers) else "native"
+
+    @layers_impl.setter
+    def layers_impl(self, impl: LayersImpl) -> None:
+        """``"fused"``: the fused forward on every layer that has one (WavLM's have none)."""
+        if impl not in ("native", "fused"):
+            raise ValueError(f"layers_impl must be 'native' or 'fused', not {impl!r}")
+        for layer in self.model.encoder.layers:
+            use_fused(layer, impl == "fused" and supports_fused(layer))
 
     def positional_conv(self) -> nn.Module | None:
         """The transformer's positional convolution (``nn.Conv1d``), if it has one."""

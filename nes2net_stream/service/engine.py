@@ -113,7 +113,8 @@ class ScoringEngine:
                  window_samples: int = 64_000, cuda_graphs: bool = True,
                  cuda_graph_max_batch: int = 16, cuda_graph_backend: bool = True,
                  cast_weights: bool = False, conv_encoder: str = "gemm",
-                 pos_conv: str = "fft", compile_backend: bool = False,
+                 pos_conv: str = "fft", encoder_layers: str = "fused",
+                 compile_backend: bool = False,
                  latency_target_s: float = 0.5,
                  max_stride: int = 8, stall_timeout_s: float = 120.0,
                  feature_cache: bool = True, feature_cache_entries: int = 10_000,
@@ -127,7 +128,8 @@ class ScoringEngine:
                                   graph_max_batch=cuda_graph_max_batch,
                                   backend_graphs=cuda_graph_backend,
                                   cast_weights=cast_weights, conv_encoder=conv_encoder,
-                                  pos_conv=pos_conv, compile_backend=compile_backend,
+                                  pos_conv=pos_conv, encoder_layers=encoder_layers,
+                                  compile_backend=compile_backend,
                                   feature_cache=feature_cache,
                                   feature_cache_entries=feature_cache_entries)
         self.latency_target_s = latency_target_s

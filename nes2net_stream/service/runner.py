@@ -140,13 +140,15 @@ class BatchRunner:
                  backend_graphs: bool = True, feature_cache: bool = False,
                  feature_cache_entries: int = 10_000, cast_weights: bool = False,
                  conv_encoder: str = "gemm", pos_conv: str = "fft",
-                 graph_capture: Capture | None = None, compile_backend: bool = False,
-                 compiler: Compiler | None = None):
+                 encoder_layers: str = "fused", graph_capture: Capture | None = None,
+                 compile_backend: bool = False, compiler: Compiler | None = None):
         self.detector = detector.eval()
         # the SSL conv encoder as channels-last matrix products (models/conv_gemm.py) and the
         # positional convolution through FFTs (models/pos_conv_fft.py), where the model has them
         self._use_form(self.detector.set_conv_impl, "conv_encoder", conv_encoder)
         self._use_form(self.detector.set_pos_conv_impl, "pos_conv", pos_conv)
+        # the transformer layers' fused inference forward (models/fused_layers.py)
+        self._use_form(self.detector.set_layers_impl, "encoder_layers", encoder_layers)
         self.device = next(detector.parameters()).device
         self.cuda = self.device.type == "cuda"
         # cast_weights: the whole model in ``dtype`` (any device); else autocast (CUDA only)

@@ -96,6 +96,7 @@ def build_engine(settings: Settings, metrics: ServiceMetrics) -> ScoringEngine:
                          cuda_graphs=e.cuda_graphs, cuda_graph_max_batch=e.cuda_graph_max_batch,
                          cuda_graph_backend=e.cuda_graph_backend,
                          conv_encoder=e.conv_encoder, pos_conv=e.pos_conv,
+                         encoder_layers=e.encoder_layers,
                          compile_backend=e.compile_backend,
                          cast_weights=settings.model.dtype_mode == "weights",
                          pipeline=None if e.pipeline else False,

@@ -1,0 +1,97 @@
+"""Where a streaming batch's device time goes: the top kernels of one steady-state batch.
+
+Runs the batch runner as the service configures it (feature cache, bf16 weights, GEMM conv
+encoder, FFT positional convolution, fused transformer layers, back-end replayed from a graph)
+on ``--batch`` concurrent streams advancing one hop per batch, then records ``--steps`` batches
+with ``torch.profiler`` and prints the operations and kernels with the most self time per batch
+(device time on CUDA, CPU time otherwise) as JSON: what to fuse or rewrite next.
+
+    python benchmarks/profile_engine.py --out profile.json       # CUDA machine
+    python benchmarks/profile_engine.py --smoke                   # CPU, tiny geometry
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import nes2net_stream  # noqa: F401
+except ImportError:  # run from a source checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from nes2net_stream.bench.engine import TINY_SSL, emit, environment, sync
+from nes2net_stream.models.checkpoints import build_detector
+from nes2net_stream.service.runner import BatchRunner
+
+
+def self_time_us(event: object, cuda: bool) -> float:
+    """An aggregated event's self time in microseconds (device time on CUDA)."""
+    if cuda:
+        for name in ("self_device_time_total", "self_cuda_time_total"):
+            if hasattr(event, name):
+                return float(getattr(event, name))
+    return float(event.self_cpu_time_total)  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--window-s", type=float, default=4.0)
+    ap.add_argument("--hop-samples", type=int, default=16_320)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    if a.smoke:
+        a.batch, a.window_s, a.hop_samples, a.steps, a.top = 4, 1.0, 4800, 2, 15
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    det = build_detector("xlsr300m-nes2net-x", ssl_overrides=TINY_SSL if a.smoke else None,
+                         backend_options={"outer_ratio": 4, "inner_ratio": 4} if a.smoke
+                         else None, device=device if cuda else None).to(device).eval()
+    window = int(a.window_s * 16000)
+    runner = BatchRunner(det, window_samples=window, max_batch_size=a.batch,
+                         dtype=torch.bfloat16 if cuda else None, cast_weights=cuda,
+                         feature_cache=True, use_buckets=False, cuda_graphs=False)
+    rng = np.random.default_rng(0)
+    total = window + a.hop_samples * (a.steps + 4)
+    signal = (0.1 * rng.standard_normal((a.batch, total))).astype(np.float32)
+    keys = [f"stream-{i}" for i in range(a.batch)]
+
+    def step(k: int) -> None:
+        end = window + a.hop_samples * k
+        runner.run(signal[:, end - window:end], keys, [end] * a.batch)
+
+    for k in range(3):  # cache filled, graphs captured, kernels selected
+        step(k)
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for k in range(3, 3 + a.steps):
+            step(k)
+        sync(device)
+    events = [e for e in prof.key_averages() if self_time_us(e, cuda) > 0]
+    events.sort(key=lambda e: self_time_us(e, cuda), reverse=True)
+    per_batch_ms = sum(self_time_us(e, cuda) for e in events) / 1000.0 / a.steps
+    rows = [{"name": e.key[:120], "ms_per_batch": round(self_time_us(e, cuda) / 1000 / a.steps,
+                                                         3),
+             "calls_per_batch": round(e.count / a.steps, 1),
+             "share": round(self_time_us(e, cuda) / 1000 / a.steps / per_batch_ms, 4)}
+            for e in events[:a.top]]
+    emit({"benchmark": "profile_engine", "device": str(device), "smoke": a.smoke,
+          "environment": environment(device), "batch_size": a.batch, "window_s": a.window_s,
+          "hop_samples": a.hop_samples, "steps": a.steps,
+          "time_kind": "device self time" if cuda else "CPU self time",
+          "self_ms_per_batch": round(per_batch_ms, 3), "top": rows}, a.out)
+
+
+if __name__ == "__main__":
+    main()
