@@ -2,10 +2,10 @@
 
 A lent GPU session is short; this turns ``$OUT`` (``gpu.txt``, ``steps.txt``,
 ``feature_cache.json``, ``engine.json``, ``backend.json``, ``e2e_workers.json``,
-``ingest_channel.json``, ``profile.json``, whichever exist) into the tables for docs/benchmarks.md and answers
-the questions the run was prepared for: are the targets met, does the FFT positional
-convolution beat cuDNN, does the compiled back-end pay, do whole-model graphs pay at every
-bucket. Missing files or rows (a step cut short) are skipped and said so.
+``ingest_channel.json``, ``profile.json``, whichever exist) into the tables for
+docs/benchmarks.md and answers the questions the run was prepared for: are the targets met,
+does the FFT positional convolution beat cuDNN, do the fused transformer layers pay, does the
+compiled back-end pay, do whole-model graphs pay at every bucket. Missing files or rows (a step cut short) are skipped and said so.
 
     python benchmarks/summarize_gpu_run.py path/to/out > summary.md
 """
@@ -150,8 +150,8 @@ def profile_section(prof: dict[str, Any], top: int = 15) -> list[str]:
     head = (f"### Profile of one streaming batch (`profile_engine.py`, batch "
             f"{prof.get('batch_size')}, {prof.get('time_kind')} "
             f"{prof.get('self_ms_per_batch')} ms per batch)")
-    rows = [[r["name"].replace("|", "\\|"), r["ms_per_batch"], r["calls_per_batch"], f"{100 * r['share']:.1f} %"]
-            for r in (prof.get("top") or [])[:top]]
+    rows = [[r["name"].replace("|", "\\|"), r["ms_per_batch"], r["calls_per_batch"],
+             f"{100 * r['share']:.1f} %"] for r in (prof.get("top") or [])[:top]]
     return [head, ""] + table(["operation / kernel", "ms per batch", "calls", "share"], rows)
 
 
