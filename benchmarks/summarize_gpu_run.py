@@ -5,7 +5,8 @@ A lent GPU session is short; this turns ``$OUT`` (``gpu.txt``, ``steps.txt``,
 ``ingest_channel.json``, ``profile.json``, whichever exist) into the tables for
 docs/benchmarks.md and answers the questions the run was prepared for: are the targets met,
 does the FFT positional convolution beat cuDNN, do the fused transformer layers pay, does the
-compiled back-end pay, do whole-model graphs pay at every bucket. Missing files or rows (a step cut short) are skipped and said so.
+compiled back-end pay, do whole-model graphs pay at every bucket. Missing files or rows (a
+step cut short) are skipped and said so.
 
     python benchmarks/summarize_gpu_run.py path/to/out > summary.md
 """
