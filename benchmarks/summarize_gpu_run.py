@@ -43,8 +43,14 @@ def load(folder: Path, name: str, log: str | None = None) -> dict[str, Any] | No
             continue
         if not isinstance(item, dict):
             continue
-        if "batch_size" in item or "offered_per_s" in item:
+        if "offered_per_s" in item:
             partial["rows"].append(item)
+        elif "batch_size" in item:  # a row may be printed again as its columns finish
+            same = [r for r in partial["rows"] if r.get("batch_size") == item["batch_size"]]
+            if same:
+                same[0].update(item)
+            else:
+                partial["rows"].append(item)
         elif isinstance(item.get("stages"), dict):
             partial["stages"].append(item["stages"])
     return partial if partial["rows"] or partial["stages"] else None
