@@ -11,7 +11,7 @@ from nes2net_stream.audio.windows import SpeechWindower, WindowConfig
 from nes2net_stream.models.config import BackendConfig, SSLConfig
 from nes2net_stream.models.detector import Detector
 from nes2net_stream.service.engine import ScoringEngine
-from nes2net_stream.service.feature_cache import ConvFeatureCache
+from nes2net_stream.service.feature_cache import ConvFeatureCache, device_index
 from nes2net_stream.service.metrics import ServiceMetrics
 from nes2net_stream.service.runner import BatchRunner
 
@@ -185,3 +185,31 @@ def test_cache_with_weights_cast_to_bfloat16():
         assert torch.allclose(got, want, atol=0.1), (got - want).abs().max()
     assert runner.cache is not None and runner.cache.hits == 2
     assert runner.cache._slots is not None and runner.cache._slots.dtype == torch.bfloat16
+
+
+def test_device_index_on_the_cpu():
+    idx = device_index([3, 1, 2], torch.device("cpu"))
+    assert idx.dtype == torch.int64 and idx.tolist() == [3, 1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cache_queues_its_work_without_waiting_for_the_device():
+    """No host synchronisation in a cached batch (PyTorch's sync debug mode raises on one)."""
+    det = detector().cuda()
+    cache = ConvFeatureCache(det, WINDOW)
+    xs = torch.from_numpy(np.stack([stream(2.0, seed=i) for i in range(3)])).cuda()
+    keys = ["a", "b", "c"]
+    with torch.inference_mode():
+        cache.features(xs[:, :WINDOW], keys, [WINDOW] * 3)  # fills (and allocates slots)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            ends = [WINDOW + 3200, WINDOW + 3200, WINDOW + 6400]  # two tail groups
+            got = cache.features(torch.stack([xs[i, e - WINDOW:e] for i, e in enumerate(ends)]),
+                                 keys, ends)
+            mixed = cache.features(torch.stack([xs[0, 6400:6400 + WINDOW], xs[1, :WINDOW]]),
+                                   ["a", "new"], [WINDOW + 6400, WINDOW])  # tail + full rows
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        want = det.conv_features(torch.stack([xs[i, e - WINDOW:e] for i, e in enumerate(ends)]))
+    assert torch.allclose(got, want, atol=1e-4) and mixed.shape[0] == 2

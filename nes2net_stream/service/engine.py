@@ -223,6 +223,9 @@ class ScoringEngine:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("scoring worker still busy after stop", timeout_s=timeout,
+                            queued_windows=len(self._queue))
 
     def submit(self, samples: np.ndarray, *, key: str | None = None,
                end: int | None = None) -> asyncio.Future[WindowResult]:

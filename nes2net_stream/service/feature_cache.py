@@ -13,6 +13,12 @@ A window is only reusable when it is a contiguous slice of its stream (not padde
 repetition); the caller passes ``stream_end`` (samples of the stream up to the window's end)
 only for such windows. Entries are kept per stream key, least recently used first out, and
 dropped when their call ends (:meth:`ConvFeatureCache.forget`).
+
+Nothing here waits for the device: row and slot indices travel as index tensors copied from
+pinned memory without blocking, and batches whose rows all take the same path use slices.
+(Indexing a CUDA tensor with a Python list, or building a CUDA tensor from one, copies the
+indices from pageable memory and waits for everything queued before it: on the GPU engine
+that made each batch wait for the previous one to finish before queuing its transformer.)
 """
 
 from __future__ import annotations
@@ -24,6 +30,18 @@ from collections.abc import Sequence
 import torch
 
 from nes2net_stream.models.detector import Detector
+
+
+def device_index(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """``values`` as an int64 index tensor on ``device``, without waiting for the device.
+
+    On CUDA the indices are written to pinned host memory and copied asynchronously (the
+    caching host allocator keeps that memory until the copy has run).
+    """
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=torch.int64, device=device)
+    host = torch.tensor(values, dtype=torch.int64).pin_memory()
+    return host.to(device, non_blocking=True)
 
 
 class ConvFeatureCache:
@@ -113,10 +131,13 @@ class ConvFeatureCache:
         full_rows = [i for i, p in enumerate(plans) if p is None]
         out: torch.Tensor | None = None
         if full_rows:
-            conv = self.detector.conv_features(x[full_rows] if len(full_rows) < n else x)
-            out = conv if len(full_rows) == n else conv.new_empty(n, *conv.shape[1:])
-            if len(full_rows) < n:
-                out[full_rows] = conv
+            idx = None if len(full_rows) == n else device_index(full_rows, x.device)
+            conv = self.detector.conv_features(x if idx is None else x.index_select(0, idx))
+            if idx is None:
+                out = conv
+            else:
+                out = conv.new_empty(n, *conv.shape[1:])
+                out.index_copy_(0, idx, conv)
         by_new: dict[int, list[int]] = {}
         for i, p in enumerate(plans):
             if p is not None:
@@ -124,14 +145,20 @@ class ConvFeatureCache:
         for new, rows in by_new.items():
             first = self.frames - new
             stop = (self.frames - 1) * g.stride + g.receptive_field
-            tail = self.detector.conv_features(x[rows, first * g.stride:stop])
+            idx = None if len(rows) == n else device_index(rows, x.device)
+            part = x if idx is None else x.index_select(0, idx)
+            tail = self.detector.conv_features(part[:, first * g.stride:stop])
             assert self._slots is not None
-            if out is None:
-                out = self._slots.new_empty(n, *self._slots.shape[1:])
-            idx = torch.tensor([plans[i][0] for i in rows],  # type: ignore[index]
-                               device=self._slots.device)
-            prev = self._slots.index_select(0, idx)[:, :, new:]
-            out[rows] = torch.cat([prev, tail.to(prev.dtype)], dim=2)
+            slots = device_index([plans[i][0] for i in rows],  # type: ignore[index]
+                                 self._slots.device)
+            prev = self._slots.index_select(0, slots)[:, :, new:]
+            merged = torch.cat([prev, tail.to(prev.dtype)], dim=2)
+            if idx is None:
+                out = merged
+            else:
+                if out is None:
+                    out = self._slots.new_empty(n, *self._slots.shape[1:])
+                out.index_copy_(0, idx, merged.to(out.dtype))
         assert out is not None
         self.hits += n - len(full_rows)
         self.misses += len(full_rows)
@@ -159,9 +186,10 @@ class ConvFeatureCache:
                 assigned[key] = (row, slot)
             assert self._slots is not None
             rows = [row for row, _ in assigned.values()]
-            slots = torch.tensor([slot for _, slot in assigned.values()],
-                                 device=self._slots.device)
-            self._slots.index_copy_(0, slots, feats[rows].to(self._slots.dtype))
+            src = feats if rows == list(range(feats.shape[0])) else feats.index_select(
+                0, device_index(rows, feats.device))
+            slots = device_index([slot for _, slot in assigned.values()], self._slots.device)
+            self._slots.index_copy_(0, slots, src.to(self._slots.dtype))
 
     def _take_slot(self, like: torch.Tensor) -> tuple[int, str | None]:
         """A free slot (and the key evicted for it): reuse, grow, or evict the oldest entry."""

@@ -103,6 +103,13 @@ class ScorerHub:
             t.start()
             self._threads.append(t)
 
+    def join(self, timeout: float) -> bool:
+        """Wait for every reader and sender thread to end; True when all did."""
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
     def _handle(self, conn: Connection, rec: ipc.Record, arenas: list[ipc.SlotArena],
                 reply: Any) -> None:
         """Act on one worker record: submit a window, forget a stream, or map a new arena."""
@@ -423,5 +430,8 @@ class WorkerPool:
                 proc.join(max(0.1, deadline - time.monotonic()))
                 if proc.is_alive():
                     proc.kill()
+        # the workers are gone: their connections end, and so do the threads serving them
+        if not self.hub.join(max(1.0, deadline - time.monotonic())):
+            log.warning("scorer threads still running after the ingest workers stopped")
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)

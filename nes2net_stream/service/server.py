@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
 import signal
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -367,10 +369,32 @@ def _text(conn: ServerConnection, status: HTTPStatus, body: str) -> Response:
 def run_service(settings: Settings, **kwargs: Any) -> None:
     """Blocking entry point of ``nes2net-stream serve``."""
     check_open_files(settings.limits.max_calls, log)  # ingest workers inherit the limit
+    faulthandler.enable()  # a fatal signal (SIGSEGV, SIGABRT) prints every thread's stack
     if settings.server.workers > 1:
         asyncio.run(run_multiprocess(settings))
+    else:
+        asyncio.run(Service(settings, **kwargs).run_forever())
+    end_process_after_cuda()
+
+
+def end_process_after_cuda(code: int = 0) -> None:
+    """After a completed shutdown, end a process that used CUDA without interpreter teardown.
+
+    By now every call has drained, every event is published and the engine has stopped.
+    On the H200 runs (docs/benchmarks.md) the scorer then aborted (SIGABRT, exit code -6)
+    during the interpreter's own teardown, after the last event; the CUDA libraries' global
+    state is torn down there, in no order Python controls. A process that initialised CUDA
+    therefore waits for the device, flushes its output and leaves with ``os._exit``; one that
+    did not returns and exits normally.
+    """
+    if not torch.cuda.is_initialized():
         return
-    asyncio.run(Service(settings, **kwargs).run_forever())
+    with contextlib.suppress(Exception):
+        torch.cuda.synchronize()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 async def run_multiprocess(settings: Settings) -> None:
