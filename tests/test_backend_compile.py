@@ -28,9 +28,10 @@ def runner(det, **kw):
 
 @pytest.mark.timeout(600)
 def test_compiled_back_end_scores_like_eager_on_every_path(det):
-    """torch.compile (inductor, on the CPU here) in whole-model graphs, back-end graphs and
-    the feature cache's path, at several batch sizes (one dynamic recompile covers them)."""
-    compiled = runner(det, compile_backend=True)
+    """torch.compile (inductor, on the CPU here) in back-end graphs and the feature cache's
+    path for buckets from ``compile_min_batch`` (each compiled for its shape), the eager
+    back-end in whole-model graphs and smaller buckets."""
+    compiled = runner(det, compile_backend=True, compile_min_batch=4)
     reference = BatchRunner(det, window_samples=16000, max_batch_size=8, use_buckets=False)
     assert compiled.backend_compiled
     rng = np.random.default_rng(0)
@@ -45,6 +46,38 @@ def test_compiled_back_end_scores_like_eager_on_every_path(det):
     assert any(g is not None for g in compiled._backend_graphs.values())
 
 
+def test_only_buckets_from_the_minimum_run_compiled_each_for_its_shape(det):
+    shapes = []
+
+    def spy_compiler(module):
+        def run(x):
+            shapes.append(tuple(x.shape))
+            return module(x)
+        return run
+
+    r = runner(det, compile_backend=True, compile_min_batch=4, compiler=spy_compiler)
+    assert r.compile_min_batch == 4
+    x = (0.1 * np.random.default_rng(2).standard_normal((8, 16000))).astype(np.float32)
+    for n in (1, 3, 4, 6, 8):
+        r.run(x[:n])
+    assert {s[0] for s in shapes} == {4, 8}  # buckets 4 and 8; 1-2 whole graphs, none below 4
+    # without buckets (the CPU default) every batch size runs compiled, one dynamic version
+    plain = BatchRunner(det, window_samples=16000, max_batch_size=8, compile_backend=True,
+                        compiler=spy_compiler)
+    assert not plain.use_buckets and plain.compile_min_batch == 1
+    shapes.clear()
+    plain.run(x[:3])
+    assert [s[0] for s in shapes] == [3]
+
+
+def test_the_default_compiler_is_static_with_buckets(det, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: calls.append(kw) or m)
+    runner(det, compile_backend=True)
+    BatchRunner(det, window_samples=16000, max_batch_size=8, compile_backend=True)
+    assert calls == [{"dynamic": False}, {"dynamic": None}]
+
+
 def test_a_back_end_that_fails_to_compile_runs_eagerly(det):
     calls = []
 
@@ -54,7 +87,7 @@ def test_a_back_end_that_fails_to_compile_runs_eagerly(det):
             raise RuntimeError("no C compiler found")
         return run
 
-    r = runner(det, compile_backend=True, compiler=broken_compiler)
+    r = runner(det, compile_backend=True, compile_min_batch=4, compiler=broken_compiler)
     reference = BatchRunner(det, window_samples=16000, max_batch_size=8, use_buckets=False)
     x = (0.1 * np.random.default_rng(1).standard_normal((5, 16000))).astype(np.float32)
     assert torch.allclose(r.run(x), reference.run(x), atol=1e-5)

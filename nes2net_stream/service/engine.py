@@ -114,7 +114,7 @@ class ScoringEngine:
                  cuda_graph_max_batch: int = 16, cuda_graph_backend: bool = True,
                  cast_weights: bool = False, conv_encoder: str = "gemm",
                  pos_conv: str = "fft", encoder_layers: str = "fused",
-                 compile_backend: bool = False,
+                 compile_backend: bool = False, compile_min_batch: int = 128,
                  latency_target_s: float = 0.5,
                  max_stride: int = 8, stall_timeout_s: float = 120.0,
                  feature_cache: bool = True, feature_cache_entries: int = 10_000,
@@ -130,6 +130,7 @@ class ScoringEngine:
                                   cast_weights=cast_weights, conv_encoder=conv_encoder,
                                   pos_conv=pos_conv, encoder_layers=encoder_layers,
                                   compile_backend=compile_backend,
+                                  compile_min_batch=compile_min_batch,
                                   feature_cache=feature_cache,
                                   feature_cache_entries=feature_cache_entries)
         self.latency_target_s = latency_target_s

@@ -28,7 +28,12 @@ With ``compile_backend`` the back-end runs through ``torch.compile`` (inductor f
 hundreds of small per-channel kernels of Nes2Net-X: activations, batch norms, weighted sums),
 replayed from the same graphs; compilation happens at the first batch of a shape (warm-up), and
 any failure to compile (no compiler on the host, an unsupported operation) falls back to the
-eager back-end with a warning.
+eager back-end with a warning. With buckets (CUDA) only buckets of at least
+``compile_min_batch`` rows run compiled, each compiled for its own shape: on an H200 static
+shapes made the graph-replayed back-end 2x faster at batch 256, while one version with a
+dynamic batch size made the engine slower than no compilation (docs/benchmarks.md); smaller
+buckets keep the eager back-end, replayed from graphs. Without buckets one version with an
+automatic dynamic batch size covers every batch size.
 
 Graph capture is a function (:data:`Capture`): :func:`cuda_capture` on CUDA; the CPU tests pass
 :func:`eager_capture`, which keeps the static-buffer semantics, to check these paths against
@@ -38,6 +43,7 @@ eager execution without a GPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -59,9 +65,9 @@ Capture = Callable[[Forward, torch.Tensor], tuple[Callable[[], None], torch.Tens
 Compiler = Callable[[torch.nn.Module], Forward]
 
 
-def default_compiler(module: torch.nn.Module) -> Forward:
-    """``torch.compile`` with automatic dynamic shapes (one recompile covers every batch)."""
-    return torch.compile(module)  # type: ignore[return-value]
+def default_compiler(module: torch.nn.Module, *, static: bool = False) -> Forward:
+    """``torch.compile``: one version per shape (``static``) or automatic dynamic shapes."""
+    return torch.compile(module, dynamic=False if static else None)  # type: ignore[return-value]
 
 
 def cuda_capture(fn: Forward, static_in: torch.Tensor) -> tuple[Callable[[], None],
@@ -141,7 +147,8 @@ class BatchRunner:
                  feature_cache_entries: int = 10_000, cast_weights: bool = False,
                  conv_encoder: str = "gemm", pos_conv: str = "fft",
                  encoder_layers: str = "fused", graph_capture: Capture | None = None,
-                 compile_backend: bool = False, compiler: Compiler | None = None):
+                 compile_backend: bool = False, compile_min_batch: int = 128,
+                 compiler: Compiler | None = None):
         self.detector = detector.eval()
         # the SSL conv encoder as channels-last matrix products (models/conv_gemm.py) and the
         # positional convolution through FFTs (models/pos_conv_fft.py), where the model has them
@@ -171,8 +178,11 @@ class BatchRunner:
         self._backend_graphs: dict[tuple, tuple[Callable[[], None], torch.Tensor,
                                                  torch.Tensor] | None] = {}
         self._backend_fn: Forward = self.detector.backend
+        # with buckets: only large ones compiled, each for its own shape (see the docstring)
+        self.compile_min_batch = compile_min_batch if self.use_buckets else 1
         if compile_backend:
-            self._backend_fn = (compiler or default_compiler)(self.detector.backend)
+            self._backend_fn = (compiler or functools.partial(
+                default_compiler, static=self.use_buckets))(self.detector.backend)
         self._pinned: dict[tuple[int, int, int], torch.Tensor] = {}
         self._parity = 0  # alternate staging buffers: a batch is staged while one runs
         cache = (ConvFeatureCache(self.detector, window_samples, feature_cache_entries)
@@ -317,8 +327,8 @@ class BatchRunner:
     def _run_backend(self, feats: torch.Tensor) -> torch.Tensor:
         """The back-end (compiled when asked and possible) on front-end features."""
         fn = self._backend_fn
-        if fn is self.detector.backend:
-            return fn(feats)
+        if fn is self.detector.backend or feats.shape[0] < self.compile_min_batch:
+            return self.detector.backend(feats)
         try:
             return fn(feats)
         except Exception as exc:  # compilation failed (no compiler, unsupported op): eager

@@ -100,6 +100,7 @@ def build_engine(settings: Settings, metrics: ServiceMetrics) -> ScoringEngine:
                          conv_encoder=e.conv_encoder, pos_conv=e.pos_conv,
                          encoder_layers=e.encoder_layers,
                          compile_backend=e.compile_backend,
+                         compile_min_batch=e.compile_min_batch,
                          cast_weights=settings.model.dtype_mode == "weights",
                          pipeline=None if e.pipeline else False,
                          latency_target_s=e.latency_target_ms / 1000.0,
