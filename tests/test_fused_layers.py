@@ -102,6 +102,7 @@ def test_packed_weights_follow_parameter_changes_and_copies():
         copied = copy.deepcopy(fe)
         assert copied.layers_impl == "fused"
         assert copied.model.encoder.layers[0].forward.layer is copied.model.encoder.layers[0]
+        assert not copied.model.encoder.layers[0].forward._packed  # packs its own
         assert torch.allclose(copied(x), other(x), atol=1e-5)
 
 

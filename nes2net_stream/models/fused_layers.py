@@ -26,6 +26,7 @@ adapter. Tests hold the results equal to transformers' (models/ssl_frontend.py's
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -79,6 +80,16 @@ class FusedLayerForward:
         self.returns_tuple = _returns_tuple(layer)
         self.fused_calls = 0  # calls that took the fused path (the tests check it is used)
         self._packed: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def __deepcopy__(self, memo: dict) -> FusedLayerForward:
+        """A copy bound to the copied layer, without the packed weights.
+
+        The copy packs its own; copied ones would hold a second set of device memory.
+        """
+        new = copy.copy(self)
+        new.layer = copy.deepcopy(self.layer, memo)
+        new._packed = {}
+        return new
 
     def _qkv(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The query, key and value weights (and biases) stacked: (3 D, D) and (3 D,)."""
