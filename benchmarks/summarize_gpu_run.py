@@ -167,9 +167,13 @@ def _mean(values: list[float]) -> float | None:
 
 
 def decisions(best_engine: float | None, found: dict[str, Any],
-              backend: dict[str, Any] | None, levels: list[dict[str, Any]]) -> list[str]:
+              backend: dict[str, Any] | None, levels: list[dict[str, Any]],
+              streaming: list[dict[str, Any]] | None = None) -> list[str]:
     """What the run says about the targets and the defaults left open."""
     out = ["### Decisions", ""]
+    engine_compiled = [(wps(r.get("engine_pipelined_compiled")), wps(r.get("engine_pipelined")))
+                       for r in streaming or []]
+    engine_compiled = [(c, p) for c, p in engine_compiled if c and p]
     if best_engine is not None:
         verdict = "met" if best_engine >= ENGINE_TARGET else "not met"
         out.append(f"- Engine target ({ENGINE_TARGET:,.0f} windows/s): {verdict}, best "
@@ -198,7 +202,12 @@ def decisions(best_engine: float | None, found: dict[str, Any],
         advice = 'keep "fused"' if fused <= native else 'set the default to "native"'
         out.append(f"- `[engine] encoder_layers`: fused {fused:.2f} ms vs transformers' "
                    f"{native:.2f} ms on average: {advice}.")
-    if backend is not None:
+    if engine_compiled:  # the whole engine decides, where the run measured it
+        gain = _mean([c / p for c, p in engine_compiled]) or 0.0
+        advice = "turn it on (CUDA only)" if gain > 1.02 else "leave it off"
+        out.append(f"- `[engine] compile_backend`: the whole engine {gain:.3f}x with the "
+                   f"compiled back-end: {advice}.")
+    elif backend is not None:
         pairs = [(r["graph_ms"], r["compiled_graph_ms"]) for r in backend["rows"]
                  if r.get("graph_ms") and r.get("compiled_graph_ms")]
         if pairs:
@@ -262,7 +271,7 @@ def summarize(folder: Path) -> str:
         lines += ["Cut short, rows taken from the progress logs: " + ", ".join(cut), ""]
     if missing:
         lines += ["Not in this run (cut short or not run): " + ", ".join(missing), ""]
-    verdicts = decisions(best, found, backend, levels)
+    verdicts = decisions(best, found, backend, levels, fc.get("rows") if fc else None)
     lines += verdicts if len(verdicts) > 3 else verdicts[:2] + ["Nothing to decide from.", ""]
     return "\n".join(lines)
 

@@ -75,6 +75,13 @@ def test_the_profile_becomes_a_table_of_the_top_kernels(tmp_path):
     assert "| layer_norm_kernel | 5.25 | 48.0 | 5.8 % |" in text
 
 
+def test_the_whole_engine_decides_the_compiled_back_end_where_measured():
+    text = summarize(ROOT / "benchmarks" / "results" / "h200-2026-11-26-run2")
+    assert ("`[engine] compile_backend`: the whole engine 0.981x with the compiled back-end: "
+            "leave it off.") in text
+    assert '`[engine] encoder_layers`: fused 46.74 ms' in text and 'keep "fused"' in text
+
+
 def test_a_run_cut_short_says_what_is_missing(tmp_path):
     (tmp_path / "gpu.txt").write_text("name, memory.total [MiB]\nNVIDIA H100, 81559 MiB\n")
     text = summarize(tmp_path)
