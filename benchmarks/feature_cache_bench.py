@@ -21,7 +21,9 @@ batch, and times the batch runner in steady state in these configurations:
   transformer's positional convolution through FFTs (``[engine] pos_conv = "fft"``);
 - ``..._fft_pos_fused_layers``: plus the transformer layers' fused forward (``[engine]
   encoder_layers = "fused"``; every column above runs transformers' own layers), and
-  ``..._fft_pos_fused_layers_compiled`` with the compiled back-end as well.
+  ``..._fft_pos_fused_layers_compiled`` with the compiled back-end as well;
+  ``..._fft_pos_fused_layers_compiled_norms``: the fused layers with the layer norms compiled
+  with their residual add or GELU (``[engine] compile_norms``).
 
 Each column also gives ``warmup_s``, the first two batches (cache fill, graph capture and, for
 the compiled back-end, compilation).
@@ -32,8 +34,9 @@ service's defaults (all of the above, dynamic batching) is timed on the same str
 loop pipelined (``[engine] pipeline``, the default on CUDA) and sequential: ``engine_pipelined``
 and ``engine_sequential`` (windows per second over all steps, results delivered);
 ``engine_pipelined_native_layers`` is the first with transformers' own layers and
-``engine_pipelined_compiled`` with the compiled back-end (compiled during the engine's
-warm-up, which is not timed).
+``engine_pipelined_compiled`` with the compiled back-end, ``engine_pipelined_compiled_norms``
+with the compiled norm kernels and ``engine_pipelined_compiled_all`` with both (compiled during
+the engine's warm-up, which is not timed).
 XLS-R 300M + Nes2Net-X with random weights on CUDA (bf16); ``--smoke`` or ``--cpu-geometry``
 pick smaller front-ends with the same conv geometry for CPUs. Prints JSON.
 
@@ -81,6 +84,7 @@ class Config(NamedTuple):
     compile_backend: bool = False
     pos_conv: str = "native"
     encoder_layers: str = "native"
+    compile_norms: bool = False
 
 
 _BF16 = {"backend_graphs": True, "cast_weights": True}
@@ -102,12 +106,28 @@ CONFIGS = {
     "cached_backend_graph_bf16_weights_gemm_conv_fft_pos_fused_layers_compiled": Config(
         True, **_BF16, conv_encoder="gemm", pos_conv="fft", encoder_layers="fused",
         compile_backend=True),
+    "cached_backend_graph_bf16_weights_gemm_conv_fft_pos_fused_layers_compiled_norms": Config(
+        True, **_BF16, conv_encoder="gemm", pos_conv="fft", encoder_layers="fused",
+        compile_norms=True),
 }
-# whole-engine columns: name -> (pipelined, [engine] encoder_layers, compile_backend)
-ENGINE_COLUMNS = {"engine_pipelined": (True, "fused", False),
-                  "engine_sequential": (False, "fused", False),
-                  "engine_pipelined_native_layers": (True, "native", False),
-                  "engine_pipelined_compiled": (True, "fused", True)}
+
+
+class EngineColumn(NamedTuple):
+    """A whole-engine column: the :class:`ScoringEngine` settings that differ."""
+
+    pipeline: bool = True
+    encoder_layers: str = "fused"
+    compile_backend: bool = False
+    compile_norms: bool = False
+
+
+ENGINE_COLUMNS = {"engine_pipelined": EngineColumn(),
+                  "engine_sequential": EngineColumn(pipeline=False),
+                  "engine_pipelined_native_layers": EngineColumn(encoder_layers="native"),
+                  "engine_pipelined_compiled": EngineColumn(compile_backend=True),
+                  "engine_pipelined_compiled_norms": EngineColumn(compile_norms=True),
+                  "engine_pipelined_compiled_all": EngineColumn(compile_backend=True,
+                                                                compile_norms=True)}
 
 
 def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
@@ -131,6 +151,8 @@ def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
     warmup = time.perf_counter() - t0
     if config.compile_backend and not runner.backend_compiled:
         raise SystemExit("the back-end failed to compile (see the warning above)")
+    if config.compile_norms and not runner.norms_compiled:
+        raise SystemExit("the norm kernels failed to compile (see the warning above)")
     times = []
     logits = torch.empty(0)
     for k in range(2, steps + 2):
@@ -144,21 +166,21 @@ def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
 
 
 def measure_engine(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
-                   dtype: torch.dtype | None, device: torch.device, pipeline: bool,
-                   encoder_layers: str = "fused", compile_backend: bool = False
-                   ) -> tuple[float, float]:
+                   dtype: torch.dtype | None, device: torch.device,
+                   column: EngineColumn) -> tuple[float, float]:
     """Windows per second through the whole engine (``batch`` streams, ``steps`` hops each)
     and the seconds its warm-up took (every bucket captured, compiled where asked)."""
     engine = ScoringEngine(copy.deepcopy(det),
                            max_batch_size=batch, max_delay_ms=5.0, max_queue=batch * (steps + 3),
                            dtype=dtype, window_samples=window, cast_weights=dtype is not None,
-                           pipeline=pipeline, encoder_layers=encoder_layers,
-                           compile_backend=compile_backend)
+                           **column._asdict())
     t0 = time.perf_counter()
     engine.warmup()  # every bucket: graph capture and, compiled, compilation
     warmup = time.perf_counter() - t0
-    if compile_backend and not engine.runner.backend_compiled:
+    if column.compile_backend and not engine.runner.backend_compiled:
         raise SystemExit("the back-end failed to compile (see the warning above)")
+    if column.compile_norms and not engine.runner.norms_compiled:
+        raise SystemExit("the norm kernels failed to compile (see the warning above)")
     rng = np.random.default_rng(2)
     signal = (0.1 * rng.standard_normal((batch, window + hop * (steps + 3)))).astype(np.float32)
     done = threading.Semaphore(0)
@@ -238,9 +260,8 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         for name in [] if a.no_engine else [c for c in a.engine_columns.split(",") if c]:
-            pipelined, layers, compiled = ENGINE_COLUMNS[name]
             wps, warmup = measure_engine(det, bs, window, a.hop_samples, a.steps, dtype,
-                                         device, pipelined, layers, compiled)
+                                         device, ENGINE_COLUMNS[name])
             row[name] = {"windows_per_s": round(wps, 1), "warmup_s": round(warmup, 1)}
             print(json.dumps(row), file=sys.stderr, flush=True)  # progress, column by column
             if device.type == "cuda":

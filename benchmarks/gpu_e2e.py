@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--client-procs", type=int, default=6)
     ap.add_argument("--max-batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=6, help="ingest worker processes")
+    ap.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="more settings for the service, e.g. NES2NET_ENGINE__COMPILE_NORMS=true")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -112,11 +114,13 @@ def main() -> None:
            "--service-env", "NES2NET_ENGINE__MAX_QUEUE=100000",
            "--service-env", "NES2NET_ENGINE__LATENCY_TARGET_MS=800",
            "--service-env", f"NES2NET_SERVER__WORKERS={a.workers}"]
+    for setting in a.service_env:
+        cmd += ["--service-env", setting]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     sampler.stop.set()
     sampler.join(5)
     result: dict = {"benchmark": "gpu_e2e", "smoke": a.smoke, "cuda": cuda,
-                    "ingest_workers": a.workers,
+                    "ingest_workers": a.workers, "service_env": a.service_env,
                     "gpu": torch.cuda.get_device_name(0) if cuda else None,
                     "bundle_build_s": round(build_s, 1), "exit_code": proc.returncode}
     if report_path.is_file():

@@ -17,10 +17,11 @@ the service's defaults, ``..._fft_pos_fused_layers`` (the transformer layers' fu
 Also checks that graph replay and bucket padding give the same logits as eager execution, and
 times each stage of the model (``stages``:
 conv encoder, feature projection, positional convolution direct and through FFTs
-(``[engine] pos_conv``), transformer layers (transformers' and fused,
-``[engine] encoder_layers``), back-end), with
+(``[engine] pos_conv``), transformer layers (transformers', fused (``[engine] encoder_layers``)
+and fused with compiled norm kernels (``[engine] compile_norms``)), back-end), with
 the conv encoder also compared alone (``conv_encoder``: native vs GEMM on a whole window and on
-one hop's new audio, times and largest difference).
+one hop's new audio, times and largest difference; ``conv_gemm_hop_compiled_norms``: the
+hop with its layer norms and GELUs compiled).
 Prints JSON.
 
     python benchmarks/gpu_engine_bench.py --out engine.json     # CUDA machine
@@ -46,6 +47,7 @@ import torch
 
 from nes2net_stream.bench.engine import TINY_SSL, emit, environment, time_calls
 from nes2net_stream.models.checkpoints import build_detector
+from nes2net_stream.models.fused_norms import NormKernels
 from nes2net_stream.service.runner import BatchRunner, cuda_capture
 
 MODES = ("eager", "eager_cudnn_benchmark", "cuda_graph_bucket", "cuda_graph_bucket_bf16_weights",
@@ -92,6 +94,13 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
                      "max_abs_native": float(convs["native"].abs().max())}
             conv_entries.append(entry)
             print(json.dumps({"conv_encoder": entry}), file=sys.stderr, flush=True)
+        # [engine] compile_norms: each layer norm + GELU of the GEMM encoder one kernel
+        frontend.use_norm_kernels(NormKernels())
+        hop = 0.1 * torch.randn(batch, 16_400, device=device, dtype=act)
+        fused_conv = t("conv_gemm_hop_compiled_norms", lambda: frontend.conv_features(hop))
+        frontend.use_norm_kernels(None)
+        out["conv_gemm_hop_compiled_norms_max_abs_diff"] = float(
+            (fused_conv.float() - frontend.conv_features(hop).float()).abs().max())
         conv = frontend.conv_features(0.1 * torch.randn(batch, samples, device=device,
                                                         dtype=act))
         hidden, _ = t("feature_projection", lambda: ssl.feature_projection(conv.transpose(1, 2)))
@@ -117,6 +126,11 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
         out["transformer_layers_fused_max_abs_diff"] = float(
             (fused_layers.float() - native_layers.float()).abs().max())
         out["transformer_layers_max_abs"] = float(native_layers.float().abs().max())
+        frontend.use_norm_kernels(NormKernels())  # [engine] compile_norms
+        compiled = t("transformer_layers_fused_compiled_norms", layers)
+        out["transformer_layers_fused_compiled_norms_max_abs_diff"] = float(
+            (compiled.float() - native_layers.float()).abs().max())
+        frontend.use_norm_kernels(None)
         frontend.layers_impl = "native"
         feats = frontend(0.1 * torch.randn(batch, samples, device=device, dtype=act))
         t("whole_frontend", lambda: frontend.forward_from_conv(conv))

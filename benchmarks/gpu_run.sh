@@ -15,6 +15,11 @@
 #                                       previous defaults (CUDA tests, per-stage timings, the
 #                                       streaming engine at batch 256), the service end to end,
 #                                       then a profile of one streaming batch
+#   bash benchmarks/gpu_run.sh norms    the compiled norm kernels ([engine] compile_norms)
+#                                       alone and beside the compiled back-end, against the
+#                                       current defaults (about 7 minutes): CUDA tests, the
+#                                       streaming engine at batch 256, per-stage timings, the
+#                                       service end to end with compile_norms on, the profile
 # Expects the Python wheels the image lacks in .whl/ and the Debian packages of redis-server in
 # .debs/ (see docs/benchmarks.md); writes JSON (and each benchmark's progress log, so a step cut
 # short still reports the rows it finished) into $OUT, packed at the end into $OUT/run.tgz
@@ -75,9 +80,11 @@ e2e_calls() {
   export PATH=/tmp/redis/usr/bin:$PATH
   export LD_LIBRARY_PATH=/tmp/redis/usr/lib/x86_64-linux-gnu:/tmp/redis/lib/x86_64-linux-gnu
   redis-server --version || ldd /tmp/redis/usr/bin/redis-check-rdb
+  local extra=()
+  [[ -n ${E2E_ENV:-} ]] && extra=(--service-env "$E2E_ENV")
   step e2e "${E2E_CAP_S:-200}" python3 benchmarks/gpu_e2e.py --calls "${E2E_CALLS:-2500}" \
     --duration-s "${E2E_DURATION_S:-15}" \
-    --workers 10 --client-procs 6 --out "$OUT/e2e_workers.json"
+    --workers 10 --client-procs 6 --out "$OUT/e2e_workers.json" "${extra[@]}"
 }
 
 # the follow-up: fused transformer layers ([engine] encoder_layers) and the compiled back-end
@@ -101,7 +108,28 @@ layers_engine() {
 }
 
 profile_batch() {
-  step profile 30 python3 benchmarks/profile_engine.py --batch 256 --out "$OUT/profile.json"
+  step profile 30 python3 benchmarks/profile_engine.py --batch 256 --out "$OUT/profile.json" \
+    "$@"
+}
+
+# the follow-up: compiled norm kernels ([engine] compile_norms), the decisive engine columns
+# first (the compiled back-end's static compilation per bucket makes its columns' warm-up long)
+norms_tests() {
+  step cuda_tests 50 python3 -m pytest -q -p no:cacheprovider tests/test_fused_norms.py \
+    tests/test_fused_layers.py tests/test_feature_cache.py tests/test_engine_pipeline.py \
+    tests/test_service_exit.py
+}
+
+norms_engine() {
+  local base=cached_backend_graph_bf16_weights_gemm_conv_fft_pos_fused_layers
+  step feature_cache 240 python3 benchmarks/feature_cache_bench.py --batch-sizes 256 \
+    --steps 8 --out "$OUT/feature_cache.json" --configs "$base,${base}_compiled_norms" \
+    --engine-columns engine_pipelined,engine_pipelined_compiled_norms,engine_pipelined_compiled_all,engine_pipelined_compiled
+}
+
+norms_stages() {
+  step engine 45 python3 benchmarks/gpu_engine_bench.py --stages-only --batch-sizes 256 \
+    --min-time-s 0.4 --out "$OUT/engine.json"
 }
 
 channel() {
@@ -120,7 +148,10 @@ case "$STAGE" in
   e2e) e2e_calls; channel ;;
   layers) layers_tests; layers_stages; layers_engine; E2E_CAP_S=85 E2E_DURATION_S=20 e2e_calls
     profile_batch ;;
-  *) echo "unknown stage $STAGE (all, engine, e2e or layers)"; exit 2 ;;
+  norms) norms_tests; norms_engine; norms_stages
+    E2E_CAP_S=85 E2E_DURATION_S=20 E2E_ENV=NES2NET_ENGINE__COMPILE_NORMS=true e2e_calls
+    profile_batch --compile-norms ;;
+  *) echo "unknown stage $STAGE (all, engine, e2e, layers or norms)"; exit 2 ;;
 esac
 python3 benchmarks/summarize_gpu_run.py "$OUT" > "$OUT/summary.md" && cat "$OUT/summary.md"
 ls -la "$OUT"

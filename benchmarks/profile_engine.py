@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--hop-samples", type=int, default=16_320)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--compile-norms", action="store_true",
+                    help="with [engine] compile_norms (the layer norms as compiled kernels)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -62,7 +64,8 @@ def main() -> None:
     window = int(a.window_s * 16000)
     runner = BatchRunner(det, window_samples=window, max_batch_size=a.batch,
                          dtype=torch.bfloat16 if cuda else None, cast_weights=cuda,
-                         feature_cache=True, use_buckets=False, cuda_graphs=False)
+                         feature_cache=True, use_buckets=False, cuda_graphs=False,
+                         compile_norms=a.compile_norms)
     rng = np.random.default_rng(0)
     total = window + a.hop_samples * (a.steps + 4)
     signal = (0.1 * rng.standard_normal((a.batch, total))).astype(np.float32)
@@ -93,7 +96,7 @@ def main() -> None:
             for e in events[:a.top]]
     emit({"benchmark": "profile_engine", "device": str(device), "smoke": a.smoke,
           "environment": environment(device), "batch_size": a.batch, "window_s": a.window_s,
-          "hop_samples": a.hop_samples, "steps": a.steps,
+          "hop_samples": a.hop_samples, "steps": a.steps, "compile_norms": a.compile_norms,
           "time_kind": "device self time" if cuda else "CPU self time",
           "self_ms_per_batch": round(per_batch_ms, 3), "top": rows}, a.out)
 

@@ -166,14 +166,38 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def engine_gain(streaming: list[dict[str, Any]] | None, column: str,
+                base: str = "engine_pipelined") -> float | None:
+    """Mean ratio of two whole-engine columns' windows/s over the batch sizes with both."""
+    pairs = [(wps(r.get(column)), wps(r.get(base))) for r in streaming or []]
+    return _mean([c / b for c, b in pairs if c and b])
+
+
+def compile_norms_verdict(streaming: list[dict[str, Any]] | None,
+                          stages: list[dict[str, Any]]) -> tuple[str | None, bool]:
+    """The ``[engine] compile_norms`` line (the whole engine decides, else the stages)."""
+    gain = engine_gain(streaming, "engine_pipelined_compiled_norms")
+    if gain is not None:
+        on = gain > 1.02
+        return (f"- `[engine] compile_norms`: the whole engine {gain:.3f}x with the compiled "
+                f"norm kernels: {'turn it on (CUDA only)' if on else 'leave it off'}.", on)
+    pairs = [(s["transformer_layers_fused_ms"] + s.get("conv_gemm_hop_ms", 0.0),
+              s["transformer_layers_fused_compiled_norms_ms"]
+              + s.get("conv_gemm_hop_compiled_norms_ms", s.get("conv_gemm_hop_ms", 0.0)))
+             for s in stages if "transformer_layers_fused_compiled_norms_ms" in s]
+    if not pairs:
+        return None, False
+    saved = _mean([a - b for a, b in pairs]) or 0.0
+    return (f"- `[engine] compile_norms`: transformer layers and conv hop {saved:.2f} ms "
+            "faster per batch with the compiled norm kernels on average (check the engine "
+            "column `engine_pipelined_compiled_norms`).", False)
+
+
 def decisions(best_engine: float | None, found: dict[str, Any],
               backend: dict[str, Any] | None, levels: list[dict[str, Any]],
               streaming: list[dict[str, Any]] | None = None) -> list[str]:
     """What the run says about the targets and the defaults left open."""
     out = ["### Decisions", ""]
-    engine_compiled = [(wps(r.get("engine_pipelined_compiled")), wps(r.get("engine_pipelined")))
-                       for r in streaming or []]
-    engine_compiled = [(c, p) for c, p in engine_compiled if c and p]
     if best_engine is not None:
         verdict = "met" if best_engine >= ENGINE_TARGET else "not met"
         out.append(f"- Engine target ({ENGINE_TARGET:,.0f} windows/s): {verdict}, best "
@@ -188,25 +212,32 @@ def decisions(best_engine: float | None, found: dict[str, Any],
                    f"{top.get('latency_p99_ms')} ms, {top.get('windows_per_s')} windows/s, "
                    f"{top.get('windows_skipped_for_load')} skipped for load).")
     stages = found.get("stages") or []
-    direct = _mean([s["positional_conv_ms"] for s in stages if "positional_conv_fft_ms" in s])
-    fft = _mean([s["positional_conv_fft_ms"] for s in stages if "positional_conv_fft_ms" in s])
+    both = [s for s in stages if "positional_conv_ms" in s and "positional_conv_fft_ms" in s]
+    direct = _mean([s["positional_conv_ms"] for s in both])
+    fft = _mean([s["positional_conv_fft_ms"] for s in both])
     if direct is not None and fft is not None:
         advice = 'keep "fft"' if fft <= direct else 'set the default to "native"'
         out.append(f"- `[engine] pos_conv`: FFT {fft:.2f} ms vs direct {direct:.2f} ms on "
                    f"average: {advice}.")
-    native = _mean([s["transformer_layers_ms"] for s in stages
-                    if "transformer_layers_fused_ms" in s])
-    fused = _mean([s["transformer_layers_fused_ms"] for s in stages
-                   if "transformer_layers_fused_ms" in s])
+    both = [s for s in stages if "transformer_layers_ms" in s
+            and "transformer_layers_fused_ms" in s]
+    native = _mean([s["transformer_layers_ms"] for s in both])
+    fused = _mean([s["transformer_layers_fused_ms"] for s in both])
     if native is not None and fused is not None:
         advice = 'keep "fused"' if fused <= native else 'set the default to "native"'
         out.append(f"- `[engine] encoder_layers`: fused {fused:.2f} ms vs transformers' "
                    f"{native:.2f} ms on average: {advice}.")
-    if engine_compiled:  # the whole engine decides, where the run measured it
-        gain = _mean([c / p for c, p in engine_compiled]) or 0.0
-        advice = "turn it on (CUDA only)" if gain > 1.02 else "leave it off"
-        out.append(f"- `[engine] compile_backend`: the whole engine {gain:.3f}x with the "
-                   f"compiled back-end: {advice}.")
+    norms_line, norms_on = compile_norms_verdict(streaming, stages)
+    out += [norms_line] if norms_line else []
+    # the whole engine decides, where the run measured it (beside compiled norms if they win)
+    engine_compiled = (engine_gain(streaming, "engine_pipelined_compiled_all",
+                                   "engine_pipelined_compiled_norms") if norms_on else None)
+    engine_compiled = engine_compiled or engine_gain(streaming, "engine_pipelined_compiled")
+    if engine_compiled is not None:
+        advice = "turn it on (CUDA only)" if engine_compiled > 1.02 else "leave it off"
+        beside = " (beside the compiled norm kernels)" if norms_on else ""
+        out.append(f"- `[engine] compile_backend`: the whole engine {engine_compiled:.3f}x with "
+                   f"the compiled back-end{beside}: {advice}.")
     elif backend is not None:
         pairs = [(r["graph_ms"], r["compiled_graph_ms"]) for r in backend["rows"]
                  if r.get("graph_ms") and r.get("compiled_graph_ms")]

@@ -138,6 +138,7 @@ class EngineSection(Section):
     encoder_layers: Literal["fused", "native"] = "fused"
     compile_backend: bool = False
     compile_min_batch: int = Field(128, ge=1, le=4096)
+    compile_norms: bool = False
     latency_target_ms: float = Field(500.0, gt=0.0, le=600_000.0)
     max_hop_factor: int = Field(8, ge=1, le=64)
     feature_cache: bool = True

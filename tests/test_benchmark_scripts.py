@@ -20,7 +20,8 @@ def run_script(name: str, *args: str) -> dict:
 @pytest.mark.timeout(300)
 def test_feature_cache_ablation_smoke():
     out = run_script("feature_cache_bench.py", "--engine-columns",
-                     "engine_pipelined,engine_sequential,engine_pipelined_native_layers")
+                     "engine_pipelined,engine_sequential,engine_pipelined_native_layers,"
+                     "engine_pipelined_compiled_norms")
     assert out["benchmark"] == "feature_cache" and out["rows"]
     for row in out["rows"]:
         for name in ("uncached", "cached", "cached_backend_graph",
@@ -28,12 +29,15 @@ def test_feature_cache_ablation_smoke():
                      "cached_backend_graph_bf16_weights_gemm_conv",
                      "uncached_backend_graph_bf16_weights_gemm_conv",
                      "cached_backend_graph_bf16_weights_gemm_conv_compiled",
-                     "cached_backend_graph_bf16_weights_gemm_conv_fft_pos_fused_layers"):
+                     "cached_backend_graph_bf16_weights_gemm_conv_fft_pos_fused_layers",
+                     "cached_backend_graph_bf16_weights_gemm_conv_fft_pos_fused_layers"
+                     "_compiled_norms"):
             assert row[name]["windows_per_s"] > 0
             assert row[name]["max_abs_logit_diff_vs_uncached"] < 1e-3  # fp32 on the CPU
         assert row["engine_pipelined"]["windows_per_s"] > 0
         assert row["engine_sequential"]["windows_per_s"] > 0
         assert row["engine_pipelined_native_layers"]["windows_per_s"] > 0
+        assert row["engine_pipelined_compiled_norms"]["windows_per_s"] > 0
     assert out["best_windows_per_s"] > 0
 
 
@@ -48,13 +52,17 @@ def test_engine_bench_smoke():
     for entry in out["conv_encoder"]:
         assert entry["max_abs_diff"] <= 1e-4 * max(1.0, entry["max_abs_native"])
     for stage in ("conv_gemm_hop_ms", "positional_conv_ms", "positional_conv_fft_ms",
-                  "transformer_layers_ms", "transformer_layers_fused_ms", "backend_eager_ms"):
+                  "transformer_layers_ms", "transformer_layers_fused_ms", "backend_eager_ms",
+                  "conv_gemm_hop_compiled_norms_ms", "transformer_layers_fused_compiled_norms_ms"):
         assert all(s[stage] > 0 for s in out["stages"])
     for s in out["stages"]:
         scale = max(1.0, s["positional_conv_max_abs"])
         assert s["positional_conv_fft_max_abs_diff"] <= 1e-4 * scale
         assert s["transformer_layers_fused_max_abs_diff"] <= 1e-4 * max(
             1.0, s["transformer_layers_max_abs"])
+        assert s["transformer_layers_fused_compiled_norms_max_abs_diff"] <= 1e-4 * max(
+            1.0, s["transformer_layers_max_abs"])
+        assert s["conv_gemm_hop_compiled_norms_max_abs_diff"] <= 1e-4
 
 
 @pytest.mark.timeout(300)

@@ -106,3 +106,30 @@ def test_rows_of_steps_cut_short_come_from_their_progress_logs(tmp_path):
     assert ("`[engine] encoder_layers`: fused 36.00 ms vs transformers' 34.00 ms on average: "
             'set the default to "native"') in text
     assert "Engine target (3,000 windows/s): not met, best 2,100.0 windows/s." in text
+
+
+def test_compiled_norm_kernels_are_decided_by_the_engine_then_the_back_end_beside_them(
+        tmp_path):
+    row = {"batch_size": 256, "uncached": {"windows_per_s": 1150.0},
+           "engine_pipelined": {"windows_per_s": 2800.0},
+           "engine_pipelined_compiled_norms": {"windows_per_s": 3000.0},
+           "engine_pipelined_compiled": {"windows_per_s": 2900.0},
+           "engine_pipelined_compiled_all": {"windows_per_s": 3030.0}}
+    (tmp_path / "feature_cache.json").write_text(json.dumps({"rows": [row]}))
+    text = summarize(tmp_path)
+    assert ("`[engine] compile_norms`: the whole engine 1.071x with the compiled norm kernels: "
+            "turn it on (CUDA only).") in text
+    # beside compiled norms, the back-end's gain is 3030 / 3000: not enough to turn it on
+    assert ("`[engine] compile_backend`: the whole engine 1.010x with the compiled back-end "
+            "(beside the compiled norm kernels): leave it off.") in text
+    assert "Engine target (3,000 windows/s): met, best 3,030.0 windows/s." in text
+
+
+def test_without_the_engine_columns_the_stages_report_what_the_norm_kernels_save(tmp_path):
+    stage = {"batch_size": 256, "conv_gemm_hop_ms": 11.5, "conv_gemm_hop_compiled_norms_ms": 9.5,
+             "transformer_layers_fused_ms": 61.8,
+             "transformer_layers_fused_compiled_norms_ms": 56.8}
+    (tmp_path / "engine.json").write_text(json.dumps({"stages": [stage]}))
+    text = summarize(tmp_path)
+    assert ("`[engine] compile_norms`: transformer layers and conv hop 7.00 ms faster per batch "
+            "with the compiled norm kernels on average") in text

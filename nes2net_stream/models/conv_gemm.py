@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nes2net_stream.models.fused_norms import NormKernels, exact_gelu, supports_kernels
+
 
 def supports_gemm(conv_layers: nn.ModuleList) -> bool:
     """True when every layer is ``conv`` (+ ``layer_norm`` of a known kind) + ``activation``."""
@@ -65,11 +67,13 @@ def _group_norm_over_time(h: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     return y.to(h.dtype)
 
 
-def gemm_conv_features(conv_layers: nn.ModuleList, wave: torch.Tensor) -> torch.Tensor:
+def gemm_conv_features(conv_layers: nn.ModuleList, wave: torch.Tensor,
+                       kernels: NormKernels | None = None) -> torch.Tensor:
     """(B, S) waveform -> (B, C, frames), a transposed view of a channels-last result.
 
     ``conv_layers`` is the ``conv_layers`` list of a transformers feature encoder (checked by
-    :func:`supports_gemm`).
+    :func:`supports_gemm`). With ``kernels``, a layer norm followed by the exact GELU runs as
+    one compiled kernel (:mod:`nes2net_stream.models.fused_norms`).
     """
     h = wave.unsqueeze(-1)  # (B, S, 1)
     for layer in conv_layers:
@@ -79,6 +83,10 @@ def gemm_conv_features(conv_layers: nn.ModuleList, wave: torch.Tensor) -> torch.
         weight = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, -1)
         h = F.linear(_frames(h, kernel, stride), weight, conv.bias)
         norm = getattr(layer, "layer_norm", None)
+        if (kernels is not None and supports_kernels(norm, h.shape[-1])
+                and exact_gelu(layer.activation)):
+            h = kernels.layer_norm_gelu(h, norm)
+            continue
         if isinstance(norm, nn.LayerNorm):
             h = F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         elif isinstance(norm, nn.GroupNorm):

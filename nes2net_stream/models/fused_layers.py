@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nes2net_stream.logs import get_logger
+from nes2net_stream.models.fused_norms import NormKernels, exact_gelu
 
 log = get_logger("nes2net.fused_layers")
 
@@ -63,22 +64,17 @@ def supports_fused(layer: nn.Module) -> bool:
             and isinstance(getattr(layer, "final_layer_norm", None), nn.LayerNorm))
 
 
-def _exact_gelu(act: Any) -> bool:
-    """True when ``act`` is the exact (erf) GELU: transformers' ``gelu`` or ``nn.GELU()``."""
-    if isinstance(act, nn.GELU):
-        return act.approximate == "none"
-    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is F.gelu
-
-
 class FusedLayerForward:
     """A ``forward`` for one encoder layer computing the same function with fewer passes."""
 
     def __init__(self, layer: nn.Module):
         self.layer = layer
         self.pre_ln = type(layer).__name__ in PRE_LN
-        self.gelu_epilogue = _exact_gelu(layer.feed_forward.intermediate_act_fn)
+        self.gelu_epilogue = exact_gelu(layer.feed_forward.intermediate_act_fn)
         self.returns_tuple = _returns_tuple(layer)
         self.fused_calls = 0  # calls that took the fused path (the tests check it is used)
+        # compiled norm kernels (models/fused_norms.py), shared by the front-end's layers
+        self.kernels: NormKernels | None = None
         self._packed: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def __deepcopy__(self, memo: dict) -> FusedLayerForward:
@@ -127,7 +123,16 @@ class FusedLayerForward:
             return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
         self.fused_calls += 1
         x = hidden_states
-        if self.pre_ln:
+        k = self.kernels
+        if k is not None:  # each norm one compiled kernel with the residual add before it
+            if self.pre_ln:
+                h, normed = k.add_layer_norm(self._attention(k.layer_norm(x, layer.layer_norm)),
+                                             x, layer.final_layer_norm)
+                out = _add(self._feed_forward(normed), h)
+            else:
+                h = k.add_layer_norm_only(self._attention(x), x, layer.layer_norm)
+                out = k.add_layer_norm_only(self._feed_forward(h), h, layer.final_layer_norm)
+        elif self.pre_ln:
             h = _add(self._attention(layer.layer_norm(x)), x)
             out = _add(self._feed_forward(layer.final_layer_norm(h)), h)
         else:

@@ -22,7 +22,9 @@ be computed once and reused (:class:`ConvGeometry`, the streaming feature cache)
 products (:mod:`nes2net_stream.models.conv_gemm`) instead of transformers' own modules, and
 with ``pos_conv_impl = "fft"`` the transformer's positional convolution runs through FFTs
 (:mod:`nes2net_stream.models.pos_conv_fft`); with ``layers_impl = "fused"`` the transformer
-layers that have one run a leaner inference forward (:mod:`nes2net_stream.models.fused_layers`).
+layers that have one run a leaner inference forward (:mod:`nes2net_stream.models.fused_layers`),
+whose layer norms, like the GEMM encoder's, can run as compiled kernels together with their
+residual add or GELU (:meth:`SSLFrontend.use_norm_kernels`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from nes2net_stream.errors import BundleError, DependencyError
 from nes2net_stream.models.config import SSLConfig
 from nes2net_stream.models.conv_gemm import gemm_conv_features, supports_gemm
 from nes2net_stream.models.fused_layers import supports_fused, use_fused, uses_fused
+from nes2net_stream.models.fused_norms import NormKernels
 from nes2net_stream.models.pos_conv_fft import supports_fft, use_fft, uses_fft
 
 ConvImpl = Literal["native", "gemm"]
@@ -124,6 +127,7 @@ class SSLFrontend(nn.Module):
             for p in self.model.parameters():
                 p.requires_grad_(False)
         self._conv_impl: ConvImpl = "native"
+        self.norm_kernels: NormKernels | None = None
 
     @property
     def output_dim(self) -> int:
@@ -215,6 +219,18 @@ class SSLFrontend(nn.Module):
             raise ValueError(f"layers_impl must be 'native' or 'fused', not {impl!r}")
         for layer in self.model.encoder.layers:
             use_fused(layer, impl == "fused" and supports_fused(layer))
+        self.use_norm_kernels(self.norm_kernels)
+
+    def use_norm_kernels(self, kernels: NormKernels | None) -> None:
+        """Run the layer norms through compiled kernels (``None``: PyTorch's operations).
+
+        The kernels (:mod:`nes2net_stream.models.fused_norms`) serve the GEMM conv encoder
+        (layer norm + GELU) and the fused transformer layers (residual add + layer norm).
+        """
+        self.norm_kernels = kernels
+        for layer in self.model.encoder.layers:
+            if uses_fused(layer):
+                layer.forward.kernels = kernels
 
     def positional_conv(self) -> nn.Module | None:
         """The transformer's positional convolution (``nn.Conv1d``), if it has one."""
@@ -225,7 +241,8 @@ class SSLFrontend(nn.Module):
         if self.cfg.normalize_waveform:
             wave = F.layer_norm(wave, wave.shape[-1:], eps=1e-5)
         if self._conv_impl == "gemm":
-            return gemm_conv_features(self.model.feature_extractor.conv_layers, wave)
+            return gemm_conv_features(self.model.feature_extractor.conv_layers, wave,
+                                      self.norm_kernels)
         return self.model.feature_extractor(wave)
 
     def forward_from_conv(self, conv: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,7 @@ class ScoringEngine:
                  cast_weights: bool = False, conv_encoder: str = "gemm",
                  pos_conv: str = "fft", encoder_layers: str = "fused",
                  compile_backend: bool = False, compile_min_batch: int = 128,
-                 latency_target_s: float = 0.5,
+                 compile_norms: bool = False, latency_target_s: float = 0.5,
                  max_stride: int = 8, stall_timeout_s: float = 120.0,
                  feature_cache: bool = True, feature_cache_entries: int = 10_000,
                  pipeline: bool | None = None):
@@ -131,6 +131,7 @@ class ScoringEngine:
                                   pos_conv=pos_conv, encoder_layers=encoder_layers,
                                   compile_backend=compile_backend,
                                   compile_min_batch=compile_min_batch,
+                                  compile_norms=compile_norms,
                                   feature_cache=feature_cache,
                                   feature_cache_entries=feature_cache_entries)
         self.latency_target_s = latency_target_s

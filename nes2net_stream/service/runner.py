@@ -33,7 +33,9 @@ eager back-end with a warning. With buckets (CUDA) only buckets of at least
 shapes made the graph-replayed back-end 2x faster at batch 256, while one version with a
 dynamic batch size made the engine slower than no compilation (docs/benchmarks.md); smaller
 buckets keep the eager back-end, replayed from graphs. Without buckets one version with an
-automatic dynamic batch size covers every batch size.
+automatic dynamic batch size covers every batch size. ``compile_norms`` likewise compiles the
+SSL front-end's layer norms with the residual add or GELU next to them
+(:mod:`nes2net_stream.models.fused_norms`; one version with a dynamic row count for all shapes).
 
 Graph capture is a function (:data:`Capture`): :func:`cuda_capture` on CUDA; the CPU tests pass
 :func:`eager_capture`, which keeps the static-buffer semantics, to check these paths against
@@ -148,7 +150,7 @@ class BatchRunner:
                  conv_encoder: str = "gemm", pos_conv: str = "fft",
                  encoder_layers: str = "fused", graph_capture: Capture | None = None,
                  compile_backend: bool = False, compile_min_batch: int = 128,
-                 compiler: Compiler | None = None):
+                 compiler: Compiler | None = None, compile_norms: bool = False):
         self.detector = detector.eval()
         # the SSL conv encoder as channels-last matrix products (models/conv_gemm.py) and the
         # positional convolution through FFTs (models/pos_conv_fft.py), where the model has them
@@ -156,6 +158,8 @@ class BatchRunner:
         self._use_form(self.detector.set_pos_conv_impl, "pos_conv", pos_conv)
         # the transformer layers' fused inference forward (models/fused_layers.py)
         self._use_form(self.detector.set_layers_impl, "encoder_layers", encoder_layers)
+        # their layer norms with the residual add / GELU as compiled kernels (fused_norms.py)
+        self.detector.set_norm_kernels(compile_norms)
         self.device = next(detector.parameters()).device
         self.cuda = self.device.type == "cuda"
         # cast_weights: the whole model in ``dtype`` (any device); else autocast (CUDA only)
@@ -318,6 +322,12 @@ class BatchRunner:
     def _eager(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             return self._run_backend(self.detector.frontend(x))
+
+    @property
+    def norms_compiled(self) -> bool:
+        """True while the front-end's layer norms run as compiled kernels."""
+        kernels = getattr(self.detector.frontend, "norm_kernels", None)
+        return kernels is not None and kernels.active
 
     @property
     def backend_compiled(self) -> bool:

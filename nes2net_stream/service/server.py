@@ -101,6 +101,7 @@ def build_engine(settings: Settings, metrics: ServiceMetrics) -> ScoringEngine:
                          encoder_layers=e.encoder_layers,
                          compile_backend=e.compile_backend,
                          compile_min_batch=e.compile_min_batch,
+                         compile_norms=e.compile_norms,
                          cast_weights=settings.model.dtype_mode == "weights",
                          pipeline=None if e.pipeline else False,
                          latency_target_s=e.latency_target_ms / 1000.0,
