@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=6, help="ingest worker processes")
     ap.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
                     help="more settings for the service, e.g. NES2NET_ENGINE__COMPILE_NORMS=true")
+    ap.add_argument("--speech-only", action="store_true",
+                    help="calls of continuous speech (the sample's pauses cut out)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -116,6 +118,7 @@ def main() -> None:
            "--service-env", f"NES2NET_SERVER__WORKERS={a.workers}"]
     for setting in a.service_env:
         cmd += ["--service-env", setting]
+    cmd += ["--speech-only"] if a.speech_only else []
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     sampler.stop.set()
     sampler.join(5)

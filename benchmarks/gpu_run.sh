@@ -82,6 +82,7 @@ e2e_calls() {
   redis-server --version || ldd /tmp/redis/usr/bin/redis-check-rdb
   local extra=()
   [[ -n ${E2E_ENV:-} ]] && extra=(--service-env "$E2E_ENV")
+  [[ ${E2E_SPEECH_ONLY:-0} == 1 ]] && extra+=(--speech-only)
   step e2e "${E2E_CAP_S:-200}" python3 benchmarks/gpu_e2e.py --calls "${E2E_CALLS:-2500}" \
     --duration-s "${E2E_DURATION_S:-15}" \
     --workers 10 --client-procs 6 --out "$OUT/e2e_workers.json" "${extra[@]}"

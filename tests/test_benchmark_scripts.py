@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,13 +103,15 @@ def test_e2e_bench_speaks_twilio_media_streams(tmp_path):
     out = tmp_path / "e2e.json"
     proc = subprocess.run([sys.executable, "-m", "nes2net_stream", "bench", "e2e", "--calls", "2",
                            "--duration-s", "6", "--frame-ms", "20", "--protocol", "twilio",
-                           "--out", str(out)], capture_output=True, text=True, timeout=280,
-                          cwd=ROOT)
+                           "--speech-only", "--out", str(out)], capture_output=True, text=True,
+                          timeout=280, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     level = report["levels"][0]
     assert report["protocol"] == "twilio" and level["errors"] == []
-    assert level["summaries"] == 2 and level["windows"] > 0 and level["dropped_windows"] == 0
+    assert report["speech_only"] is True
+    # continuous speech: windows ending at 4, 5 and 6 s of each 6 s call (at least)
+    assert level["summaries"] == 2 and level["windows"] >= 6 and level["dropped_windows"] == 0
     assert 0 < level["latency_p50_ms"] <= level["latency_p99_ms"]
 
 
@@ -161,3 +164,22 @@ def test_policy_bench_smoke():
     timings = out["us_per_window_at_call_length"]
     assert sorted(timings) == ["ema", "max", "mean", "median"]
     assert all(set(t) == {"10", "100"} and min(t.values()) > 0 for t in timings.values())
+
+
+def test_speech_only_calls_keep_the_speech_and_cut_the_pauses():
+    from nes2net_stream.audio.io import load_audio
+    from nes2net_stream.audio.vad import SpeechDetector, VADConfig
+    from nes2net_stream.bench.e2e import speech_only
+    from nes2net_stream.demo import sample_path
+
+    call = load_audio(sample_path("human_call.wav"), sample_rate=8000).samples
+    speech = speech_only(call, 8000)
+    assert 0.3 * len(call) < len(speech) < len(call)  # the sample's pauses are gone
+    looped = np.tile(speech, 3)  # as the load generator loops it
+    vad = SpeechDetector(VADConfig(), 8000)
+    step = vad.frame_samples
+    pcm = np.round(looped * 32767).astype(np.int16)
+    flags = [vad.is_speech(pcm[i:i + step]) for i in range(0, len(pcm) - step + 1, step)]
+    assert np.mean(flags[10:]) > 0.95  # the service's VAD hears speech nearly all the time
+    with pytest.raises(ValueError, match="no speech"):
+        speech_only(np.zeros(8000, dtype=np.float32), 8000)

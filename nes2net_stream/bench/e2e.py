@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from nes2net_stream.audio.io import load_audio
+from nes2net_stream.audio.vad import SpeechDetector, VADConfig
 from nes2net_stream.bench.loadgen import LoadGenerator
 from nes2net_stream.bench.provider_calls import PROTOCOLS
 from nes2net_stream.client import encode_samples
@@ -222,17 +223,36 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
         windows_skipped_for_load=skipped)
 
 
+def speech_only(samples: np.ndarray, rate: int, cfg: VADConfig | None = None) -> np.ndarray:
+    """The frames of float ``samples`` the service's VAD (default settings) calls speech, joined.
+
+    Looped, that is a call of continuous speech: a window every hop, the heaviest load per call.
+    """
+    vad = SpeechDetector(cfg or VADConfig(), rate)
+    step = vad.frame_samples
+    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
+    keep = [samples[i:i + step] for i in range(0, len(samples) - step + 1, step)
+            if vad.is_speech(pcm[i:i + step])]
+    if not keep:
+        raise ValueError("the call audio has no speech to loop")
+    return np.concatenate(keep)
+
+
 async def run_sweep(ws_url: str, redis_url: str, audio_path: Path, levels: list[int],
                     duration_s: float, *, cpu: Any, target_p99_ms: float = 500.0,
                     frame_ms: int = 20, stop_on_failure: bool = True,
                     procs: int = 1, worker_cpu: Any = None,
-                    protocol: str = "generic") -> dict[str, Any]:
-    """Run increasing load levels; report each and the largest sustained one."""
-    clip = load_audio(audio_path, sample_rate=8000)
+                    protocol: str = "generic", speech: bool = False) -> dict[str, Any]:
+    """Run increasing load levels; report each and the largest sustained one.
+
+    ``speech``: loop only the audio's speech (:func:`speech_only`), not its pauses.
+    """
+    clip = load_audio(audio_path, sample_rate=8000).samples
+    clip = speech_only(clip, 8000) if speech else clip
     out: list[dict[str, Any]] = []
     best = 0
     for calls in levels:
-        res = await run_level(ws_url, redis_url, clip.samples, 8000, calls, duration_s, cpu=cpu,
+        res = await run_level(ws_url, redis_url, clip, 8000, calls, duration_s, cpu=cpu,
                               target_p99_ms=target_p99_ms, frame_ms=frame_ms, procs=procs,
                               worker_cpu=worker_cpu, protocol=protocol)
         out.append(asdict(res))
@@ -242,4 +262,4 @@ async def run_sweep(ws_url: str, redis_url: str, audio_path: Path, levels: list[
             break
     return {"levels": out, "max_sustained_calls": best, "target_p99_ms": target_p99_ms,
             "frame_ms": frame_ms, "call_duration_s": duration_s, "client_processes": procs,
-            "protocol": protocol}
+            "protocol": protocol, "speech_only": speech}

@@ -81,12 +81,15 @@ def bench_engine(model_path: str, batch_sizes: str, window_s: float, device: str
               show_default=True,
               help="What the simulated gateways speak: the generic protocol (binary audio) or "
                    "Twilio Media Streams (JSON, base64 μ-law per packet).")
+@click.option("--speech-only", is_flag=True,
+              help="Loop only the call audio's speech, without its pauses: every call gets a "
+                   "window every hop (the heaviest load per call).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON here.")
 def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int,
               model_path: str, audio: Path | None, redis_url: str | None, keep_going: bool,
               client_procs: int, service_env: tuple[str, ...], protocol: str,
-              out: Path | None) -> None:
+              speech_only: bool, out: Path | None) -> None:
     """Sustained concurrent real-time calls over loopback, latency window -> Redis event."""
     import tempfile
 
@@ -109,7 +112,7 @@ def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int
                                        target_p99_ms=target_p99_ms, frame_ms=frame_ms,
                                        stop_on_failure=not keep_going, procs=client_procs,
                                        worker_cpu=service.worker_cpu_seconds,
-                                       protocol=protocol))
+                                       protocol=protocol, speech=speech_only))
     finally:
         exit_code = service.stop()
         if local is not None:
