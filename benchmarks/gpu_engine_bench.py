@@ -20,8 +20,9 @@ conv encoder, feature projection, positional convolution direct and through FFTs
 (``[engine] pos_conv``), transformer layers (transformers', fused (``[engine] encoder_layers``)
 and fused with compiled norm kernels (``[engine] compile_norms``)), back-end), with
 the conv encoder also compared alone (``conv_encoder``: native vs GEMM on a whole window and on
-one hop's new audio, times and largest difference; ``conv_gemm_hop_compiled_norms``: the
-hop with its layer norms and GELUs compiled).
+one hop's new audio, times and largest difference; ``conv_gemm_hop_gathered``: the hop with
+every layer's receptive fields gathered by a copy, the GEMM encoder's form before its padded
+one; ``conv_gemm_hop_compiled_norms``: the hop with its layer norms and GELUs compiled).
 Prints JSON.
 
     python benchmarks/gpu_engine_bench.py --out engine.json     # CUDA machine
@@ -47,6 +48,7 @@ import torch
 
 from nes2net_stream.bench.engine import TINY_SSL, emit, environment, time_calls
 from nes2net_stream.models.checkpoints import build_detector
+from nes2net_stream.models.conv_gemm import gemm_conv_features
 from nes2net_stream.models.fused_norms import NormKernels
 from nes2net_stream.service.runner import BatchRunner, cuda_capture
 
@@ -94,9 +96,13 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
                      "max_abs_native": float(convs["native"].abs().max())}
             conv_entries.append(entry)
             print(json.dumps({"conv_encoder": entry}), file=sys.stderr, flush=True)
+        hop = 0.1 * torch.randn(batch, 16_400, device=device, dtype=act)
+        # the GEMM encoder gathering every layer's receptive fields (a copy each where they
+        # overlap), as it did before its padded form (the default on accelerators, bf16)
+        layers_ = frontend.model.feature_extractor.conv_layers
+        t("conv_gemm_hop_gathered", lambda: gemm_conv_features(layers_, hop, padded=False))
         # [engine] compile_norms: each layer norm + GELU of the GEMM encoder one kernel
         frontend.use_norm_kernels(NormKernels())
-        hop = 0.1 * torch.randn(batch, 16_400, device=device, dtype=act)
         fused_conv = t("conv_gemm_hop_compiled_norms", lambda: frontend.conv_features(hop))
         frontend.use_norm_kernels(None)
         out["conv_gemm_hop_compiled_norms_max_abs_diff"] = float(

@@ -227,6 +227,14 @@ def decisions(best_engine: float | None, found: dict[str, Any],
         advice = 'keep "fused"' if fused <= native else 'set the default to "native"'
         out.append(f"- `[engine] encoder_layers`: fused {fused:.2f} ms vs transformers' "
                    f"{native:.2f} ms on average: {advice}.")
+    both = [s for s in stages if "conv_gemm_hop_ms" in s and "conv_gemm_hop_gathered_ms" in s]
+    padded = _mean([s["conv_gemm_hop_ms"] for s in both])
+    gathered = _mean([s["conv_gemm_hop_gathered_ms"] for s in both])
+    if padded is not None and gathered is not None:
+        advice = ("keep the padded form" if padded <= gathered
+                  else "choose the gathered form on CUDA (models/conv_gemm.py)")
+        out.append(f"- GEMM conv encoder on the hop: padded {padded:.2f} ms vs gathered "
+                   f"{gathered:.2f} ms on average: {advice}.")
     norms_line, norms_on = compile_norms_verdict(streaming, stages)
     out += [norms_line] if norms_line else []
     # the whole engine decides, where the run measured it (beside compiled norms if they win)

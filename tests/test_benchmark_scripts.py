@@ -52,7 +52,8 @@ def test_engine_bench_smoke():
         assert fused["max_abs_logit_diff_vs_eager"] < 1e-3
     for entry in out["conv_encoder"]:
         assert entry["max_abs_diff"] <= 1e-4 * max(1.0, entry["max_abs_native"])
-    for stage in ("conv_gemm_hop_ms", "positional_conv_ms", "positional_conv_fft_ms",
+    for stage in ("conv_gemm_hop_ms", "conv_gemm_hop_gathered_ms", "positional_conv_ms",
+                  "positional_conv_fft_ms",
                   "transformer_layers_ms", "transformer_layers_fused_ms", "backend_eager_ms",
                   "conv_gemm_hop_compiled_norms_ms", "transformer_layers_fused_compiled_norms_ms"):
         assert all(s[stage] > 0 for s in out["stages"])
@@ -183,3 +184,14 @@ def test_speech_only_calls_keep_the_speech_and_cut_the_pauses():
     assert np.mean(flags[10:]) > 0.95  # the service's VAD hears speech nearly all the time
     with pytest.raises(ValueError, match="no speech"):
         speech_only(np.zeros(8000, dtype=np.float32), 8000)
+
+
+@pytest.mark.timeout(300)
+def test_conv_encoder_bench_smoke():
+    out = run_script("conv_encoder_bench.py")
+    assert [(r["dtype"], r["batch_size"]) for r in out["rows"]] == [("float32", 2),
+                                                                     ("bfloat16", 2)]
+    for row in out["rows"]:
+        assert row["gathered_ms"] > 0 and row["padded_ms"] > 0
+        tolerance = 1e-5 if row["dtype"] == "float32" else 0.05  # bf16: one more rounding
+        assert row["max_abs_diff"] <= tolerance * max(1.0, row["max_abs"])

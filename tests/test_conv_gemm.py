@@ -169,3 +169,75 @@ def test_gemm_encoder_on_cuda_in_bf16_and_under_graphs():
         assert torch.allclose(out, reference, atol=0.05), graphs
         if graphs:
             assert runner.bucket(3) in runner._graphs
+
+
+def _stack(kernels: tuple[int, ...], strides: tuple[int, ...], *, conv_bias: bool = True,
+           layer_norm: bool = True, width: int = 16) -> nn.ModuleList:
+    torch.manual_seed(sum(kernels))
+    hf = tiny_hf_config("wav2vec2", stable_layer_norm=layer_norm)
+    hf.update(conv_dim=(width,) * len(kernels), conv_kernel=kernels, conv_stride=strides,
+              conv_bias=conv_bias, num_feat_extract_layers=len(kernels))
+    cfg = SSLConfig(family="wav2vec2", aggregation="last", hf_config=hf)
+    det = Detector(cfg, BackendConfig(input_dim=32, outer_ratio=4, inner_ratio=2,
+                                      se_ratio=2)).eval()
+    return det.frontend.model.feature_extractor
+
+
+@pytest.mark.parametrize("kernels,strides", [
+    ((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)),  # wav2vec 2.0 / XLS-R / HuBERT / WavLM
+    ((10, 4, 1, 3, 2), (5, 2, 2, 2, 3)),  # kernel = 2 x stride, kernel < stride
+])
+@pytest.mark.parametrize("conv_bias", [True, False])
+def test_padded_encoder_equals_the_native_one_at_every_length(kernels, strides, conv_bias):
+    """Later layers without gathering copies (padded frame counts): the same frames for odd,
+    even and barely long enough inputs and every batch size, padding cut off."""
+    from nes2net_stream.models.conv_gemm import _paired
+
+    encoder = _stack(kernels, strides, conv_bias=conv_bias)
+    minimum = 1
+    for k, s in zip(reversed(kernels), reversed(strides), strict=True):
+        minimum = (minimum - 1) * s + k
+    with torch.inference_mode():
+        for batch, samples in ((1, minimum), (2, minimum + 1), (3, 4_001), (2, 16_400),
+                               (1, 16_000), (3, 7_777)):
+            x = waves(batch, samples)
+            assert _paired(encoder.conv_layers, x)
+            native = encoder(x)
+            got = gemm_conv_features(encoder.conv_layers, x, padded=True)
+            assert got.shape == native.shape, (batch, samples)
+            assert torch.allclose(got, native, atol=1e-5, rtol=1e-4), (batch, samples)
+
+
+def test_the_padded_path_steps_aside_where_it_must():
+    from nes2net_stream.models.conv_gemm import _paired
+
+    encoder = _stack((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))
+    x = waves(2)
+    assert not _paired(encoder.conv_layers, x)  # parameters record gradients here
+    with torch.no_grad():
+        assert _paired(encoder.conv_layers, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not _paired(encoder.conv_layers, x)
+        wide = _stack((10, 5, 2), (5, 2, 2))  # kernel > 2 x stride: gathered rows
+        assert not _paired(wide.conv_layers, x)
+        got = gemm_conv_features(wide.conv_layers, x, padded=True)
+        assert torch.allclose(got, wide(x), atol=1e-5, rtol=1e-4)
+        group = _stack((10, 3, 2), (5, 2, 2), layer_norm=False)  # group norm over time
+        assert not _paired(group.conv_layers, x)
+        assert torch.allclose(gemm_conv_features(group.conv_layers, x, padded=True), group(x),
+                              atol=1e-5, rtol=1e-4)
+
+
+def test_the_padded_path_is_chosen_on_accelerators_and_in_reduced_precision(monkeypatch):
+    import nes2net_stream.models.conv_gemm as cg
+
+    encoder = _stack((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))
+    taken: list[str] = []
+    monkeypatch.setattr(cg, "_padded_features", lambda *a: taken.append("padded") or a[1])
+    monkeypatch.setattr(cg, "_gathered_features", lambda *a: taken.append("gathered") or a[1])
+    with torch.inference_mode():
+        cg.gemm_conv_features(encoder.conv_layers, waves(1))  # CPU float32: one deep product
+        cg.gemm_conv_features(encoder.conv_layers, waves(1).bfloat16())
+        cg.gemm_conv_features(encoder.conv_layers, waves(1), padded=True)
+        cg.gemm_conv_features(encoder.conv_layers, waves(1).bfloat16(), padded=False)
+    assert taken == ["gathered", "padded", "padded", "gathered"]

@@ -133,3 +133,11 @@ def test_without_the_engine_columns_the_stages_report_what_the_norm_kernels_save
     text = summarize(tmp_path)
     assert ("`[engine] compile_norms`: transformer layers and conv hop 7.00 ms faster per batch "
             "with the compiled norm kernels on average") in text
+
+
+def test_the_padded_conv_encoder_is_judged_against_the_gathered_one(tmp_path):
+    stage = {"batch_size": 256, "conv_gemm_hop_ms": 9.8, "conv_gemm_hop_gathered_ms": 11.5}
+    (tmp_path / "engine.json").write_text(json.dumps({"stages": [stage]}))
+    text = summarize(tmp_path)
+    assert ("GEMM conv encoder on the hop: padded 9.80 ms vs gathered 11.50 ms on average: "
+            "keep the padded form.") in text
