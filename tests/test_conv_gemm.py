@@ -241,3 +241,18 @@ def test_the_padded_path_is_chosen_on_accelerators_and_in_reduced_precision(monk
         cg.gemm_conv_features(encoder.conv_layers, waves(1), padded=True)
         cg.gemm_conv_features(encoder.conv_layers, waves(1).bfloat16(), padded=False)
     assert taken == ["gathered", "padded", "padded", "gathered"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_padded_encoder_on_cuda_is_the_default_and_matches_the_gathered_one():
+    encoder = _stack((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2), width=512).cuda()
+    layers = encoder.conv_layers
+    x = waves(4, 16_400).cuda()
+    with torch.inference_mode():
+        for dtype, tolerance in ((torch.float32, 2e-3), (torch.bfloat16, 0.05)):  # TF32 too
+            layers.to(dtype)
+            xx = x.to(dtype)
+            gathered = gemm_conv_features(layers, xx, padded=False).float()
+            got = gemm_conv_features(layers, xx).float()  # the padded form, by default
+            assert got.shape == gathered.shape == (4, 512, 51)
+            assert (got - gathered).abs().max() <= tolerance * max(1.0, gathered.abs().max())
