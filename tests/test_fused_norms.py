@@ -159,3 +159,27 @@ def test_compiled_norms_on_cuda_in_bf16_and_in_a_graph():
         replay()
         torch.cuda.synchronize()
         assert torch.allclose(out.float(), got, atol=1e-2 * scale)
+
+
+def test_warm_up_compiles_before_calls_arrive_without_buckets():
+    """On the CPU (no buckets) the warm-up runs two batch sizes when something is compiled."""
+    det = tiny_ssl_detector()
+    calls: list[str] = []
+    compiled_backend: list[int] = []
+
+    def backend_compiler(module):
+        def run(x):
+            compiled_backend.append(x.shape[0])
+            return module(x)
+        return run
+
+    runner = BatchRunner(det, window_samples=16000, max_batch_size=4, compile_norms=True,
+                         compile_backend=True, compiler=backend_compiler)
+    det.frontend.use_norm_kernels(NormKernels(spy(calls)))
+    runner.warmup()
+    assert calls and compiled_backend == [1, 2]
+    plain = BatchRunner(tiny_ssl_detector(), window_samples=16000, max_batch_size=4)
+    ran: list[int] = []
+    plain.run = lambda windows, *rest: ran.append(len(windows))  # type: ignore[method-assign]
+    plain.warmup()
+    assert ran == []  # nothing compiled, no buckets: nothing to run

@@ -397,9 +397,17 @@ class BatchRunner:
         return self._graphs[rows]
 
     def warmup(self) -> None:
-        """Capture (or at least run) every bucket once, before calls arrive."""
+        """Capture (or at least run) every bucket once, before calls arrive.
+
+        Without buckets (the CPU) nothing needs capturing, but compiled parts compile at their
+        first shapes (the back-end statically, then at a second batch size with a dynamic one):
+        two batch sizes run here so that neither compilation lands on a call's first windows.
+        """
         for b in self.buckets if self.use_buckets else []:
             self.run(np.zeros((b, self.window_samples), dtype=np.float32))
+        if not self.use_buckets and (self.backend_compiled or self.norms_compiled):
+            for n in (1, 2):
+                self.run(np.zeros((n, self.window_samples), dtype=np.float32))
         if self.cuda and not self.pad_frontend:
             self.warm_positional_conv(range(1, self.buckets[-1] + 1))
 
