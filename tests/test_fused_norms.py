@@ -183,3 +183,15 @@ def test_warm_up_compiles_before_calls_arrive_without_buckets():
     plain.run = lambda windows, *rest: ran.append(len(windows))  # type: ignore[method-assign]
     plain.warmup()
     assert ran == []  # nothing compiled, no buckets: nothing to run
+
+
+def test_gradients_take_the_plain_operations():
+    kernels = NormKernels(identity)
+    norm = torch.nn.LayerNorm(8)
+    x = torch.randn(3, 8, requires_grad=True)
+    out = kernels.layer_norm_gelu(x, norm)
+    out.sum().backward()  # autograd through PyTorch's own operations
+    assert x.grad is not None and kernels.compiled_calls == 0
+    with torch.no_grad():
+        kernels.layer_norm_gelu(x, norm)
+    assert kernels.compiled_calls == 1

@@ -90,8 +90,13 @@ class NormKernels:
         return self
 
     def _call(self, name: str, *tensors: torch.Tensor, norm: nn.LayerNorm) -> Any:
-        """Run ``name`` compiled on (rows, D) views; None when inactive or it failed."""
-        if not self.active:
+        """Run ``name`` compiled on (rows, D) views; None when inactive or it failed.
+
+        Also None while gradients are recorded: the compiled functions are for inference.
+        """
+        if not self.active or (torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad
+                for t in (*tensors, norm.weight, norm.bias))):
             return None
         try:
             out = self._compiled[name](*(_rows(t) for t in tensors), norm.weight, norm.bias,
