@@ -130,6 +130,18 @@ ENGINE_COLUMNS = {"engine_pipelined": EngineColumn(),
                                                                 compile_norms=True)}
 
 
+class ColumnFailed(RuntimeError):
+    """One column could not be measured (the others still are)."""
+
+
+def check_compiled(settings: Config | EngineColumn, runner: BatchRunner) -> None:
+    """ColumnFailed when a part asked to run compiled fell back to eager (see the warning)."""
+    if settings.compile_backend and not runner.backend_compiled:
+        raise ColumnFailed("the back-end failed to compile (see the warning above)")
+    if settings.compile_norms and not runner.norms_compiled:
+        raise ColumnFailed("the norm kernels failed to compile (see the warning above)")
+
+
 def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
             config: Config, dtype: torch.dtype | None,
             device: torch.device) -> tuple[float, float, torch.Tensor]:
@@ -149,10 +161,7 @@ def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
     step(1)
     sync(device)
     warmup = time.perf_counter() - t0
-    if config.compile_backend and not runner.backend_compiled:
-        raise SystemExit("the back-end failed to compile (see the warning above)")
-    if config.compile_norms and not runner.norms_compiled:
-        raise SystemExit("the norm kernels failed to compile (see the warning above)")
+    check_compiled(config, runner)
     times = []
     logits = torch.empty(0)
     for k in range(2, steps + 2):
@@ -177,17 +186,15 @@ def measure_engine(det: torch.nn.Module, batch: int, window: int, hop: int, step
     t0 = time.perf_counter()
     engine.warmup()  # every bucket: graph capture and, compiled, compilation
     warmup = time.perf_counter() - t0
-    if column.compile_backend and not engine.runner.backend_compiled:
-        raise SystemExit("the back-end failed to compile (see the warning above)")
-    if column.compile_norms and not engine.runner.norms_compiled:
-        raise SystemExit("the norm kernels failed to compile (see the warning above)")
+    check_compiled(column, engine.runner)
     rng = np.random.default_rng(2)
     signal = (0.1 * rng.standard_normal((batch, window + hop * (steps + 3)))).astype(np.float32)
     done = threading.Semaphore(0)
+    failed: list[BaseException] = []
 
     def deliver(result: object, error: BaseException | None) -> None:
         if error is not None:
-            raise SystemExit(f"window failed: {error!r}")
+            failed.append(error)
         done.release()
 
     def submit_steps(first: int, count: int) -> None:
@@ -198,6 +205,8 @@ def measure_engine(det: torch.nn.Module, batch: int, window: int, hop: int, step
                                        end=end)
         for _ in range(batch * count):
             done.acquire()
+        if failed:
+            raise ColumnFailed(f"window failed: {failed[0]!r}")
 
     engine.start()
     try:
@@ -250,8 +259,15 @@ def main() -> None:
         row: dict = {"batch_size": bs}
         base = None
         for name in ["uncached"] + [n for n in names if n != "uncached"]:
-            secs, warmup, logits = measure(det, bs, window, a.hop_samples, a.steps,
-                                           CONFIGS[name], dtype, device)
+            try:
+                secs, warmup, logits = measure(det, bs, window, a.hop_samples, a.steps,
+                                               CONFIGS[name], dtype, device)
+            except Exception as exc:  # one column's failure (a compiler, memory) ends no run
+                if name == "uncached":
+                    raise  # the reference for every other column
+                row[name] = {"error": repr(exc)[:500]}
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                continue
             base = logits if base is None else base
             row[name] = {"latency_ms": round(1000 * secs, 2),
                          "windows_per_s": round(bs / secs, 1), "warmup_s": round(warmup, 2),
@@ -260,14 +276,19 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         for name in [] if a.no_engine else [c for c in a.engine_columns.split(",") if c]:
-            wps, warmup = measure_engine(det, bs, window, a.hop_samples, a.steps, dtype,
-                                         device, ENGINE_COLUMNS[name])
-            row[name] = {"windows_per_s": round(wps, 1), "warmup_s": round(warmup, 1)}
+            try:
+                wps, warmup = measure_engine(det, bs, window, a.hop_samples, a.steps, dtype,
+                                             device, ENGINE_COLUMNS[name])
+            except Exception as exc:
+                row[name] = {"error": repr(exc)[:500]}
+            else:
+                row[name] = {"windows_per_s": round(wps, 1), "warmup_s": round(warmup, 1)}
             print(json.dumps(row), file=sys.stderr, flush=True)  # progress, column by column
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         rows.append(row)
-    best = max(v["windows_per_s"] for r in rows for k, v in r.items() if k != "batch_size")
+    best = max((v["windows_per_s"] for r in rows for k, v in r.items()
+                if k != "batch_size" and "windows_per_s" in v), default=None)
     result = {"benchmark": "feature_cache", "device": str(device), "smoke": a.smoke,
               "geometry": "tiny" if a.smoke else ("cpu" if a.cpu_geometry else "xlsr300m"),
               "environment": environment(device), "window_s": a.window_s,

@@ -90,6 +90,10 @@ def feature_cache_section(fc: dict[str, Any]) -> tuple[list[str], float | None]:
     slow = [f"{n} at {b}: {w} s" for b, n, w in warm if w >= 5]
     if slow:
         lines += ["Warm-up (capture, compilation) of at least 5 s: " + "; ".join(slow), ""]
+    failed = [f"{n} at {row['batch_size']}: {row[n]['error']}" for row in fc["rows"]
+              for n in names if isinstance(row.get(n), dict) and "error" in row[n]]
+    if failed:
+        lines += ["Failed columns: " + "; ".join(failed), ""]
     best = max((v for r in rows for v in r[1:] if v is not None), default=None)
     return lines, best
 

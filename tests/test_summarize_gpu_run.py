@@ -141,3 +141,17 @@ def test_the_padded_conv_encoder_is_judged_against_the_gathered_one(tmp_path):
     text = summarize(tmp_path)
     assert ("GEMM conv encoder on the hop: padded 9.80 ms vs gathered 11.50 ms on average: "
             "keep the padded form.") in text
+
+
+def test_a_column_that_failed_is_reported_and_the_others_still_decide(tmp_path):
+    row = {"batch_size": 256, "uncached": {"windows_per_s": 1150.0},
+           "engine_pipelined": {"windows_per_s": 2900.0},
+           "engine_pipelined_compiled_norms": {
+               "error": "ColumnFailed('the norm kernels failed to compile')"}}
+    (tmp_path / "feature_cache.json").write_text(json.dumps({"rows": [row]}))
+    text = summarize(tmp_path)
+    assert ("Failed columns: engine_pipelined_compiled_norms at 256: ColumnFailed('the norm "
+            "kernels failed to compile')") in text
+    assert "| 256 | 1,150.0 | 2,900.0 | - |" in text
+    assert "Engine target (3,000 windows/s): not met, best 2,900.0 windows/s." in text
+    assert "`[engine] compile_norms`" not in text  # nothing measured to decide it
