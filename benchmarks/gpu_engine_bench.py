@@ -102,7 +102,8 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
         layers_ = frontend.model.feature_extractor.conv_layers
         t("conv_gemm_hop_gathered", lambda: gemm_conv_features(layers_, hop, padded=False))
         # [engine] compile_norms: each layer norm + GELU of the GEMM encoder one kernel
-        frontend.use_norm_kernels(NormKernels())
+        kernels = NormKernels()
+        frontend.use_norm_kernels(kernels)
         fused_conv = t("conv_gemm_hop_compiled_norms", lambda: frontend.conv_features(hop))
         frontend.use_norm_kernels(None)
         out["conv_gemm_hop_compiled_norms_max_abs_diff"] = float(
@@ -132,8 +133,9 @@ def stage_times(det: torch.nn.Module, batch: int, samples: int, dtype: torch.dty
         out["transformer_layers_fused_max_abs_diff"] = float(
             (fused_layers.float() - native_layers.float()).abs().max())
         out["transformer_layers_max_abs"] = float(native_layers.float().abs().max())
-        frontend.use_norm_kernels(NormKernels())  # [engine] compile_norms
+        frontend.use_norm_kernels(kernels)  # [engine] compile_norms
         compiled = t("transformer_layers_fused_compiled_norms", layers)
+        out["norm_kernels_compiled"] = kernels.active  # False: they fell back to eager
         out["transformer_layers_fused_compiled_norms_max_abs_diff"] = float(
             (compiled.float() - native_layers.float()).abs().max())
         frontend.use_norm_kernels(None)

@@ -185,6 +185,9 @@ def compile_norms_verdict(streaming: list[dict[str, Any]] | None,
         on = gain > 1.02
         return (f"- `[engine] compile_norms`: the whole engine {gain:.3f}x with the compiled "
                 f"norm kernels: {'turn it on (CUDA only)' if on else 'leave it off'}.", on)
+    if any(s.get("norm_kernels_compiled") is False for s in stages):
+        return ("- `[engine] compile_norms`: the norm kernels failed to compile in the stage "
+                "timings (see engine.log): leave it off.", False)
     pairs = [(s["transformer_layers_fused_ms"] + s.get("conv_gemm_hop_ms", 0.0),
               s["transformer_layers_fused_compiled_norms_ms"]
               + s.get("conv_gemm_hop_compiled_norms_ms", s.get("conv_gemm_hop_ms", 0.0)))

@@ -155,3 +155,11 @@ def test_a_column_that_failed_is_reported_and_the_others_still_decide(tmp_path):
     assert "| 256 | 1,150.0 | 2,900.0 | - |" in text
     assert "Engine target (3,000 windows/s): not met, best 2,900.0 windows/s." in text
     assert "`[engine] compile_norms`" not in text  # nothing measured to decide it
+
+
+def test_norm_kernels_that_fell_back_in_the_stage_timings_are_not_judged_by_them(tmp_path):
+    stage = {"batch_size": 256, "transformer_layers_fused_ms": 61.8,
+             "transformer_layers_fused_compiled_norms_ms": 61.9, "norm_kernels_compiled": False}
+    (tmp_path / "engine.json").write_text(json.dumps({"stages": [stage]}))
+    assert ("`[engine] compile_norms`: the norm kernels failed to compile in the stage timings"
+            in summarize(tmp_path))
