@@ -5,8 +5,9 @@ encoder, FFT positional convolution, fused transformer layers, back-end replayed
 on ``--batch`` concurrent streams advancing one hop per batch, then records ``--steps`` batches
 with ``torch.profiler`` and prints what took the most self time per batch as JSON: on CUDA the
 kernels and copies (device time; the operators that launched them are left out, their device
-time would count the same kernels twice), otherwise the operators' CPU time. What to fuse or
-rewrite next.
+time would count the same kernels twice), otherwise the operators' CPU time; on CUDA also the
+operators grouped by input shapes with the device time of the kernels each launched
+(``top_operators``: which call a kernel row stands for). What to fuse or rewrite next.
 
     python benchmarks/profile_engine.py --out profile.json       # CUDA machine
     python benchmarks/profile_engine.py --smoke                   # CPU, tiny geometry
@@ -39,6 +40,21 @@ def self_time_us(event: object, cuda: bool) -> float:
             if hasattr(event, name):
                 return float(getattr(event, name))
     return float(event.self_cpu_time_total)  # type: ignore[attr-defined]
+
+
+def top_operators(prof: profile, steps: int, top: int) -> list[dict]:
+    """Operators by input shapes, with the device time of the kernels each launched itself.
+
+    Which call of an operation a kernel row stands for (the kernel names do not say: a layer
+    norm of the transformer or of the conv encoder, a copy of which tensor).
+    """
+    events = [e for e in prof.key_averages(group_by_input_shape=True)
+              if not str(getattr(e, "device_type", "")).endswith("CUDA")
+              and self_time_us(e, True) > 0]
+    events.sort(key=lambda e: self_time_us(e, True), reverse=True)
+    return [{"name": e.key[:80], "input_shapes": str(e.input_shapes)[:160],
+             "ms_per_batch": round(self_time_us(e, True) / 1000 / steps, 3),
+             "calls_per_batch": round(e.count / steps, 1)} for e in events[:top]]
 
 
 def main() -> None:
@@ -79,7 +95,7 @@ def main() -> None:
         step(k)
     sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=cuda) as prof:
         for k in range(3, 3 + a.steps):
             step(k)
         sync(device)
@@ -94,11 +110,13 @@ def main() -> None:
              "calls_per_batch": round(e.count / a.steps, 1),
              "share": round(self_time_us(e, cuda) / 1000 / a.steps / per_batch_ms, 4)}
             for e in events[:a.top]]
+    operators = top_operators(prof, a.steps, a.top) if cuda else []
     emit({"benchmark": "profile_engine", "device": str(device), "smoke": a.smoke,
           "environment": environment(device), "batch_size": a.batch, "window_s": a.window_s,
           "hop_samples": a.hop_samples, "steps": a.steps, "compile_norms": a.compile_norms,
           "time_kind": "device self time" if cuda else "CPU self time",
-          "self_ms_per_batch": round(per_batch_ms, 3), "top": rows}, a.out)
+          "self_ms_per_batch": round(per_batch_ms, 3), "top": rows,
+          "top_operators": operators}, a.out)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,13 @@ def profile_section(prof: dict[str, Any], top: int = 15) -> list[str]:
             f"{prof.get('self_ms_per_batch')} ms per batch)")
     rows = [[r["name"].replace("|", "\\|"), r["ms_per_batch"], r["calls_per_batch"],
              f"{100 * r['share']:.1f} %"] for r in (prof.get("top") or [])[:top]]
-    return [head, ""] + table(["operation / kernel", "ms per batch", "calls", "share"], rows)
+    lines = [head, ""] + table(["operation / kernel", "ms per batch", "calls", "share"], rows)
+    ops = [[r["name"], r["input_shapes"].replace("|", "\\|"), r["ms_per_batch"],
+            r["calls_per_batch"]] for r in (prof.get("top_operators") or [])[:top]]
+    if ops:
+        lines += ["Operators by input shapes (device time of the kernels each launched):", ""]
+        lines += table(["operator", "input shapes", "ms per batch", "calls"], ops)
+    return lines
 
 
 def _mean(values: list[float]) -> float | None:

@@ -66,10 +66,13 @@ def test_the_profile_becomes_a_table_of_the_top_kernels(tmp_path):
     top = [{"name": "void gemm<bf16>|tile", "ms_per_batch": 40.5, "calls_per_batch": 96.0,
             "share": 0.45}, {"name": "layer_norm_kernel", "ms_per_batch": 5.25,
                              "calls_per_batch": 48.0, "share": 0.0583}]
+    ops = [{"name": "aten::native_layer_norm", "input_shapes": "[[256, 199, 1024], [1024]]",
+            "ms_per_batch": 7.5, "calls_per_batch": 48.0}]
     (tmp_path / "profile.json").write_text(json.dumps(
         {"batch_size": 256, "time_kind": "device self time", "self_ms_per_batch": 90.0,
-         "top": top}))
+         "top": top, "top_operators": ops}))
     text = summarize(tmp_path)
+    assert "| aten::native_layer_norm | [[256, 199, 1024], [1024]] | 7.5 | 48.0 |" in text
     assert "batch 256, device self time 90.0 ms per batch" in text
     assert "| void gemm<bf16>\\|tile | 40.5 | 96.0 | 45.0 % |" in text
     assert "| layer_norm_kernel | 5.25 | 48.0 | 5.8 % |" in text
