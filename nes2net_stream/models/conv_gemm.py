@@ -131,9 +131,10 @@ def _padded_features(conv_layers: nn.ModuleList, wave: torch.Tensor,
     window is, flattened, ``B * L / stride`` rows of ``stride`` frames. A layer with kernel
     ``k <= stride`` is one product over a view of those rows; with ``stride < k <= 2 stride``
     (XLS-R: 3 and 2) it is two: the *next* row's first ``k - stride`` frames times the
-    kernel's last taps, then the rows times its first ``stride`` taps accumulated in place. The rows past a window's true length are padding: they only ever feed
-    later padding rows (every valid output frame's receptive field lies inside the window) and
-    are cut off at the end.
+    kernel's last taps, then the rows times its first ``stride`` taps accumulated in place.
+    The rows past a window's true length are padding: they only ever feed later padding rows
+    (every valid output frame's receptive field lies inside the window) and are cut off at
+    the end.
     """
     b, samples = wave.shape
     lengths = _lengths(conv_layers, samples)
