@@ -256,3 +256,24 @@ def test_padded_encoder_on_cuda_is_the_default_and_matches_the_gathered_one():
             got = gemm_conv_features(layers, xx).float()  # the padded form, by default
             assert got.shape == gathered.shape == (4, 512, 51)
             assert (got - gathered).abs().max() <= tolerance * max(1.0, gathered.abs().max())
+
+
+def test_a_failing_padded_form_falls_back_to_gathering_for_good(monkeypatch):
+    import nes2net_stream.models.conv_gemm as cg
+
+    encoder = _stack((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))
+    calls: list[int] = []
+
+    def refuse(*args):
+        calls.append(1)
+        raise RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED")
+
+    monkeypatch.setattr(cg, "_padded_failed", False)
+    monkeypatch.setattr(cg, "_padded_features", refuse)
+    x = waves(2).bfloat16()
+    encoder.bfloat16()
+    with torch.inference_mode():
+        expected = cg._gathered_features(encoder.conv_layers, x)
+        assert torch.equal(cg.gemm_conv_features(encoder.conv_layers, x), expected)
+        assert torch.equal(cg.gemm_conv_features(encoder.conv_layers, x), expected)
+    assert calls == [1] and cg._padded_failed  # tried once, then the gathered form

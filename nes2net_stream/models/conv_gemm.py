@@ -28,7 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nes2net_stream.logs import get_logger
 from nes2net_stream.models.fused_norms import NormKernels, exact_gelu, supports_kernels
+
+log = get_logger("nes2net.conv_gemm")
+_padded_failed = False  # set when the padded form failed once: the gathered one from then on
 
 
 def supports_gemm(conv_layers: nn.ModuleList) -> bool:
@@ -194,10 +198,18 @@ def gemm_conv_features(conv_layers: nn.ModuleList, wave: torch.Tensor,
     (on 2 CPU cores in bf16 the encoder ran 1.14-1.29x faster with it; in float32, where the
     CPU's matrix products are compute-bound and prefer one deeper product, 0.95-1.00x).
     """
+    global _padded_failed
     if padded is None:
-        padded = wave.device.type != "cpu" or wave.dtype != torch.float32
+        padded = (wave.device.type != "cpu" or wave.dtype != torch.float32) and not _padded_failed
     if padded and _paired(conv_layers, wave):
-        return _padded_features(conv_layers, wave, kernels)
+        try:
+            return _padded_features(conv_layers, wave, kernels)
+        except RuntimeError as exc:  # a matrix library refusing a layout: the gathered form
+            if _padded_failed:
+                raise
+            _padded_failed = True
+            log.warning("padded conv encoder failed; gathering receptive fields from now on",
+                        error=repr(exc))
     return _gathered_features(conv_layers, wave, kernels)
 
 
