@@ -42,3 +42,18 @@ def tone_bursts(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
     envelope = (np.sin(2 * np.pi * 0.7 * t) > -0.3).astype(float)
     x = x * envelope + 0.003 * rng.standard_normal(t.shape)
     return (0.3 * x / np.max(np.abs(x))).astype(np.float32)
+
+
+def cuda_bf16_frontend(seed: int):
+    """A wav2vec 2.0 front-end (256 wide, 4 layers, random weights) in bf16 on CUDA, and a
+    batch of 8 two-second bf16 waveforms for it."""
+    import torch
+
+    from nes2net_stream.models.config import SSLConfig
+    from nes2net_stream.models.ssl_frontend import SSLFrontend
+
+    torch.manual_seed(seed)
+    cfg = SSLConfig(family="wav2vec2", aggregation="last",
+                    hf_config=tiny_hf_config("wav2vec2", hidden=256, layers=4))
+    fe = SSLFrontend(cfg).eval().cuda().to(torch.bfloat16)
+    return fe, 0.1 * torch.randn(8, 32000, device="cuda", dtype=torch.bfloat16)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_hf_config, tiny_ssl_detector
+from helpers import cuda_bf16_frontend, tiny_hf_config, tiny_ssl_detector
 
 from nes2net_stream.models.config import SSLConfig
 from nes2net_stream.models.fused_layers import (
@@ -171,11 +171,7 @@ def test_runner_uses_fused_layers_by_default_and_matches_native():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fused_layers_on_cuda_in_bf16_and_in_a_graph():
-    torch.manual_seed(8)
-    cfg = SSLConfig(family="wav2vec2", aggregation="last",
-                    hf_config=tiny_hf_config("wav2vec2", hidden=256, layers=4))
-    fe = SSLFrontend(cfg).eval().cuda().to(torch.bfloat16)
-    x = 0.1 * torch.randn(8, 32000, device="cuda", dtype=torch.bfloat16)
+    fe, x = cuda_bf16_frontend(8)
     with torch.inference_mode():
         expected = fe.float()(x.float())
         fe = fe.to(torch.bfloat16)

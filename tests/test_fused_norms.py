@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_hf_config, tiny_ssl_detector
+from helpers import cuda_bf16_frontend, tiny_hf_config, tiny_ssl_detector
 
 from nes2net_stream.models.config import SSLConfig
 from nes2net_stream.models.fused_norms import NormKernels, exact_gelu, supports_kernels
@@ -141,12 +141,8 @@ def test_engine_passes_compile_norms_on():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_norms_on_cuda_in_bf16_and_in_a_graph():
-    torch.manual_seed(4)
-    cfg = SSLConfig(family="wav2vec2", aggregation="last",
-                    hf_config=tiny_hf_config("wav2vec2", hidden=256, layers=4))
-    fe = SSLFrontend(cfg).eval().cuda().to(torch.bfloat16)
+    fe, x = cuda_bf16_frontend(4)
     fe.conv_impl, fe.layers_impl = "gemm", "fused"
-    x = 0.1 * torch.randn(8, 32000, device="cuda", dtype=torch.bfloat16)
     kernels = NormKernels()
     with torch.inference_mode():
         plain = fe(x).float()
