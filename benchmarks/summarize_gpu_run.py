@@ -176,6 +176,15 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def stage_pair(stages: list[dict[str, Any]], new: str,
+               old: str) -> tuple[float, float] | None:
+    """Mean milliseconds of two stages over the batch sizes that timed both (None: none)."""
+    both = [s for s in stages if new in s and old in s]
+    if not both:
+        return None
+    return sum(s[new] for s in both) / len(both), sum(s[old] for s in both) / len(both)
+
+
 def engine_gain(streaming: list[dict[str, Any]] | None, column: str,
                 base: str = "engine_pipelined") -> float | None:
     """Mean ratio of two whole-engine columns' windows/s over the batch sizes with both."""
@@ -225,25 +234,18 @@ def decisions(best_engine: float | None, found: dict[str, Any],
                    f"{top.get('latency_p99_ms')} ms, {top.get('windows_per_s')} windows/s, "
                    f"{top.get('windows_skipped_for_load')} skipped for load).")
     stages = found.get("stages") or []
-    both = [s for s in stages if "positional_conv_ms" in s and "positional_conv_fft_ms" in s]
-    direct = _mean([s["positional_conv_ms"] for s in both])
-    fft = _mean([s["positional_conv_fft_ms"] for s in both])
-    if direct is not None and fft is not None:
+    if pair := stage_pair(stages, "positional_conv_fft_ms", "positional_conv_ms"):
+        fft, direct = pair
         advice = 'keep "fft"' if fft <= direct else 'set the default to "native"'
         out.append(f"- `[engine] pos_conv`: FFT {fft:.2f} ms vs direct {direct:.2f} ms on "
                    f"average: {advice}.")
-    both = [s for s in stages if "transformer_layers_ms" in s
-            and "transformer_layers_fused_ms" in s]
-    native = _mean([s["transformer_layers_ms"] for s in both])
-    fused = _mean([s["transformer_layers_fused_ms"] for s in both])
-    if native is not None and fused is not None:
+    if pair := stage_pair(stages, "transformer_layers_fused_ms", "transformer_layers_ms"):
+        fused, native = pair
         advice = 'keep "fused"' if fused <= native else 'set the default to "native"'
         out.append(f"- `[engine] encoder_layers`: fused {fused:.2f} ms vs transformers' "
                    f"{native:.2f} ms on average: {advice}.")
-    both = [s for s in stages if "conv_gemm_hop_ms" in s and "conv_gemm_hop_gathered_ms" in s]
-    padded = _mean([s["conv_gemm_hop_ms"] for s in both])
-    gathered = _mean([s["conv_gemm_hop_gathered_ms"] for s in both])
-    if padded is not None and gathered is not None:
+    if pair := stage_pair(stages, "conv_gemm_hop_ms", "conv_gemm_hop_gathered_ms"):
+        padded, gathered = pair
         advice = ("keep the padded form" if padded <= gathered
                   else "choose the gathered form on CUDA (models/conv_gemm.py)")
         out.append(f"- GEMM conv encoder on the hop: padded {padded:.2f} ms vs gathered "
