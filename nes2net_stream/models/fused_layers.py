@@ -35,6 +35,7 @@ from torch import nn
 
 from nes2net_stream.logs import get_logger
 from nes2net_stream.models.fused_norms import NormKernels, exact_gelu
+from nes2net_stream.models.instance_forward import has_forward, set_forward
 
 log = get_logger("nes2net.fused_layers")
 
@@ -196,15 +197,10 @@ def _returns_tuple(layer: nn.Module) -> bool:
 
 def use_fused(layer: nn.Module, on: bool) -> None:
     """Run ``layer`` through :class:`FusedLayerForward` (``on``) or its own forward again."""
-    if not on:
-        layer.__dict__.pop("forward", None)
-        return
-    if not supports_fused(layer):
-        raise ValueError(f"no fused form for {type(layer).__name__}")
-    if not isinstance(layer.__dict__.get("forward"), FusedLayerForward):
-        layer.forward = FusedLayerForward(layer)  # type: ignore[method-assign]
+    set_forward(layer, FusedLayerForward, on, lambda: supports_fused(layer),
+                lambda: f"no fused form for {type(layer).__name__}")
 
 
 def uses_fused(layer: Any) -> bool:
     """True while ``layer`` runs through :class:`FusedLayerForward`."""
-    return isinstance(getattr(layer, "__dict__", {}).get("forward"), FusedLayerForward)
+    return has_forward(layer, FusedLayerForward)

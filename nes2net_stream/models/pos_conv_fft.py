@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nes2net_stream.models.instance_forward import has_forward, set_forward
+
 
 def fft_size(n: int) -> int:
     """The smallest length >= ``n`` whose only prime factors are 2, 3, 5 and 7 (fast FFTs)."""
@@ -111,15 +113,10 @@ class FFTConvForward:
 
 def use_fft(conv: nn.Module, on: bool) -> None:
     """Run ``conv`` through FFTs (``on``) or through its own forward again."""
-    if not on:
-        conv.__dict__.pop("forward", None)
-        return
-    if not supports_fft(conv):
-        raise ValueError(f"no FFT form for {conv!r}")
-    if not isinstance(conv.__dict__.get("forward"), FFTConvForward):
-        conv.forward = FFTConvForward(conv)  # type: ignore[method-assign, assignment]
+    set_forward(conv, FFTConvForward, on, lambda: supports_fft(conv),
+                lambda: f"no FFT form for {conv!r}")
 
 
 def uses_fft(conv: Any) -> bool:
     """True while ``conv`` runs through FFTs."""
-    return isinstance(getattr(conv, "__dict__", {}).get("forward"), FFTConvForward)
+    return has_forward(conv, FFTConvForward)
