@@ -33,7 +33,7 @@ from nes2net_stream.models.config import (
     frontend_from_dict,
     frontend_to_dict,
 )
-from nes2net_stream.models.fused_norms import Compiler, NormKernels
+from nes2net_stream.models.fused_norms import NormKernels
 from nes2net_stream.models.nes2net import Nes2Net
 from nes2net_stream.models.spectral import SpectralFrontend
 from nes2net_stream.models.ssl_frontend import SSLFrontend
@@ -148,14 +148,11 @@ class Detector(nn.Module):
         self.frontend.layers_impl = impl
         return True
 
-    def set_norm_kernels(self, on: bool, compiler: Compiler | None = None) -> bool:
-        """Run the SSL layer norms as compiled kernels (models/fused_norms.py); False if no SSL.
-
-        ``compiler`` replaces ``torch.compile`` (tests).
-        """
+    def set_norm_kernels(self, on: bool) -> bool:
+        """Run the SSL layer norms as compiled kernels (models/fused_norms.py); False if no SSL."""
         if not hasattr(self.frontend, "use_norm_kernels"):
             return False
-        self.frontend.use_norm_kernels(NormKernels(compiler) if on else None)
+        self.frontend.use_norm_kernels(NormKernels() if on else None)
         return True
 
     def forward_from_conv(self, conv: torch.Tensor) -> torch.Tensor:
