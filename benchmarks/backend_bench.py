@@ -35,7 +35,7 @@ import torch
 from nes2net_stream.bench.engine import emit, environment, sync, time_calls
 from nes2net_stream.models.config import BackendConfig
 from nes2net_stream.models.nes2net import Nes2Net
-from nes2net_stream.service.runner import cuda_capture, default_compiler
+from nes2net_stream.service.capture import cuda_capture, default_compiler
 
 
 def median_ms(fn: Any, device: torch.device, min_time_s: float, max_iters: int) -> float:

@@ -36,7 +36,9 @@ and ``engine_sequential`` (windows per second over all steps, results delivered)
 ``engine_pipelined_native_layers`` is the first with transformers' own layers and
 ``engine_pipelined_compiled`` with the compiled back-end, ``engine_pipelined_compiled_norms``
 with the compiled norm kernels and ``engine_pipelined_compiled_all`` with both (compiled during
-the engine's warm-up, which is not timed).
+the engine's warm-up, which is not timed). Engine columns also give ``batch_ms`` and
+``host_ms_per_batch``, the scoring worker's own host time per batch (staging, queuing kernels,
+delivering scores): close to ``batch_ms``, the host is what limits the pipelined engine.
 XLS-R 300M + Nes2Net-X with random weights on CUDA (bf16); ``--smoke`` or ``--cpu-geometry``
 pick smaller front-ends with the same conv geometry for CPUs. Prints JSON.
 
@@ -176,9 +178,14 @@ def measure(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
 
 def measure_engine(det: torch.nn.Module, batch: int, window: int, hop: int, steps: int,
                    dtype: torch.dtype | None, device: torch.device,
-                   column: EngineColumn) -> tuple[float, float]:
-    """Windows per second through the whole engine (``batch`` streams, ``steps`` hops each)
-    and the seconds its warm-up took (every bucket captured, compiled where asked)."""
+                   column: EngineColumn) -> dict[str, float]:
+    """The whole engine on ``batch`` streams, ``steps`` hops each.
+
+    ``windows_per_s`` over the timed hops (results delivered), ``warmup_s`` (every bucket
+    captured, compiled where asked), and per batch the wall time ``batch_ms`` and the worker's
+    host time ``host_ms_per_batch`` (staging, queuing kernels, delivering scores: when it
+    nears ``batch_ms``, the host and not the device limits the pipelined engine).
+    """
     engine = ScoringEngine(copy.deepcopy(det),
                            max_batch_size=batch, max_delay_ms=5.0, max_queue=batch * (steps + 3),
                            dtype=dtype, window_samples=window, cast_weights=dtype is not None,
@@ -212,12 +219,17 @@ def measure_engine(det: torch.nn.Module, batch: int, window: int, hop: int, step
     try:
         submit_steps(0, 2)  # fills the cache, captures graphs
         sync(device)
+        host0, batches0 = engine.host_seconds, engine.batches
         t = time.perf_counter()
         submit_steps(2, steps)
         secs = time.perf_counter() - t
+        batches = max(1, engine.batches - batches0)
+        host = engine.host_seconds - host0
     finally:
         engine.stop()
-    return batch * steps / secs, warmup
+    return {"windows_per_s": round(batch * steps / secs, 1), "warmup_s": round(warmup, 1),
+            "batches": batches, "batch_ms": round(1000 * secs / batches, 2),
+            "host_ms_per_batch": round(1000 * host / batches, 2)}
 
 
 def main() -> None:
@@ -277,12 +289,10 @@ def main() -> None:
                 torch.cuda.empty_cache()
         for name in [] if a.no_engine else [c for c in a.engine_columns.split(",") if c]:
             try:
-                wps, warmup = measure_engine(det, bs, window, a.hop_samples, a.steps, dtype,
-                                             device, ENGINE_COLUMNS[name])
+                row[name] = measure_engine(det, bs, window, a.hop_samples, a.steps, dtype,
+                                           device, ENGINE_COLUMNS[name])
             except Exception as exc:
                 row[name] = {"error": repr(exc)[:500]}
-            else:
-                row[name] = {"windows_per_s": round(wps, 1), "warmup_s": round(warmup, 1)}
             print(json.dumps(row), file=sys.stderr, flush=True)  # progress, column by column
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -50,7 +50,8 @@ from nes2net_stream.bench.engine import TINY_SSL, emit, environment, time_calls
 from nes2net_stream.models.checkpoints import build_detector
 from nes2net_stream.models.conv_gemm import gemm_conv_features
 from nes2net_stream.models.fused_norms import NormKernels
-from nes2net_stream.service.runner import BatchRunner, cuda_capture
+from nes2net_stream.service.capture import cuda_capture
+from nes2net_stream.service.runner import BatchRunner
 
 MODES = ("eager", "eager_cudnn_benchmark", "cuda_graph_bucket", "cuda_graph_bucket_bf16_weights",
          "cuda_graph_bucket_bf16_weights_gemm_conv",

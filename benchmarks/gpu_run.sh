@@ -19,7 +19,8 @@
 #                                       alone and beside the compiled back-end, against the
 #                                       current defaults (about 8 minutes): CUDA tests, the
 #                                       streaming engine at batch 256, per-stage timings, the
-#                                       service end to end with compile_norms on, the profile
+#                                       service end to end with compile_norms on, the profile,
+#                                       the host time of staging whole windows vs cached tails
 # Expects the Python wheels the image lacks in .whl/ and the Debian packages of redis-server in
 # .debs/ (see docs/benchmarks.md); writes JSON (and each benchmark's progress log, so a step cut
 # short still reports the rows it finished) into $OUT, packed at the end into $OUT/run.tgz
@@ -133,6 +134,10 @@ norms_stages() {
     --min-time-s 0.4 --out "$OUT/engine.json"
 }
 
+staging() {
+  step staging 20 python3 benchmarks/staging_bench.py --out "$OUT/staging.json"
+}
+
 channel() {
   step ingest_channel 40 python3 benchmarks/ingest_channel_bench.py --rates 2000,4000 \
     --busy-threads 0,1 --busy-duty 0.2,1.0 --seconds 3 --out "$OUT/ingest_channel.json"
@@ -152,7 +157,7 @@ case "$STAGE" in
   norms) norms_tests; norms_engine; norms_stages
     # the service compiles the norm kernels during its warm-up: more time than the 85 s before
     E2E_CAP_S=130 E2E_DURATION_S=20 E2E_ENV=NES2NET_ENGINE__COMPILE_NORMS=true e2e_calls
-    profile_batch --compile-norms ;;
+    profile_batch --compile-norms; staging ;;
   *) echo "unknown stage $STAGE (all, engine, e2e, layers or norms)"; exit 2 ;;
 esac
 python3 benchmarks/summarize_gpu_run.py "$OUT" > "$OUT/summary.md" && cat "$OUT/summary.md"

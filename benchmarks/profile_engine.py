@@ -8,6 +8,8 @@ kernels and copies (device time; the operators that launched them are left out, 
 time would count the same kernels twice), otherwise the operators' CPU time; on CUDA also the
 operators grouped by input shapes with the device time of the kernels each launched
 (``top_operators``: which call a kernel row stands for). What to fuse or rewrite next.
+Before the traced batches, untraced ones give ``host_launch_ms`` (until the batch is queued:
+on CUDA the host's share of a batch) and ``batch_ms`` (until its logits are back), medians.
 
     python benchmarks/profile_engine.py --out profile.json       # CUDA machine
     python benchmarks/profile_engine.py --smoke                   # CPU, tiny geometry
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 try:
@@ -83,7 +86,7 @@ def main() -> None:
                          feature_cache=True, use_buckets=False, cuda_graphs=False,
                          compile_norms=a.compile_norms)
     rng = np.random.default_rng(0)
-    total = window + a.hop_samples * (a.steps + 4)
+    total = window + a.hop_samples * (2 * a.steps + 4)
     signal = (0.1 * rng.standard_normal((a.batch, total))).astype(np.float32)
     keys = [f"stream-{i}" for i in range(a.batch)]
 
@@ -94,9 +97,18 @@ def main() -> None:
     for k in range(3):  # cache filled, graphs captured, kernels selected
         step(k)
     sync(device)
+    host_ms, batch_ms = [], []
+    for k in range(3, 3 + a.steps):  # untraced: the host's share of a batch, each waited for
+        end = window + a.hop_samples * k
+        t0 = time.perf_counter()
+        launched = runner.launch(signal[:, end - window:end], keys, [end] * a.batch)
+        t1 = time.perf_counter()
+        launched.result()
+        host_ms.append(1000 * (t1 - t0))
+        batch_ms.append(1000 * (time.perf_counter() - t0))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, record_shapes=cuda) as prof:
-        for k in range(3, 3 + a.steps):
+        for k in range(3 + a.steps, 3 + 2 * a.steps):
             step(k)
         sync(device)
     events = [e for e in prof.key_averages() if self_time_us(e, cuda) > 0]
@@ -115,7 +127,11 @@ def main() -> None:
           "environment": environment(device), "batch_size": a.batch, "window_s": a.window_s,
           "hop_samples": a.hop_samples, "steps": a.steps, "compile_norms": a.compile_norms,
           "time_kind": "device self time" if cuda else "CPU self time",
-          "self_ms_per_batch": round(per_batch_ms, 3), "top": rows,
+          "self_ms_per_batch": round(per_batch_ms, 3),
+          "host_launch_ms": round(float(np.median(host_ms)), 2),
+          "batch_ms": round(float(np.median(batch_ms)), 2),
+          "staged_samples_per_window": runner.staged_span[1] - runner.staged_span[0],
+          "top": rows,
           "top_operators": operators}, a.out)
 
 

@@ -2,7 +2,7 @@
 
 A lent GPU session is short; this turns ``$OUT`` (``gpu.txt``, ``steps.txt``,
 ``feature_cache.json``, ``engine.json``, ``backend.json``, ``e2e_workers.json``,
-``ingest_channel.json``, ``profile.json``, whichever exist) into the tables for
+``ingest_channel.json``, ``profile.json``, ``staging.json``, whichever exist) into the tables for
 docs/benchmarks.md and answers the questions the run was prepared for: are the targets met,
 does the FFT positional convolution beat cuDNN, do the fused transformer layers pay, does the
 compiled back-end pay, do whole-model graphs pay at every bucket. Missing files or rows (a
@@ -90,6 +90,12 @@ def feature_cache_section(fc: dict[str, Any]) -> tuple[list[str], float | None]:
     slow = [f"{n} at {b}: {w} s" for b, n, w in warm if w >= 5]
     if slow:
         lines += ["Warm-up (capture, compilation) of at least 5 s: " + "; ".join(slow), ""]
+    host = [f"{n} at {row['batch_size']}: {row[n]['host_ms_per_batch']} of "
+            f"{row[n]['batch_ms']} ms" for row in fc["rows"] for n in names
+            if isinstance(row.get(n), dict) and row[n].get("host_ms_per_batch") is not None]
+    if host:
+        lines += ["Scoring worker's host time per batch (staging, queuing, delivering): "
+                  + "; ".join(host), ""]
     failed = [f"{n} at {row['batch_size']}: {row[n]['error']}" for row in fc["rows"]
               for n in names if isinstance(row.get(n), dict) and "error" in row[n]]
     if failed:
@@ -156,6 +162,16 @@ def channel_section(ch: dict[str, Any]) -> list[str]:
     return lines + table(cols, [[r.get(c) for c in cols] for r in ch["rows"]])
 
 
+def staging_section(st: dict[str, Any]) -> list[str]:
+    """Host time of staging a batch: whole windows against the cached batches' tails."""
+    spans = st.get("spans") or {}
+    rows = [[name, v.get("samples_per_window"), v.get("host_ms_per_batch"),
+             v.get("mb_to_device_per_batch")] for name, v in spans.items()]
+    return ([f"### Staging a batch of {st.get('batch_size')} (`staging_bench.py`)", ""]
+            + table(["span", "samples per window", "host ms per batch", "MB to the device"],
+                    rows))
+
+
 def profile_section(prof: dict[str, Any], top: int = 15) -> list[str]:
     """The operations and kernels with the most self time in one streaming batch."""
     head = (f"### Profile of one streaming batch (`profile_engine.py`, batch "
@@ -163,7 +179,12 @@ def profile_section(prof: dict[str, Any], top: int = 15) -> list[str]:
             f"{prof.get('self_ms_per_batch')} ms per batch)")
     rows = [[r["name"].replace("|", "\\|"), r["ms_per_batch"], r["calls_per_batch"],
              f"{100 * r['share']:.1f} %"] for r in (prof.get("top") or [])[:top]]
-    lines = [head, ""] + table(["operation / kernel", "ms per batch", "calls", "share"], rows)
+    lines = [head, ""]
+    if prof.get("host_launch_ms") is not None:
+        lines += [f"Untraced, each batch waited for: queued after {prof['host_launch_ms']} ms of "
+                  f"host time, logits back after {prof.get('batch_ms')} ms; "
+                  f"{prof.get('staged_samples_per_window')} samples staged per window.", ""]
+    lines += table(["operation / kernel", "ms per batch", "calls", "share"], rows)
     ops = [[r["name"], r["input_shapes"].replace("|", "\\|"), r["ms_per_batch"],
             r["calls_per_batch"]] for r in (prof.get("top_operators") or [])[:top]]
     if ops:
@@ -215,6 +236,22 @@ def compile_norms_verdict(streaming: list[dict[str, Any]] | None,
             "column `engine_pipelined_compiled_norms`).", False)
 
 
+def host_bound_verdict(streaming: list[dict[str, Any]] | None,
+                       column: str = "engine_pipelined") -> list[str]:
+    """Whether the pipelined engine's scoring worker spent (nearly) every batch on the host."""
+    cells = [r[column] for r in streaming or [] if isinstance(r.get(column), dict)
+             and r[column].get("host_ms_per_batch") is not None and r[column].get("batch_ms")]
+    if not cells:
+        return []
+    cell = max(cells, key=lambda c: c.get("windows_per_s") or 0)
+    share = cell["host_ms_per_batch"] / cell["batch_ms"]
+    advice = ("the host limits it: cut host work per batch before device kernels (compiled "
+              "parts add host time)" if share >= 0.9 else
+              "the device limits it: device kernels are what to cut")
+    return [f"- `{column}`: the worker's host time is {share:.0%} of each batch "
+            f"({cell['host_ms_per_batch']} of {cell['batch_ms']} ms): {advice}."]
+
+
 def decisions(best_engine: float | None, found: dict[str, Any],
               backend: dict[str, Any] | None, levels: list[dict[str, Any]],
               streaming: list[dict[str, Any]] | None = None) -> list[str]:
@@ -233,6 +270,7 @@ def decisions(best_engine: float | None, found: dict[str, Any],
                    f"{'met' if ok else 'not met'} (p99 "
                    f"{top.get('latency_p99_ms')} ms, {top.get('windows_per_s')} windows/s, "
                    f"{top.get('windows_skipped_for_load')} skipped for load).")
+    out += host_bound_verdict(streaming)
     stages = found.get("stages") or []
     if pair := stage_pair(stages, "positional_conv_fft_ms", "positional_conv_ms"):
         fft, direct = pair
@@ -321,6 +359,8 @@ def summarize(folder: Path) -> str:
         cut += ["ingest_channel"] if ch.get("partial") else []
     if (prof := load(folder, "profile.json")) is not None:
         lines += profile_section(prof)
+    if (st := load(folder, "staging.json")) is not None:
+        lines += staging_section(st)
     if cut:
         lines += ["Cut short, rows taken from the progress logs: " + ", ".join(cut), ""]
     if missing:

@@ -7,8 +7,9 @@ from helpers import tiny_hf_config
 
 from nes2net_stream.models.config import BackendConfig, SSLConfig
 from nes2net_stream.models.detector import Detector
+from nes2net_stream.service.capture import eager_capture
 from nes2net_stream.service.engine import ScoringEngine
-from nes2net_stream.service.runner import BatchRunner, eager_capture
+from nes2net_stream.service.runner import BatchRunner
 
 
 @pytest.fixture(scope="module")

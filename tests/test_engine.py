@@ -6,8 +6,9 @@ import torch
 from helpers import tiny_ssl_detector
 
 from nes2net_stream.bundle import load_model
+from nes2net_stream.service.capture import eager_capture
 from nes2net_stream.service.engine import EngineStopped, ScoringEngine, WindowDropped
-from nes2net_stream.service.runner import BatchRunner, buckets_up_to, eager_capture
+from nes2net_stream.service.runner import BatchRunner, buckets_up_to
 
 
 @pytest.fixture()

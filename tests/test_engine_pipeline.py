@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from nes2net_stream.bundle import load_model
+from nes2net_stream.service.capture import Launched
 from nes2net_stream.service.engine import EngineRestarted, ScoringEngine
-from nes2net_stream.service.runner import Launched
 
 
 class Crash(BaseException):

@@ -139,6 +139,11 @@ async def test_engine_with_cache_matches_engine_without_on_real_windows():
     assert stats["hits"] == len(windows) - 1 and stats["misses"] == 1
     text = metrics.render().decode()
     assert f'nes2net_feature_cache_windows_total{{result="hit"}} {len(windows) - 1}.0' in text
+    # the worker's host time (staging, queuing, delivering) is counted (on the CPU the model
+    # itself runs inside the launch, so that is most of the worker's time)
+    host = next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("nes2net_engine_host_seconds_total "))
+    assert host == pytest.approx(cached.host_seconds) and host > 0
     assert plain.feature_cache_stats == {"hits": 0, "misses": 0, "entries": 0}
 
 
@@ -213,3 +218,71 @@ def test_cache_queues_its_work_without_waiting_for_the_device():
             torch.cuda.set_sync_debug_mode("default")
         want = det.conv_features(torch.stack([xs[i, e - WINDOW:e] for i, e in enumerate(ends)]))
     assert torch.allclose(got, want, atol=1e-4) and mixed.shape[0] == 2
+
+
+def test_steady_state_batches_stage_only_the_tails_the_encoder_reads():
+    """Every row reusing its previous window: only the tails travel, scores unchanged."""
+    det = detector()
+    runner = BatchRunner(det, window_samples=WINDOW, max_batch_size=8, feature_cache=True)
+    cache = runner.cache
+    assert cache is not None
+    xs = [stream(3.0, seed=i) for i in range(3)]
+    keys = ["a", "b", "c"]
+    hop = 3200  # 10 frames
+    for k, expect_tail in ((0, False), (1, True), (2, True)):
+        end = WINDOW + k * hop
+        rows = np.stack([x[end - WINDOW:end] for x in xs])
+        got = runner.run(list(rows), keys, [end] * 3)
+        with torch.no_grad():
+            want = det(torch.from_numpy(rows))
+        assert torch.allclose(got, want, atol=1e-4), k
+        start, stop = runner.staged_span
+        if expect_tail:  # the first of the 10 new frames starts 39 frames in
+            assert (start, stop) == ((49 - 10) * 320, 48 * 320 + 400)
+        else:
+            assert (start, stop) == (0, WINDOW)
+    # rows advancing by different hops: the tail of the furthest (20 new frames) for all
+    ends = [WINDOW + 3 * hop, WINDOW + 4 * hop, WINDOW + 3 * hop]
+    rows = np.stack([x[e - WINDOW:e] for x, e in zip(xs, ends, strict=True)])
+    got = runner.run(list(rows), keys, ends)
+    with torch.no_grad():
+        assert torch.allclose(got, det(torch.from_numpy(rows)), atol=1e-4)
+    assert runner.staged_span == ((49 - 20) * 320, 48 * 320 + 400)
+    # one row without a reusable window (a new stream): whole windows again
+    ends = [WINDOW + 5 * hop, WINDOW + 5 * hop, WINDOW]
+    rows = np.stack([x[e - WINDOW:e] for x, e in zip(xs, ends, strict=True)])
+    got = runner.run(list(rows), ["a", "b", "new"], ends)
+    with torch.no_grad():
+        assert torch.allclose(got, det(torch.from_numpy(rows)), atol=1e-4)
+    assert runner.staged_span == (0, WINDOW)
+    assert cache.tail_span(cache.plan(["a", "d"], [WINDOW + 4 * hop, WINDOW])) is None
+
+
+def test_a_tail_without_a_reusable_previous_window_is_refused():
+    det = detector()
+    cache = ConvFeatureCache(det, WINDOW)
+    with pytest.raises(ValueError, match="needs all its samples"):
+        cache.features(torch.zeros(1, 4000), ["new"], [WINDOW], offset=12_000)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_runner_copies_on_its_own_stream_and_scores_like_the_model():
+    """Staged batches copied on the copy stream (tails in the steady state) match eager."""
+    det = detector().cuda()
+    runner = BatchRunner(det, window_samples=WINDOW, max_batch_size=8, feature_cache=True,
+                         use_buckets=False, cuda_graphs=False)
+    assert runner._copy_stream is not None
+    xs = [stream(3.0, seed=i) for i in range(4)]
+    keys = ["a", "b", "c", "d"]
+    pending = None  # pipelined like the engine: the next batch queued before the last's result
+    for k in range(5):
+        end = WINDOW + k * 3200
+        rows = np.stack([x[end - WINDOW:end] for x in xs])
+        launched = runner.launch(list(rows), keys, [end] * 4)
+        with torch.inference_mode():
+            want = det(torch.from_numpy(rows).cuda()).float().cpu()
+        if pending is not None:
+            assert torch.allclose(pending[0].result(), pending[1], atol=1e-3), k
+        pending = (launched, want)
+    assert torch.allclose(pending[0].result(), pending[1], atol=1e-3)
+    assert runner.staged_span[0] > 0

@@ -16,7 +16,8 @@ from nes2net_stream.models.fused_layers import (
     uses_fused,
 )
 from nes2net_stream.models.ssl_frontend import SSLFrontend
-from nes2net_stream.service.runner import BatchRunner, cuda_capture, eager_capture
+from nes2net_stream.service.capture import cuda_capture, eager_capture
+from nes2net_stream.service.runner import BatchRunner
 
 
 def frontend(family: str, *, stable: bool = True, aggregation: str = "last",

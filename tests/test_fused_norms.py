@@ -10,8 +10,9 @@ from helpers import cuda_bf16_frontend, tiny_hf_config, tiny_ssl_detector
 from nes2net_stream.models.config import SSLConfig
 from nes2net_stream.models.fused_norms import NormKernels, exact_gelu, supports_kernels
 from nes2net_stream.models.ssl_frontend import SSLFrontend
+from nes2net_stream.service.capture import cuda_capture
 from nes2net_stream.service.engine import ScoringEngine
-from nes2net_stream.service.runner import BatchRunner, cuda_capture
+from nes2net_stream.service.runner import BatchRunner
 
 
 def frontend(*, stable: bool = True, seed: int = 0) -> SSLFrontend:

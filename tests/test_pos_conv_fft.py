@@ -12,7 +12,8 @@ from nes2net_stream.errors import BundleError
 from nes2net_stream.models.config import SSLConfig
 from nes2net_stream.models.pos_conv_fft import fft_size, use_fft, uses_fft
 from nes2net_stream.models.ssl_frontend import SSLFrontend
-from nes2net_stream.service.runner import BatchRunner, cuda_capture, eager_capture
+from nes2net_stream.service.capture import cuda_capture, eager_capture
+from nes2net_stream.service.runner import BatchRunner
 
 
 def test_fft_sizes_are_seven_smooth_and_minimal():

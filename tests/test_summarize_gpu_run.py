@@ -70,8 +70,11 @@ def test_the_profile_becomes_a_table_of_the_top_kernels(tmp_path):
             "ms_per_batch": 7.5, "calls_per_batch": 48.0}]
     (tmp_path / "profile.json").write_text(json.dumps(
         {"batch_size": 256, "time_kind": "device self time", "self_ms_per_batch": 90.0,
-         "top": top, "top_operators": ops}))
+         "top": top, "top_operators": ops, "host_launch_ms": 31.2, "batch_ms": 84.5,
+         "staged_samples_per_window": 16_400}))
     text = summarize(tmp_path)
+    assert ("queued after 31.2 ms of host time, logits back after 84.5 ms; 16400 samples "
+            "staged per window") in text
     assert "| aten::native_layer_norm | [[256, 199, 1024], [1024]] | 7.5 | 48.0 |" in text
     assert "batch 256, device self time 90.0 ms per batch" in text
     assert "| void gemm<bf16>\\|tile | 40.5 | 96.0 | 45.0 % |" in text
@@ -166,3 +169,31 @@ def test_norm_kernels_that_fell_back_in_the_stage_timings_are_not_judged_by_them
     (tmp_path / "engine.json").write_text(json.dumps({"stages": [stage]}))
     assert ("`[engine] compile_norms`: the norm kernels failed to compile in the stage timings"
             in summarize(tmp_path))
+
+
+def test_the_workers_host_time_says_whether_the_host_or_the_device_limits_the_engine(
+        tmp_path):
+    def run(host_ms: float) -> str:
+        row = {"batch_size": 256, "uncached": {"windows_per_s": 1150.0},
+               "engine_pipelined": {"windows_per_s": 2900.0, "batch_ms": 88.3,
+                                    "host_ms_per_batch": host_ms}}
+        (tmp_path / "feature_cache.json").write_text(json.dumps({"rows": [row]}))
+        return summarize(tmp_path)
+
+    text = run(84.0)
+    assert ("Scoring worker's host time per batch (staging, queuing, delivering): "
+            "engine_pipelined at 256: 84.0 of 88.3 ms") in text
+    assert ("`engine_pipelined`: the worker's host time is 95% of each batch (84.0 of 88.3 ms): "
+            "the host limits it") in text
+    assert "host time is 34% of each batch (30.0 of 88.3 ms): the device limits it" in run(30.0)
+
+
+def test_the_staging_figures_are_tabled(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "staging_bench.py"),
+                           "--batch", "8", "--repeats", "2", "--out",
+                           str(tmp_path / "staging.json")], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    text = summarize(tmp_path)
+    assert "### Staging a batch of 8 (`staging_bench.py`)" in text
+    assert "| whole_windows | 64,000 |" in text and "| cached_tails | 16,400 |" in text

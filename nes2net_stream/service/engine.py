@@ -34,7 +34,8 @@ import torch
 
 from nes2net_stream.logs import get_logger
 from nes2net_stream.models.detector import Detector
-from nes2net_stream.service.runner import BatchRunner, Launched
+from nes2net_stream.service.capture import Launched
+from nes2net_stream.service.runner import BatchRunner
 
 log = get_logger("nes2net.engine")
 
@@ -149,6 +150,8 @@ class ScoringEngine:
         self._running = False
         self.windows_scored = 0
         self.windows_dropped = 0
+        # seconds the worker spent on the host in _launch and _finish (not waiting for results)
+        self.host_seconds = 0.0
         self.batches = 0
         self.restarts = 0
         self.stall_timeout_s = stall_timeout_s
@@ -375,7 +378,13 @@ class ScoringEngine:
         if cache is not None and self.metrics is not None:
             self.metrics.feature_cache_windows.labels(result="hit").inc(cache.hits - hits)
             self.metrics.feature_cache_windows.labels(result="miss").inc(cache.misses - misses)
+        self._host_time(time.monotonic() - started)
         return _Batch(batch, launched, started)
+
+    def _host_time(self, seconds: float) -> None:
+        self.host_seconds += seconds
+        if self.metrics is not None:
+            self.metrics.engine_host_seconds.inc(seconds)
 
     def _next_busy(self, finished: _Batch) -> float | None:
         """Launch time of the oldest batch still on the device after ``finished``."""
@@ -394,7 +403,7 @@ class ScoringEngine:
             self._taking = []
             return
         self._busy_since = self._next_busy(b)
-        done = time.monotonic()
+        done = time.monotonic()  # the host work of this batch starts once its results are in
         elapsed = done - b.started
         # device time of this batch alone: pipelined, it started when the previous one ended
         busy = done - max(b.started, self._last_done)
@@ -416,3 +425,4 @@ class ScoringEngine:
                 self.metrics.queue_delay.observe(result.queue_delay_s)
             it.deliver(result, None)
         self._taking = []
+        self._host_time(time.monotonic() - done)

@@ -110,24 +110,54 @@ class ConvFeatureCache:
             return None
         return slot, new
 
-    def features(self, x: torch.Tensor, keys: Sequence[str | None],
-                 ends: Sequence[int | None]) -> torch.Tensor:
-        """Convolutional features (B, C, frames) of the windows ``x`` (B, window_samples).
+    def plan(self, keys: Sequence[str | None], ends: Sequence[int | None]
+             ) -> list[tuple[int, int] | None]:
+        """Per row: (slot of the previous frames, new frame count), or None (whole window).
 
-        Rows with a reusable previous window compute only their new frames; the others run
-        the whole encoder. Every row with a key and an end is then stored for its successor.
+        A stream twice in one batch plans its second window whole: its predecessor is not
+        stored yet.
         """
-        assert self.geometry is not None
-        g = self.geometry
-        n = x.shape[0]
         plans: list[tuple[int, int] | None] = []
         seen: set[str] = set()
         with self._lock:
             for key, end in zip(keys, ends, strict=True):
-                # a stream twice in one batch: the second window's predecessor is not stored yet
                 plans.append(None if key in seen else self._plan(key, end))
                 if key is not None:
                     seen.add(key)
+        return plans
+
+    def tail_span(self, plans: Sequence[tuple[int, int] | None]) -> tuple[int, int] | None:
+        """The samples ``[start, stop)`` of each window that a batch of ``plans`` reads.
+
+        Only when every row reuses its previous window (the steady state of a busy engine):
+        then only that tail of each window, from the first new frame of the row that advanced
+        furthest, has to be staged and copied to the device. None otherwise.
+        """
+        if not plans or self.geometry is None or any(p is None for p in plans):
+            return None
+        g = self.geometry
+        first = self.frames - max(p[1] for p in plans)  # type: ignore[index]
+        return first * g.stride, (self.frames - 1) * g.stride + g.receptive_field
+
+    def features(self, x: torch.Tensor, keys: Sequence[str | None],
+                 ends: Sequence[int | None], *,
+                 plans: Sequence[tuple[int, int] | None] | None = None,
+                 offset: int = 0) -> torch.Tensor:
+        """Convolutional features (B, C, frames) of the windows ``x`` (B, window_samples).
+
+        Rows with a reusable previous window compute only their new frames; the others run
+        the whole encoder. Every row with a key and an end is then stored for its successor.
+        ``plans`` (from :meth:`plan`) are computed here when not given; with ``offset`` > 0,
+        ``x`` holds only each window's samples from ``offset`` on (:meth:`tail_span`), which
+        needs every row to reuse its previous window.
+        """
+        assert self.geometry is not None
+        g = self.geometry
+        n = x.shape[0]
+        if plans is None:
+            plans = self.plan(keys, ends)
+        if offset and any(p is None for p in plans):
+            raise ValueError("a window without reusable frames needs all its samples")
         full_rows = [i for i, p in enumerate(plans) if p is None]
         out: torch.Tensor | None = None
         if full_rows:
@@ -147,7 +177,7 @@ class ConvFeatureCache:
             stop = (self.frames - 1) * g.stride + g.receptive_field
             idx = None if len(rows) == n else device_index(rows, x.device)
             part = x if idx is None else x.index_select(0, idx)
-            tail = self.detector.conv_features(part[:, first * g.stride:stop])
+            tail = self.detector.conv_features(part[:, first * g.stride - offset:stop - offset])
             assert self._slots is not None
             slots = device_index([plans[i][0] for i in rows],  # type: ignore[index]
                                  self._slots.device)

@@ -93,6 +93,11 @@ class ServiceMetrics:
             f"{p}_feature_cache_windows_total",
             "Windows through the SSL conv encoder, by whether the previous window's frames were "
             "reused (hit) or the whole window was encoded (miss)", ["result"], registry=r)
+        self.engine_host_seconds = Counter(
+            f"{p}_engine_host_seconds_total",
+            "Time the scoring worker spent on the host (staging and queuing batches, delivering "
+            "scores), not waiting for the device: near 1 s per second, the host is the limit",
+            registry=r)
         self.event_loop_tasks = Gauge(f"{p}_event_loop_tasks", "asyncio tasks alive in the "
                                       "ingest process(es)", registry=r,
                                       multiprocess_mode="livesum")

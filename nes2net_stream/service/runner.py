@@ -13,7 +13,8 @@ and just the back-end sees the padded bucket: under load, batches of 129-255 win
 pay for 256 (:attr:`BatchRunner.pad_frontend`).
 Every operation of the model works per sample (layer/batch norm in eval mode, attention within
 a window), so padding rows never change the scores of real rows; a test checks it. Host
-batches are written row by row straight into pinned memory and copied asynchronously;
+batches are written row by row straight into pinned memory and copied asynchronously, on a
+stream of their own so that the copy overlaps the previous batch's kernels;
 :meth:`BatchRunner.launch` returns as soon as the work is queued (logits come back through an
 asynchronous copy), so the engine can stage the next batch while this one runs. With
 ``cast_weights`` the model itself is cast to the dtype (bf16 weights and activations) instead of
@@ -23,6 +24,9 @@ With a :class:`ConvFeatureCache` (SSL front-ends with a reusable convolutional g
 batch whose rows carry stream keys runs the convolutional encoder only on each window's new
 audio; such batches run their front-end eagerly (the cached frames differ per batch, so they
 cannot be replayed from a graph), which is where the cache pays off anyway: large batches.
+When every row of a batch reuses its previous window (a busy engine's steady state), only the
+tail of each window that the encoder reads is staged and copied (about a quarter of a 4 s
+window at a 1 s hop).
 
 With ``compile_backend`` the back-end runs through ``torch.compile`` (inductor fuses the
 hundreds of small per-channel kernels of Nes2Net-X: activations, batch norms, weighted sums),
@@ -37,7 +41,8 @@ automatic dynamic batch size covers every batch size. ``compile_norms`` likewise
 SSL front-end's layer norms with the residual add or GELU next to them
 (:mod:`nes2net_stream.models.fused_norms`; one version with a dynamic row count for all shapes).
 
-Graph capture is a function (:data:`Capture`): :func:`cuda_capture` on CUDA; the CPU tests pass
+Graph capture is a function (:data:`Capture`, :mod:`nes2net_stream.service.capture`):
+:func:`cuda_capture` on CUDA; the CPU tests pass
 :func:`eager_capture`, which keeps the static-buffer semantics, to check these paths against
 eager execution without a GPU.
 """
@@ -47,7 +52,6 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,72 +59,17 @@ import torch
 from nes2net_stream.errors import BundleError
 from nes2net_stream.logs import get_logger
 from nes2net_stream.models.detector import Detector
+from nes2net_stream.service.capture import (
+    Capture,
+    Compiler,
+    Forward,
+    Launched,
+    cuda_capture,
+    default_compiler,
+)
 from nes2net_stream.service.feature_cache import ConvFeatureCache
 
 log = get_logger("nes2net.runner")
-
-Forward = Callable[[torch.Tensor], torch.Tensor]
-# capture(fn, static input) -> (replay, static output): after replay(), the static output
-# holds fn(static input) for the input's current contents
-Capture = Callable[[Forward, torch.Tensor], tuple[Callable[[], None], torch.Tensor]]
-# compiler(module) -> a callable with the module's results (torch.compile by default)
-Compiler = Callable[[torch.nn.Module], Forward]
-
-
-def default_compiler(module: torch.nn.Module, *, static: bool = False) -> Forward:
-    """``torch.compile``: one version per shape (``static``) or automatic dynamic shapes."""
-    return torch.compile(module, dynamic=False if static else None)  # type: ignore[return-value]
-
-
-def cuda_capture(fn: Forward, static_in: torch.Tensor) -> tuple[Callable[[], None],
-                                                                 torch.Tensor]:
-    """Capture ``fn(static_in)`` in a CUDA graph (after warm-up runs on a side stream)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):  # cuDNN autotuning and lazy allocations happen before capture
-            fn(static_in)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = fn(static_in)
-    return graph.replay, static_out
-
-
-def eager_capture(fn: Forward, static_in: torch.Tensor) -> tuple[Callable[[], None],
-                                                                  torch.Tensor]:
-    """Graph semantics without a GPU: replay recomputes into the same static output buffer.
-
-    Lets the CPU test suite run the runner's graph paths (static buffers, bucket padding,
-    output reuse between replays) against eager execution.
-    """
-    static_out = fn(static_in).clone()
-
-    def replay() -> None:
-        static_out.copy_(fn(static_in))
-
-    return replay, static_out
-
-
-@dataclass
-class Launched:
-    """A batch whose forward pass was queued on the device; :meth:`result` waits for it."""
-
-    n: int
-    logits: torch.Tensor  # CPU logits, or a pinned buffer the device is still filling
-    done: torch.cuda.Event | None = None
-
-    def ready(self) -> bool:
-        """True when :meth:`result` would not block."""
-        return self.done is None or self.done.query()
-
-    def result(self) -> torch.Tensor:
-        """The batch's (n, n_logits) float32 logits on the CPU (blocks until ready)."""
-        if self.done is None:
-            return self.logits
-        self.done.synchronize()
-        return self.logits[:self.n].clone()
-
 
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """``t`` with zero rows appended up to ``rows`` (itself when it has them already)."""
@@ -150,7 +99,8 @@ class BatchRunner:
                  conv_encoder: str = "gemm", pos_conv: str = "fft",
                  encoder_layers: str = "fused", graph_capture: Capture | None = None,
                  compile_backend: bool = False, compile_min_batch: int = 128,
-                 compiler: Compiler | None = None, compile_norms: bool = False):
+                 compiler: Compiler | None = None, compile_norms: bool = False,
+                 copy_stream: bool = True):
         self.detector = detector.eval()
         # the SSL conv encoder as channels-last matrix products (models/conv_gemm.py) and the
         # positional convolution through FFTs (models/pos_conv_fft.py), where the model has them
@@ -189,9 +139,14 @@ class BatchRunner:
                 default_compiler, static=self.use_buckets))(self.detector.backend)
         self._pinned: dict[tuple[int, int, int], torch.Tensor] = {}
         self._parity = 0  # alternate staging buffers: a batch is staged while one runs
+        # the samples [start, stop) of each window the last batch staged and copied
+        self.staged_span = (0, window_samples)
         cache = (ConvFeatureCache(self.detector, window_samples, feature_cache_entries)
                  if feature_cache else None)
         self.cache = cache if cache is not None and cache.enabled else None
+        # host-to-device copies of staged batches (see _device)
+        self._copy_stream = (torch.cuda.Stream(self.device) if self.cuda and copy_stream
+                             else None)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
 
@@ -255,29 +210,61 @@ class BatchRunner:
         if any(len(w) != self.window_samples for w in windows):
             x = torch.from_numpy(np.stack(windows).astype(np.float32, copy=False))
             return Launched(n, self._eager(self._device(x))[:n].float().cpu())
+        plans = self._cache_plans(rows, keys, ends)
+        # every row reuses its previous window: stage only the tails the encoder reads
+        span = self.cache.tail_span(plans) if plans is not None else None  # type: ignore[union-attr]
+        start, stop = self.staged_span = span or (0, self.window_samples)
+        host = self.stage(windows, rows, start, stop, zero_padding=plans is None)
+        if plans is not None:
+            return self._collect(n, self._forward_cached(host[:n], rows, keys, ends, plans,
+                                                         start))
+        return self._collect(n, self._forward(host, n, rows))
+
+    def stage(self, windows: np.ndarray | Sequence[np.ndarray], rows: int, start: int,
+              stop: int, *, zero_padding: bool = True) -> torch.Tensor:
+        """Samples ``[start, stop)`` of each window written into the next staging buffer.
+
+        Returns the (rows, stop - start) host tensor (pinned on CUDA); rows beyond the
+        windows are zeroed when ``zero_padding``.
+        """
         self._parity ^= 1
-        host = self._buffer(0, rows, self.window_samples)
+        host = self._buffer(0, rows, stop - start)
         staged = host.numpy()
         for i, w in enumerate(windows):
-            staged[i] = w
-        if rows > n:
-            host[n:].zero_()
-        return self._collect(n, self._forward(host, n, rows, keys, ends))
+            staged[i] = w[start:stop]
+        if rows > len(windows) and zero_padding:
+            host[len(windows):].zero_()
+        return host
 
-    def _forward(self, host: torch.Tensor, n: int, rows: int,
-                 keys: Sequence[str | None] | None, ends: Sequence[int | None] | None
-                 ) -> torch.Tensor:
+    def _cache_plans(self, rows: int, keys: Sequence[str | None] | None,
+                     ends: Sequence[int | None] | None) -> list[tuple[int, int] | None] | None:
+        """The feature cache's per-row plans, or None when this batch does not use the cache.
+
+        Batches small enough for a whole-model graph replay it instead (launch-bound sizes).
+        """
+        if (self.cache is None or keys is None or ends is None
+                or all(k is None for k in keys)
+                or (self.cuda_graphs and rows <= self.graph_max_batch)):
+            return None
+        return self.cache.plan(keys, ends)
+
+    def _forward_cached(self, host: torch.Tensor, rows: int, keys: Sequence[str | None],
+                        ends: Sequence[int | None], plans: list[tuple[int, int] | None],
+                        offset: int) -> torch.Tensor:
+        """Device logits of a staged batch through the feature cache.
+
+        ``host`` holds the real rows, each window's samples from ``offset`` on.
+        """
+        assert self.cache is not None
+        x = self._device(host)
+        with self._autocast():
+            conv = self.cache.features(x, keys, ends, plans=plans, offset=offset)
+            feats = self.detector.frontend.forward_from_conv(
+                _pad_rows(conv, rows) if self.pad_frontend else conv)
+        return self._backend(_pad_rows(feats, rows))
+
+    def _forward(self, host: torch.Tensor, n: int, rows: int) -> torch.Tensor:
         """Device logits of the staged batch (rows >= n; the first n are real)."""
-        use_cache = (self.cache is not None and keys is not None and ends is not None
-                     and any(k is not None for k in keys)
-                     and not (self.cuda_graphs and rows <= self.graph_max_batch))
-        if use_cache:
-            x = self._device(host[:n])
-            with self._autocast():
-                conv = self.cache.features(x, keys, ends)  # type: ignore[union-attr, arg-type]
-                feats = self.detector.frontend.forward_from_conv(
-                    _pad_rows(conv, rows) if self.pad_frontend else conv)
-            return self._backend(_pad_rows(feats, rows))
         if self.cuda_graphs and rows <= self.graph_max_batch and rows not in self._graph_failed:
             graph = self._graphs.get(rows) or self._capture(rows)
             if graph is not None:
@@ -315,8 +302,21 @@ class BatchRunner:
         return Launched(n, out, done)
 
     def _device(self, host: torch.Tensor) -> torch.Tensor:
-        """A host batch on the device, in the model's dtype when its weights were cast."""
-        x = host.to(self.device, non_blocking=True)
+        """A host batch on the device, in the model's dtype when its weights were cast.
+
+        On CUDA the copy runs on a stream of its own, so it overlaps the previous batch's
+        kernels instead of queuing behind them; the compute stream waits for it, and the
+        device tensor is marked as used there (the allocator then keeps its memory until the
+        batch's kernels are done).
+        """
+        if self._copy_stream is None:
+            x = host.to(self.device, non_blocking=True)
+        else:
+            compute = torch.cuda.current_stream(self.device)
+            with torch.cuda.stream(self._copy_stream):
+                x = host.to(self.device, non_blocking=True)
+            compute.wait_stream(self._copy_stream)
+            x.record_stream(compute)
         return x if self.input_dtype is None else x.to(self.input_dtype)
 
     def _eager(self, x: torch.Tensor) -> torch.Tensor:
