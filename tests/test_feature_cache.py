@@ -286,3 +286,31 @@ def test_cuda_runner_copies_on_its_own_stream_and_scores_like_the_model():
         pending = (launched, want)
     assert torch.allclose(pending[0].result(), pending[1], atol=1e-3)
     assert runner.staged_span[0] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_steady_state_cuda_batch_is_queued_without_waiting_for_the_device():
+    """The whole launch of a cached batch (staging, copy stream, encoder, fused layers, FFT
+    positional convolution, graph-replayed back-end, logits copy) never synchronises: the
+    pipelined engine can queue a batch while the previous one runs."""
+    det = detector().cuda()
+    runner = BatchRunner(det, window_samples=WINDOW, max_batch_size=64, feature_cache=True,
+                         dtype=torch.bfloat16, cast_weights=True)
+    runner.warmup()
+    xs = [stream(4.0, seed=i) for i in range(40)]  # above the whole-model graph buckets
+    keys = [f"s{i}" for i in range(40)]
+
+    def launch(k: int):
+        end = WINDOW + k * 3200
+        return runner.launch([x[end - WINDOW:end] for x in xs], keys, [end] * 40)
+
+    for k in range(3):  # cache filled, back-end graph captured, FFT plans made
+        launch(k).result()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        launched = launch(3)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert runner.staged_span[0] > 0
+    assert torch.isfinite(launched.result()).all()
