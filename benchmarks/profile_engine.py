@@ -9,7 +9,9 @@ time would count the same kernels twice), otherwise the operators' CPU time; on 
 operators grouped by input shapes with the device time of the kernels each launched
 (``top_operators``: which call a kernel row stands for). What to fuse or rewrite next.
 Before the traced batches, untraced ones give ``host_launch_ms`` (until the batch is queued:
-on CUDA the host's share of a batch) and ``batch_ms`` (until its logits are back), medians.
+on CUDA the host's share of a batch) and ``batch_ms`` (until its logits are back), medians;
+after them, batches pipelined as the engine runs them give the device's busy and idle time per
+batch (``pipelined``: where the gap between the kernels' sum and the engine's pace goes).
 
     python benchmarks/profile_engine.py --out profile.json       # CUDA machine
     python benchmarks/profile_engine.py --smoke                   # CPU, tiny geometry
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -33,6 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from nes2net_stream.bench.engine import TINY_SSL, emit, environment, sync
 from nes2net_stream.models.checkpoints import build_detector
+from nes2net_stream.service.capture import Launched
 from nes2net_stream.service.runner import BatchRunner
 
 
@@ -58,6 +62,50 @@ def top_operators(prof: profile, steps: int, top: int) -> list[dict]:
     return [{"name": e.key[:80], "input_shapes": str(e.input_shapes)[:160],
              "ms_per_batch": round(self_time_us(e, True) / 1000 / steps, 3),
              "calls_per_batch": round(e.count / steps, 1)} for e in events[:top]]
+
+
+def busy_time(intervals: list[tuple[float, float]]) -> tuple[float, float]:
+    """(busy, span) of (start, end) intervals: the length of their union and first to last."""
+    if not intervals:
+        return 0.0, 0.0
+    intervals = sorted(intervals)
+    busy, (cur_start, cur_end) = 0.0, intervals[0]
+    for start, end in intervals[1:]:
+        if start > cur_end:
+            busy += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    busy += cur_end - cur_start
+    return busy, max(e for _, e in intervals) - intervals[0][0]
+
+
+def device_intervals(prof: profile) -> list[tuple[float, float]]:
+    """(start, end) in microseconds of every kernel and copy the profiler saw on the device."""
+    return [(e.time_range.start, e.time_range.end) for e in prof.events()
+            if str(getattr(e, "device_type", "")).endswith("CUDA")]
+
+
+def pipelined_idle(launch: Callable[[int], Launched], first: int, steps: int) -> dict | None:
+    """The device's busy and idle time per batch with batches pipelined as the engine does.
+
+    The next batch is queued before the previous one's logits are collected; only device
+    activity is traced (CPU tracing would slow the host and inflate the idle time). None
+    without device events (CPU).
+    """
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        pending = launch(first)
+        for k in range(first + 1, first + steps):
+            nxt = launch(k)
+            pending.result()
+            pending = nxt
+        pending.result()
+    busy, span = busy_time(device_intervals(prof))
+    if span <= 0:
+        return None
+    return {"batches": steps, "device_busy_ms_per_batch": round(busy / 1000 / steps, 2),
+            "device_span_ms_per_batch": round(span / 1000 / steps, 2),
+            "device_idle_share": round(1 - busy / span, 4)}
 
 
 def main() -> None:
@@ -86,7 +134,7 @@ def main() -> None:
                          feature_cache=True, use_buckets=False, cuda_graphs=False,
                          compile_norms=a.compile_norms)
     rng = np.random.default_rng(0)
-    total = window + a.hop_samples * (2 * a.steps + 4)
+    total = window + a.hop_samples * (3 * a.steps + 4)
     signal = (0.1 * rng.standard_normal((a.batch, total))).astype(np.float32)
     keys = [f"stream-{i}" for i in range(a.batch)]
 
@@ -97,11 +145,14 @@ def main() -> None:
     for k in range(3):  # cache filled, graphs captured, kernels selected
         step(k)
     sync(device)
+    def launch(k: int) -> Launched:
+        end = window + a.hop_samples * k
+        return runner.launch(signal[:, end - window:end], keys, [end] * a.batch)
+
     host_ms, batch_ms = [], []
     for k in range(3, 3 + a.steps):  # untraced: the host's share of a batch, each waited for
-        end = window + a.hop_samples * k
         t0 = time.perf_counter()
-        launched = runner.launch(signal[:, end - window:end], keys, [end] * a.batch)
+        launched = launch(k)
         t1 = time.perf_counter()
         launched.result()
         host_ms.append(1000 * (t1 - t0))
@@ -111,6 +162,7 @@ def main() -> None:
         for k in range(3 + a.steps, 3 + 2 * a.steps):
             step(k)
         sync(device)
+    idle = pipelined_idle(launch, 3 + 2 * a.steps, a.steps) if cuda else None
     events = [e for e in prof.key_averages() if self_time_us(e, cuda) > 0]
     if cuda:  # kernels and copies only: an operator's device time is its kernels' again
         kernels = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
@@ -131,6 +183,7 @@ def main() -> None:
           "host_launch_ms": round(float(np.median(host_ms)), 2),
           "batch_ms": round(float(np.median(batch_ms)), 2),
           "staged_samples_per_window": runner.staged_span[1] - runner.staged_span[0],
+          "pipelined": idle,
           "top": rows,
           "top_operators": operators}, a.out)
 

@@ -184,6 +184,11 @@ def profile_section(prof: dict[str, Any], top: int = 15) -> list[str]:
         lines += [f"Untraced, each batch waited for: queued after {prof['host_launch_ms']} ms of "
                   f"host time, logits back after {prof.get('batch_ms')} ms; "
                   f"{prof.get('staged_samples_per_window')} samples staged per window.", ""]
+    if pipe := prof.get("pipelined"):
+        lines += [f"Pipelined as the engine runs them ({pipe['batches']} batches, device "
+                  f"activity only traced): device busy {pipe['device_busy_ms_per_batch']} of "
+                  f"{pipe['device_span_ms_per_batch']} ms per batch, idle "
+                  f"{100 * pipe['device_idle_share']:.1f} %.", ""]
     lines += table(["operation / kernel", "ms per batch", "calls", "share"], rows)
     ops = [[r["name"], r["input_shapes"].replace("|", "\\|"), r["ms_per_batch"],
             r["calls_per_batch"]] for r in (prof.get("top_operators") or [])[:top]]

@@ -76,6 +76,21 @@ def test_profile_smoke_lists_where_a_streaming_batch_spends_its_time():
     times = [r["ms_per_batch"] for r in top]
     assert times == sorted(times, reverse=True) and 0 < sum(r["share"] for r in top) <= 1.0001
     assert any("layer_norm" in r["name"] for r in top)  # the model's operations, by name
+    # untraced timings of the same batches; no device to trace pipelined on the CPU
+    assert 0 < out["host_launch_ms"] <= out["batch_ms"] and out["pipelined"] is None
+    assert 0 < out["staged_samples_per_window"] < 16_000  # the cached tails, not whole windows
+
+
+def test_device_busy_time_is_the_union_of_kernel_intervals():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from profile_engine import busy_time
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    # overlapping (copy stream beside a kernel), nested, touching and separate intervals
+    busy, span = busy_time([(10, 20), (0, 5), (15, 30), (16, 18), (30, 32), (40, 45)])
+    assert (busy, span) == (5 + 22 + 5, 45)
+    assert busy_time([]) == (0.0, 0.0)
 
 
 @pytest.mark.timeout(300)

@@ -71,8 +71,12 @@ def test_the_profile_becomes_a_table_of_the_top_kernels(tmp_path):
     (tmp_path / "profile.json").write_text(json.dumps(
         {"batch_size": 256, "time_kind": "device self time", "self_ms_per_batch": 90.0,
          "top": top, "top_operators": ops, "host_launch_ms": 31.2, "batch_ms": 84.5,
-         "staged_samples_per_window": 16_400}))
+         "staged_samples_per_window": 16_400,
+         "pipelined": {"batches": 3, "device_busy_ms_per_batch": 80.5,
+                       "device_span_ms_per_batch": 84.0, "device_idle_share": 0.0417}}))
     text = summarize(tmp_path)
+    assert ("Pipelined as the engine runs them (3 batches, device activity only traced): device "
+            "busy 80.5 of 84.0 ms per batch, idle 4.2 %.") in text
     assert ("queued after 31.2 ms of host time, logits back after 84.5 ms; 16400 samples "
             "staged per window") in text
     assert "| aten::native_layer_norm | [[256, 199, 1024], [1024]] | 7.5 | 48.0 |" in text
