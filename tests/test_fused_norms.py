@@ -52,7 +52,10 @@ def test_kernel_functions_compute_what_the_separate_operations_do(stable):
     names = set(calls)
     if stable:  # pre-LN: LN alone, add + LN keeping the sum; GEMM encoder: LN + GELU
         assert names == {"_layer_norm", "_add_layer_norm", "_layer_norm_gelu"}
-        assert calls.count("_layer_norm_gelu") == 7 and calls.count("_add_layer_norm") == 3
+        # only the first layer's first norm runs alone: each later one comes with the previous
+        # layer's last residual add (3 layers: 3 + 2 add + LN kernels)
+        assert calls.count("_layer_norm_gelu") == 7 and calls.count("_add_layer_norm") == 5
+        assert calls.count("_layer_norm") == 1
     else:  # post-LN: both norms take the add; group-norm encoder: not a layer norm
         assert names == {"_add_layer_norm_only"} and len(calls) == 6
 
@@ -101,8 +104,44 @@ def test_kernels_reach_layers_fused_later_and_leave_with_native_layers():
     copied = copy.deepcopy(fe)  # a copy shares the (parameter-free) kernels
     assert copied.norm_kernels is kernels
     assert all(m.forward.kernels is kernels for m in copied.model.encoder.layers)
+    layers, copied_layers = fe.model.encoder.layers, copied.model.encoder.layers
+    # the hand-over links each layer to the next one's first norm, in the copy to its own
+    assert [m.forward.next_norm for m in layers] == [layers[1].layer_norm,
+                                                     layers[2].layer_norm, None]
+    assert copied_layers[0].forward.next_norm is copied_layers[1].layer_norm
+    assert copied_layers[0].forward.handoff is copied_layers[2].forward.handoff
+    assert copied_layers[0].forward.handoff is not layers[0].forward.handoff
     fe.use_norm_kernels(None)
-    assert all(m.forward.kernels is None for m in fe.model.encoder.layers)
+    assert all(m.forward.kernels is None and m.forward.next_norm is None
+               and m.forward.handoff is None for m in fe.model.encoder.layers)
+
+
+def test_a_hook_changing_the_hidden_states_stops_the_hand_over():
+    """The next layer uses the handed-over norm only for the very tensor it was computed from."""
+    fe = frontend(seed=3)
+    x = 0.1 * torch.randn(2, 16000)
+    calls: list[str] = []
+    layer = fe.model.encoder.layers[1]
+
+    def in_place(_m, args):  # modifies the hidden states: the hand-over is stale
+        args[0].mul_(1.5)
+
+    def replace(_m, args):  # a new tensor: not the one the norm was computed from
+        return (args[0] * 1.5,)
+
+    for hook in (in_place, replace):
+        handle = layer.register_forward_pre_hook(hook)
+        try:
+            with torch.inference_mode():
+                fe.use_norm_kernels(None)
+                plain = fe(x)
+                calls.clear()
+                fe.use_norm_kernels(NormKernels(spy(calls)))
+                got = fe(x)
+        finally:
+            handle.remove()
+        assert torch.allclose(got, plain, atol=1e-6), hook.__name__
+        assert calls.count("_layer_norm") == 2, hook.__name__  # layer 1 computed its own
 
 
 def test_which_norms_and_activations_qualify():

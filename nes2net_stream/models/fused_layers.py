@@ -76,6 +76,10 @@ class FusedLayerForward:
         self.fused_calls = 0  # calls that took the fused path (the tests check it is used)
         # compiled norm kernels (models/fused_norms.py), shared by the front-end's layers
         self.kernels: NormKernels | None = None
+        # pre-LN with kernels: the next layer's first norm, computed with this layer's last
+        # residual add and handed over (set by SSLFrontend.use_norm_kernels)
+        self.next_norm: nn.LayerNorm | None = None
+        self.handoff: Handoff | None = None
         self._packed: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def __deepcopy__(self, memo: dict) -> FusedLayerForward:
@@ -85,6 +89,9 @@ class FusedLayerForward:
         """
         new = copy.copy(self)
         new.layer = copy.deepcopy(self.layer, memo)
+        # the copied model's own modules and hand-over (memo: shared by its copied layers)
+        new.next_norm = copy.deepcopy(self.next_norm, memo)
+        new.handoff = copy.deepcopy(self.handoff, memo)
         new._packed = {}
         return new
 
@@ -120,6 +127,12 @@ class FusedLayerForward:
                  **kwargs: Any) -> Any:
         """As the layer's own forward: (B, T, D) -> (B, T, D) (a 1-tuple where it returns one)."""
         layer = self.layer
+        # the previous layer's hand-over, if it was computed from exactly this input (and no
+        # pre-hook of this layer could have changed it in place: inference tensors keep no
+        # version counter to tell)
+        first_normed = self.handoff.take(hidden_states) if self.handoff is not None else None
+        if layer._forward_pre_hooks:
+            first_normed = None
         if self._fallback(hidden_states, attention_mask, args, kwargs):
             return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
         self.fused_calls += 1
@@ -127,9 +140,16 @@ class FusedLayerForward:
         k = self.kernels
         if k is not None:  # each norm one compiled kernel with the residual add before it
             if self.pre_ln:
-                h, normed = k.add_layer_norm(self._attention(k.layer_norm(x, layer.layer_norm)),
-                                             x, layer.final_layer_norm)
-                out = _add(self._feed_forward(normed), h)
+                if first_normed is None:
+                    first_normed = k.layer_norm(x, layer.layer_norm)
+                h, normed = k.add_layer_norm(self._attention(first_normed), x,
+                                             layer.final_layer_norm)
+                if self.next_norm is not None and self.handoff is not None:
+                    out, next_normed = k.add_layer_norm(self._feed_forward(normed), h,
+                                                        self.next_norm)
+                    self.handoff.give(out, next_normed)
+                else:
+                    out = _add(self._feed_forward(normed), h)
             else:
                 h = k.add_layer_norm_only(self._attention(x), x, layer.layer_norm)
                 out = k.add_layer_norm_only(self._feed_forward(h), h, layer.final_layer_norm)
@@ -169,6 +189,36 @@ class FusedLayerForward:
             else:
                 return second(inner).view(*x.shape[:-1], second.out_features)
         return second(ff.intermediate_act_fn(first(x)))
+
+
+class Handoff:
+    """A pre-LN layer's output handed to the next layer with that layer's first norm of it.
+
+    Both come from one kernel (the residual add and the norm of the sum). The next layer takes
+    the norm only when its input is that very tensor, unchanged, and it has no forward
+    pre-hooks (which may replace or modify the hidden states); anything else clears it. A deep
+    copy starts empty.
+    """
+
+    def __init__(self) -> None:
+        self._source: torch.Tensor | None = None
+        self._version = 0
+        self._normed: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo: dict) -> Handoff:
+        return Handoff()
+
+    def give(self, source: torch.Tensor, normed: torch.Tensor) -> None:
+        """Hand over ``normed``, the next layer's first norm of ``source``."""
+        self._source, self._version, self._normed = source, _version(source), normed
+
+    def take(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The handed-over norm if ``x`` is its source, unchanged; clears the hand-over."""
+        source, normed = self._source, self._normed
+        self._source = self._normed = None
+        if source is x and self._version == _version(x):
+            return normed
+        return None
 
 
 def _version(p: torch.Tensor) -> int:

@@ -10,7 +10,9 @@ neighbour:
 
 - :meth:`NormKernels.add_layer_norm`: a residual add and the layer norm of the sum (transformer
   layers: one kernel reads both terms and writes the sum and its norm);
-- :meth:`NormKernels.layer_norm`: a layer norm alone (the pre-LN layers' first norm);
+- :meth:`NormKernels.layer_norm`: a layer norm alone (the first pre-LN layer's first norm;
+  every later layer's first norm comes with the previous layer's last residual add, through
+  :class:`nes2net_stream.models.fused_layers.Handoff`);
 - :meth:`NormKernels.layer_norm_gelu`: a layer norm and the exact GELU after it (every layer of
   the convolutional encoder).
 

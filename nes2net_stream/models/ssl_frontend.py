@@ -43,7 +43,7 @@ from torch import nn
 from nes2net_stream.errors import BundleError, DependencyError
 from nes2net_stream.models.config import SSLConfig
 from nes2net_stream.models.conv_gemm import gemm_conv_features, supports_gemm
-from nes2net_stream.models.fused_layers import supports_fused, use_fused, uses_fused
+from nes2net_stream.models.fused_layers import Handoff, supports_fused, use_fused, uses_fused
 from nes2net_stream.models.fused_norms import NormKernels
 from nes2net_stream.models.pos_conv_fft import supports_fft, use_fft, uses_fft
 
@@ -228,9 +228,18 @@ class SSLFrontend(nn.Module):
         (layer norm + GELU) and the fused transformer layers (residual add + layer norm).
         """
         self.norm_kernels = kernels
-        for layer in self.model.encoder.layers:
-            if uses_fused(layer):
-                layer.forward.kernels = kernels
+        layers = list(self.model.encoder.layers)
+        handoff = Handoff()  # pre-LN: a layer's last add with the next layer's first norm
+        for i, layer in enumerate(layers):
+            if not uses_fused(layer):
+                continue
+            fwd = layer.forward
+            fwd.kernels = kernels
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            linked = (kernels is not None and fwd.pre_ln and nxt is not None
+                      and uses_fused(nxt) and nxt.forward.pre_ln)
+            fwd.next_norm = nxt.layer_norm if linked else None  # type: ignore[union-attr]
+            fwd.handoff = handoff if kernels is not None else None
 
     def positional_conv(self) -> nn.Module | None:
         """The transformer's positional convolution (``nn.Conv1d``), if it has one."""
