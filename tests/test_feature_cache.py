@@ -256,6 +256,9 @@ def test_steady_state_batches_stage_only_the_tails_the_encoder_reads():
         assert torch.allclose(got, det(torch.from_numpy(rows)), atol=1e-4)
     assert runner.staged_span == (0, WINDOW)
     assert cache.tail_span(cache.plan(["a", "d"], [WINDOW + 4 * hop, WINDOW])) is None
+    # tails of every width share the whole windows' staging buffers (one per parity)
+    staging = [buf for (kind, _), buf in runner._pinned.items() if kind == 0]
+    assert len(staging) == 2 and all(buf.numel() == 8 * WINDOW for buf in staging)
 
 
 def test_a_tail_without_a_reusable_previous_window_is_refused():

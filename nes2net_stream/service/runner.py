@@ -137,7 +137,7 @@ class BatchRunner:
         if compile_backend:
             self._backend_fn = (compiler or functools.partial(
                 default_compiler, static=self.use_buckets))(self.detector.backend)
-        self._pinned: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._pinned: dict[tuple[int, int], torch.Tensor] = {}
         self._parity = 0  # alternate staging buffers: a batch is staged while one runs
         # the samples [start, stop) of each window the last batch staged and copied
         self.staged_span = (0, window_samples)
@@ -173,18 +173,20 @@ class BatchRunner:
         return contextlib.nullcontext()
 
     def _buffer(self, kind: int, rows: int, cols: int) -> torch.Tensor:
-        """A (rows, cols) float32 host buffer (pinned on CUDA) of this launch's parity.
+        """A contiguous (rows, cols) float32 host buffer (pinned on CUDA) of this parity.
 
-        One buffer of the largest batch per kind, width and parity, sliced to ``rows``: the
-        host memory held does not grow with the number of distinct batch sizes.
+        One flat buffer per kind and parity, sized for the largest batch of the widest rows
+        seen and viewed as (rows, cols): the host memory held grows neither with the number of
+        distinct batch sizes nor with the widths of the tails that cached batches stage.
         """
-        key = (kind, cols, self._parity)
+        key = (kind, self._parity)
         buf = self._pinned.get(key)
-        if buf is None or buf.shape[0] < rows:
-            size = max(rows, self.buckets[-1])
-            buf = torch.zeros(size, cols, dtype=torch.float32, pin_memory=self.cuda)
+        if buf is None or buf.numel() < rows * cols:
+            widest = max(cols, self.window_samples) if kind == 0 else cols  # windows: whole
+            size = max(rows, self.buckets[-1]) * widest
+            buf = torch.zeros(size, dtype=torch.float32, pin_memory=self.cuda)
             self._pinned[key] = buf
-        return buf[:rows]
+        return buf[:rows * cols].view(rows, cols)
 
     def run(self, windows: np.ndarray | Sequence[np.ndarray],
             keys: Sequence[str | None] | None = None,
