@@ -33,7 +33,9 @@ up to float rounding; bf16 weights round differently). Then the whole scoring en
 service's defaults (all of the above, dynamic batching) is timed on the same streams with its
 loop pipelined (``[engine] pipeline``, the default on CUDA) and sequential: ``engine_pipelined``
 and ``engine_sequential`` (windows per second over all steps, results delivered);
-``engine_pipelined_native_layers`` is the first with transformers' own layers and
+``engine_pipelined_one_stream`` copies staged batches to the device in the compute stream
+(before the copy stream), ``engine_pipelined_native_layers`` is the first with transformers'
+own layers and
 ``engine_pipelined_compiled`` with the compiled back-end, ``engine_pipelined_compiled_norms``
 with the compiled norm kernels and ``engine_pipelined_compiled_all`` with both (compiled during
 the engine's warm-up, which is not timed). Engine columns also give ``batch_ms`` and
@@ -121,9 +123,11 @@ class EngineColumn(NamedTuple):
     encoder_layers: str = "fused"
     compile_backend: bool = False
     compile_norms: bool = False
+    copy_stream: bool = True
 
 
 ENGINE_COLUMNS = {"engine_pipelined": EngineColumn(),
+                  "engine_pipelined_one_stream": EngineColumn(copy_stream=False),
                   "engine_sequential": EngineColumn(pipeline=False),
                   "engine_pipelined_native_layers": EngineColumn(encoder_layers="native"),
                   "engine_pipelined_compiled": EngineColumn(compile_backend=True),

@@ -276,6 +276,12 @@ def decisions(best_engine: float | None, found: dict[str, Any],
                    f"{top.get('latency_p99_ms')} ms, {top.get('windows_per_s')} windows/s, "
                    f"{top.get('windows_skipped_for_load')} skipped for load).")
     out += host_bound_verdict(streaming)
+    if (stream_gain := engine_gain(streaming, "engine_pipelined",
+                                   "engine_pipelined_one_stream")) is not None:
+        advice = ("keep it" if stream_gain >= 0.98 else
+                  "copy in the compute stream again (BatchRunner's copy_stream default)")
+        out.append(f"- Copy stream for staged batches: the whole engine {stream_gain:.3f}x "
+                   f"against copying in the compute stream: {advice}.")
     stages = found.get("stages") or []
     if pair := stage_pair(stages, "positional_conv_fft_ms", "positional_conv_ms"):
         fft, direct = pair

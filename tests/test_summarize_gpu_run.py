@@ -180,7 +180,8 @@ def test_the_workers_host_time_says_whether_the_host_or_the_device_limits_the_en
     def run(host_ms: float) -> str:
         row = {"batch_size": 256, "uncached": {"windows_per_s": 1150.0},
                "engine_pipelined": {"windows_per_s": 2900.0, "batch_ms": 88.3,
-                                    "host_ms_per_batch": host_ms}}
+                                    "host_ms_per_batch": host_ms},
+               "engine_pipelined_one_stream": {"windows_per_s": 2871.3}}
         (tmp_path / "feature_cache.json").write_text(json.dumps({"rows": [row]}))
         return summarize(tmp_path)
 
@@ -190,6 +191,8 @@ def test_the_workers_host_time_says_whether_the_host_or_the_device_limits_the_en
     assert ("`engine_pipelined`: the worker's host time is 95% of each batch (84.0 of 88.3 ms): "
             "the host limits it") in text
     assert "host time is 34% of each batch (30.0 of 88.3 ms): the device limits it" in run(30.0)
+    assert ("Copy stream for staged batches: the whole engine 1.010x against copying in the "
+            "compute stream: keep it.") in text
 
 
 def test_the_staging_figures_are_tabled(tmp_path):

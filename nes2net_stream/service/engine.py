@@ -119,7 +119,7 @@ class ScoringEngine:
                  compile_norms: bool = False, latency_target_s: float = 0.5,
                  max_stride: int = 8, stall_timeout_s: float = 120.0,
                  feature_cache: bool = True, feature_cache_entries: int = 10_000,
-                 pipeline: bool | None = None):
+                 pipeline: bool | None = None, copy_stream: bool = True):
         self.detector = detector.eval()
         self.device = next(detector.parameters()).device
         self.dtype = dtype
@@ -134,7 +134,8 @@ class ScoringEngine:
                                   compile_min_batch=compile_min_batch,
                                   compile_norms=compile_norms,
                                   feature_cache=feature_cache,
-                                  feature_cache_entries=feature_cache_entries)
+                                  feature_cache_entries=feature_cache_entries,
+                                  copy_stream=copy_stream)
         self.latency_target_s = latency_target_s
         self.max_stride = max_stride
         self._rate = 0.0  # EWMA of windows per second of model time
