@@ -124,8 +124,9 @@ norms_tests() {
 
 norms_engine() {
   local base=cached_backend_graph_bf16_weights_gemm_conv_fft_pos_fused_layers
+  # 16 hops per stream: the 2 % decisions need more than 8 batches per engine column
   step feature_cache 240 python3 benchmarks/feature_cache_bench.py --batch-sizes 256 \
-    --steps 8 --out "$OUT/feature_cache.json" --configs "$base,${base}_compiled_norms" \
+    --steps 16 --out "$OUT/feature_cache.json" --configs "$base,${base}_compiled_norms" \
     --engine-columns engine_pipelined,engine_pipelined_compiled_norms,engine_pipelined_one_stream,engine_pipelined_compiled_all,engine_pipelined_compiled
 }
 
