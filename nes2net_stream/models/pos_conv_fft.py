@@ -99,15 +99,18 @@ class FFTConvForward:
         with torch.autocast(x.device.type, enabled=False):  # float32 / complex64 throughout
             spec = self.spectrum(n)  # (G, F, Cg_in, Cg_out)
             freqs = spec.shape[1]
-            xf = torch.fft.rfft(x.float(), n=n)  # (B, C_in, F)
+            # cast and (for the transposed views transformers passes) transpose in one pass:
+            # the FFT needs time contiguous and would otherwise copy the cast input again
+            xc = torch.empty((b, c, t), dtype=torch.float32, device=x.device).copy_(x)
+            xf = torch.fft.rfft(xc, n=n)  # (B, C_in, F)
             xg = xf.view(b, g, c // g, freqs).permute(1, 3, 0, 2)  # (G, F, B, Cg_in)
             yf = torch.matmul(xg, spec)  # (G, F, B, Cg_out)
             yf = yf.permute(2, 0, 3, 1).reshape(b, conv.out_channels, freqs)
+            if conv.bias is not None:  # a constant over time: n x bias at frequency 0
+                yf[..., 0] += conv.bias.float() * n
             z = torch.fft.irfft(yf, n=n)  # the full linear convolution, length t + k - 1
             start = k - 1 - pad
             y = z[..., start:start + t + 2 * pad - k + 1]
-            if conv.bias is not None:
-                y = y + conv.bias.float()[:, None]
         return y.to(x.dtype)
 
 
