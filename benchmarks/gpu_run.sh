@@ -117,9 +117,9 @@ profile_batch() {
 # the follow-up: compiled norm kernels ([engine] compile_norms), the decisive engine columns
 # first (the compiled back-end's static compilation per bucket makes its columns' warm-up long)
 norms_tests() {
-  step cuda_tests 50 python3 -m pytest -q -p no:cacheprovider tests/test_fused_norms.py \
+  step cuda_tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_fused_norms.py \
     tests/test_conv_gemm.py tests/test_fused_layers.py tests/test_feature_cache.py \
-    tests/test_engine_pipeline.py tests/test_service_exit.py
+    tests/test_pos_conv_fft.py tests/test_engine_pipeline.py tests/test_service_exit.py
 }
 
 norms_engine() {
