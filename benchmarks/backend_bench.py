@@ -4,11 +4,13 @@ XLS-R 300M's back-end (D = 1024, 8 x 8 groups, 200 frames per 4 s window) with r
 weights. It is made of about 400 small kernels (16-channel convolutions, activations, batch
 norms, weighted sums), so it is launch- and latency-bound at every batch size: 5.2 ms per batch
 of 128 replayed from a graph on an H200 (research ceilings), about a tenth of the whole cached
-model's time, which the engine target cannot afford. Columns per batch size: ``eager_ms``;
-``compiled_ms`` (``torch.compile``, what ``[engine] compile_backend`` does); on CUDA also
-``graph_ms`` and ``compiled_graph_ms`` (the engine replays the back-end from a graph for large
-buckets); the compile time of each new shape (the first is static, the second recompiles with
-a dynamic batch that covers the rest) and the compiled output's largest difference from eager.
+model's time, which the engine target cannot afford. Columns per batch size: ``eager_ms`` and
+``eager_elementwise_sum_ms`` (Nes2Net-X's weighted sums as multiply-and-sum instead of matrix
+products, measured alternately with the first); ``compiled_ms`` (``torch.compile``, what
+``[engine] compile_backend`` does); on CUDA also ``graph_ms``, ``graph_elementwise_sum_ms`` and
+``compiled_graph_ms`` (the engine replays the back-end from a graph for large buckets); the
+compile time of each new shape (the first is static, the second recompiles with a dynamic batch
+that covers the rest) and the compiled output's largest difference from eager.
 Prints JSON.
 
     python benchmarks/backend_bench.py --out backend.json        # CUDA machine (bf16)
@@ -19,9 +21,12 @@ Prints JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ except ImportError:  # run from a source checkout without installing
 import torch
 
 from nes2net_stream.bench.engine import emit, environment, sync, time_calls
+from nes2net_stream.models import nes2net
 from nes2net_stream.models.config import BackendConfig
 from nes2net_stream.models.nes2net import Nes2Net
 from nes2net_stream.service.capture import cuda_capture, default_compiler
@@ -41,6 +47,35 @@ from nes2net_stream.service.capture import cuda_capture, default_compiler
 def median_ms(fn: Any, device: torch.device, min_time_s: float, max_iters: int) -> float:
     """Median milliseconds per call (see :func:`time_calls`)."""
     return round(1000 * time_calls(fn, device, min_time_s, max_iters), 3)
+
+
+def _elementwise_sum(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (stack * weights).sum(dim=-1)
+
+
+@contextlib.contextmanager
+def elementwise_weighted_sums() -> Iterator[None]:
+    """Nes2Net-X's weighted sums as multiply-and-sum (the form before the matrix product)."""
+    saved = nes2net._weighted_sum
+    nes2net._weighted_sum = _elementwise_sum
+    try:
+        yield
+    finally:
+        nes2net._weighted_sum = saved
+
+
+def eager_ab(fn: Any, device: torch.device, min_time_s: float, max_iters: int,
+             rounds: int = 5) -> tuple[float, float]:
+    """Median ms of ``fn`` with the weighted sums as products and element-wise, alternating
+    ``rounds`` times (this machine's drift between two separate runs exceeded the difference).
+    """
+    current: list[float] = []
+    elementwise: list[float] = []
+    for _ in range(rounds):
+        current.append(median_ms(fn, device, min_time_s / rounds, max_iters))
+        with elementwise_weighted_sums():
+            elementwise.append(median_ms(fn, device, min_time_s / rounds, max_iters))
+    return statistics.median(current), statistics.median(elementwise)
 
 
 def main() -> None:
@@ -75,14 +110,18 @@ def main() -> None:
             sync(device)
             row = {"batch_size": bs, "compile_s": round(time.perf_counter() - t, 2),
                    "max_abs_diff": float((got.float() - eager(x).float()).abs().max()),
-                   "eager_ms": median_ms(lambda xx=x: eager(xx), device, a.min_time_s,
-                                         a.max_iters),
                    "compiled_ms": median_ms(lambda xx=x: compiled(xx), device, a.min_time_s,
                                             a.max_iters)}
+            row["eager_ms"], row["eager_elementwise_sum_ms"] = eager_ab(
+                lambda xx=x: eager(xx), device, a.min_time_s, a.max_iters)
             if device.type == "cuda":
                 for name, fn in (("graph_ms", eager), ("compiled_graph_ms", compiled)):
                     replay, _ = cuda_capture(fn, x.clone())
                     row[name] = median_ms(replay, device, a.min_time_s, a.max_iters)
+                with elementwise_weighted_sums():  # captured with the element-wise form
+                    replay, _ = cuda_capture(eager, x.clone())
+                row["graph_elementwise_sum_ms"] = median_ms(replay, device, a.min_time_s,
+                                                            a.max_iters)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     emit({"benchmark": "backend", "device": str(device), "smoke": a.smoke,
