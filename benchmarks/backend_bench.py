@@ -49,15 +49,11 @@ def median_ms(fn: Any, device: torch.device, min_time_s: float, max_iters: int) 
     return round(1000 * time_calls(fn, device, min_time_s, max_iters), 3)
 
 
-def _elementwise_sum(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return (stack * weights).sum(dim=-1)
-
-
 @contextlib.contextmanager
 def elementwise_weighted_sums() -> Iterator[None]:
     """Nes2Net-X's weighted sums as multiply-and-sum (the form before the matrix product)."""
     saved = nes2net._weighted_sum
-    nes2net._weighted_sum = _elementwise_sum
+    nes2net._weighted_sum = nes2net.elementwise_weighted_sum
     try:
         yield
     finally:

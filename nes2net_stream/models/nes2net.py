@@ -134,8 +134,13 @@ def _weighted_sum(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     be a library call between its generated kernels).
     """
     if torch.compiler.is_compiling():
-        return (stack * weights).sum(dim=-1)
+        return elementwise_weighted_sum(stack, weights)
     return torch.matmul(stack, weights.view(-1, 1)).squeeze(-1)
+
+
+def elementwise_weighted_sum(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``(stack * weights).sum(-1)`` as written: a product tensor, then its sum."""
+    return (stack * weights).sum(dim=-1)
 
 
 class AttentiveStatsPooling(nn.Module):

@@ -71,6 +71,12 @@ class ConvFeatureCache:
         return self.geometry is not None and self.frames > 0
 
     @property
+    def samples_read(self) -> int:
+        """Samples of a window the encoder reads: up to the end of its last frame."""
+        assert self.geometry is not None
+        return (self.frames - 1) * self.geometry.stride + self.geometry.receptive_field
+
+    @property
     def capacity(self) -> int:
         """Slots allocated so far (device memory held: capacity x C x frames)."""
         return 0 if self._slots is None else self._slots.shape[0]
@@ -135,9 +141,8 @@ class ConvFeatureCache:
         """
         if not plans or self.geometry is None or any(p is None for p in plans):
             return None
-        g = self.geometry
         first = self.frames - max(p[1] for p in plans)  # type: ignore[index]
-        return first * g.stride, (self.frames - 1) * g.stride + g.receptive_field
+        return first * self.geometry.stride, self.samples_read
 
     def features(self, x: torch.Tensor, keys: Sequence[str | None],
                  ends: Sequence[int | None], *,
@@ -172,9 +177,9 @@ class ConvFeatureCache:
         for i, p in enumerate(plans):
             if p is not None:
                 by_new.setdefault(p[1], []).append(i)
+        stop = self.samples_read
         for new, rows in by_new.items():
             first = self.frames - new
-            stop = (self.frames - 1) * g.stride + g.receptive_field
             idx = None if len(rows) == n else device_index(rows, x.device)
             part = x if idx is None else x.index_select(0, idx)
             tail = self.detector.conv_features(part[:, first * g.stride - offset:stop - offset])
