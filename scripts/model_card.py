@@ -26,6 +26,12 @@ SYSTEMS = {
 }
 
 
+CODEC_NAMES = {"g726": "G.726 ADPCM", "g723_1": "G.723.1", "opus_nb": "Opus narrowband",
+               "amr_nb": "AMR-NB", "speex": "Speex narrowband", "gsm": "GSM 06.10",
+               "mulaw": "G.711 μ-law", "alaw": "G.711 A-law", "g722": "G.722", "mp3": "MP3",
+               "aac": "AAC-LC", "vorbis": "Vorbis", "opus": "Opus wideband"}
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
@@ -44,6 +50,21 @@ def per_system(rep: dict) -> str:
     rows = ["| system | description | EER vs bona fide |", "|---|---|---|"]
     for sys_id, eer in sorted(rep.get("per_system_eer", {}).items()):
         rows.append(f"| {sys_id} | {SYSTEMS.get(sys_id, '')} | {pct(eer)} |")
+    return "\n".join(rows)
+
+
+def channel_table(run: Path, clean: dict) -> str:
+    """EER on the eval split with each extra codec (``RUN/eval-channel-*``), next to none."""
+    rows = ["| extra codec on every eval trial | EER | minDCF |", "|---|---|---|"]
+    if clean:
+        m = clean["metrics"]
+        rows.append(f"| none (the eval split as built) | {pct(m['eer'])} | {m['min_dcf']:.4f} |")
+    for path in sorted(run.glob("eval-channel-*/metrics.json")):
+        rep = json.loads(path.read_text())
+        codec, _, rate = rep.get("channel", path.parent.name[13:]).partition(":")
+        name = CODEC_NAMES.get(codec, codec) + (f" at {int(rate) / 1000:g} kbit/s" if rate else "")
+        m = rep["metrics"]
+        rows.append(f"| {name} | {pct(m['eer'])} | {m['min_dcf']:.4f} |")
     return "\n".join(rows)
 
 
@@ -94,6 +115,14 @@ def main() -> None:
     weights = tcfg.get("class_weights", [0.1, 0.9])
     sampling = ("every bona fide speaker and every spoofing system drawn equally often "
                 "(`--balance`)" if tcfg.get("balance") else "utterances drawn uniformly")
+    augment = tcfg.get("extra", {}).get("augment", {})
+    trained_codecs = ", ".join(CODEC_NAMES.get(c, c) for c, w in augment.get("codecs", {}).items()
+                               if w > 0) or "none"
+    masks = ""
+    if tcfg.get("mask_channels") or tcfg.get("mask_frames"):
+        masks = (f"; two bands of up to {tcfg.get('mask_channels', 0)} frequency bins and two "
+                 f"spans of up to {tcfg.get('mask_frames', 0)} frames of every training crop "
+                 "zeroed (SpecAugment-style, `--mask-channels`/`--mask-frames`)")
     hist_rows = " ".join(f"{h['epoch']}:{100 * h['dev_eer']:.1f}%" for h in history)
     front, back = config["frontend"], config["backend"]
     text = f"""# Model card: `{config['model_id']}` (the bundled demo detector)
@@ -136,7 +165,8 @@ training). Splits are speaker-disjoint on the bona fide side; A07 appears only i
 Training: {training.get('config', {}).get('epochs', '?')} epochs, Adam, lr {training.get('config', {}).get('lr', '?')},
 cross-entropy weights {weights[0]:g} spoof / {weights[1]:g} bona fide, {sampling}; speed
 perturbation, RawBoost and telephone-codec augmentation on both classes
-(`scripts/demo_augment.json`; the eval-only codecs are excluded); average of the
+(`scripts/demo_augment.json`: {trained_codecs}; the eval-only codecs are excluded){masks};
+average of the
 {len(training.get('best_epochs', []))} epochs with the best dev EER ({training.get('best_epochs')}),
 then batch-norm statistics re-estimated on {tcfg.get('bn_recalibration_batches', 0)} batches of
 clean training crops.
@@ -154,6 +184,11 @@ windows as the live service does and averages them. minDCF and actDCF use the AS
 Per spoofing system (`4s` mode):
 
 {per_system(evals.get('4s', {}))}
+
+On codecs never used in training, applied on top of each eval trial's own channel
+(`nes2net-stream eval --channel`, `4s` mode):
+
+{channel_table(a.run, evals.get('4s', {}))}
 
 The eval split is small ({splits['eval']['bonafide']} bona fide and {splits['eval']['spoof']}
 spoofed utterances from {len(splits['eval']['bonafide_speakers'])} real speakers): one

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from nes2net_stream.audio.codecs import CODECS
 from nes2net_stream.cli.common import (
     config_option,
     device_option,
@@ -14,6 +16,9 @@ from nes2net_stream.cli.common import (
     open_detector,
     settings_from,
 )
+
+if TYPE_CHECKING:
+    from nes2net_stream.evaluation.protocol_scoring import Channel
 
 
 @click.command("eval")
@@ -36,14 +41,18 @@ from nes2net_stream.cli.common import (
               help="Folder for scores.txt, metrics.json, det.png and hist.png.")
 @click.option("--layout", type=click.Choice(["2021", "asvspoof5"]), default="2021",
               show_default=True, help="Score file layout written to --out.")
+@click.option("--channel", metavar="CODEC[:BITRATE]",
+              help="Pass every trial through this codec before scoring (e.g. amr_nb or "
+              "amr_nb:4750), to see how the detector holds up on a channel; codecs: "
+              + ", ".join(CODECS) + ".")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @model_option
 @config_option
 @device_option
 def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | None, split: str,
              calibrate_on: str, save_calibration: bool, mode: str, out_dir: Path | None,
-             layout: str, batch_size: int, model_path: str | None, config_file: Path | None,
-             device: str | None) -> None:
+             layout: str, channel: str | None, batch_size: int, model_path: str | None,
+             config_file: Path | None, device: str | None) -> None:
     """Compute EER, minDCF, actDCF (ASVspoof 5 costs) and Cllr, draw DET and histograms."""
     from nes2net_stream.evaluation.report import evaluate_score_file, format_report
     from nes2net_stream.evaluation.scorefiles import write_scores
@@ -62,10 +71,12 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
     from nes2net_stream.data.protocols import database_split, read_protocol
     from nes2net_stream.evaluation.protocol_scoring import cm_scores, fit_calibration, score_trials
 
+    transmit = _channel(channel) if channel else None
     settings = settings_from(config_file, model__path=model_path, model__device=device)
     detector = open_detector(settings)
     kwargs = {"mode": mode, "vad": settings.vad.to_config(),
-              "windows": settings.windows.to_config(), "batch_size": batch_size}
+              "windows": settings.windows.to_config(), "batch_size": batch_size,
+              "channel": transmit}
     if calibrate_on != "none":
         protocol, audio = database_split(database, calibrate_on)
         trials = read_protocol(protocol)
@@ -92,8 +103,27 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
     report["model_id"] = detector.model_id
     report["calibrated"] = detector.calibration.fitted
     report["mode"] = mode
+    if channel:
+        report["channel"] = channel
     _finish(report, out_dir)
     click.echo(format_report(report))
+
+
+def _channel(text: str) -> Channel:
+    """Parse ``CODEC[:BITRATE]`` into a codec channel; usage errors name the option."""
+    from nes2net_stream.errors import AudioError, DependencyError
+    from nes2net_stream.evaluation.protocol_scoring import codec_channel
+
+    name, _, rate = text.partition(":")
+    try:
+        bitrate = int(rate) if rate else None
+    except ValueError:
+        raise click.BadParameter(f"bitrate {rate!r} is not a whole number of bit/s",
+                                 param_hint="--channel") from None
+    try:
+        return codec_channel(name.strip(), bitrate)
+    except (AudioError, DependencyError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--channel") from None
 
 
 def _finish(report: dict, out_dir: Path | None) -> None:

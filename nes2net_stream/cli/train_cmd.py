@@ -103,6 +103,11 @@ def build_model(opts: dict[str, Any]) -> Any:
 @click.option("--balance/--no-balance", default=False, show_default=True,
               help="Sample every bona fide speaker and spoofing system equally (use with "
                    "--class-weights 0.5 0.5).")
+@click.option("--mask-channels", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Zero two random bands of up to this many back-end input channels per "
+                   "training crop (SpecAugment-style; 0 disables).")
+@click.option("--mask-frames", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Zero two random spans of up to this many frames per training crop.")
 @click.option("--segment-s", type=float, default=4.0, show_default=True)
 @click.option("--average-best", type=int, default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -145,6 +150,7 @@ def train(**opts: Any) -> None:
         weight_decay=opts["weight_decay"], class_weights=tuple(opts["class_weights"]),
         schedule=opts["schedule"], segment_s=opts["segment_s"], balance=opts["balance"],
         bn_recalibration_batches=opts["bn_recalibration_batches"],
+        mask_channels=opts["mask_channels"], mask_frames=opts["mask_frames"],
         average_best=opts["average_best"], seed=opts["seed"], max_batches=opts["max_batches"],
         num_workers=opts["num_workers"], extra={"augment": aug_dict,
                                                 "limit_train": opts["limit_train"],

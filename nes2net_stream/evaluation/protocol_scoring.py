@@ -7,30 +7,63 @@ evaluation code works on CM scores, higher = bona fide, i.e. ``-llr``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
 
-from nes2net_stream.audio.io import load_audio
+from nes2net_stream.audio.io import load_audio, resample
 from nes2net_stream.audio.vad import VADConfig
 from nes2net_stream.audio.windows import WindowConfig, pad_by_repetition
 from nes2net_stream.data.protocols import Trial, audio_path
-from nes2net_stream.errors import DataError
+from nes2net_stream.errors import DataError, DependencyError
 from nes2net_stream.evaluation.calibration import fit_affine_calibration
 from nes2net_stream.models.detector import Calibration, Detector
 from nes2net_stream.scoring.files import OFFICIAL_SAMPLES, pipeline_windows, score_arrays
 
 ProtocolMode = Literal["4s", "windows"]
+#: A transmission channel applied to each trial before scoring: (samples, rate) -> samples.
+Channel = Callable[[np.ndarray, int], np.ndarray]
+
+
+def codec_channel(codec: str, bitrate: int | None = None) -> Channel:
+    """A channel that passes each trial through ``codec`` (encode, then decode).
+
+    Raises:
+        AudioError: unknown codec or bitrate.
+        DependencyError: the codec's external tool is not installed here.
+    """
+    from nes2net_stream.audio.codecs import available_codecs, encode_decode, get_codec
+
+    spec, rate = get_codec(codec, bitrate)
+    if spec.name not in available_codecs():
+        raise DependencyError(f"codec {codec!r} cannot run here: install {spec.package}")
+
+    def apply(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        return encode_decode(samples, sample_rate, spec.name, bitrate=rate)
+
+    return apply
 
 
 def score_trials(detector: Detector, trials: Sequence[Trial], audio_dir: str | Path, *,
                  mode: ProtocolMode = "4s", vad: VADConfig | None = None,
                  windows: WindowConfig | None = None, batch_size: int = 32,
-                 progress: bool = True) -> dict[str, float]:
-    """Raw spoof score of every trial (``4s``: official crop; ``windows``: mean over windows)."""
+                 progress: bool = True, channel: Channel | None = None) -> dict[str, float]:
+    """Raw spoof score of every trial (``4s``: official crop; ``windows``: mean over windows).
+
+    ``channel``, when given, transforms each trial's whole recording before it is cut (e.g.
+    :func:`codec_channel`: how the detector holds up on a codec it may not have seen).
+    """
+
+    def load(path: Path, rate: int | None) -> tuple[np.ndarray, int]:
+        clip = load_audio(path, sample_rate=rate, allow_silence=True)
+        x = clip.samples
+        if channel is not None and x.size:
+            x = channel(x, clip.sample_rate)
+        return x, clip.sample_rate
+
     vad = vad or VADConfig()
     windows = windows or WindowConfig()
     raw: dict[str, float] = {}
@@ -46,15 +79,15 @@ def score_trials(detector: Detector, trials: Sequence[Trial], audio_dir: str | P
                       file=sys.stderr):
         path = audio_path(audio_dir, trial.utterance)
         if mode == "4s":
-            x = load_audio(path, sample_rate=16000, allow_silence=True).samples
+            x, _ = load(path, 16000)
             pending.append((trial.utterance, pad_by_repetition(x, OFFICIAL_SAMPLES)))
             if len(pending) >= batch_size:
                 flush()
             continue
-        clip = load_audio(path, sample_rate=None, allow_silence=True)
-        cut = pipeline_windows(clip.samples, clip.sample_rate, vad, windows)
+        x, rate = load(path, None)
+        cut = pipeline_windows(x, rate, vad, windows)
         if not cut:  # too little speech for a window: score the whole clip, padded
-            x = load_audio(path, sample_rate=16000, allow_silence=True).samples
+            x = resample(x, rate, 16000)
             cut_samples = [pad_by_repetition(x, int(windows.window_s * 16000))]
         else:
             cut_samples = [w.samples for w in cut]

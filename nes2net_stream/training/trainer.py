@@ -34,6 +34,7 @@ from nes2net_stream.training.checkpoints import (
     load_checkpoint,
 )
 from nes2net_stream.training.dataset import ProtocolDataset
+from nes2net_stream.training.masking import mask_features
 
 
 @dataclass
@@ -63,6 +64,9 @@ class TrainConfig:
             this many batches of un-augmented training crops (0 disables); averaged weights
             with averaged statistics do not match, and augmented statistics do not match clean
             test audio.
+        mask_channels: widest band of back-end input channels zeroed in training, two per crop
+            (0 disables; :mod:`nes2net_stream.training.masking`).
+        mask_frames: longest span of frames zeroed in training, two per crop (0 disables).
     """
 
     epochs: int = 20
@@ -80,6 +84,8 @@ class TrainConfig:
     grad_clip: float = 5.0
     balance: bool = False
     bn_recalibration_batches: int = 50
+    mask_channels: int = 0
+    mask_frames: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -90,6 +96,7 @@ class TrainConfig:
             "average_best": self.average_best >= 1, "num_workers": self.num_workers >= 0,
             "schedule": self.schedule in ("cosine", "constant"),
             "class_weights": len(self.class_weights) == 2 and min(self.class_weights) > 0,
+            "mask_channels": self.mask_channels >= 0, "mask_frames": self.mask_frames >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -218,6 +225,7 @@ class Trainer:
                             shuffle=sampler is None, sampler=sampler,
                             drop_last=len(self.train_set) > self.cfg.batch_size, generator=gen,
                             num_workers=self.cfg.num_workers)
+        masks = torch.Generator().manual_seed(2 * (self.cfg.seed * 1000 + epoch) + 1)
         # workers are forked per epoch and inherit the preloaded cache; the epoch number
         # travels with the dataset, so crops and augmentation differ per epoch
         total, count = 0.0, 0
@@ -229,7 +237,7 @@ class Trainer:
             if i >= n_batches:
                 break
             x, y = x.to(self.device), y.to(self.device)
-            loss = classification_loss(self.model(x), y, self.cfg.class_weights)
+            loss = classification_loss(self._forward(x, masks), y, self.cfg.class_weights)
             if not torch.isfinite(loss):
                 raise DataError(f"non-finite training loss at epoch {epoch}, batch {i}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -242,6 +250,14 @@ class Trainer:
             bar.set_postfix(loss=f"{total / count:.4f}")
         bar.close()
         return total / max(count, 1)
+
+    def _forward(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Training logits, with the back-end's input masked when configured."""
+        if not (self.cfg.mask_channels or self.cfg.mask_frames):
+            return self.model(x)
+        feats = mask_features(self.model.frontend(x), max_channels=self.cfg.mask_channels,
+                              max_frames=self.cfg.mask_frames, generator=gen)
+        return self.model.backend(feats)
 
     @torch.inference_mode()
     def evaluate(self, dataset: ProtocolDataset) -> tuple[float, float, np.ndarray]:
