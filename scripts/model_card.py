@@ -194,15 +194,18 @@ The eval split is small ({splits['eval']['bonafide']} bona fide and {splits['eva
 spoofed utterances from {len(splits['eval']['bonafide_speakers'])} real speakers): one
 utterance more or less moves the EER by about a percentage point.
 
-**Reading these figures.** The issue's aim of an eval EER of 5 % or lower is not reached. The
+**Reading these figures.** The aim of an eval EER of 5 % or lower is not reached. The
 text-to-speech systems are caught far more often than chance (see the per-system table), but
 WORLD copy-synthesis and voice conversion of the held-out speakers (A05, A06) are close to
 chance: re-vocoded real speech keeps the speaker's natural prosody, and after an 8 kHz
 telephone codec little of the vocoder's trace is left for a {count_parameters(det, trainable_only=False) / 1000:.0f} k-parameter spectral model
 trained on eight real speakers. Linear probes on simple spectral statistics of the same
 corpus reached eval EERs of 35-40 %, so the split is genuinely hard rather than the model
-under-trained. The published SSL-based checkpoints ([checkpoints.md](checkpoints.md)) are the
-route to production accuracy.
+under-trained. A codec the model never saw in training costs it several more points (the
+codec table above), and rebuilds of the same recipe have differed by about 7 points of eval EER
+([training.md](training.md), "Run-to-run spread"), so small differences between such figures are
+noise. The published SSL-based checkpoints ([checkpoints.md](checkpoints.md)) are the route to
+production accuracy.
 
 ## Sample calls (same words, human vs synthetic)
 
@@ -222,7 +225,7 @@ system seen in training (A04), so these rows show the demo working, not generali
 - Scores are calibrated on a small dev set from the same corpus: recalibrate on your own
   telephone audio (`nes2net-stream eval --calibrate-on dev --save-calibration`).
 
-Reproduce: `make demo-model` (about 20 minutes on 2 CPU cores; measured on
+Reproduce: `make demo-model` (about 25 minutes on 2 CPU cores; measured on
 {platform.machine()} with {__import__('os').cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d}).
 """
     a.doc.write_text(text, encoding="utf-8")
