@@ -11,6 +11,7 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nes2net_stream.audio.codecs import CODECS
 from nes2net_stream.bundle import load_model
 from nes2net_stream.models.nes2net import count_parameters
 from nes2net_stream.scoring.files import score_file
@@ -26,10 +27,10 @@ SYSTEMS = {
 }
 
 
-CODEC_NAMES = {"g726": "G.726 ADPCM", "g723_1": "G.723.1", "opus_nb": "Opus narrowband",
-               "amr_nb": "AMR-NB", "speex": "Speex narrowband", "gsm": "GSM 06.10",
-               "mulaw": "G.711 μ-law", "alaw": "G.711 A-law", "g722": "G.722", "mp3": "MP3",
-               "aac": "AAC-LC", "vorbis": "Vorbis", "opus": "Opus wideband"}
+def codec_name(codec: str) -> str:
+    """A codec's description (``audio.codecs``), or its key if unknown."""
+    spec = CODECS.get(codec)
+    return spec.description if spec else codec
 
 
 def pct(x: float) -> str:
@@ -62,7 +63,7 @@ def channel_table(run: Path, clean: dict) -> str:
     for path in sorted(run.glob("eval-channel-*/metrics.json")):
         rep = json.loads(path.read_text())
         codec, _, rate = rep.get("channel", path.parent.name[13:]).partition(":")
-        name = CODEC_NAMES.get(codec, codec) + (f" at {int(rate) / 1000:g} kbit/s" if rate else "")
+        name = codec_name(codec) + (f", {int(rate) / 1000:g} kbit/s" if rate else "")
         m = rep["metrics"]
         rows.append(f"| {name} | {pct(m['eer'])} | {m['min_dcf']:.4f} |")
     return "\n".join(rows)
@@ -116,7 +117,7 @@ def main() -> None:
     sampling = ("every bona fide speaker and every spoofing system drawn equally often "
                 "(`--balance`)" if tcfg.get("balance") else "utterances drawn uniformly")
     augment = tcfg.get("extra", {}).get("augment", {})
-    trained_codecs = ", ".join(CODEC_NAMES.get(c, c) for c, w in augment.get("codecs", {}).items()
+    trained_codecs = "; ".join(codec_name(c) for c, w in augment.get("codecs", {}).items()
                                if w > 0) or "none"
     masks = ""
     if tcfg.get("mask_channels") or tcfg.get("mask_frames"):
