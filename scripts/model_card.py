@@ -62,7 +62,7 @@ def channel_table(run: Path, clean: dict) -> str:
         rows.append(f"| none (the eval split as built) | {pct(m['eer'])} | {m['min_dcf']:.4f} |")
     for path in sorted(run.glob("eval-channel-*/metrics.json")):
         rep = json.loads(path.read_text())
-        codec, _, rate = rep.get("channel", path.parent.name[13:]).partition(":")
+        codec, _, rate = rep["channel"].partition(":")  # written by eval --channel
         name = codec_name(codec) + (f", {int(rate) / 1000:g} kbit/s" if rate else "")
         m = rep["metrics"]
         rows.append(f"| {name} | {pct(m['eer'])} | {m['min_dcf']:.4f} |")
