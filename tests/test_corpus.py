@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -142,6 +143,23 @@ def test_audio_files_exist_and_are_8khz_speech(quick_corpus) -> None:
             total += len(x) / 8000
         s = summary.splits[split]
         assert total == pytest.approx(s.bonafide_seconds + s.spoof_seconds, abs=1.0)
+
+
+@pytest.mark.corpus
+@needs_packages
+def test_rebuild_reproduces_every_audio_file(quick_corpus, tmp_path: Path) -> None:
+    out, _, _ = quick_corpus
+    sums = (out / "SHA256SUMS").read_text(encoding="utf-8").splitlines()
+    audio = sorted(p for p in out.rglob("*.flac"))
+    assert len(sums) == len(audio) > 0
+    for line in sums:  # sha256sum -c format, paths relative to the corpus folder
+        digest, name = line.split("  ", 1)
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+    data = json.loads((out / "corpus.json").read_text(encoding="utf-8"))
+    again = tmp_path / "again"
+    build_demo_corpus(again, seed=0, quick=True, jobs=1, progress=False)
+    assert (again / "SHA256SUMS").read_text(encoding="utf-8").splitlines() == sums
+    assert json.loads((again / "corpus.json").read_text())["audio_sha256"] == data["audio_sha256"]
 
 
 @pytest.mark.corpus

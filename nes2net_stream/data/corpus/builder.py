@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import shutil
@@ -32,8 +33,10 @@ from nes2net_stream.errors import DataError
 
 #: Recordings per speaker kept by a quick build.
 QUICK_RECORDINGS = 4
+#: Checksums of every audio file of a build, ``sha256sum -c`` format.
+CHECKSUMS = "SHA256SUMS"
 _OWNED = ("ASVspoof2019_LA_train", "ASVspoof2019_LA_dev", "ASVspoof2019_LA_eval",
-          "ASVspoof2019_LA_cm_protocols", "corpus.json", "LICENSES.md")
+          "ASVspoof2019_LA_cm_protocols", "corpus.json", "LICENSES.md", CHECKSUMS)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -137,6 +140,19 @@ def plan_demo_corpus(out_dir: Path, *, seed: int = 0, quick: bool = False,
     return {split: [p.trial for p in planned if p.split == split] for split in SPLITS}
 
 
+def write_checksums(out_dir: Path, digests: dict[Path, str]) -> str:
+    """Write ``SHA256SUMS`` (``sha256sum -c`` format, sorted paths); return its own SHA-256.
+
+    Two builds with the same seed and package versions give the same file, so comparing the
+    one digest in ``corpus.json`` tells whether a rebuild reproduced every utterance.
+    """
+    lines = sorted(f"{digest}  {path.relative_to(out_dir).as_posix()}\n"
+                   for path, digest in digests.items())
+    text = "".join(lines)
+    (out_dir / CHECKSUMS).write_text(text, encoding="utf-8")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def build_demo_corpus(out_dir: Path, *, seed: int = 0, quick: bool = False, jobs: int = 2,
                       progress: bool = True) -> CorpusSummary:
     """Build the labelled bona fide / spoof demo corpus in the ASVspoof 2019 LA layout.
@@ -164,7 +180,9 @@ def build_demo_corpus(out_dir: Path, *, seed: int = 0, quick: bool = False, jobs
     _prepare_out_dir(out_dir)
     recordings, notes, planned = _plan(out_dir, seed, quick, jobs, progress)
     rendered = _map(render, [p.job for p in planned], jobs, "rendering utterances", progress)
-    seconds = dict(rendered)
+    seconds = {utt: sec for utt, sec, _ in rendered}
+    sums = write_checksums(out_dir, {p.job.out_path: digest
+                                     for p, (_, _, digest) in zip(planned, rendered, strict=True)})
     protocol_dir = out_dir / "ASVspoof2019_LA_cm_protocols"
     splits = {}
     for split in SPLITS:
@@ -179,6 +197,7 @@ def build_demo_corpus(out_dir: Path, *, seed: int = 0, quick: bool = False, jobs
     data = summary.to_dict()
     data["precoded_spoofs"] = {split: sum(1 for p in planned if p.split == split
                                           and p.job.channel.precode) for split in SPLITS}
+    data["audio_sha256"] = sums
     data["format"] = {"audio": "FLAC, 8 kHz, mono, 16-bit PCM",
                       "protocol": "SPEAKER UTTERANCE CODEC SYSTEM KEY (ASVspoof 2019 LA)"}
     (out_dir / "corpus.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -6,6 +6,7 @@ and not on which process runs it or in which order.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -94,9 +95,12 @@ def _stream(job: UtteranceJob, workdir: Path) -> Iterator[tuple[np.ndarray, int]
         engine = TTS_ENGINES[job.system]
         failure: AudioError | None = None
         produced = False
-        for text in job.texts:
+        for i, text in enumerate(job.texts):
+            # stochastic engines (Piper) draw their noise from this seed
+            params = {**job.params,
+                      "seed": int(np.random.SeedSequence((job.seed, i)).generate_state(1)[0])}
             try:
-                y, rate = engine(text, job.params, workdir)
+                y, rate = engine(text, params, workdir)
             except AudioError as exc:  # one unreadable text: take the next one
                 failure = exc
                 continue
@@ -140,11 +144,11 @@ def _collect(job: UtteranceJob, workdir: Path) -> tuple[list[np.ndarray], int]:
     return clips, rate
 
 
-def render(job: UtteranceJob) -> tuple[str, float]:
+def render(job: UtteranceJob) -> tuple[str, float, str]:
     """Build one utterance, pass it through its channel and write it as 8 kHz FLAC.
 
     Returns:
-        The utterance id and its duration in seconds.
+        The utterance id, its duration in seconds and the SHA-256 of the written file.
 
     Raises:
         AudioError: no usable audio, or a synthesiser or codec failed.
@@ -157,4 +161,5 @@ def render(job: UtteranceJob) -> tuple[str, float]:
     x = dsp.trim(dsp.concatenate(clips, rate, rng), rate)
     y = apply_channel(x, rate, job.channel, rng)
     write_audio(job.out_path, y, 8000)
-    return job.utterance, len(y) / 8000.0
+    digest = hashlib.sha256(job.out_path.read_bytes()).hexdigest()
+    return job.utterance, len(y) / 8000.0, digest

