@@ -119,11 +119,19 @@ def main() -> None:
     augment = tcfg.get("extra", {}).get("augment", {})
     trained_codecs = "; ".join(codec_name(c) for c, w in augment.get("codecs", {}).items()
                                if w > 0) or "none"
-    masks = ""
+    extras = ""
     if tcfg.get("mask_channels") or tcfg.get("mask_frames"):
-        masks = (f"; two bands of up to {tcfg.get('mask_channels', 0)} frequency bins and two "
+        extras = (f"; two bands of up to {tcfg.get('mask_channels', 0)} frequency bins and two "
                  f"spans of up to {tcfg.get('mask_frames', 0)} frames of every training crop "
                  "zeroed (SpecAugment-style, `--mask-channels`/`--mask-frames`)")
+    if tcfg.get("speech_crops"):
+        share = float(tcfg["speech_crops"])
+        extras += (f"; {'every' if share >= 1 else f'{100 * share:.0f} % of the'} training "
+                  "crop cut from the VAD speech stream (pauses dropped, as the live service "
+                  "scores, `--speech-crops`), dev crops too")
+    cal_windows = str(calibration.get("details", {}).get("source", "")).endswith("(windows)")
+    cal_scores = ("speech windows averaged per trial, as the live service scores" if cal_windows
+                  else "first 4 s of each trial")
     hist_rows = " ".join(f"{h['epoch']}:{100 * h['dev_eer']:.1f}%" for h in history)
     front, back = config["frontend"], config["backend"]
     text = f"""# Model card: `{config['model_id']}` (the bundled demo detector)
@@ -144,7 +152,7 @@ calibrated on your own telephone audio.
 | bundle size | {size_mb:.2f} MB |
 | input | 16 kHz mono; 4 s speech windows (telephone band only, so 8 kHz and wideband calls look alike) |
 | output | `spoof_probability`, `llr` (calibrated on dev, see [scores.md](scores.md)) |
-| calibration | llr = {calibration.get('scale', 1):.4f} × raw {calibration.get('offset', 0):+.4f} (prior-weighted logistic regression on the dev split) |
+| calibration | llr = {calibration.get('scale', 1):.4f} × raw {calibration.get('offset', 0):+.4f} (prior-weighted logistic regression on the dev split, {cal_scores}) |
 | created | {config['created']} with nes2net-stream {config['library_version']} |
 
 ## Training data
@@ -166,7 +174,7 @@ training). Splits are speaker-disjoint on the bona fide side; A07 appears only i
 Training: {training.get('config', {}).get('epochs', '?')} epochs, Adam, lr {training.get('config', {}).get('lr', '?')},
 cross-entropy weights {weights[0]:g} spoof / {weights[1]:g} bona fide, {sampling}; speed
 perturbation, RawBoost and telephone-codec augmentation on both classes
-(`scripts/demo_augment.json`: {trained_codecs}; the eval-only codecs are excluded){masks};
+(`scripts/demo_augment.json`: {trained_codecs}; the eval-only codecs are excluded){extras};
 average of the
 {len(training.get('best_epochs', []))} epochs with the best dev EER ({training.get('best_epochs')}),
 then batch-norm statistics re-estimated on {tcfg.get('bn_recalibration_batches', 0)} batches of

@@ -3,7 +3,7 @@ import pytest
 from helpers import tone_bursts
 
 from nes2net_stream.audio.pipeline import ChannelPipeline
-from nes2net_stream.audio.vad import SpeechDetector, VADConfig
+from nes2net_stream.audio.vad import SpeechDetector, VADConfig, speech_stream
 from nes2net_stream.audio.windows import SpeechWindower, WindowConfig, pad_by_repetition
 from nes2net_stream.errors import ConfigError
 
@@ -42,6 +42,21 @@ def test_vad_drops_silence_and_counts_speech():
     for w in windows:
         assert w.samples.shape == (2 * rate,)
         assert w.end_s > w.start_s
+
+
+def test_speech_stream_is_what_live_windows_are_cut_from():
+    rate = 16000
+    silence = np.zeros(rate, dtype=np.float32)
+    x = np.concatenate([silence, tone_bursts(3.0, rate, seed=1), silence,
+                        tone_bursts(4.0, rate, seed=2), silence[:1234]])
+    win = WindowConfig(window_s=2.0, hop_s=0.5)
+    windows, pipe = run(x, rate, 320, win=win)
+    stream = speech_stream(x, VADConfig())
+    assert stream.shape[0] == round(pipe.speech_seconds * rate)
+    assert stream.shape[0] < x.shape[0] - rate   # the silences are gone
+    for w in windows:
+        if not w.padded:
+            assert np.array_equal(w.samples, stream[w.stream_end - 2 * rate:w.stream_end])
 
 
 def test_silence_only_gives_no_window():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from nes2net_stream.errors import DataError
 from nes2net_stream.models.config import BackendConfig, SpectralConfig
 from nes2net_stream.models.detector import Detector
 from nes2net_stream.training.checkpoints import average_state_dicts
@@ -63,6 +64,40 @@ def test_crops_are_reproducible_and_epoch_dependent(toy_corpus):
     assert a.shape == (8000,)
 
 
+def _is_piece_of(crop: np.ndarray, signal: np.ndarray) -> bool:
+    """True when ``crop`` occurs contiguously in ``signal``."""
+    if signal.shape[0] < crop.shape[0]:
+        return False
+    heads = np.lib.stride_tricks.sliding_window_view(signal, 16)
+    starts = np.flatnonzero((heads == crop[:16]).all(axis=1))
+    return any(np.array_equal(signal[s:s + crop.shape[0]], crop) for s in starts)
+
+
+def test_speech_crops_come_from_the_vad_speech_stream(toy_corpus):
+    from nes2net_stream.audio.vad import VADConfig, speech_stream
+
+    trials, audio = load_split(toy_corpus, "train")
+    seg = 16000
+    plain = ProtocolDataset(trials, audio, segment_samples=seg, train=True, seed=3)
+    speech = ProtocolDataset(trials, audio, segment_samples=seg, train=True, seed=3,
+                             speech_crops=1.0)
+    for i in range(4):
+        stream = speech_stream(speech._audio(i), VADConfig())
+        assert seg <= stream.shape[0] < speech._audio(i).shape[0]  # silence dropped
+        assert _is_piece_of(speech[i][0].numpy(), stream)
+        assert torch.equal(speech[i][0], speech[i][0])  # reproducible
+    # raw crops straddle the dropped silences, some of them at least
+    assert not all(_is_piece_of(plain[i][0].numpy(), speech._speech_audio(i)) for i in range(12))
+    dev = ProtocolDataset(trials, audio, segment_samples=seg, train=False, speech_crops=0.5)
+    assert np.array_equal(dev[0][0].numpy(), speech_stream(dev._audio(0), VADConfig())[:seg])
+    half = ProtocolDataset(trials, audio, segment_samples=seg, train=True, seed=3,
+                           speech_crops=0.5)
+    from_speech = [_is_piece_of(half[i][0].numpy(), half._speech_audio(i)) for i in range(12)]
+    assert 0 < sum(from_speech) < 12
+    with pytest.raises(DataError, match="speech_crops"):
+        ProtocolDataset(trials, audio, speech_crops=1.5)
+
+
 def test_limit_keeps_both_classes(toy_corpus):
     trials, _ = load_split(toy_corpus, "train", limit=6)
     assert len(trials) == 6 and {t.key for t in trials} == {"bonafide", "spoof"}
@@ -101,3 +136,24 @@ def test_balance_weights_equalise_speakers_and_classes(toy_corpus):
         if not t.is_spoof:
             per_speaker[t.speaker] = per_speaker.get(t.speaker, 0) + wi
     assert max(per_speaker.values()) - min(per_speaker.values()) < 1e-9
+
+
+def test_train_command_records_speech_crops_and_windows_calibration(toy_corpus, tmp_path,
+                                                                    capsys):
+    from nes2net_stream.bundle import load_model
+    from nes2net_stream.cli import main
+
+    out = tmp_path / "model"
+    code = main([str(a) for a in (
+        "train", "--database", toy_corpus, "--run-dir", tmp_path / "run", "--out", out,
+        "--n-features", 32, "--outer-ratio", 4, "--inner-ratio", 4, "--epochs", 1,
+        "--batch-size", 4, "--max-batches", 2, "--segment-s", 1.0, "--average-best", 1,
+        "--bn-recalibration-batches", 1, "--no-augment", "--device", "cpu", "--no-progress",
+        "--speech-crops", 0.5, "--calibration-mode", "windows")])
+    assert code == 0, capsys.readouterr().err
+    model = load_model(out)
+    assert model.metadata["training"]["config"]["speech_crops"] == 0.5
+    assert model.calibration.fitted
+    assert model.calibration.details["source"].endswith("/dev (windows)")
+    assert main(["train", "--database", str(toy_corpus), "--run-dir", str(tmp_path / "r2"),
+                 "--speech-crops", "1.5"]) != 0

@@ -93,3 +93,18 @@ class SpeechDetector:
             if self._since_speech > self._hang_frames:
                 self._active = False
         return self._active
+
+
+def speech_stream(samples: np.ndarray, cfg: VADConfig, sample_rate: int = 16000) -> np.ndarray:
+    """The frames of a whole signal that a live channel keeps as speech, joined.
+
+    This is the stream live windows are cut from (silence dropped, the partial last frame
+    too), so a model trained on it sees what the service will score.
+    """
+    detector = SpeechDetector(cfg, sample_rate)
+    n = detector.frame_samples
+    x = np.asarray(samples, dtype=np.float32)
+    frames = x[: (x.shape[0] // n) * n].reshape(-1, n)
+    pcm = np.clip(np.round(frames * 32767.0), -32768, 32767).astype(np.int16)
+    keep = np.fromiter((detector.is_speech(f) for f in pcm), dtype=bool, count=len(pcm))
+    return np.ascontiguousarray(frames[keep].reshape(-1))

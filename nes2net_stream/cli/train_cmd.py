@@ -108,6 +108,13 @@ def build_model(opts: dict[str, Any]) -> Any:
                    "training crop (SpecAugment-style; 0 disables).")
 @click.option("--mask-frames", type=click.IntRange(min=0), default=0, show_default=True,
               help="Zero two random spans of up to this many frames per training crop.")
+@click.option("--speech-crops", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Share of training crops cut from the VAD speech stream (silence dropped, "
+                   "as the live service scores); above 0, dev crops come from it too.")
+@click.option("--calibration-mode", type=click.Choice(["4s", "windows"]), default="4s",
+              show_default=True,
+              help="Scoring of the dev trials the calibration is fitted on: the official "
+                   "4-second crop, or speech windows averaged as the live service does.")
 @click.option("--segment-s", type=float, default=4.0, show_default=True)
 @click.option("--average-best", type=int, default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -151,6 +158,7 @@ def train(**opts: Any) -> None:
         schedule=opts["schedule"], segment_s=opts["segment_s"], balance=opts["balance"],
         bn_recalibration_batches=opts["bn_recalibration_batches"],
         mask_channels=opts["mask_channels"], mask_frames=opts["mask_frames"],
+        speech_crops=opts["speech_crops"],
         average_best=opts["average_best"], seed=opts["seed"], max_batches=opts["max_batches"],
         num_workers=opts["num_workers"], extra={"augment": aug_dict,
                                                 "limit_train": opts["limit_train"],
@@ -165,8 +173,10 @@ def train(**opts: Any) -> None:
     dev_trials, dev_audio = load_split(opts["database"], "dev", limit=opts["limit_dev"],
                                        seed=opts["seed"])
     train_set = ProtocolDataset(train_trials, train_audio, segment_samples=segment, train=True,
-                                augment=augment, seed=opts["seed"])
-    dev_set = ProtocolDataset(dev_trials, dev_audio, segment_samples=segment, train=False)
+                                augment=augment, seed=opts["seed"],
+                                speech_crops=cfg.speech_crops)
+    dev_set = ProtocolDataset(dev_trials, dev_audio, segment_samples=segment, train=False,
+                              speech_crops=cfg.speech_crops)
     device = resolve_device(opts["device"])
     trainer = Trainer(model, train_set, dev_set, cfg, opts["run_dir"], device=device,
                       progress=opts["progress"])
@@ -178,8 +188,10 @@ def train(**opts: Any) -> None:
                      "history": [e.__dict__ for e in trainer.history]},
     })
     if opts["calibrate"]:
-        raw = score_trials(model, dev_trials, dev_audio, mode="4s", progress=opts["progress"])
-        model.calibration = fit_calibration(raw, dev_trials, source=f"{opts['database'].name}/dev")
+        raw = score_trials(model, dev_trials, dev_audio, mode=opts["calibration_mode"],
+                           progress=opts["progress"])
+        model.calibration = fit_calibration(raw, dev_trials, source=f"{opts['database'].name}/dev"
+                                            f" ({opts['calibration_mode']})")
     out = opts["out_bundle"] or opts["run_dir"] / "model"
     save_model(model.cpu(), out, overwrite=True)
     click.echo(f"model bundle written to {out}")

@@ -10,11 +10,15 @@ import torch
 from torch.utils.data import Dataset
 
 from nes2net_stream.audio.io import load_audio
+from nes2net_stream.audio.vad import VADConfig, speech_stream
 from nes2net_stream.audio.windows import pad_by_repetition
 from nes2net_stream.data.protocols import Trial, audio_path, database_split, read_protocol
 from nes2net_stream.errors import AudioError, DataError
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+#: Below this much detected speech (the live service's default ``min_speech_s``) a trial's
+#: speech stream is not used and its raw audio is cropped instead.
+MIN_SPEECH_SAMPLES = 16_000
 
 
 def load_split(root: str | Path, split: str, *, limit: int | None = None,
@@ -39,13 +43,24 @@ class ProtocolDataset(Dataset):
     Training crops are random (a random start, padded by repetition when the file is shorter)
     and pass through ``augment``; evaluation crops take the first ``segment_samples`` like the
     official 4-second protocol. Decoded audio is cached in memory when ``cache`` is true.
+
+    ``speech_crops`` is the share of crops cut from the trial's speech stream (the frames the
+    VAD keeps, silence dropped: what the live service scores, :func:`speech_stream`) instead of
+    the raw recording; evaluation crops then come from the speech stream whenever it is
+    above zero. A trial with less than a second of detected speech keeps its raw audio.
     """
 
     def __init__(self, trials: Sequence[Trial], audio_dir: str | Path, *,
                  segment_samples: int = 64_000, train: bool = True,
-                 augment: Augment | None = None, seed: int = 0, cache: bool = True):
+                 augment: Augment | None = None, seed: int = 0, cache: bool = True,
+                 speech_crops: float = 0.0, vad: VADConfig | None = None):
         if not trials:
             raise DataError("empty protocol: no trials to load")
+        if not 0.0 <= speech_crops <= 1.0:
+            raise DataError(f"speech_crops must be in [0, 1], got {speech_crops}")
+        self.speech_crops = speech_crops
+        self.vad = vad or VADConfig()
+        self._speech: dict[int, np.ndarray] = {}
         self.trials = list(trials)
         self.audio_dir = Path(audio_dir)
         self.segment = segment_samples
@@ -103,6 +118,8 @@ class ProtocolDataset(Dataset):
         for i in tqdm(range(len(self.trials)), desc="loading audio", unit="file",
                       disable=not progress, file=sys.stderr, leave=False):
             self._audio(i)
+            if self.speech_crops > 0:
+                self._speech_audio(i)
 
     def _audio(self, index: int) -> np.ndarray:
         if self._cache is not None and index in self._cache:
@@ -116,10 +133,22 @@ class ProtocolDataset(Dataset):
             self._cache[index] = x
         return x
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def _speech_audio(self, index: int) -> np.ndarray:
+        if index in self._speech:
+            return self._speech[index]
         x = self._audio(index)
+        speech = speech_stream(x, self.vad)
+        if speech.shape[0] < MIN_SPEECH_SAMPLES:
+            speech = x
+        if self._cache is not None:
+            self._speech[index] = speech
+        return speech
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, index))
+            use_speech = self.speech_crops > 0 and rng.random() < self.speech_crops
+            x = self._speech_audio(index) if use_speech else self._audio(index)
             if x.shape[0] > self.segment:
                 start = int(rng.integers(0, x.shape[0] - self.segment + 1))
                 x = x[start:start + self.segment]
@@ -128,6 +157,7 @@ class ProtocolDataset(Dataset):
             if self.augment is not None:
                 x = self.augment(x, rng)
         else:
+            x = self._speech_audio(index) if self.speech_crops > 0 else self._audio(index)
             x = pad_by_repetition(x, self.segment)
         x = np.clip(np.nan_to_num(x), -1.0, 1.0).astype(np.float32, copy=False)
         return torch.from_numpy(np.ascontiguousarray(x)), self.trials[index].label

@@ -67,6 +67,8 @@ class TrainConfig:
         mask_channels: widest band of back-end input channels zeroed in training, two per crop
             (0 disables; :mod:`nes2net_stream.training.masking`).
         mask_frames: longest span of frames zeroed in training, two per crop (0 disables).
+        speech_crops: share of training crops cut from the VAD speech stream, as the live
+            service scores it (:class:`~nes2net_stream.training.dataset.ProtocolDataset`).
     """
 
     epochs: int = 20
@@ -86,6 +88,7 @@ class TrainConfig:
     bn_recalibration_batches: int = 50
     mask_channels: int = 0
     mask_frames: int = 0
+    speech_crops: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,6 +100,7 @@ class TrainConfig:
             "schedule": self.schedule in ("cosine", "constant"),
             "class_weights": len(self.class_weights) == 2 and min(self.class_weights) > 0,
             "mask_channels": self.mask_channels >= 0, "mask_frames": self.mask_frames >= 0,
+            "speech_crops": 0.0 <= self.speech_crops <= 1.0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
