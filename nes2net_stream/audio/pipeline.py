@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
+from nes2net_stream.audio.io import float_to_pcm16
 from nes2net_stream.audio.vad import SpeechDetector, VADConfig
 from nes2net_stream.audio.windows import SpeechWindow, SpeechWindower, WindowConfig
 
@@ -92,7 +93,7 @@ class ChannelPipeline:
         n_frames = buf.shape[0] // self._frame
         out: list[SpeechWindow] = []
         whole = buf[:n_frames * self._frame]
-        pcm_all = np.clip(np.round(whole * 32767.0), -32768, 32767).astype(np.int16)
+        pcm_all = float_to_pcm16(whole)
         for i in range(n_frames):
             frame = whole[i * self._frame:(i + 1) * self._frame]
             pcm = pcm_all[i * self._frame:(i + 1) * self._frame]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
+from nes2net_stream.audio.io import float_to_pcm16
 from nes2net_stream.errors import ConfigError
 
 VAD_RATES = (8000, 16000, 32000, 48000)
@@ -105,6 +106,6 @@ def speech_stream(samples: np.ndarray, cfg: VADConfig, sample_rate: int = 16000)
     n = detector.frame_samples
     x = np.asarray(samples, dtype=np.float32)
     frames = x[: (x.shape[0] // n) * n].reshape(-1, n)
-    pcm = np.clip(np.round(frames * 32767.0), -32768, 32767).astype(np.int16)
+    pcm = float_to_pcm16(frames)
     keep = np.fromiter((detector.is_speech(f) for f in pcm), dtype=bool, count=len(pcm))
     return np.ascontiguousarray(frames[keep].reshape(-1))

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from nes2net_stream.audio.io import load_audio
-from nes2net_stream.audio.vad import SpeechDetector, VADConfig
+from nes2net_stream.audio.vad import VADConfig, speech_stream
 from nes2net_stream.bench.loadgen import LoadGenerator
 from nes2net_stream.bench.provider_calls import PROTOCOLS
 from nes2net_stream.client import encode_samples
@@ -228,14 +228,10 @@ def speech_only(samples: np.ndarray, rate: int, cfg: VADConfig | None = None) ->
 
     Looped, that is a call of continuous speech: a window every hop, the heaviest load per call.
     """
-    vad = SpeechDetector(cfg or VADConfig(), rate)
-    step = vad.frame_samples
-    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
-    keep = [samples[i:i + step] for i in range(0, len(samples) - step + 1, step)
-            if vad.is_speech(pcm[i:i + step])]
-    if not keep:
+    speech = speech_stream(samples, cfg or VADConfig(), rate)
+    if not speech.size:
         raise ValueError("the call audio has no speech to loop")
-    return np.concatenate(keep)
+    return speech
 
 
 async def run_sweep(ws_url: str, redis_url: str, audio_path: Path, levels: list[int],

@@ -1,8 +1,8 @@
 """Spoof synthesis engines: espeak-ng, festival, flite, Piper and the WORLD vocoder.
 
 Text-to-speech engines run as subprocesses writing WAV files into a scratch folder; Piper runs
-in-process in a single-threaded ONNX Runtime session seeded per synthesis (model bytes read
-once per worker process). WORLD
+in-process in a single-threaded ONNX Runtime session made and seeded per utterance (model bytes
+read once per worker process). WORLD
 (pyworld) resynthesises real speech, either as a plain copy (A05) or with a shifted F0 contour
 and a frequency-warped spectral envelope, a simple voice conversion (A06).
 """
