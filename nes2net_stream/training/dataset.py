@@ -11,14 +11,14 @@ from torch.utils.data import Dataset
 
 from nes2net_stream.audio.io import load_audio
 from nes2net_stream.audio.vad import VADConfig, speech_stream
-from nes2net_stream.audio.windows import pad_by_repetition
+from nes2net_stream.audio.windows import WindowConfig, pad_by_repetition
 from nes2net_stream.data.protocols import Trial, audio_path, database_split, read_protocol
 from nes2net_stream.errors import AudioError, DataError
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 #: Below this much detected speech (the live service's default ``min_speech_s``) a trial's
 #: speech stream is not used and its raw audio is cropped instead.
-MIN_SPEECH_SAMPLES = 16_000
+MIN_SPEECH_SAMPLES = int(WindowConfig().min_speech_s * 16000)
 
 
 def load_split(root: str | Path, split: str, *, limit: int | None = None,

