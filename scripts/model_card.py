@@ -37,13 +37,25 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
 
+def ci(rep: dict, metric: str = "eer") -> str:
+    """The bootstrap interval of ``eval`` (``[low, high]``), or a dash without one."""
+    iv = rep.get("bootstrap", {}).get("intervals", {}).get(metric)
+    if iv is None:
+        return "-"
+    if metric == "eer":
+        return f"{100 * iv['low']:.1f}-{100 * iv['high']:.1f} %"
+    return f"{iv['low']:.3f}-{iv['high']:.3f}"
+
+
 def metrics_table(evals: dict[str, dict]) -> str:
-    rows = ["| mode | trials (bona fide / spoof) | EER | minDCF | actDCF | Cllr |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| mode | trials (bona fide / spoof) | EER | EER 95 % CI | minDCF | minDCF 95 % CI "
+            "| actDCF | Cllr |",
+            "|---|---|---|---|---|---|---|---|"]
     for mode, rep in evals.items():
         m = rep["metrics"]
         rows.append(f"| {mode} | {m['n_bonafide']} / {m['n_spoof']} | {pct(m['eer'])} | "
-                    f"{m['min_dcf']:.4f} | {m['act_dcf']:.4f} | {m['cllr']:.3f} |")
+                    f"{ci(rep)} | {m['min_dcf']:.4f} | {ci(rep, 'min_dcf')} | "
+                    f"{m['act_dcf']:.4f} | {m['cllr']:.3f} |")
     return "\n".join(rows)
 
 
@@ -56,16 +68,18 @@ def per_system(rep: dict) -> str:
 
 def channel_table(run: Path, clean: dict) -> str:
     """EER on the eval split with each extra codec (``RUN/eval-channel-*``), next to none."""
-    rows = ["| extra codec on every eval trial | EER | minDCF |", "|---|---|---|"]
+    rows = ["| extra codec on every eval trial | EER | EER 95 % CI | minDCF |",
+            "|---|---|---|---|"]
     if clean:
         m = clean["metrics"]
-        rows.append(f"| none (the eval split as built) | {pct(m['eer'])} | {m['min_dcf']:.4f} |")
+        rows.append(f"| none (the eval split as built) | {pct(m['eer'])} | {ci(clean)} | "
+                    f"{m['min_dcf']:.4f} |")
     for path in sorted(run.glob("eval-channel-*/metrics.json")):
         rep = json.loads(path.read_text())
         codec, _, rate = rep["channel"].partition(":")  # written by eval --channel
         name = codec_name(codec) + (f", {int(rate) / 1000:g} kbit/s" if rate else "")
         m = rep["metrics"]
-        rows.append(f"| {name} | {pct(m['eer'])} | {m['min_dcf']:.4f} |")
+        rows.append(f"| {name} | {pct(m['eer'])} | {ci(rep)} | {m['min_dcf']:.4f} |")
     return "\n".join(rows)
 
 
@@ -186,7 +200,11 @@ Dev EER per epoch: {hist_rows}.
 Held-out speakers, the eval-only synthesis system A07 and eval-only codecs. `4s` scores the
 first 4 seconds of each utterance (the official ASVspoof protocol); `windows` scores speech
 windows as the live service does and averages them. minDCF and actDCF use the ASVspoof 5 costs
-(P_spoof 0.05, C_miss 1, C_fa 10); actDCF and Cllr use the dev-fitted calibration.
+(P_spoof 0.05, C_miss 1, C_fa 10); actDCF and Cllr use the dev-fitted calibration. The
+intervals are 95 % bootstrap intervals resampling whole speakers (bona fide) and voices
+(spoofed), 1000 resamples ([evaluation.md](evaluation.md#confidence-intervals)): with this
+few speakers they are wide, and two detectors whose intervals overlap this much cannot be
+ranked on this split.
 
 {metrics_table(evals)}
 

@@ -45,22 +45,34 @@ if TYPE_CHECKING:
               help="Pass every trial through this codec before scoring (e.g. amr_nb or "
               "amr_nb:4750), to see how the detector holds up on a channel; codecs: "
               + ", ".join(CODECS) + ".")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000,
+              show_default=True, help="Bootstrap resamples for confidence intervals (0: none).")
+@click.option("--bootstrap-unit", type=click.Choice(["auto", "speaker", "trial"]), default="auto",
+              show_default=True, help="Resample whole speakers (trials of one voice are not "
+              "independent) or single trials; auto: speakers where the key names them.")
+@click.option("--confidence", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.95,
+              show_default=True, help="Two-sided level of the intervals.")
+@click.option("--compare", "compare_file", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Second score file on the same key (system B): paired "
+              "bootstrap of B against the evaluated scores (A).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @model_option
 @config_option
 @device_option
 def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | None, split: str,
              calibrate_on: str, save_calibration: bool, mode: str, out_dir: Path | None,
-             layout: str, channel: str | None, batch_size: int, model_path: str | None,
-             config_file: Path | None, device: str | None) -> None:
-    """Compute EER, minDCF, actDCF (ASVspoof 5 costs) and Cllr, draw DET and histograms."""
-    from nes2net_stream.evaluation.report import evaluate_score_file, format_report
+             layout: str, channel: str | None, n_boot: int, bootstrap_unit: str,
+             confidence: float, compare_file: Path | None, batch_size: int,
+             model_path: str | None, config_file: Path | None, device: str | None) -> None:
+    """Compute EER, minDCF, actDCF (ASVspoof 5 costs), Cllr and their confidence intervals."""
+    from nes2net_stream.evaluation.report import format_report
     from nes2net_stream.evaluation.scorefiles import write_scores
 
     if score_file is not None:
         if key_file is None:
             raise click.UsageError("--scores needs --key")
-        report = evaluate_score_file(score_file, key_file, plots_dir=out_dir)
+        report = _evaluate(score_file, key_file, out_dir, n_boot, bootstrap_unit, confidence,
+                           compare_file)
         _finish(report, out_dir)
         click.echo(format_report(report))
         return
@@ -99,7 +111,8 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
     out = out_dir or Path(".")
     out.mkdir(parents=True, exist_ok=True)
     scores_path = write_scores(out / "scores.txt", cm_scores(raw, detector.calibration), layout)
-    report = evaluate_score_file(scores_path, protocol, plots_dir=out_dir)
+    report = _evaluate(scores_path, protocol, out_dir, n_boot, bootstrap_unit, confidence,
+                       compare_file)
     report["model_id"] = detector.model_id
     report["calibrated"] = detector.calibration.fitted
     report["mode"] = mode
@@ -107,6 +120,24 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
         report["channel"] = channel
     _finish(report, out_dir)
     click.echo(format_report(report))
+
+
+def _evaluate(scores: Path, key: Path, out_dir: Path | None, n_boot: int, unit: str,
+              level: float, compare: Path | None) -> dict:
+    """Metrics and plots; intervals too, unless the scores are too few to resample."""
+    from nes2net_stream.evaluation.bootstrap import BootstrapError
+    from nes2net_stream.evaluation.report import evaluate_score_file
+
+    if compare is not None and not n_boot:
+        raise click.UsageError("--compare needs --bootstrap > 0")
+    try:
+        return evaluate_score_file(scores, key, plots_dir=out_dir, bootstrap=n_boot,
+                                   bootstrap_unit=unit, level=level, compare_path=compare)
+    except BootstrapError as exc:
+        if compare is not None:
+            raise
+        click.echo(f"warning: no confidence intervals: {exc}", err=True)
+    return evaluate_score_file(scores, key, plots_dir=out_dir)
 
 
 def _channel(text: str) -> Channel:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from nes2net_stream.data.protocols import Trial, read_protocol
-from nes2net_stream.errors import DataError
+from nes2net_stream.errors import ConfigError, DataError
 from nes2net_stream.evaluation.metrics import CostModel, check_scores, compute_eer, evaluate
 from nes2net_stream.evaluation.scorefiles import detect_layout, join_with_key, read_scores
 
@@ -49,7 +49,10 @@ def per_system_eer(scores: Mapping[str, float], trials: Iterable[Trial]) -> dict
 
 def evaluate_score_file(score_path: str | Path, key_path: str | Path,
                         costs: CostModel | None = None,
-                        plots_dir: str | Path | None = None) -> dict[str, Any]:
+                        plots_dir: str | Path | None = None, *,
+                        bootstrap: int = 0, bootstrap_unit: str = "auto",
+                        bootstrap_seed: int = 0, level: float = 0.95,
+                        compare_path: str | Path | None = None) -> dict[str, Any]:
     """Score a CM score file against a key file.
 
     Args:
@@ -59,14 +62,24 @@ def evaluate_score_file(score_path: str | Path, key_path: str | Path,
             :func:`nes2net_stream.data.protocols.read_protocol`.
         costs: Detection cost model (default: ASVspoof 5).
         plots_dir: If given, ``det.png`` and ``hist.png`` are written there.
+        bootstrap: Number of bootstrap resamples for confidence intervals (0: none).
+        bootstrap_unit: ``auto``, ``speaker`` or ``trial``
+            (:func:`~nes2net_stream.evaluation.bootstrap.resolve_unit`).
+        bootstrap_seed: Seed of the resampling.
+        level: Two-sided confidence level of the intervals.
+        compare_path: A second score file on the same key: adds a paired bootstrap of it
+            (system B) against ``score_path`` (system A); needs ``bootstrap``.
 
     Returns:
         A JSON-ready dictionary with ``metrics`` (see :class:`Metrics`), ``costs``,
         ``per_system_eer``, ``score_file``, ``key_file``, ``layout``, ``extra_scores`` (ids not
-        in the key, ignored) and ``plots`` (paths, empty without ``plots_dir``).
+        in the key, ignored) and ``plots`` (paths, empty without ``plots_dir``); with
+        ``bootstrap``, also ``bootstrap`` (intervals) and, with ``compare_path``,
+        ``comparison``.
 
     Raises:
         DataError: On unreadable files, missing scores or degenerate scores.
+        ConfigError: On invalid bootstrap settings, or ``compare_path`` without them.
     """
     costs = costs or CostModel()
     scores = read_scores(score_path)
@@ -85,7 +98,7 @@ def evaluate_score_file(score_path: str | Path, key_path: str | Path,
         plots["hist"] = str(plot_histograms(bona, spoof, out / "hist.png",
                                             threshold=metrics.eer_threshold,
                                             title=f"Scores: {Path(score_path).name}"))
-    return {
+    report = {
         "score_file": str(score_path),
         "key_file": str(key_path),
         "layout": detect_layout(score_path),
@@ -95,6 +108,30 @@ def evaluate_score_file(score_path: str | Path, key_path: str | Path,
         "extra_scores": n_extra,
         "plots": plots,
     }
+    if compare_path is not None and not bootstrap:
+        raise ConfigError("comparing two score files needs bootstrap resamples (> 0)")
+    if bootstrap:
+        report.update(_bootstrap(scores, trials, costs, bootstrap, bootstrap_unit,
+                                 bootstrap_seed, level, compare_path))
+    return report
+
+
+def _bootstrap(scores: Mapping[str, float], trials: list[Trial], costs: CostModel, n: int,
+               unit: str, seed: int, level: float,
+               compare_path: str | Path | None) -> dict[str, Any]:
+    from nes2net_stream.evaluation.bootstrap import (
+        bootstrap_metrics,
+        compare_systems,
+        resolve_unit,
+    )
+
+    kwargs = {"n_resamples": n, "level": level, "unit": resolve_unit(trials, unit),
+              "seed": seed, "costs": costs}
+    if compare_path is None:
+        return {"bootstrap": bootstrap_metrics(scores, trials, **kwargs).to_dict()}
+    comparison = compare_systems(scores, read_scores(compare_path), trials, **kwargs)
+    return {"bootstrap": comparison.a.to_dict(),
+            "comparison": {"score_file": str(compare_path), **comparison.to_dict()}}
 
 
 def format_report(metrics: Mapping[str, Any]) -> str:
@@ -130,6 +167,45 @@ def format_report(metrics: Mapping[str, Any]) -> str:
     if systems:
         lines.append("EER per attack: " + ", ".join(
             f"{k} {100 * v:.2f} %" for k, v in systems.items()))
+    lines.extend(_format_bootstrap(metrics))
     if metrics.get("extra_scores"):
         lines.append(f"note        {metrics['extra_scores']} scores not in the key were ignored")
     return "\n".join(lines)
+
+
+# metric, label, scale, unit (EER in percent, two decimals; the costs and Cllr, three)
+_LABELS = (("eer", "EER", 100.0, " %"), ("min_dcf", "minDCF", 1.0, ""),
+           ("act_dcf", "actDCF", 1.0, ""), ("cllr", "Cllr", 1.0, ""))
+
+
+def _num(value: float, unit: str, sign: str = "") -> str:
+    return f"{value:{sign}.{2 if unit else 3}f}"
+
+
+def _format_bootstrap(report: Mapping[str, Any]) -> list[str]:
+    boot = report.get("bootstrap")
+    if not boot:
+        return []
+    clusters = boot["clusters"]
+    level = f"{100 * boot['level']:g} %"
+    lines = [f"{level} CI     by {boot['unit']} ({clusters['bonafide']} bona fide / "
+             f"{clusters['spoof']} spoof clusters, {boot['n_resamples']} resamples): "
+             + _ranges(boot["intervals"])]
+    comp = report.get("comparison")
+    if comp:
+        lines.append(f"vs B        {comp['score_file']}: "
+                     + _ranges(comp["b"]["intervals"]))
+        diff = comp["difference"]
+        lines.append("B - A       " + ", ".join(
+            f"{label} {_num(scale * diff[k]['estimate'], unit, '+')}{unit} "
+            f"[{_num(scale * diff[k]['low'], unit, '+')}, "
+            f"{_num(scale * diff[k]['high'], unit, '+')}] "
+            f"(B lower in {100 * comp['p_b_better'][k]:.0f} % of resamples)"
+            for k, label, scale, unit in _LABELS))
+    return lines
+
+
+def _ranges(intervals: Mapping[str, Mapping[str, float]]) -> str:
+    return ", ".join(f"{label} {_num(scale * intervals[k]['low'], unit)}-"
+                     f"{_num(scale * intervals[k]['high'], unit)}{unit}"
+                     for k, label, scale, unit in _LABELS)

@@ -1,0 +1,280 @@
+"""Bootstrap confidence intervals for CM metrics, and paired comparisons of two systems.
+
+Small evaluation sets give noisy metrics: with 50 bona fide trials one trial moves the EER by
+a point. Trials of one speaker are not independent either (same voice, same microphone, same
+recording session), so by default whole speakers are resampled (a cluster bootstrap [1]):
+bona fide and spoofed trials are resampled separately, each class by its ``Trial.speaker``
+(the voice of a spoofed trial), with replacement, as many clusters as the class has. Intervals
+are percentile intervals of the resampled metrics.
+
+A paired comparison scores two systems on the same resamples, so what the two score sets
+share (hard speakers, easy systems) cancels out of the difference.
+
+[1] A. C. Davison and D. V. Hinkley, *Bootstrap Methods and their Application*, Cambridge
+University Press, 1997, section 3.8 (multi-stage / clustered data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from nes2net_stream.data.protocols import Trial
+from nes2net_stream.errors import ConfigError, DataError
+from nes2net_stream.evaluation.metrics import (
+    CostModel,
+    _cllr,
+    _det,
+    _eer_index,
+    act_dcf,
+    check_scores,
+)
+from nes2net_stream.evaluation.scorefiles import join_with_key
+
+__all__ = [
+    "BootstrapError",
+    "BootstrapResult",
+    "Comparison",
+    "Interval",
+    "bootstrap_metrics",
+    "compare_systems",
+    "resolve_unit",
+]
+
+Unit = Literal["speaker", "trial"]
+UNITS: tuple[Unit, ...] = ("speaker", "trial")
+#: Accepted by :func:`resolve_unit`: ``auto`` picks speakers where the key names them.
+UNIT_CHOICES: tuple[str, ...] = ("auto", *UNITS)
+#: Metrics resampled; lower is better for all of them.
+METRICS: tuple[str, ...] = ("eer", "min_dcf", "act_dcf", "cllr")
+_MIN_CLUSTERS = 2
+
+
+class BootstrapError(DataError):
+    """The trials cannot be resampled (too few clusters, scores close to hard decisions)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """A point estimate with its two-sided percentile interval."""
+
+    estimate: float
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready form."""
+        return {"estimate": self.estimate, "low": self.low, "high": self.high}
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapResult:
+    """Intervals of one score set (see :func:`bootstrap_metrics`)."""
+
+    unit: Unit
+    n_resamples: int
+    level: float
+    clusters: dict[str, int]
+    intervals: dict[str, Interval] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"unit": self.unit, "n_resamples": self.n_resamples, "level": self.level,
+                "clusters": dict(self.clusters),
+                "intervals": {k: v.to_dict() for k, v in self.intervals.items()}}
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Paired comparison of system B against system A (see :func:`compare_systems`).
+
+    Attributes:
+        a: Intervals of system A.
+        b: Intervals of system B.
+        difference: Interval of ``metric(B) - metric(A)`` per metric (negative: B better).
+        p_b_better: Fraction of resamples in which B's metric is lower than A's.
+    """
+
+    a: BootstrapResult
+    b: BootstrapResult
+    difference: dict[str, Interval]
+    p_b_better: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"a": self.a.to_dict(), "b": self.b.to_dict(),
+                "difference": {k: v.to_dict() for k, v in self.difference.items()},
+                "p_b_better": dict(self.p_b_better)}
+
+
+def _metric_vector(b: NDArray[np.float64], s: NDArray[np.float64],
+                   costs: CostModel) -> NDArray[np.float64]:
+    check_scores(b, s)  # a resample can lose the soft scores' third distinct value
+    _, eer, _ = _eer_index(b, s)
+    frr, far, _ = _det(b, s)
+    return np.array([eer, float(np.min(costs.dcf(frr, far))), act_dcf(b, s, costs)[0],
+                     _cllr(b, s)])
+
+
+def _clusters(trials: Sequence[Trial], unit: Unit
+              ) -> tuple[list[NDArray[np.intp]], list[NDArray[np.intp]]]:
+    """Index arrays (into the bona fide / spoof score vectors of ``join_with_key``)."""
+    groups: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
+    counts = [0, 0]
+    for t in trials:
+        k = int(t.is_spoof)
+        key = t.speaker if unit == "speaker" else str(counts[k])
+        groups[k].setdefault(key, []).append(counts[k])
+        counts[k] += 1
+    bona, spoof = ([np.asarray(v, dtype=np.intp) for v in g.values()] for g in groups)
+    for name, cl in (("bona fide", bona), ("spoof", spoof)):
+        if len(cl) < _MIN_CLUSTERS:
+            raise BootstrapError(f"bootstrap by {unit} needs at least {_MIN_CLUSTERS} {unit}s of "
+                            f"{name} trials, the key has {len(cl)}"
+                            + ("; resample trials instead" if unit == "speaker" else ""))
+    return bona, spoof
+
+
+def resolve_unit(trials: Sequence[Trial], unit: str = "auto") -> Unit:
+    """``auto``: ``speaker`` if both classes have at least two speakers, else ``trial``.
+
+    Two-column keys (``UTTERANCE KEY``) have no speakers, so they resample trials.
+
+    Raises:
+        ConfigError: If ``unit`` is not one of :data:`UNIT_CHOICES`.
+    """
+    if unit not in UNIT_CHOICES:
+        raise ConfigError(f"bootstrap unit must be one of {UNIT_CHOICES}, got {unit!r}")
+    if unit != "auto":
+        return unit  # type: ignore[return-value]
+    speakers: tuple[set[str], set[str]] = (set(), set())
+    for t in trials:
+        speakers[int(t.is_spoof)].add(t.speaker)
+    named = all(len(s - {"-"}) >= _MIN_CLUSTERS for s in speakers)
+    return "speaker" if named else "trial"
+
+
+def _check(n_resamples: int, level: float, unit: str) -> None:
+    if unit not in UNITS:
+        raise ConfigError(f"bootstrap unit must be one of {UNITS}, got {unit!r}")
+    if not 10 <= n_resamples <= 1_000_000:
+        raise ConfigError(f"bootstrap resamples must be 10..1000000, got {n_resamples}")
+    if not 0.5 <= level < 1.0:
+        raise ConfigError(f"confidence level must be in [0.5, 1), got {level}")
+
+
+def _resample(score_sets: Sequence[tuple[NDArray[np.float64], NDArray[np.float64]]],
+              trials: Sequence[Trial], n_resamples: int, unit: Unit, seed: int,
+              statistic: Callable[[NDArray[np.float64], NDArray[np.float64]],
+                                  NDArray[np.float64]],
+              ) -> tuple[list[NDArray[np.float64]], dict[str, int]]:
+    """Metric vectors of every score set on the same resamples: ``(n_resamples, metrics)``."""
+    bona_cl, spoof_cl = _clusters(trials, unit)
+    rng = np.random.default_rng(seed)
+    out = [np.empty((n_resamples, len(METRICS))) for _ in score_sets]
+    r = 0
+    attempts = 0
+    while r < n_resamples:
+        attempts += 1
+        if attempts > n_resamples + n_resamples // 10 + 10:  # over ~10 % degenerate
+            raise BootstrapError("bootstrap: too many degenerate resamples (fewer than 3 "
+                                 "distinct scores); the scores are close to hard decisions")
+        ib = np.concatenate([bona_cl[i] for i in rng.integers(len(bona_cl), size=len(bona_cl))])
+        is_ = np.concatenate([spoof_cl[i]
+                              for i in rng.integers(len(spoof_cl), size=len(spoof_cl))])
+        try:
+            rows = [statistic(b[ib], s[is_]) for b, s in score_sets]
+        except DataError:  # e.g. one speaker drawn every time: too few distinct values
+            continue
+        for o, row in zip(out, rows, strict=True):
+            o[r] = row
+        r += 1
+    return out, {"bonafide": len(bona_cl), "spoof": len(spoof_cl)}
+
+
+def _interval(estimate: float, samples: NDArray[np.float64], level: float) -> Interval:
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(samples, [alpha, 1.0 - alpha])
+    return Interval(float(estimate), float(low), float(high))
+
+
+def _result(point: NDArray[np.float64], samples: NDArray[np.float64], unit: Unit,
+            n_resamples: int, level: float, clusters: dict[str, int]) -> BootstrapResult:
+    return BootstrapResult(unit, n_resamples, level, clusters, {
+        name: _interval(point[k], samples[:, k], level) for k, name in enumerate(METRICS)})
+
+
+def bootstrap_metrics(scores: Mapping[str, float], trials: Sequence[Trial], *,
+                      n_resamples: int = 1000, level: float = 0.95, unit: Unit = "speaker",
+                      seed: int = 0, costs: CostModel | None = None) -> BootstrapResult:
+    """Percentile bootstrap intervals of EER, minDCF, actDCF and Cllr.
+
+    Args:
+        scores: Scores by utterance id (higher = more bona fide).
+        trials: Key trials; every one must have a score.
+        n_resamples: Number of resamples (1000 gives stable 95 % limits to about 0.5 points).
+        level: Two-sided confidence level.
+        unit: ``"speaker"`` resamples whole speakers per class, ``"trial"`` single trials.
+        seed: Seed of the resampling, so a report can be reproduced.
+        costs: Detection cost model (default: ASVspoof 5).
+
+    Raises:
+        DataError: Missing scores, degenerate scores, or fewer than two clusters per class.
+        ConfigError: Invalid ``n_resamples``, ``level`` or ``unit``.
+    """
+    return _run([scores], trials, n_resamples, level, unit, seed, costs)[0]
+
+
+def compare_systems(scores_a: Mapping[str, float], scores_b: Mapping[str, float],
+                    trials: Sequence[Trial], *, n_resamples: int = 1000, level: float = 0.95,
+                    unit: Unit = "speaker", seed: int = 0,
+                    costs: CostModel | None = None) -> Comparison:
+    """Paired bootstrap of system B against system A on the same trials.
+
+    Both score sets are resampled with the same draws; the result gives each system's
+    intervals, the interval of ``metric(B) - metric(A)`` and how often B came out lower.
+    Arguments and errors as in :func:`bootstrap_metrics`.
+    """
+    a, b = _run([scores_a, scores_b], trials, n_resamples, level, unit, seed, costs,
+                keep_samples=True)
+    diff = b.samples - a.samples
+    point = b.point - a.point
+    return Comparison(
+        a=a.result, b=b.result,
+        difference={name: _interval(point[k], diff[:, k], level)
+                    for k, name in enumerate(METRICS)},
+        p_b_better={name: float(np.mean(diff[:, k] < 0)) for k, name in enumerate(METRICS)})
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    result: BootstrapResult
+    point: NDArray[np.float64]
+    samples: NDArray[np.float64]
+
+
+def _run(score_maps: Sequence[Mapping[str, float]], trials: Sequence[Trial], n_resamples: int,
+         level: float, unit: Unit, seed: int, costs: CostModel | None,
+         keep_samples: bool = False) -> list[Any]:
+    _check(n_resamples, level, unit)
+    costs = costs or CostModel()
+    trials = list(trials)
+    sets = []
+    for scores in score_maps:
+        bona, spoof, _ = join_with_key(scores, trials)
+        sets.append(check_scores(bona, spoof))
+
+    def statistic(b: NDArray[np.float64], s: NDArray[np.float64]) -> NDArray[np.float64]:
+        return _metric_vector(b, s, costs)
+
+    samples, clusters = _resample(sets, trials, n_resamples, unit, seed, statistic)
+    runs = []
+    for (b, s), smp in zip(sets, samples, strict=True):
+        point = statistic(b, s)
+        result = _result(point, smp, unit, n_resamples, level, clusters)
+        runs.append(_Run(result, point, smp) if keep_samples else result)
+    return runs
