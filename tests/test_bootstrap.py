@@ -13,6 +13,7 @@ from nes2net_stream.data.protocols import Trial, write_protocol
 from nes2net_stream.errors import ConfigError, DataError
 from nes2net_stream.evaluation.bootstrap import (
     BootstrapError,
+    _Clusters,
     bootstrap_metrics,
     compare_systems,
     resolve_unit,
@@ -61,6 +62,18 @@ def test_intervals_hold_the_estimate_and_repeat_with_the_seed():
     assert a.unit == "speaker" and a.clusters == {"bonafide": 10, "spoof": 10}
     assert json.loads(json.dumps(a.to_dict()))["intervals"]["eer"]["low"] == a.intervals[
         "eer"].low
+
+
+@pytest.mark.parametrize("keys", [list("aabacccb"), ["x", "y", "x", "z"], list("abcdef")])
+def test_a_draw_takes_whole_clusters(keys):
+    clusters = _Clusters.of(keys)
+    groups = {k: [i for i, key in enumerate(keys) if key == k] for k in dict.fromkeys(keys)}
+    for seed in range(20):
+        drawn = clusters.draw(np.random.default_rng(seed))
+        picked = np.random.default_rng(seed).integers(len(groups), size=len(groups))
+        names = list(groups)
+        expected = [i for p in picked for i in groups[names[p]]]
+        assert drawn.tolist() == expected
 
 
 def test_separated_classes_have_a_zero_eer_interval():

@@ -28,9 +28,7 @@ from nes2net_stream.errors import ConfigError, DataError
 from nes2net_stream.evaluation.metrics import (
     CostModel,
     _cllr,
-    _det,
-    _eer_index,
-    act_dcf,
+    _det_counts,
     check_scores,
 )
 from nes2net_stream.evaluation.scorefiles import join_with_key
@@ -113,29 +111,66 @@ class Comparison:
 
 def _metric_vector(b: NDArray[np.float64], s: NDArray[np.float64],
                    costs: CostModel) -> NDArray[np.float64]:
-    check_scores(b, s)  # a resample can lose the soft scores' third distinct value
-    _, eer, _ = _eer_index(b, s)
-    frr, far, _ = _det(b, s)
-    return np.array([eer, float(np.min(costs.dcf(frr, far))), act_dcf(b, s, costs)[0],
-                     _cllr(b, s)])
+    rejected, accepted, thresholds = _det_counts(b, s)  # one DET for EER and minDCF
+    if thresholds.size < 4:  # a resample can lose the soft scores' third distinct value
+        raise DataError("fewer than 3 distinct score values")
+    i = int(np.argmin(np.abs(rejected * s.size - accepted * b.size)))
+    eer = (rejected[i] / b.size + accepted[i] / s.size) / 2.0
+    min_dcf = float(np.min(costs.dcf(rejected / b.size, accepted / s.size)))
+    thr = costs.bayes_threshold  # actDCF as metrics.act_dcf, without its input checks
+    act = costs.dcf(np.count_nonzero(b < thr) / b.size, np.count_nonzero(s >= thr) / s.size)
+    return np.array([eer, min_dcf, float(act), _cllr(b, s)])
 
 
-def _clusters(trials: Sequence[Trial], unit: Unit
-              ) -> tuple[list[NDArray[np.intp]], list[NDArray[np.intp]]]:
-    """Index arrays (into the bona fide / spoof score vectors of ``join_with_key``)."""
-    groups: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
-    counts = [0, 0]
+@dataclass(frozen=True, slots=True)
+class _Clusters:
+    """The trials of one class grouped by cluster.
+
+    ``order[starts[k]:starts[k] + sizes[k]]`` are the indices (into the class's score vector)
+    of the trials of cluster ``k``.
+    """
+
+    order: NDArray[np.intp]
+    starts: NDArray[np.intp]
+    sizes: NDArray[np.intp]
+
+    @classmethod
+    def of(cls, keys: list[str]) -> _Clusters:
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        sizes = np.array([len(g) for g in groups.values()], dtype=np.intp)
+        order = np.fromiter((i for g in groups.values() for i in g), dtype=np.intp,
+                            count=len(keys))
+        return cls(order, np.cumsum(sizes) - sizes, sizes)
+
+    def __len__(self) -> int:
+        return int(self.sizes.size)
+
+    def draw(self, rng: np.random.Generator) -> NDArray[np.intp]:
+        """Indices of as many clusters as there are, drawn with replacement."""
+        picked = rng.integers(len(self), size=len(self))
+        if self.sizes.size == self.order.size:  # one trial per cluster
+            return self.order[picked]
+        sizes = self.sizes[picked]
+        ends = np.cumsum(sizes)
+        # position j of the output is element (j - first output slot of its cluster) of it
+        offsets = np.repeat(self.starts[picked] - (ends - sizes), sizes)
+        return self.order[offsets + np.arange(int(ends[-1]))]
+
+
+def _clusters(trials: Sequence[Trial], unit: Unit) -> tuple[_Clusters, _Clusters]:
+    """Clusters of the bona fide and the spoof trials, in ``join_with_key``'s order."""
+    keys: tuple[list[str], list[str]] = ([], [])
     for t in trials:
-        k = int(t.is_spoof)
-        key = t.speaker if unit == "speaker" else str(counts[k])
-        groups[k].setdefault(key, []).append(counts[k])
-        counts[k] += 1
-    bona, spoof = ([np.asarray(v, dtype=np.intp) for v in g.values()] for g in groups)
+        k = keys[int(t.is_spoof)]
+        k.append(t.speaker if unit == "speaker" else str(len(k)))
+    bona, spoof = _Clusters.of(keys[0]), _Clusters.of(keys[1])
     for name, cl in (("bona fide", bona), ("spoof", spoof)):
         if len(cl) < _MIN_CLUSTERS:
-            raise BootstrapError(f"bootstrap by {unit} needs at least {_MIN_CLUSTERS} {unit}s of "
-                            f"{name} trials, the key has {len(cl)}"
-                            + ("; resample trials instead" if unit == "speaker" else ""))
+            raise BootstrapError(f"bootstrap by {unit} needs at least {_MIN_CLUSTERS} {unit}s "
+                                 f"of {name} trials, the key has {len(cl)}"
+                                 + ("; resample trials instead" if unit == "speaker" else ""))
     return bona, spoof
 
 
@@ -183,9 +218,7 @@ def _resample(score_sets: Sequence[tuple[NDArray[np.float64], NDArray[np.float64
         if attempts > n_resamples + n_resamples // 10 + 10:  # over ~10 % degenerate
             raise BootstrapError("bootstrap: too many degenerate resamples (fewer than 3 "
                                  "distinct scores); the scores are close to hard decisions")
-        ib = np.concatenate([bona_cl[i] for i in rng.integers(len(bona_cl), size=len(bona_cl))])
-        is_ = np.concatenate([spoof_cl[i]
-                              for i in rng.integers(len(spoof_cl), size=len(spoof_cl))])
+        ib, is_ = bona_cl.draw(rng), spoof_cl.draw(rng)
         try:
             rows = [statistic(b[ib], s[is_]) for b, s in score_sets]
         except DataError:  # e.g. one speaker drawn every time: too few distinct values

@@ -146,14 +146,24 @@ def check_scores(bona: ArrayLike, spoof: ArrayLike, *, soft: bool = True
 
 def _det_counts(b: NDArray[np.float64], s: NDArray[np.float64]
                 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
-    """Rejected bona fide and accepted spoof counts per threshold."""
-    values = np.unique(np.concatenate((b, s)))
+    """Rejected bona fide and accepted spoof counts per threshold.
+
+    One sort of all scores: the counts at each distinct value are the running counts of bona
+    fide and spoof scores up to its last occurrence.
+    """
+    scores = np.concatenate((b, s))
+    order = np.argsort(scores)  # ties need no order: counts are read at a value's last one
+    ranked = scores[order]
+    bona_up_to = np.cumsum(order < b.size, dtype=np.int64)
+    last = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
+    values = ranked[last]
     lowest = values[0] - 1e-3
     if not lowest < values[0]:  # huge scores: 1e-3 is below the float spacing
         lowest = np.nextafter(values[0], -np.inf)
     thresholds = np.concatenate(([lowest], values))
-    rejected = np.searchsorted(np.sort(b), thresholds, side="right").astype(np.int64)
-    accepted = s.size - np.searchsorted(np.sort(s), thresholds, side="right").astype(np.int64)
+    rejected = np.concatenate(([0], bona_up_to[last]))
+    spoof_up_to = (last + 1) - bona_up_to[last]
+    accepted = s.size - np.concatenate(([0], spoof_up_to))
     return rejected, accepted, thresholds
 
 
