@@ -24,7 +24,6 @@ SYSTEMS = {
     "A05": "WORLD vocoder copy-synthesis of real speech",
     "A06": "WORLD voice conversion (modified F0 and envelope)",
     "A07": "flite clustergen voices awb/rms/slt (eval only)",
-    "A08": "mel spectrogram + Griffin-Lim copy-synthesis of real speech (train and dev)",
 }
 
 

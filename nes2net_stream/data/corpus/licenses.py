@@ -38,7 +38,6 @@ SYNTHESISERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("flite",)),
     ("A04 Piper with the joe voice", "piper-tts GPL-3.0-or-later; joe dataset CC0", ()),
     ("A05/A06 WORLD vocoder (pyworld)", "pyworld MIT; WORLD modified BSD", ()),
-    ("A08 mel spectrogram and Griffin-Lim (numpy, scipy)", "BSD-3-Clause", ()),
     ("Channel codecs (sox, ffmpeg)", "GPL-2+ / LGPL-2.1+ programs", ("sox", "ffmpeg")),
 )
 

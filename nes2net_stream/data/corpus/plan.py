@@ -18,13 +18,7 @@ from nes2net_stream.data.corpus import dsp
 from nes2net_stream.data.corpus.channel import ChannelParams, draw_channels
 from nes2net_stream.data.corpus.render import Analysis, Clip, UtteranceJob
 from nes2net_stream.data.corpus.sources import SPEAKERS, Recording
-from nes2net_stream.data.corpus.systems import (
-    COPY_SYSTEMS,
-    SPOOF_RATIO,
-    SYSTEMS,
-    draw_voice,
-    systems_in,
-)
+from nes2net_stream.data.corpus.systems import SPOOF_RATIO, SYSTEMS, draw_voice, systems_in
 from nes2net_stream.data.corpus.texts import TextPool
 from nes2net_stream.data.protocols import BONAFIDE, SPOOF, Trial
 from nes2net_stream.errors import DataError
@@ -37,7 +31,7 @@ SMALL_SPEAKER_S = 200.0
 COPIES = {"train": 3, "dev": 4, "eval": 4}
 #: Candidate texts handed to each TTS utterance (it uses as many as its length needs).
 TEXTS_PER_UTTERANCE = 20
-#: Candidate clips handed to each copy-synthesis utterance.
+#: Candidate clips handed to each WORLD utterance.
 CLIPS_PER_UTTERANCE = 12
 #: Spoof utterances per system and split, and bona fide ones per speaker, in a quick build.
 QUICK_SPOOFS = 3
@@ -114,8 +108,8 @@ def plan_split(split: str, clips: dict[str, list[tuple[Clip, float]]], pools: di
         if chosen[0][0].source_codec:
             coded_s[lang] += est
     fr_share = lang_s["fr"] / bona_s if bona_s else 0.0
-    copy_weight = sum(SYSTEMS[s].weights.get(split, 0.0) for s in COPY_SYSTEMS)
-    espeak_fr = min(1.0, fr_share * (1 - copy_weight) / SYSTEMS["A01"].weights[split])
+    world_weight = sum(SYSTEMS[s].weights.get(split, 0.0) for s in ("A05", "A06"))
+    espeak_fr = min(1.0, fr_share * (1 - world_weight) / SYSTEMS["A01"].weights[split])
     lengths = np.array([b[3] for b in bona])
     speakers = sorted({b[0] for b in bona})
     spk_weight = np.array([sum(b[3] for b in bona if b[0] == s) for s in speakers])
@@ -129,7 +123,7 @@ def plan_split(split: str, clips: dict[str, list[tuple[Clip, float]]], pools: di
             # spoof lengths follow the bona fide lengths of the same split
             target = float(np.clip(rng.choice(lengths) + rng.uniform(-0.25, 0.25),
                                    dsp.UTT_FLOOR_S, dsp.UTT_MAX_S))
-            if system in COPY_SYSTEMS:
+            if system in ("A05", "A06"):
                 spk = speakers[int(rng.choice(len(speakers), p=spk_weight / spk_weight.sum()))]
                 lang = SPEAKERS[spk].lang
                 voice, params = draw_voice(system, split, lang, rng, (spk,))

@@ -19,10 +19,8 @@ import numpy as np
 from nes2net_stream.audio.io import resample, write_audio
 from nes2net_stream.data.corpus import dsp
 from nes2net_stream.data.corpus.channel import ChannelParams, apply_channel
-from nes2net_stream.data.corpus.griffin_lim import mel_copy_synthesis
 from nes2net_stream.data.corpus.sources import Recording, read_recording
 from nes2net_stream.data.corpus.synthesis import TTS_ENGINES, world
-from nes2net_stream.data.corpus.systems import COPY_SYSTEMS
 from nes2net_stream.errors import AudioError
 
 #: A piece of a recording: (recording, first sample, end sample).
@@ -86,16 +84,12 @@ def _stream(job: UtteranceJob, workdir: Path) -> Iterator[tuple[np.ndarray, int]
         for rec, a, b in job.clips:
             x, rate = _read(rec)
             yield x[a:b], rate
-    elif job.system in COPY_SYSTEMS:
-        params = {**job.params, "seed": job.seed}  # initial phases of A08
+    elif job.system in ("A05", "A06"):
         for rec, a, b in job.clips:
             x, rate = _read(rec)
             pad = int(0.05 * rate)  # analysis context around the clip
             lo, hi = max(0, a - pad), min(len(x), b + pad)
-            if job.system == "A08":
-                y, out_rate = mel_copy_synthesis(x[lo:hi], rate, params)
-            else:
-                y, out_rate = world(x[lo:hi], rate, job.params)
+            y, out_rate = world(x[lo:hi], rate, job.params)
             yield dsp.trim(y, out_rate), out_rate
     else:
         engine = TTS_ENGINES[job.system]

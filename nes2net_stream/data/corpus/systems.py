@@ -1,9 +1,8 @@
-"""The spoofing systems A01-A08 of the demo corpus, their voices and their split assignment.
+"""The spoofing systems A01-A07 of the demo corpus, their voices and their split assignment.
 
 Voices of multi-voice synthesisers are split disjointly: the espeak-ng variants of train, dev
-and eval differ, the copy-synthesis systems (WORLD copy-synthesis and conversion, mel
-spectrogram inversion) use the bona fide speakers of their own split, and the flite clustergen
-voices (A07) appear only in eval. The single-voice systems
+and eval differ, WORLD copy-synthesis and conversion use the bona fide speakers of their own
+split, and the flite clustergen voices (A07) appear only in eval. The single-voice systems
 (festival and flite ``kal``, Piper ``joe``) cannot be split by voice.
 """
 
@@ -36,18 +35,12 @@ SYSTEMS: dict[str, SpoofSystem] = {s.id: s for s in (
     SpoofSystem("A04", "Piper joe (VITS)", "neural end-to-end TTS (VITS, ONNX)", ("en",),
                 {"train": 0.20, "dev": 0.20, "eval": 0.15}),
     SpoofSystem("A05", "WORLD copy-synthesis", "vocoder resynthesis of real speech", ("en", "fr"),
-                {"train": 0.125, "dev": 0.125, "eval": 0.15}),
+                {"train": 0.175, "dev": 0.175, "eval": 0.15}),
     SpoofSystem("A06", "WORLD voice conversion", "vocoder with modified F0 and spectral envelope",
-                ("en", "fr"), {"train": 0.125, "dev": 0.125, "eval": 0.15}),
+                ("en", "fr"), {"train": 0.175, "dev": 0.175, "eval": 0.15}),
     SpoofSystem("A07", "flite clustergen", "statistical parametric (clustergen) TTS", ("en",),
                 {"eval": 0.30}),
-    SpoofSystem("A08", "mel + Griffin-Lim copy-synthesis",
-                "real speech through a mel spectrogram and phase reconstruction", ("en", "fr"),
-                {"train": 0.10, "dev": 0.10}),
 )}
-
-#: Systems that resynthesise the split's own bona fide clips instead of synthesising text.
-COPY_SYSTEMS = ("A05", "A06", "A08")
 
 #: The system that only eval contains: a synthesis paradigm never seen in training.
 EVAL_ONLY_SYSTEM = "A07"
@@ -81,11 +74,11 @@ def draw_voice(system: str, split: str, lang: str, rng: np.random.Generator,
     """Pick a voice and random synthesis settings for one spoof utterance.
 
     Args:
-        system: system id A01-A08.
+        system: system id A01-A07.
         split: split name (selects the espeak-ng variants).
         lang: ``"en"`` or ``"fr"``.
         rng: random generator.
-        world_speakers: bona fide speakers of the split in ``lang`` (copy systems only).
+        world_speakers: bona fide speakers of the split in ``lang`` (A05/A06 only).
 
     Returns:
         The speaker id for the protocol and the engine settings.
@@ -113,13 +106,6 @@ def draw_voice(system: str, split: str, lang: str, rng: np.random.Generator,
         lo, hi = CLUSTERGEN_VOICES[voice]
         return f"ARCTIC-{voice.upper()}", {"voice": voice, "stretch": round(u(0.85, 1.2), 3),
                                            "f0_mean": round(u(lo, hi), 1)}
-    if system == "A08":
-        speaker = world_speakers[int(rng.integers(len(world_speakers)))]
-        return speaker, {"n_mels": int(rng.integers(40, 81)),
-                         "n_fft": int(rng.choice([512, 1024])),
-                         "iterations": int(rng.integers(8, 49)),
-                         "momentum": 0.99 if rng.random() < 0.5 else 0.0,
-                         "log_floor_db": round(u(50, 90), 1)}
     if system in ("A05", "A06"):
         speaker = world_speakers[int(rng.integers(len(world_speakers)))]
         params: dict[str, object] = {
