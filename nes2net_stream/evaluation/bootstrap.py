@@ -27,9 +27,10 @@ from nes2net_stream.data.protocols import Trial
 from nes2net_stream.errors import ConfigError, DataError
 from nes2net_stream.evaluation.metrics import (
     CostModel,
+    _act_dcf,
     _cllr,
-    _det_counts,
     check_scores,
+    det_metrics,
 )
 from nes2net_stream.evaluation.scorefiles import join_with_key
 
@@ -111,15 +112,8 @@ class Comparison:
 
 def _metric_vector(b: NDArray[np.float64], s: NDArray[np.float64],
                    costs: CostModel) -> NDArray[np.float64]:
-    rejected, accepted, thresholds = _det_counts(b, s)  # one DET for EER and minDCF
-    if thresholds.size < 4:  # a resample can lose the soft scores' third distinct value
-        raise DataError("fewer than 3 distinct score values")
-    i = int(np.argmin(np.abs(rejected * s.size - accepted * b.size)))
-    eer = (rejected[i] / b.size + accepted[i] / s.size) / 2.0
-    min_dcf = float(np.min(costs.dcf(rejected / b.size, accepted / s.size)))
-    thr = costs.bayes_threshold  # actDCF as metrics.act_dcf, without its input checks
-    act = costs.dcf(np.count_nonzero(b < thr) / b.size, np.count_nonzero(s >= thr) / s.size)
-    return np.array([eer, min_dcf, float(act), _cllr(b, s)])
+    eer, _, min_dcf, _ = det_metrics(b, s, costs)  # raises if a resample lost soft scores
+    return np.array([eer, min_dcf, _act_dcf(b, s, costs), _cllr(b, s)])
 
 
 @dataclass(frozen=True, slots=True)

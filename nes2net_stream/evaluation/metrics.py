@@ -38,6 +38,7 @@ __all__ = [
     "cllr",
     "compute_eer",
     "det_curve",
+    "det_metrics",
     "evaluate",
     "min_cllr",
     "min_dcf",
@@ -173,13 +174,38 @@ def _det(b: NDArray[np.float64], s: NDArray[np.float64]
     return rejected / b.size, accepted / s.size, thresholds
 
 
-def _eer_index(b: NDArray[np.float64], s: NDArray[np.float64]) -> tuple[int, float, float]:
+def _eer_at(rejected: NDArray[np.int64], accepted: NDArray[np.int64], n_bona: int,
+            n_spoof: int) -> tuple[int, float]:
     # |frr - far| compared in exact integer arithmetic, so equal gaps tie exactly and the
     # first (lowest-threshold) one wins, whatever the rounding of the rates
+    i = int(np.argmin(np.abs(rejected * n_spoof - accepted * n_bona)))
+    return i, float((rejected[i] / n_bona + accepted[i] / n_spoof) / 2.0)
+
+
+def _eer_index(b: NDArray[np.float64], s: NDArray[np.float64]) -> tuple[int, float, float]:
     rejected, accepted, thresholds = _det_counts(b, s)
-    i = int(np.argmin(np.abs(rejected * s.size - accepted * b.size)))
-    eer = (rejected[i] / b.size + accepted[i] / s.size) / 2.0
-    return i, float(eer), float(thresholds[i])
+    i, eer = _eer_at(rejected, accepted, b.size, s.size)
+    return i, eer, float(thresholds[i])
+
+
+def det_metrics(b: NDArray[np.float64], s: NDArray[np.float64], costs: CostModel
+                ) -> tuple[float, float, float, float]:
+    """``(eer, eer_threshold, min_dcf, min_dcf_threshold)`` from one DET curve.
+
+    For arrays of finite scores, both classes non-empty; used where many score sets are
+    measured (the bootstrap), so the distinct-value check costs no sort of its own.
+
+    Raises:
+        DataError: With fewer than 3 distinct score values.
+    """
+    rejected, accepted, thresholds = _det_counts(b, s)
+    if thresholds.size < 4:  # the point below all scores, then the distinct values
+        raise DataError("fewer than 3 distinct score values: provide soft scores, "
+                        "not hard decisions")
+    i, eer = _eer_at(rejected, accepted, b.size, s.size)
+    dcf = costs.dcf(rejected / b.size, accepted / s.size)
+    j = int(np.argmin(dcf))
+    return eer, float(thresholds[i]), float(dcf[j]), float(thresholds[j])
 
 
 def det_curve(bona: ArrayLike, spoof: ArrayLike
@@ -239,11 +265,15 @@ def act_dcf(bona_llr: ArrayLike, spoof_llr: ArrayLike, costs: CostModel | None =
         ``(act_dcf, threshold)`` with ``threshold = -ln(beta)``.
     """
     costs = costs or CostModel()
-    b, s = check_scores(bona_llr, spoof_llr, soft=False)
+    return _act_dcf(*check_scores(bona_llr, spoof_llr, soft=False), costs), \
+        costs.bayes_threshold
+
+
+def _act_dcf(b: NDArray[np.float64], s: NDArray[np.float64], costs: CostModel) -> float:
     thr = costs.bayes_threshold
     frr = np.count_nonzero(b < thr) / b.size
     far = np.count_nonzero(s >= thr) / s.size
-    return float(costs.dcf(frr, far)), thr
+    return float(costs.dcf(frr, far))
 
 
 def _cllr(b: NDArray[np.float64], s: NDArray[np.float64]) -> float:
@@ -283,18 +313,14 @@ def evaluate(bona: ArrayLike, spoof: ArrayLike, costs: CostModel | None = None) 
     """
     costs = costs or CostModel()
     b, s = check_scores(bona, spoof)
-    _, eer, eer_thr = _eer_index(b, s)
-    frr, far, thr = _det(b, s)
-    dcf = costs.dcf(frr, far)
-    j = int(np.argmin(dcf))
-    actual, act_thr = act_dcf(b, s, costs)
+    eer, eer_thr, lowest_dcf, dcf_thr = det_metrics(b, s, costs)
     return Metrics(
         eer=eer,
         eer_threshold=eer_thr,
-        min_dcf=float(dcf[j]),
-        min_dcf_threshold=float(thr[j]),
-        act_dcf=actual,
-        act_dcf_threshold=act_thr,
+        min_dcf=lowest_dcf,
+        min_dcf_threshold=dcf_thr,
+        act_dcf=_act_dcf(b, s, costs),
+        act_dcf_threshold=costs.bayes_threshold,
         cllr=_cllr(b, s),
         min_cllr=min_cllr(b, s),
         n_bonafide=int(b.size),
