@@ -125,19 +125,16 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
 def _evaluate(scores: Path, key: Path, out_dir: Path | None, n_boot: int, unit: str,
               level: float, compare: Path | None) -> dict:
     """Metrics and plots; intervals too, unless the scores are too few to resample."""
-    from nes2net_stream.evaluation.bootstrap import BootstrapError
     from nes2net_stream.evaluation.report import evaluate_score_file
 
     if compare is not None and not n_boot:
         raise click.UsageError("--compare needs --bootstrap > 0")
-    try:
-        return evaluate_score_file(scores, key, plots_dir=out_dir, bootstrap=n_boot,
-                                   bootstrap_unit=unit, level=level, compare_path=compare)
-    except BootstrapError as exc:
-        if compare is not None:
-            raise
-        click.echo(f"warning: no confidence intervals: {exc}", err=True)
-    return evaluate_score_file(scores, key, plots_dir=out_dir)
+    report = evaluate_score_file(scores, key, plots_dir=out_dir, bootstrap=n_boot,
+                                 bootstrap_unit=unit, level=level, compare_path=compare,
+                                 require_intervals=False)
+    if "bootstrap_skipped" in report:
+        click.echo(f"warning: no confidence intervals: {report['bootstrap_skipped']}", err=True)
+    return report
 
 
 def _channel(text: str) -> Channel:

@@ -182,12 +182,6 @@ def _eer_at(rejected: NDArray[np.int64], accepted: NDArray[np.int64], n_bona: in
     return i, float((rejected[i] / n_bona + accepted[i] / n_spoof) / 2.0)
 
 
-def _eer_index(b: NDArray[np.float64], s: NDArray[np.float64]) -> tuple[int, float, float]:
-    rejected, accepted, thresholds = _det_counts(b, s)
-    i, eer = _eer_at(rejected, accepted, b.size, s.size)
-    return i, eer, float(thresholds[i])
-
-
 def det_metrics(b: NDArray[np.float64], s: NDArray[np.float64], costs: CostModel
                 ) -> tuple[float, float, float, float]:
     """``(eer, eer_threshold, min_dcf, min_dcf_threshold)`` from one DET curve.
@@ -227,8 +221,9 @@ def det_curve(bona: ArrayLike, spoof: ArrayLike
 
 
 def _eer(b: NDArray[np.float64], s: NDArray[np.float64]) -> tuple[float, float]:
-    _, eer, thr = _eer_index(b, s)
-    return eer, thr
+    rejected, accepted, thresholds = _det_counts(b, s)
+    i, eer = _eer_at(rejected, accepted, b.size, s.size)
+    return eer, float(thresholds[i])
 
 
 def compute_eer(bona: ArrayLike, spoof: ArrayLike) -> tuple[float, float]:

@@ -52,7 +52,8 @@ def evaluate_score_file(score_path: str | Path, key_path: str | Path,
                         plots_dir: str | Path | None = None, *,
                         bootstrap: int = 0, bootstrap_unit: str = "auto",
                         bootstrap_seed: int = 0, level: float = 0.95,
-                        compare_path: str | Path | None = None) -> dict[str, Any]:
+                        compare_path: str | Path | None = None,
+                        require_intervals: bool = True) -> dict[str, Any]:
     """Score a CM score file against a key file.
 
     Args:
@@ -69,6 +70,8 @@ def evaluate_score_file(score_path: str | Path, key_path: str | Path,
         level: Two-sided confidence level of the intervals.
         compare_path: A second score file on the same key: adds a paired bootstrap of it
             (system B) against ``score_path`` (system A); needs ``bootstrap``.
+        require_intervals: If False, trials that cannot be resampled (no ``compare_path``)
+            give a report without intervals and the reason in ``bootstrap_skipped``.
 
     Returns:
         A JSON-ready dictionary with ``metrics`` (see :class:`Metrics`), ``costs``,
@@ -81,6 +84,8 @@ def evaluate_score_file(score_path: str | Path, key_path: str | Path,
         DataError: On unreadable files, missing scores or degenerate scores.
         ConfigError: On invalid bootstrap settings, or ``compare_path`` without them.
     """
+    if compare_path is not None and not bootstrap:
+        raise ConfigError("comparing two score files needs bootstrap resamples (> 0)")
     costs = costs or CostModel()
     scores = read_scores(score_path)
     trials = read_protocol(key_path)
@@ -108,11 +113,16 @@ def evaluate_score_file(score_path: str | Path, key_path: str | Path,
         "extra_scores": n_extra,
         "plots": plots,
     }
-    if compare_path is not None and not bootstrap:
-        raise ConfigError("comparing two score files needs bootstrap resamples (> 0)")
     if bootstrap:
-        report.update(_bootstrap(scores, trials, costs, bootstrap, bootstrap_unit,
-                                 bootstrap_seed, level, compare_path))
+        from nes2net_stream.evaluation.bootstrap import BootstrapError
+
+        try:
+            report.update(_bootstrap(scores, trials, costs, bootstrap, bootstrap_unit,
+                                     bootstrap_seed, level, compare_path))
+        except BootstrapError as exc:
+            if require_intervals or compare_path is not None:
+                raise
+            report["bootstrap_skipped"] = str(exc)
     return report
 
 
