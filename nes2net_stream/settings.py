@@ -119,6 +119,9 @@ class RedisSection(Section):
     alert_buffer_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024)
     score_buffer_bytes: int = Field(128 * 1024 * 1024, ge=64 * 1024)
     socket_timeout_s: float = Field(5.0, gt=0.0, le=120.0)
+    alert_journal_dir: str = Field("", max_length=4096)
+    alert_journal_fsync_s: float = Field(1.0, ge=0.0, le=60.0)
+    alert_journal_segment_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=1024 ** 3)
 
 
 class EngineSection(Section):

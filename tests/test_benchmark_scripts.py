@@ -210,3 +210,11 @@ def test_conv_encoder_bench_smoke():
         assert row["gathered_ms"] > 0 and row["padded_ms"] > 0
         tolerance = 1e-5 if row["dtype"] == "float32" else 0.05  # bf16: one more rounding
         assert row["max_abs_diff"] <= tolerance * max(1.0, row["max_abs"])
+
+
+def test_alert_journal_bench_smoke():
+    out = run_script("alert_journal_bench.py")
+    assert out["benchmark"] == "alert_journal"
+    assert [r["fsync_interval_s"] for r in out["rows"]] == [1.0, 0.0]
+    assert all(r["alerts_per_s"] > 0 for r in out["rows"])
+    assert out["replay"]["alerts"] == 300

@@ -268,6 +268,9 @@ def test_compose_service_redis_and_secrets(name):
         assert secret["file"].startswith("./secrets/")
     for value in env.values():
         assert not re.search(r"[0-9a-f]{24,}", value), "a literal secret in the environment"
+    # the alert journal is written under a read-only root: it must be on a volume
+    journal = settings.redis.alert_journal_dir
+    assert journal and any(v.split(":")[-1] == journal or v == journal for v in svc["volumes"])
 
 
 def test_compose_replicas_have_one_entry_point():
@@ -354,7 +357,8 @@ def test_compose_environment_end_to_end(small_bundle, tmp_path):
     env = {"NES2NET_CONFIG": str(DOCKER / "config.toml"),
            "NES2NET_AUTH__TOKENS_FILE": str(tokens), "NES2NET_AUTH__MODE": "required",
            "NES2NET_HTTP__HOST": "127.0.0.1", "NES2NET_HTTP__PORT": "0",
-           "NES2NET_REPLICA_ID": "compose-1"}
+           "NES2NET_REPLICA_ID": "compose-1",
+           "NES2NET_REDIS__ALERT_JOURNAL_DIR": str(tmp_path / "journal")}
     url = f"redis://127.0.0.1:{rport}/0?password_file={tmp_path / 'redis_password'}"
     svc = ServiceProcess(url, model=str(small_bundle), log_path=tmp_path / "svc.log",
                          extra_env=env)

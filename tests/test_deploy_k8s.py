@@ -93,6 +93,15 @@ def test_deployment_requests_a_gpu_and_probes_health():
     assert settings.model.device == "cuda" and settings.server.host == "0.0.0.0"
 
 
+def test_the_alert_journal_is_on_a_writable_volume():
+    spec = resource("Deployment", "nes2net")["spec"]["template"]["spec"]
+    journal = _settings().redis.alert_journal_dir
+    mount = next(m for m in _container()["volumeMounts"] if m["mountPath"] == journal)
+    assert not mount.get("readOnly")
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" in volume or "persistentVolumeClaim" in volume
+
+
 def test_termination_grace_period_covers_the_drain():
     spec = resource("Deployment", "nes2net")["spec"]["template"]["spec"]
     settings = _settings()

@@ -86,6 +86,13 @@ class ServiceMetrics:
         self.redis_buffered_bytes = Gauge(f"{p}_redis_buffered_bytes",
                                           "Approximate memory held by events waiting for Redis",
                                           registry=r, multiprocess_mode="livesum")
+        self.alerts_replayed = Counter(f"{p}_alerts_replayed_total",
+                                       "Alerts read back from the alert journal at start "
+                                       "(written by an earlier process, not yet in Redis)",
+                                       registry=r)
+        self.alert_journal_errors = Counter(f"{p}_alert_journal_errors_total",
+                                            "Failed writes to the alert journal (the alerts "
+                                            "stay in memory only)", registry=r)
         self.engine_restarts = Counter(f"{p}_engine_restarts_total",
                                        "Scoring worker crashes (each followed by a restart)",
                                        registry=r)

@@ -330,7 +330,7 @@ def worker_main(settings_data: dict[str, Any], conn: Connection, index: int, mod
                           settings.engine.latency_target_ms / 1000.0,
                           window_samples=int(round(settings.windows.window_s * 16000)),
                           slots=settings.server.worker_window_slots)
-    ctx = build_context(settings, engine=engine, spoof_prior=spoof_prior)
+    ctx = build_context(settings, engine=engine, spoof_prior=spoof_prior, worker_index=index)
     engine.metrics = ctx.metrics
     service = Service(settings, ctx, reuse_port=True, worker_index=index)
 

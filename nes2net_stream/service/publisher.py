@@ -19,6 +19,11 @@ The alert and score buffers are bounded separately, in events (``alert_buffer``,
 score drops at most every ``DROP_LOG_INTERVAL_S`` with a count). Delivery is at least once: a
 write that timed out may have succeeded, so consumers de-duplicate on ``event_id``.
 
+With ``alert_journal_dir`` set, alerts are also appended to an on-disk journal
+(:mod:`~nes2net_stream.service.alert_journal`) and acknowledged there once written or dropped;
+what a process leaves unacknowledged (killed, crashed, or stopped during an outage) the next
+process with the same directory replays first. Scores are not journaled.
+
 Logs tell an outage's story: ``redis write failed; buffering and retrying`` (with the cause:
 ``connection``, ``timeout``, ``oom``, ``auth`` or ``error``), ``redis still failing`` every
 ``OUTAGE_LOG_INTERVAL_S`` (and at once when the cause changes) with the backlog, then
@@ -31,9 +36,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 from redis.exceptions import (
     AuthenticationError,
@@ -45,7 +49,10 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from nes2net_stream.errors import ConfigError
 from nes2net_stream.logs import get_logger
+from nes2net_stream.service.alert_journal import AlertJournal, JournalEntry, JournalError
+from nes2net_stream.service.event_buffer import EventBuffer, PendingEvent, call_fields
 from nes2net_stream.service.events import OutputEvent
 from nes2net_stream.service.metrics import ServiceMetrics
 from nes2net_stream.service.redis_client import create_redis_client
@@ -71,6 +78,9 @@ class RedisConfig:
     batch_size: int = 256
     socket_timeout_s: float = 5.0
     max_backoff_s: float = 5.0
+    alert_journal_dir: str = ""  # empty: alerts are held in memory only
+    alert_journal_fsync_s: float = 1.0
+    alert_journal_segment_bytes: int = 8 * 1024 * 1024
 
     @property
     def alerts_stream(self) -> str:
@@ -92,51 +102,6 @@ class RedisConfig:
         return f"{self.key_prefix}:call:{call_id}"
 
 
-@dataclass
-class _Pending:
-    doc: str  # the event's JSON document
-    type: str
-    event_id: str
-    call_id: str
-    is_alert: bool
-    call_fields: dict[str, str]  # the call hash update
-    received: float | None  # monotonic time the window's last sample arrived
-
-    @property
-    def size(self) -> int:
-        """Approximate bytes held (the JSON document dominates)."""
-        return len(self.doc) + 256
-
-
-class _Buffer:
-    """One bounded FIFO of events (alerts or scores)."""
-
-    def __init__(self, kind: str, max_events: int, max_bytes: int):
-        self.kind = kind
-        self.max_events = max_events
-        self.max_bytes = max_bytes
-        self.items: deque[_Pending] = deque()
-        self.bytes = 0
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def full(self, incoming: int) -> bool:
-        """True when one more event of ``incoming`` bytes does not fit."""
-        return bool(self.items) and (len(self.items) >= self.max_events
-                                     or self.bytes + incoming > self.max_bytes)
-
-    def append(self, item: _Pending) -> None:
-        self.items.append(item)
-        self.bytes += item.size
-
-    def popleft(self) -> _Pending:
-        item = self.items.popleft()
-        self.bytes -= item.size
-        return item
-
-
 def _cause(exc: BaseException) -> str:
     """Short class of a Redis failure for logs: connection, timeout, oom, auth or error."""
     text = str(exc)
@@ -154,14 +119,28 @@ def _cause(exc: BaseException) -> str:
 
 
 class RedisPublisher:
-    """Background writer of events to Redis with bounded buffering and retries."""
+    """Background writer of events to Redis with bounded buffering and retries.
 
-    def __init__(self, cfg: RedisConfig, metrics: ServiceMetrics | None = None):
+    ``worker``/``workers``: this process's ingest worker index and the configured count; the
+    alert journal of worker ``i`` is ``<alert_journal_dir>/w<i>``, and worker 0 also replays
+    the journals of indices at or above ``workers`` (left by a larger pool).
+    """
+
+    def __init__(self, cfg: RedisConfig, metrics: ServiceMetrics | None = None, *,
+                 worker: int = 0, workers: int = 1):
         self.cfg = cfg
+        self.worker = worker
+        self.workers = workers
+        self.journal = (AlertJournal(Path(cfg.alert_journal_dir) / f"w{worker}",
+                                     segment_bytes=cfg.alert_journal_segment_bytes,
+                                     fsync_interval_s=cfg.alert_journal_fsync_s)
+                        if cfg.alert_journal_dir else None)
+        self._journal_logged = 0.0
+        self._sync_task: asyncio.Task[None] | None = None
         self.metrics = metrics or ServiceMetrics()
         self.client = create_redis_client(cfg.url, socket_timeout=cfg.socket_timeout_s)
-        self._alerts = _Buffer("alert", cfg.alert_buffer, cfg.alert_buffer_bytes)
-        self._scores = _Buffer("score", cfg.score_buffer, cfg.score_buffer_bytes)
+        self._alerts = EventBuffer("alert", cfg.alert_buffer, cfg.alert_buffer_bytes)
+        self._scores = EventBuffer("score", cfg.score_buffer, cfg.score_buffer_bytes)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -192,9 +171,65 @@ class RedisPublisher:
         return self._alerts.bytes + self._scores.bytes
 
     async def start(self) -> None:
-        """Start the writer task."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="redis-publisher")
+        """Replay the alert journal (if any), then start the writer task.
+
+        Raises :class:`~nes2net_stream.errors.ConfigError` naming ``redis.alert_journal_dir``
+        when the journal directory cannot be used.
+        """
+        if self._task is not None:
+            return
+        if self.journal is not None:
+            try:
+                entries = await asyncio.to_thread(self._read_journal)
+            except JournalError as exc:
+                raise ConfigError(f"redis.alert_journal_dir: {exc}") from exc
+            self._replay(entries)
+            if self.cfg.alert_journal_fsync_s > 0:
+                self._sync_task = asyncio.create_task(self._sync_journal(),
+                                                      name="alert-journal-sync")
+        self._task = asyncio.create_task(self._run(), name="redis-publisher")
+
+    def _read_journal(self) -> list[JournalEntry]:
+        """Open the journal (blocking file work, run in a thread); alerts left to replay."""
+        assert self.journal is not None
+        return self.journal.open() + self._orphans()
+
+    def _replay(self, entries: list[JournalEntry]) -> None:
+        """Queue the journal's unacknowledged alerts ahead of everything new."""
+        assert self.journal is not None
+        replayed = 0
+        for entry in entries:
+            try:
+                ev = json.loads(entry.doc)
+                item = PendingEvent(entry.doc, ev["type"], ev["event_id"], ev["call_id"], True,
+                                    call_fields(ev, entry.doc), None, entry.seq)
+            except (ValueError, KeyError, TypeError) as exc:  # not an event this writes
+                log.error("alert journal entry is not an event; skipped", seq=entry.seq,
+                          error=str(exc)[:200])
+                continue
+            self._enqueue(item)
+            replayed += 1
+        if replayed:
+            self.metrics.alerts_replayed.inc(replayed)
+            log.warning("replaying alerts from the alert journal", alerts=replayed,
+                        directory=str(self.journal.directory))
+
+    def _orphans(self) -> list[JournalEntry]:
+        """Alerts journaled by worker indices this configuration no longer runs (worker 0)."""
+        assert self.journal is not None
+        if self.worker != 0:
+            return []
+        moved: list[JournalEntry] = []
+        for d in sorted(self.journal.directory.parent.glob("w*")):
+            index = d.name[1:]
+            if not (d.is_dir() and index.isdigit() and int(index) >= self.workers):
+                continue
+            try:
+                moved += self.journal.take_over(d)
+            except OSError as exc:
+                log.error("alert journal of another worker index not replayed", directory=str(d),
+                          error=str(exc))
+        return moved
 
     async def ping(self) -> bool:
         """True when Redis answers a PING (used by /readyz)."""
@@ -211,8 +246,16 @@ class RedisPublisher:
         """
         ev = event.to_dict()
         doc = json.dumps(ev, separators=(",", ":"))
-        item = _Pending(doc, ev["type"], ev["event_id"], ev["call_id"], event.is_alert,
-                        _call_fields(ev, doc), received)
+        item = PendingEvent(doc, ev["type"], ev["event_id"], ev["call_id"], event.is_alert,
+                            call_fields(ev, doc), received)
+        if item.is_alert and self.journal is not None:
+            try:
+                item.seq = self.journal.append(doc)
+            except OSError as exc:
+                self._journal_failed(exc, item.event_id)
+        self._enqueue(item)
+
+    def _enqueue(self, item: PendingEvent) -> None:
         buf = self._alerts if item.is_alert else self._scores
         while buf.full(item.size):
             self._drop(buf, buf.popleft())
@@ -220,7 +263,36 @@ class RedisPublisher:
         self._gauges()
         self._wakeup.set()
 
-    def _drop(self, buf: _Buffer, lost: _Pending) -> None:
+    def _ack(self, items: list[PendingEvent]) -> None:
+        """Tell the journal that these alerts (and all before them) left the buffer."""
+        seqs = [i.seq for i in items if i.seq is not None]
+        if self.journal is not None and seqs:
+            try:
+                self.journal.ack(max(seqs))
+            except OSError as exc:
+                self._journal_failed(exc, items[-1].event_id)
+
+    def _journal_failed(self, exc: OSError, event_id: str) -> None:
+        """A journal write failed: the alert stays in memory only (logged every 30 s)."""
+        self.metrics.alert_journal_errors.inc()
+        now = time.monotonic()
+        if now - self._journal_logged >= OUTAGE_LOG_INTERVAL_S:
+            self._journal_logged = now
+            log.error("alert journal write failed; alerts held in memory only",
+                      error=str(exc)[:200], event_id=event_id)
+
+    async def _sync_journal(self) -> None:
+        assert self.journal is not None
+        while True:
+            await asyncio.sleep(self.cfg.alert_journal_fsync_s)
+            if self.journal.dirty:
+                try:
+                    await asyncio.to_thread(self.journal.sync)
+                except OSError as exc:
+                    self._journal_failed(exc, "")
+
+    def _drop(self, buf: EventBuffer, lost: PendingEvent) -> None:
+        self._ack([lost])
         buf.dropped += 1
         self.metrics.events_dropped.labels(type=buf.kind).inc()
         now = time.monotonic()
@@ -250,11 +322,20 @@ class RedisPublisher:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), grace_s)
             except TimeoutError:
+                journaled = sum(i.seq is not None for i in self._alerts.items)
                 log.error("redis flush timed out; events lost", buffered=self.buffered,
-                          alerts=len(self._alerts), scores=len(self._scores), grace_s=grace_s)
+                          alerts=len(self._alerts) - journaled, scores=len(self._scores),
+                          alerts_kept_in_journal=journaled, grace_s=grace_s)
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        if self.journal is not None and not self.journal.close():
+            log.warning("alerts kept in the alert journal for the next start",
+                        alerts=self.journal.pending, directory=str(self.journal.directory))
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
 
@@ -274,10 +355,10 @@ class RedisPublisher:
                 written, error = await self._write(batch)
             except (RedisError, OSError) as exc:
                 written, error = 0, exc
-            for _ in range(written):
-                buf.popleft()
-            if written:
+            done = [buf.popleft() for _ in range(written)]
+            if done:
                 self._gauges()
+                self._ack(done)
             if error is None:
                 self._resumed()
                 backoff = 0.05
@@ -319,7 +400,7 @@ class RedisPublisher:
             self._outage_errors = 0
         self.connected = True
 
-    async def _write(self, batch: list[_Pending]) -> tuple[int, BaseException | None]:
+    async def _write(self, batch: list[PendingEvent]) -> tuple[int, BaseException | None]:
         """Write a batch: (leading events whose ``XADD`` was applied, the first error).
 
         A failure of the whole pipeline (connection lost, timeout) raises. When only some
@@ -357,16 +438,3 @@ class RedisPublisher:
                 self.metrics.window_latency.observe(now - item.received)
         self.published += written
         return written, error
-
-
-def _call_fields(ev: dict[str, Any], doc: str) -> dict[str, str]:
-    fields = {"call_id": ev["call_id"], "updated": ev["ts"], "model_id": ev["model_id"],
-              "gateway": ev["source"]["gateway"], f"last_{ev['type']}": doc}
-    if ev.get("state"):
-        fields["state"] = ev["state"]
-    score = ev.get("running") or {}
-    if "spoof_probability" in score:
-        fields["running_spoof_probability"] = str(score["spoof_probability"])
-    if ev["type"] == "summary":
-        fields["ended"] = "1"
-    return fields

@@ -111,8 +111,12 @@ def build_engine(settings: Settings, metrics: ServiceMetrics) -> ScoringEngine:
 
 
 def build_context(settings: Settings, metrics: ServiceMetrics | None = None, *,
-                  engine: Any = None, spoof_prior: float | None = None) -> ServiceContext:
-    """Build the engine (unless given, e.g. a remote one), publisher and shared settings."""
+                  engine: Any = None, spoof_prior: float | None = None,
+                  worker_index: int = 0) -> ServiceContext:
+    """Build the engine (unless given, e.g. a remote one), publisher and shared settings.
+
+    ``worker_index``: this ingest process's index (multi-process mode), for its alert journal.
+    """
     metrics = metrics or ServiceMetrics()
     auth = TokenAuth.from_settings(settings.auth, exposed_host(settings))
     if engine is None:
@@ -123,7 +127,10 @@ def build_context(settings: Settings, metrics: ServiceMetrics | None = None, *,
         url=r.url, key_prefix=r.key_prefix, alerts_maxlen=r.alerts_maxlen,
         scores_maxlen=r.scores_maxlen, call_ttl_s=r.call_ttl_s, alert_buffer=r.alert_buffer,
         score_buffer=r.score_buffer, alert_buffer_bytes=r.alert_buffer_bytes,
-        score_buffer_bytes=r.score_buffer_bytes, socket_timeout_s=r.socket_timeout_s), metrics)
+        score_buffer_bytes=r.score_buffer_bytes, socket_timeout_s=r.socket_timeout_s,
+        alert_journal_dir=r.alert_journal_dir, alert_journal_fsync_s=r.alert_journal_fsync_s,
+        alert_journal_segment_bytes=r.alert_journal_segment_bytes), metrics,
+        worker=worker_index, workers=settings.server.workers)
     a = settings.alerts
     alerts = AlertConfig(suspicious_threshold=a.suspicious_threshold,
                          spoof_threshold=a.spoof_threshold, hysteresis=a.hysteresis,

@@ -1,0 +1,256 @@
+"""On-disk journal of alerts not yet written to Redis, replayed by the next process.
+
+The publisher's alert buffer lives in memory: a process that is killed, crashes, or stops
+while Redis is unreachable would lose what it holds. With ``[redis] alert_journal_dir`` set,
+every alert (``state`` and ``summary`` events) is appended to a journal before it is queued,
+and an acknowledgement is appended once Redis has taken it (or the bounded buffer dropped it).
+The next process with the same directory replays the alerts that were never acknowledged, in
+their order and with their original ``event_id`` (consumers already de-duplicate on it).
+
+Layout of a journal directory (one per process; ingest worker ``i`` uses ``w<i>``)::
+
+    .lock                       flock(2)-held by the owning process
+    00000000000000000001.jsonl  segments named by the first sequence number they hold
+
+Each line is one JSON record: ``{"s": seq, "e": "<event JSON>"}`` for an alert and
+``{"a": seq}`` for "everything up to ``seq`` is done". Alerts leave the buffer in order, so one
+number acknowledges them all. Lines are written with one ``write(2)`` each, which the kernel
+keeps when the process dies; ``fsync(2)`` (against power loss) runs every
+``alert_journal_fsync_s`` from a thread, or after every write when that is 0. A line cut short
+by a crash is skipped when the journal is read. A segment is deleted once all its alerts are
+acknowledged, and a clean stop with everything delivered leaves no segment behind, so the
+journal holds about what the in-memory buffer holds plus one segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nes2net_stream.logs import get_logger
+
+log = get_logger("nes2net.journal")
+LOCK_NAME = ".lock"
+SUFFIX = ".jsonl"
+LOCK_WAIT_S = 10.0
+
+
+class JournalError(OSError):
+    """The journal directory cannot be used (not writable, or held by another process)."""
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One alert read back from a journal."""
+
+    seq: int
+    doc: str  # the event's JSON document, as published
+
+
+def _segment_name(first_seq: int, k: int = 0) -> str:
+    return f"{first_seq:020d}{f'.{k}' if k else ''}{SUFFIX}"
+
+
+def _lock(directory: Path, wait_s: float) -> int:
+    """Hold ``directory/.lock`` exclusively; waits up to ``wait_s`` for a dying owner."""
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError as exc:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise JournalError(f"alert journal {directory} is held by another process"
+                                   ) from exc
+            time.sleep(0.1)
+
+
+def _read(directory: Path) -> tuple[list[tuple[Path, int]], dict[int, str], int, int]:
+    """Read a journal directory.
+
+    Returns its segments with the last sequence number each holds, the alerts by number, the
+    acknowledged number and the count of unreadable lines.
+    """
+    segments: list[tuple[Path, int]] = []
+    alerts: dict[int, str] = {}
+    acked = bad = 0
+    for path in sorted(directory.glob("*" + SUFFIX)):
+        last = 0
+        with path.open("rb") as f:
+            for raw in f:
+                try:
+                    rec = json.loads(raw)
+                    if "s" in rec:
+                        seq = int(rec["s"])
+                        alerts[seq] = str(rec["e"])
+                        last = max(last, seq)
+                    else:
+                        acked = max(acked, int(rec["a"]))
+                except (ValueError, KeyError, TypeError):
+                    bad += 1  # a line cut short by a crash, or damaged
+        segments.append((path, last))
+    return segments, alerts, acked, bad
+
+
+class AlertJournal:
+    """The alert journal of one process (see the module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike[str], *,
+                 segment_bytes: int = 8 * 1024 * 1024, fsync_interval_s: float = 1.0):
+        self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
+        self.fsync_interval_s = fsync_interval_s
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+        self._fd_lock = threading.Lock()  # the fd is swapped on rotation while sync() runs
+        self._segments: list[tuple[Path, int]] = []  # all but the current one
+        self._current: Path | None = None
+        self._current_bytes = 0
+        self._next_seq = 1
+        self.acked = 0
+        self.dirty = False
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the newest alert."""
+        return self._next_seq - 1
+
+    @property
+    def pending(self) -> int:
+        """Alerts journaled but not yet acknowledged."""
+        return self.last_seq - self.acked
+
+    def open(self) -> list[JournalEntry]:
+        """Take the directory, read it, and return the unacknowledged alerts in order."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _lock(self.directory, LOCK_WAIT_S)
+            segments, alerts, self.acked, bad = _read(self.directory)
+        except JournalError:
+            raise
+        except OSError as exc:
+            raise JournalError(f"alert journal {self.directory}: {exc}") from exc
+        if bad:
+            log.warning("alert journal: unreadable lines skipped", lines=bad,
+                        directory=str(self.directory))
+        self._next_seq = max([self.acked, *alerts]) + 1
+        self._segments = segments
+        self._start_segment()
+        self._drop_done_segments()
+        return [JournalEntry(s, alerts[s]) for s in sorted(alerts) if s > self.acked]
+
+    def take_over(self, other: Path) -> list[JournalEntry]:
+        """Move another journal directory's unacknowledged alerts into this one.
+
+        Used for an ingest worker index no longer configured. Its segments are deleted; the
+        alerts are returned with their numbers here, for the caller to replay after the ones
+        :meth:`open` returned.
+        """
+        fd = _lock(other, 0.0)
+        try:
+            segments, alerts, acked, _bad = _read(other)
+            moved = [JournalEntry(self.append(alerts[s]), alerts[s])
+                     for s in sorted(alerts) if s > acked]
+            self.sync()
+            for path, _last in segments:
+                path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+        return moved
+
+    def append(self, doc: str) -> int:
+        """Journal one alert; returns its sequence number. Raises :class:`OSError`."""
+        seq = self._next_seq
+        self._write(json.dumps({"s": seq, "e": doc}, separators=(",", ":")))
+        self._next_seq += 1
+        return seq
+
+    def ack(self, seq: int) -> None:
+        """Everything up to ``seq`` was written to Redis or dropped. Raises :class:`OSError`."""
+        if seq <= self.acked:
+            return
+        self.acked = seq
+        self._write(f'{{"a":{seq}}}')
+        self._drop_done_segments()
+
+    def sync(self) -> None:
+        """``fsync`` the current segment if it has unsynced lines (safe from another thread)."""
+        with self._fd_lock:
+            if self._fd is None or not self.dirty:
+                return
+            fd = os.dup(self._fd)
+            self.dirty = False
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> bool:
+        """Release the directory.
+
+        With nothing pending its segments are deleted (True); otherwise they stay for the next
+        process (False).
+        """
+        done = self.pending == 0
+        with self._fd_lock:
+            if self._fd is not None:
+                if not done:
+                    with contextlib.suppress(OSError):
+                        os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
+        if done:
+            for path, _last in self._segments:
+                path.unlink(missing_ok=True)
+            if self._current is not None:
+                self._current.unlink(missing_ok=True)
+            self._segments = []
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        return done
+
+    def _write(self, line: str) -> None:
+        if self._current_bytes >= self.segment_bytes:
+            self._rotate()
+        data = (line + "\n").encode()
+        assert self._fd is not None, "journal not open"
+        n = os.write(self._fd, data)
+        if n != len(data):  # a short write (disk full): the line is cut; say so
+            raise OSError(f"short write to {self._current} ({n} of {len(data)} bytes)")
+        self._current_bytes += n
+        self.dirty = True
+        if self.fsync_interval_s <= 0:
+            self.sync()
+
+    def _start_segment(self) -> None:
+        path, k = self.directory / _segment_name(self._next_seq), 0
+        while path.exists():  # a segment of acknowledgements only may carry the same number
+            k += 1
+            path = self.directory / _segment_name(self._next_seq, k)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with self._fd_lock:
+            old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+        self._current = path
+        self._current_bytes = path.stat().st_size
+
+    def _rotate(self) -> None:
+        assert self._current is not None
+        self.sync()
+        self._segments.append((self._current, self.last_seq))
+        self._start_segment()
+        self._drop_done_segments()
+
+    def _drop_done_segments(self) -> None:
+        while self._segments and self._segments[0][1] <= self.acked:
+            self._segments.pop(0)[0].unlink(missing_ok=True)
