@@ -156,3 +156,70 @@ def test_fsync_after_every_write_when_the_interval_is_zero(tmp_path, monkeypatch
     assert len(synced) == 2 and j2.dirty      # left to the periodic sync
     j2.sync()
     assert len(synced) == 3 and not j2.dirty
+
+
+def _state(call: str, channel: str, state: str) -> tuple[str, str]:
+    key = json.dumps([call, channel])
+    return key, json.dumps({"type": "state", "call_id": call, "channel": channel,
+                            "state": state})
+
+
+def test_channels_left_open_by_a_dead_process_are_its_lost_calls(tmp_path):
+    j = AlertJournal(tmp_path)
+    j.open()
+    ka, a1 = _state("A", "caller", "suspicious")
+    kb, b1 = _state("B", "caller", "bona_fide")
+    _, b2 = _state("B", "caller", "spoof")
+    j.append(a1, opens=ka)
+    j.append(b1, opens=kb)
+    j.append(b2, opens=kb)                         # the latest state is what counts
+    j.append(json.dumps({"type": "summary", "call_id": "A"}), closes=ka)
+    j.ack(j.last_seq)
+    assert j.open_calls == 1
+    _abandon(j)                                    # killed with call B in progress
+
+    j2 = AlertJournal(tmp_path)
+    assert j2.open() == []                         # every alert was delivered ...
+    assert j2.lost_calls == {kb: b2}               # ... but B never got its summary
+    assert j2.close() is False                     # so the journal is kept
+    j3 = AlertJournal(tmp_path)
+    j3.open()
+    assert j3.lost_calls == {kb: b2}
+    j3.append(json.dumps({"type": "summary", "call_id": "B"}), closes=kb)
+    j3.ack(j3.last_seq)
+    assert j3.lost_calls == {} and j3.close() is True
+    assert _segments(tmp_path) == []
+
+
+def test_open_channels_survive_the_deletion_of_delivered_segments(tmp_path):
+    j = AlertJournal(tmp_path, segment_bytes=1024)
+    j.open()
+    key, doc = _state("long-call", "caller", "spoof")
+    j.append(doc, opens=key)
+    for i in range(200):                           # many other calls come and go
+        k, d = _state(f"short-{i}", "caller", "bona_fide")
+        j.append(d, opens=k)
+        j.append(json.dumps({"type": "summary", "call_id": f"short-{i}"}), closes=k)
+        j.ack(j.last_seq)
+    assert len(_segments(tmp_path)) <= 2           # the first segment is long gone
+    _abandon(j)
+    j2 = AlertJournal(tmp_path)
+    assert j2.open() == []
+    assert j2.lost_calls == {key: doc}
+
+
+def test_take_over_also_moves_open_channels(tmp_path):
+    other = AlertJournal(tmp_path / "w1")
+    other.open()
+    key, doc = _state("C", "agent", "suspicious")
+    other.append(doc, opens=key)
+    other.ack(1)
+    _abandon(other)
+    mine = AlertJournal(tmp_path / "w0")
+    mine.open()
+    assert mine.take_over(tmp_path / "w1") == []
+    assert mine.lost_calls == {key: doc}
+    _abandon(mine)                                 # killed before it summarised C
+    again = AlertJournal(tmp_path / "w0")
+    again.open()
+    assert again.lost_calls == {key: doc}

@@ -210,3 +210,65 @@ async def test_a_journal_entry_that_is_not_an_event_does_not_stop_the_start(
     await svc.drain()
     assert [f["event_id"] for _, f in redis_client.xrange("nes2net:alerts")] == ["good"]
     assert list(journal.rglob("*.jsonl")) == []
+
+
+async def test_calls_in_progress_when_the_process_is_killed_get_a_lost_summary(
+        small_bundle, redis_server, redis_client, tmp_path):
+    journal = tmp_path / "journal"
+    env = {"NES2NET_HTTP__PORT": "0", "NES2NET_LOGGING__LEVEL": "info"}
+    args = ["--alert-journal", str(journal)]
+    first = ServiceProcess(redis_server.url, model=str(small_bundle), log_path=tmp_path / "log1",
+                           extra_env=env, args=args)
+    calls = []
+    try:
+        await asyncio.to_thread(first.wait_ready, 120)
+        # one call ends normally, three are streaming when the process dies
+        done = await stream_samples(first.url, tone_bursts(5.0, 8000), 8000, call_id="ended",
+                                    realtime=False)
+        calls = [asyncio.ensure_future(stream_samples(
+            first.url, tone_bursts(30.0, 8000, seed=i), 8000, call_id=f"live-{i}",
+            realtime=True, speed=2.0)) for i in range(3)]
+        states: dict[str, dict] = {}
+        for _ in range(300):                          # each live call has a state by now
+            for _, f in redis_client.xrange("nes2net:alerts"):
+                ev = json.loads(f["event"])
+                if ev["type"] == "state":
+                    states[ev["call_id"]] = ev
+            if all(f"live-{i}" in states for i in range(3)):
+                break
+            await asyncio.sleep(0.1)
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(30)
+    finally:
+        first.stop(10)
+        await asyncio.gather(*calls, return_exceptions=True)
+    assert done.summary is not None
+
+    second = ServiceProcess(redis_server.url, model=str(small_bundle),
+                            log_path=tmp_path / "log2", extra_env=env, args=args)
+    try:
+        await asyncio.to_thread(second.wait_ready, 120)
+        for _ in range(100):
+            summaries = {json.loads(f["event"])["call_id"]: json.loads(f["event"])
+                         for _, f in redis_client.xrange("nes2net:alerts")
+                         if f["type"] == "summary"}
+            if len(summaries) == 4:
+                break
+            await asyncio.sleep(0.1)
+        code = await asyncio.to_thread(second.stop, 60)
+    finally:
+        second.stop(10)
+    assert code == 0
+    assert summaries["ended"]["summary"]["end_reason"] == "stop"   # not summarised twice
+    for i in range(3):
+        s, last = summaries[f"live-{i}"], states[f"live-{i}"]
+        assert s["summary"]["end_reason"] == "lost" and s["degraded"] == "process_lost"
+        # the last state this call published (later ones died with the process)
+        published = [json.loads(f["event"]) for _, f in redis_client.xrange("nes2net:alerts")
+                     if f["type"] == "state" and f["call_id"] == f"live-{i}"]
+        assert s["state"] == published[-1]["state"] == s["summary"]["final_state"]
+        assert s["summary"]["windows_scored"] >= last["running"]["windows"]
+        assert redis_client.hget(f"nes2net:call:live-{i}", "ended") == "1"
+    assert list(journal.rglob("*.jsonl")) == []
+    assert '"call lost with an earlier process; its summary is published"' in \
+        (tmp_path / "log2").read_text()

@@ -10,16 +10,25 @@ their order and with their original ``event_id`` (consumers already de-duplicate
 Layout of a journal directory (one per process; ingest worker ``i`` uses ``w<i>``)::
 
     .lock                       flock(2)-held by the owning process
-    00000000000000000001.jsonl  segments named by the first sequence number they hold
+    00000000000000000001.jsonl  segments, in order of their first sequence number
 
 Each line is one JSON record: ``{"s": seq, "e": "<event JSON>"}`` for an alert and
 ``{"a": seq}`` for "everything up to ``seq`` is done". Alerts leave the buffer in order, so one
-number acknowledges them all. Lines are written with one ``write(2)`` each, which the kernel
-keeps when the process dies; ``fsync(2)`` (against power loss) runs every
-``alert_journal_fsync_s`` from a thread, or after every write when that is 0. A line cut short
-by a crash is skipped when the journal is read. A segment is deleted once all its alerts are
-acknowledged, and a clean stop with everything delivered leaves no segment behind, so the
-journal holds about what the in-memory buffer holds plus one segment.
+number acknowledges them all.
+
+The journal also knows which scored channels of which calls are open: an alert record with
+``"o": key`` (a ``state`` event) opens or updates channel ``key`` with that event, one with
+``"x": key`` (its ``summary``) closes it, and every new segment starts with ``{"c": key, "e":
+doc}`` for each channel still open, so deleting delivered segments never forgets one. Channels
+open when a process died are :attr:`AlertJournal.lost_calls` for the next one, which publishes a
+summary for each (the call ended with the process).
+
+Lines are written with one ``write(2)`` each, which the kernel keeps when the process dies;
+``fsync(2)`` (against power loss) runs every ``alert_journal_fsync_s`` from a thread, or after
+every write when that is 0. A line cut short by a crash is skipped when the journal is read. A
+segment is deleted once all its alerts are acknowledged, and a clean stop with everything
+delivered and every call summarised leaves no segment behind, so the journal holds about what
+the in-memory buffer holds, plus one segment and the open channels' latest states.
 """
 
 from __future__ import annotations
@@ -57,6 +66,24 @@ def _segment_name(first_seq: int, k: int = 0) -> str:
     return f"{first_seq:020d}{f'.{k}' if k else ''}{SUFFIX}"
 
 
+def _segment_order(path: Path) -> tuple[int, int]:
+    """Creation order of segments: first sequence number, then the collision counter."""
+    parts = path.name[:-len(SUFFIX)].split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return (1 << 62, 0)  # not a segment name this writes: read it last
+
+
+@dataclass
+class _Contents:
+    segments: list[tuple[Path, int]]  # with the last sequence number each holds
+    alerts: dict[int, str]
+    acked: int
+    open_calls: dict[str, str]  # channel key -> its latest state event
+    bad: int  # unreadable lines
+
+
 def _lock(directory: Path, wait_s: float) -> int:
     """Hold ``directory/.lock`` exclusively; waits up to ``wait_s`` for a dying owner."""
     fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
@@ -73,16 +100,10 @@ def _lock(directory: Path, wait_s: float) -> int:
             time.sleep(0.1)
 
 
-def _read(directory: Path) -> tuple[list[tuple[Path, int]], dict[int, str], int, int]:
-    """Read a journal directory.
-
-    Returns its segments with the last sequence number each holds, the alerts by number, the
-    acknowledged number and the count of unreadable lines.
-    """
-    segments: list[tuple[Path, int]] = []
-    alerts: dict[int, str] = {}
-    acked = bad = 0
-    for path in sorted(directory.glob("*" + SUFFIX)):
+def _read(directory: Path) -> _Contents:
+    """Read a journal directory, records in the order they were written."""
+    out = _Contents([], {}, 0, {}, 0)
+    for path in sorted(directory.glob("*" + SUFFIX), key=_segment_order):
         last = 0
         with path.open("rb") as f:
             for raw in f:
@@ -90,14 +111,22 @@ def _read(directory: Path) -> tuple[list[tuple[Path, int]], dict[int, str], int,
                     rec = json.loads(raw)
                     if "s" in rec:
                         seq = int(rec["s"])
-                        alerts[seq] = str(rec["e"])
+                        out.alerts[seq] = str(rec["e"])
                         last = max(last, seq)
+                        if "o" in rec:
+                            out.open_calls[str(rec["o"])] = str(rec["e"])
+                        elif "x" in rec:
+                            out.open_calls.pop(str(rec["x"]), None)
+                    elif "c" in rec:
+                        out.open_calls[str(rec["c"])] = str(rec["e"])
+                    elif "x" in rec:
+                        out.open_calls.pop(str(rec["x"]), None)
                     else:
-                        acked = max(acked, int(rec["a"]))
+                        out.acked = max(out.acked, int(rec["a"]))
                 except (ValueError, KeyError, TypeError):
-                    bad += 1  # a line cut short by a crash, or damaged
-        segments.append((path, last))
-    return segments, alerts, acked, bad
+                    out.bad += 1  # a line cut short by a crash, or damaged
+        out.segments.append((path, last))
+    return out
 
 
 class AlertJournal:
@@ -117,6 +146,8 @@ class AlertJournal:
         self._next_seq = 1
         self.acked = 0
         self.dirty = False
+        self._open: dict[str, str] = {}  # open channel key -> its latest state event
+        self.lost_calls: dict[str, str] = {}  # open when the previous owner died
 
     @property
     def last_seq(self) -> int:
@@ -128,24 +159,35 @@ class AlertJournal:
         """Alerts journaled but not yet acknowledged."""
         return self.last_seq - self.acked
 
+    @property
+    def open_calls(self) -> int:
+        """Scored channels with a state and no summary yet."""
+        return len(self._open)
+
     def open(self) -> list[JournalEntry]:
-        """Take the directory, read it, and return the unacknowledged alerts in order."""
+        """Take the directory, read it, and return the unacknowledged alerts in order.
+
+        Channels the previous owner left open are in :attr:`lost_calls` afterwards.
+        """
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _lock(self.directory, LOCK_WAIT_S)
-            segments, alerts, self.acked, bad = _read(self.directory)
+            found = _read(self.directory)
         except JournalError:
             raise
         except OSError as exc:
             raise JournalError(f"alert journal {self.directory}: {exc}") from exc
-        if bad:
-            log.warning("alert journal: unreadable lines skipped", lines=bad,
+        if found.bad:
+            log.warning("alert journal: unreadable lines skipped", lines=found.bad,
                         directory=str(self.directory))
-        self._next_seq = max([self.acked, *alerts]) + 1
-        self._segments = segments
-        self._start_segment()
+        self.acked = found.acked
+        self._next_seq = max([self.acked, *found.alerts]) + 1
+        self._segments = found.segments
+        self._open = dict(found.open_calls)
+        self.lost_calls = dict(found.open_calls)
+        self._start_segment()  # carries the open channels forward
         self._drop_done_segments()
-        return [JournalEntry(s, alerts[s]) for s in sorted(alerts) if s > self.acked]
+        return [JournalEntry(s, found.alerts[s]) for s in sorted(found.alerts) if s > self.acked]
 
     def take_over(self, other: Path) -> list[JournalEntry]:
         """Move another journal directory's unacknowledged alerts into this one.
@@ -156,22 +198,45 @@ class AlertJournal:
         """
         fd = _lock(other, 0.0)
         try:
-            segments, alerts, acked, _bad = _read(other)
-            moved = [JournalEntry(self.append(alerts[s]), alerts[s])
-                     for s in sorted(alerts) if s > acked]
+            found = _read(other)
+            moved = [JournalEntry(self.append(found.alerts[s]), found.alerts[s])
+                     for s in sorted(found.alerts) if s > found.acked]
+            for key, doc in found.open_calls.items():
+                self._carry(key, doc)
+                self.lost_calls[key] = doc
             self.sync()
-            for path, _last in segments:
+            for path, _last in found.segments:
                 path.unlink(missing_ok=True)
         finally:
             os.close(fd)
         return moved
 
-    def append(self, doc: str) -> int:
-        """Journal one alert; returns its sequence number. Raises :class:`OSError`."""
+    def append(self, doc: str, *, opens: str | None = None, closes: str | None = None) -> int:
+        """Journal one alert; returns its sequence number. Raises :class:`OSError`.
+
+        ``opens``: the alert is the latest state of the scored channel with this key (a
+        ``state`` event); ``closes``: it ends that channel (its ``summary``).
+        """
         seq = self._next_seq
-        self._write(json.dumps({"s": seq, "e": doc}, separators=(",", ":")))
+        rec: dict[str, object] = {"s": seq, "e": doc}
+        if opens is not None:
+            rec["o"] = opens
+        elif closes is not None:
+            rec["x"] = closes
+        self._write(json.dumps(rec, separators=(",", ":")))
         self._next_seq += 1
+        if opens is not None:
+            self._open[opens] = doc
+        elif closes is not None:
+            self._open.pop(closes, None)
+            self.lost_calls.pop(closes, None)
         return seq
+
+    def discard(self, key: str) -> None:
+        """Close an open channel without an alert (its record cannot be used)."""
+        self._write(json.dumps({"x": key}, separators=(",", ":")))
+        self._open.pop(key, None)
+        self.lost_calls.pop(key, None)
 
     def ack(self, seq: int) -> None:
         """Everything up to ``seq`` was written to Redis or dropped. Raises :class:`OSError`."""
@@ -196,10 +261,10 @@ class AlertJournal:
     def close(self) -> bool:
         """Release the directory.
 
-        With nothing pending its segments are deleted (True); otherwise they stay for the next
-        process (False).
+        With every alert delivered and every channel closed its segments are deleted (True);
+        otherwise they stay for the next process (False).
         """
-        done = self.pending == 0
+        done = self.pending == 0 and not self._open  # else: alerts or summaries still due
         with self._fd_lock:
             if self._fd is not None:
                 if not done:
@@ -221,15 +286,23 @@ class AlertJournal:
     def _write(self, line: str) -> None:
         if self._current_bytes >= self.segment_bytes:
             self._rotate()
+        self._current_bytes += self._put(line)
+        if self.fsync_interval_s <= 0:
+            self.sync()
+
+    def _put(self, line: str) -> int:
         data = (line + "\n").encode()
         assert self._fd is not None, "journal not open"
         n = os.write(self._fd, data)
         if n != len(data):  # a short write (disk full): the line is cut; say so
             raise OSError(f"short write to {self._current} ({n} of {len(data)} bytes)")
-        self._current_bytes += n
         self.dirty = True
-        if self.fsync_interval_s <= 0:
-            self.sync()
+        return n
+
+    def _carry(self, key: str, doc: str) -> None:
+        """Restate an open channel at the head of the current segment."""
+        self._open[key] = doc
+        self._put(json.dumps({"c": key, "e": doc}, separators=(",", ":")))
 
     def _start_segment(self) -> None:
         path, k = self.directory / _segment_name(self._next_seq), 0
@@ -242,7 +315,9 @@ class AlertJournal:
         if old is not None:
             os.close(old)
         self._current = path
-        self._current_bytes = path.stat().st_size
+        self._current_bytes = 0  # carried records do not count: no rotation loop
+        for key, doc in list(self._open.items()):
+            self._carry(key, doc)
 
     def _rotate(self) -> None:
         assert self._current is not None

@@ -25,7 +25,7 @@ from typing import Any, Literal
 Encoding = Literal["pcm_s16le", "pcm_s16be", "mulaw", "alaw", "float32le"]
 ENCODINGS: tuple[str, ...] = ("pcm_s16le", "pcm_s16be", "mulaw", "alaw", "float32le")
 BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_s16be": 2, "mulaw": 1, "alaw": 1, "float32le": 4}
-EndReason = Literal["stop", "disconnect", "error", "timeout", "shutdown", "limit"]
+EndReason = Literal["stop", "disconnect", "error", "timeout", "shutdown", "limit", "lost"]
 EventType = Literal["window", "state", "summary"]
 State = Literal["bona_fide", "suspicious", "spoof"]
 SCHEMA = "nes2net.event/v1"
@@ -142,3 +142,31 @@ class OutputEvent:
             "state": self.state,
             **self.body,
         }
+
+
+def lost_call_summary(last_state: dict[str, Any]) -> dict[str, Any]:
+    """The ``summary`` of a channel whose process died, from its latest ``state`` event.
+
+    Published by the next process (alert journal): ``end_reason`` and ``degraded`` say what
+    happened; what the summary counts is known only up to that state change, so the window
+    count comes from its running score and ``duration_s`` is the stream time of its window's
+    last sample (a lower bound); what is unknown is null.
+    """
+    running = last_state.get("running") or {}
+    window = last_state.get("window") or {}
+    keep = ("call_id", "channel", "source", "metadata", "model_id")
+    return {
+        "schema": SCHEMA, "event_id": new_event_id(), "type": "summary",
+        **{k: last_state.get(k) for k in keep},
+        "ts": utc_now(), "ts_unix": round(time.time(), 3), "replica": REPLICA_ID,
+        "state": last_state.get("state"),
+        "summary": {"end_reason": "lost", "detail": "process_lost",
+                    "duration_s": window.get("end_s"), "speech_s": None,
+                    "windows_scored": running.get("windows"), "windows_dropped": None,
+                    "windows_skipped_for_load": None, "max_spoof_probability": None,
+                    "mean_spoof_probability": None, "final_state": last_state.get("state"),
+                    "wall_s": None},
+        "running": running,
+        "degraded": "process_lost",
+    }
+

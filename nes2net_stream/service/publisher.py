@@ -38,6 +38,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from redis.exceptions import (
     AuthenticationError,
@@ -53,7 +54,7 @@ from nes2net_stream.errors import ConfigError
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service.alert_journal import AlertJournal, JournalEntry, JournalError
 from nes2net_stream.service.event_buffer import EventBuffer, PendingEvent, call_fields
-from nes2net_stream.service.events import OutputEvent
+from nes2net_stream.service.events import OutputEvent, lost_call_summary
 from nes2net_stream.service.metrics import ServiceMetrics
 from nes2net_stream.service.redis_client import create_redis_client
 
@@ -213,6 +214,20 @@ class RedisPublisher:
             self.metrics.alerts_replayed.inc(replayed)
             log.warning("replaying alerts from the alert journal", alerts=replayed,
                         directory=str(self.journal.directory))
+        for key, doc in list(self.journal.lost_calls.items()):
+            try:
+                last = json.loads(doc)
+                summary = lost_call_summary(last)
+                self._queue(summary, json.dumps(summary, separators=(",", ":")), True, None)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.error("alert journal: open call is not an event; dropped", key=key,
+                          error=str(exc)[:200])
+                with contextlib.suppress(OSError):
+                    self.journal.discard(key)
+                continue
+            self.metrics.calls_ended.labels(reason="lost").inc()
+            log.warning("call lost with an earlier process; its summary is published",
+                        call_id=last["call_id"], channel=last["channel"], state=last["state"])
 
     def _orphans(self) -> list[JournalEntry]:
         """Alerts journaled by worker indices this configuration no longer runs (worker 0)."""
@@ -245,12 +260,18 @@ class RedisPublisher:
         The oldest event of the same kind is dropped (counted, logged) when its buffer is full.
         """
         ev = event.to_dict()
-        doc = json.dumps(ev, separators=(",", ":"))
-        item = PendingEvent(doc, ev["type"], ev["event_id"], ev["call_id"], event.is_alert,
+        self._queue(ev, json.dumps(ev, separators=(",", ":")), event.is_alert, received)
+
+    def _queue(self, ev: dict[str, Any], doc: str, is_alert: bool,
+               received: float | None) -> None:
+        item = PendingEvent(doc, ev["type"], ev["event_id"], ev["call_id"], is_alert,
                             call_fields(ev, doc), received)
-        if item.is_alert and self.journal is not None:
+        if is_alert and self.journal is not None:
+            key = json.dumps([ev["call_id"], ev["channel"]])
             try:
-                item.seq = self.journal.append(doc)
+                item.seq = self.journal.append(
+                    doc, opens=key if ev["type"] == "state" else None,
+                    closes=key if ev["type"] == "summary" else None)
             except OSError as exc:
                 self._journal_failed(exc, item.event_id)
         self._enqueue(item)
