@@ -8,6 +8,7 @@ import click
 
 from nes2net_stream import __version__
 from nes2net_stream.cli.bench_cmd import bench
+from nes2net_stream.cli.compare_cmd import compare_cmd
 from nes2net_stream.cli.convert_cmd import convert_checkpoint_cmd
 from nes2net_stream.cli.data_cmd import data
 from nes2net_stream.cli.eval_cmd import eval_cmd
@@ -28,6 +29,7 @@ def cli() -> None:
 cli.add_command(score)
 cli.add_command(train)
 cli.add_command(eval_cmd)
+cli.add_command(compare_cmd)
 cli.add_command(data)
 cli.add_command(model)
 cli.add_command(serve)

@@ -8,7 +8,10 @@ bona fide and spoofed trials are resampled separately, each class by its ``Trial
 are percentile intervals of the resampled metrics.
 
 A paired comparison scores two systems on the same resamples, so what the two score sets
-share (hard speakers, easy systems) cancels out of the difference.
+share (hard speakers, easy systems) cancels out of the difference. Comparing two training
+recipes needs more: one training run is one draw of the recipe (seeds alone move a small
+corpus's EER by points), so :func:`compare_recipes` takes several runs (score files) per recipe
+and resamples the runs of each recipe as well as the speakers, a two-stage bootstrap [1].
 
 [1] A. C. Davison and D. V. Hinkley, *Bootstrap Methods and their Application*, Cambridge
 University Press, 1997, section 3.8 (multi-stage / clustered data).
@@ -40,6 +43,7 @@ __all__ = [
     "Comparison",
     "Interval",
     "bootstrap_metrics",
+    "compare_recipes",
     "compare_systems",
     "resolve_unit",
 ]
@@ -96,18 +100,24 @@ class Comparison:
         b: Intervals of system B.
         difference: Interval of ``metric(B) - metric(A)`` per metric (negative: B better).
         p_b_better: Fraction of resamples in which B's metric is lower than A's.
+        runs: :func:`compare_recipes` only: each run's metrics, per side (``"a"``, ``"b"``);
+            the sides' intervals are then those of the mean over their runs.
     """
 
     a: BootstrapResult
     b: BootstrapResult
     difference: dict[str, Interval]
     p_b_better: dict[str, float]
+    runs: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"a": self.a.to_dict(), "b": self.b.to_dict(),
-                "difference": {k: v.to_dict() for k, v in self.difference.items()},
-                "p_b_better": dict(self.p_b_better)}
+        out = {"a": self.a.to_dict(), "b": self.b.to_dict(),
+               "difference": {k: v.to_dict() for k, v in self.difference.items()},
+               "p_b_better": dict(self.p_b_better)}
+        if self.runs:
+            out["runs"] = {side: [dict(r) for r in rows] for side, rows in self.runs.items()}
+        return out
 
 
 def _metric_vector(b: NDArray[np.float64], s: NDArray[np.float64],
@@ -275,6 +285,51 @@ def compare_systems(scores_a: Mapping[str, float], scores_b: Mapping[str, float]
         difference={name: _interval(point[k], diff[:, k], level)
                     for k, name in enumerate(METRICS)},
         p_b_better={name: float(np.mean(diff[:, k] < 0)) for k, name in enumerate(METRICS)})
+
+
+def compare_recipes(runs_a: Sequence[Mapping[str, float]], runs_b: Sequence[Mapping[str, float]],
+                    trials: Sequence[Trial], *, n_resamples: int = 1000, level: float = 0.95,
+                    unit: Unit = "speaker", seed: int = 0,
+                    costs: CostModel | None = None) -> Comparison:
+    """Two-stage paired bootstrap of recipe B against recipe A, several runs of each.
+
+    Each recipe's metric is the mean over its runs (e.g. training seeds), scored on the same
+    trials. Every resample draws the speakers (or trials) once for all runs, as
+    :func:`compare_systems` does, and then, independently per recipe, as many of its runs as it
+    has, with replacement; so the intervals hold the spread between runs as well as the
+    sampling of speakers. With one run per side this is :func:`compare_systems`. With few runs
+    (three) the run-level part is rough (a bootstrap of n values has (n - 1) / n of their
+    variance): more runs give truer intervals. Other arguments and errors as in
+    :func:`bootstrap_metrics`.
+
+    Raises:
+        ConfigError: If a side has no runs.
+    """
+    if not runs_a or not runs_b:
+        raise ConfigError("compare_recipes needs at least one run (score set) per recipe")
+    runs = _run([*runs_a, *runs_b], trials, n_resamples, level, unit, seed, costs,
+                keep_samples=True)
+    n_a = len(runs_a)
+    sides = (runs[:n_a], runs[n_a:])
+    rng = np.random.default_rng([seed, 1])  # independent of the trial draws
+    means = []
+    for side in sides:
+        stacked = np.stack([r.samples for r in side])  # (runs, resamples, metrics)
+        picks = rng.integers(len(side), size=(n_resamples, len(side)))
+        means.append(stacked[picks, np.arange(n_resamples)[:, None]].mean(axis=1))
+    points = [np.mean([r.point for r in side], axis=0) for side in sides]
+    clusters = runs[0].result.clusters
+    a, b = (_result(p, m, unit, n_resamples, level, clusters)
+            for p, m in zip(points, means, strict=True))
+    diff = means[1] - means[0]
+    point = points[1] - points[0]
+    return Comparison(
+        a=a, b=b,
+        difference={name: _interval(point[k], diff[:, k], level)
+                    for k, name in enumerate(METRICS)},
+        p_b_better={name: float(np.mean(diff[:, k] < 0)) for k, name in enumerate(METRICS)},
+        runs={name: [dict(zip(METRICS, map(float, r.point), strict=True)) for r in side]
+              for name, side in zip(("a", "b"), sides, strict=True)})
 
 
 @dataclass(frozen=True, slots=True)

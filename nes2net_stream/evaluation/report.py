@@ -14,7 +14,8 @@ from nes2net_stream.errors import ConfigError, DataError
 from nes2net_stream.evaluation.metrics import CostModel, check_scores, compute_eer, evaluate
 from nes2net_stream.evaluation.scorefiles import detect_layout, join_with_key, read_scores
 
-__all__ = ["evaluate_score_file", "format_report", "per_system_eer"]
+__all__ = ["compare_score_files", "evaluate_score_file", "format_comparison", "format_report",
+           "per_system_eer"]
 
 
 def per_system_eer(scores: Mapping[str, float], trials: Iterable[Trial]) -> dict[str, float]:
@@ -205,13 +206,7 @@ def _format_bootstrap(report: Mapping[str, Any]) -> list[str]:
     if comp:
         lines.append(f"vs B        {comp['score_file']}: "
                      + _ranges(comp["b"]["intervals"]))
-        diff = comp["difference"]
-        lines.append("B - A       " + ", ".join(
-            f"{label} {_num(scale * diff[k]['estimate'], unit, '+')}{unit} "
-            f"[{_num(scale * diff[k]['low'], unit, '+')}, "
-            f"{_num(scale * diff[k]['high'], unit, '+')}] "
-            f"(B lower in {100 * comp['p_b_better'][k]:.0f} % of resamples)"
-            for k, label, scale, unit in _LABELS))
+        lines.append(_difference_line(comp))
     return lines
 
 
@@ -219,3 +214,61 @@ def _ranges(intervals: Mapping[str, Mapping[str, float]]) -> str:
     return ", ".join(f"{label} {_num(scale * intervals[k]['low'], unit)}-"
                      f"{_num(scale * intervals[k]['high'], unit)}{unit}"
                      for k, label, scale, unit in _LABELS)
+
+
+def compare_score_files(paths_a: list[str | Path], paths_b: list[str | Path],
+                        key_path: str | Path, *, bootstrap: int = 1000,
+                        bootstrap_unit: str = "auto", bootstrap_seed: int = 0,
+                        level: float = 0.95, costs: CostModel | None = None) -> dict[str, Any]:
+    """Recipe B against recipe A, each given as score files of several runs (e.g. seeds).
+
+    See :func:`~nes2net_stream.evaluation.bootstrap.compare_recipes`. Returns a JSON-ready
+    dictionary: the files, the key, the costs and the comparison.
+
+    Raises:
+        DataError: Unreadable files, missing scores, or trials that cannot be resampled.
+        ConfigError: Invalid bootstrap settings or an empty side.
+    """
+    from nes2net_stream.evaluation.bootstrap import compare_recipes, resolve_unit
+
+    costs = costs or CostModel()
+    trials = read_protocol(key_path)
+    comparison = compare_recipes(
+        [read_scores(p) for p in paths_a], [read_scores(p) for p in paths_b], trials,
+        n_resamples=bootstrap, level=level, unit=resolve_unit(trials, bootstrap_unit),
+        seed=bootstrap_seed, costs=costs)
+    return {"key": str(key_path), "score_files": {"a": [str(p) for p in paths_a],
+                                                  "b": [str(p) for p in paths_b]},
+            "costs": asdict(costs), **comparison.to_dict()}
+
+
+def format_comparison(report: Mapping[str, Any]) -> str:
+    """Short human-readable form of :func:`compare_score_files`' result."""
+    a = report["a"]
+    clusters = a["clusters"]
+    lines = [f"runs        A {len(report['runs']['a'])}, B {len(report['runs']['b'])}; "
+             f"{100 * a['level']:g} % CI by {a['unit']} ({clusters['bonafide']} bona fide / "
+             f"{clusters['spoof']} spoof clusters) and by run, {a['n_resamples']} resamples"]
+    for side in ("a", "b"):
+        lines.append(f"{side.upper()} per run   " + ", ".join(
+            f"{label} " + " / ".join(_num(scale * r[k], unit) for r in report["runs"][side])
+            + unit for k, label, scale, unit in _LABELS))
+    for side in ("a", "b"):
+        iv = report[side]["intervals"]
+        lines.append(f"{side.upper()} mean      " + ", ".join(
+            f"{label} {_num(scale * iv[k]['estimate'], unit)}{unit} "
+            f"[{_num(scale * iv[k]['low'], unit)}, {_num(scale * iv[k]['high'], unit)}]"
+            for k, label, scale, unit in _LABELS))
+    lines.append(_difference_line(report))
+    return "\n".join(lines)
+
+
+def _difference_line(comp: Mapping[str, Any]) -> str:
+    diff = comp["difference"]
+    return "B - A       " + ", ".join(
+        f"{label} {_num(scale * diff[k]['estimate'], unit, '+')}{unit} "
+        f"[{_num(scale * diff[k]['low'], unit, '+')}, "
+        f"{_num(scale * diff[k]['high'], unit, '+')}] "
+        f"(B lower in {100 * comp['p_b_better'][k]:.0f} % of resamples)"
+        for k, label, scale, unit in _LABELS)
+
