@@ -24,6 +24,15 @@ device_option = click.option(
     "--device", default=None, help="auto, cpu, cuda or cuda:N (default: [model] device).")
 
 
+bootstrap_unit_option = click.option(
+    "--bootstrap-unit", type=click.Choice(["auto", "speaker", "trial"]), default="auto",
+    show_default=True, help="Resample whole speakers (trials of one voice are not independent) "
+    "or single trials; auto: speakers where the key names them.")
+confidence_option = click.option(
+    "--confidence", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.95,
+    show_default=True, help="Two-sided level of the intervals.")
+
+
 def settings_from(config_file: Path | None, **flags: Any) -> Settings:
     """Load settings with CLI flags (``section__key=value``) as the top layer."""
     return load_settings(config_file, overrides=cli_overrides(**flags))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from nes2net_stream.cli.common import bootstrap_unit_option, confidence_option
+
 _SCORES = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
@@ -19,11 +21,8 @@ _SCORES = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="Score file of one run of recipe B (repeat: one per seed).")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=10), default=1000,
               show_default=True, help="Bootstrap resamples.")
-@click.option("--bootstrap-unit", type=click.Choice(["auto", "speaker", "trial"]), default="auto",
-              show_default=True, help="Resample whole speakers or single trials; auto: "
-              "speakers where the key names them.")
-@click.option("--confidence", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.95,
-              show_default=True, help="Two-sided level of the intervals.")
+@bootstrap_unit_option
+@confidence_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resampling.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the comparison as JSON here.")

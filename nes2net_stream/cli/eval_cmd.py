@@ -10,6 +10,8 @@ import click
 
 from nes2net_stream.audio.codecs import CODECS
 from nes2net_stream.cli.common import (
+    bootstrap_unit_option,
+    confidence_option,
     config_option,
     device_option,
     model_option,
@@ -47,11 +49,8 @@ if TYPE_CHECKING:
               + ", ".join(CODECS) + ".")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000,
               show_default=True, help="Bootstrap resamples for confidence intervals (0: none).")
-@click.option("--bootstrap-unit", type=click.Choice(["auto", "speaker", "trial"]), default="auto",
-              show_default=True, help="Resample whole speakers (trials of one voice are not "
-              "independent) or single trials; auto: speakers where the key names them.")
-@click.option("--confidence", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.95,
-              show_default=True, help="Two-sided level of the intervals.")
+@bootstrap_unit_option
+@confidence_option
 @click.option("--compare", "compare_file", type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="Second score file on the same key (system B): paired "
               "bootstrap of B against the evaluated scores (A).")
