@@ -219,17 +219,17 @@ class AlertJournal:
         """
         seq = self._next_seq
         rec: dict[str, object] = {"s": seq, "e": doc}
+        # the open channels are tracked even when the write fails: the next segment restates
+        # them, and a summary that could not be journaled must not leave its channel open
         if opens is not None:
             rec["o"] = opens
-        elif closes is not None:
-            rec["x"] = closes
-        self._write(json.dumps(rec, separators=(",", ":")))
-        self._next_seq += 1
-        if opens is not None:
             self._open[opens] = doc
         elif closes is not None:
+            rec["x"] = closes
             self._open.pop(closes, None)
             self.lost_calls.pop(closes, None)
+        self._write(json.dumps(rec, separators=(",", ":")))
+        self._next_seq += 1
         return seq
 
     def discard(self, key: str) -> None:

@@ -272,7 +272,7 @@ class RedisPublisher:
                 item.seq = self.journal.append(
                     doc, opens=key if ev["type"] == "state" else None,
                     closes=key if ev["type"] == "summary" else None)
-            except OSError as exc:
+            except Exception as exc:  # the alert must go out even if the journal breaks
                 self._journal_failed(exc, item.event_id)
         self._enqueue(item)
 
@@ -290,10 +290,10 @@ class RedisPublisher:
         if self.journal is not None and seqs:
             try:
                 self.journal.ack(max(seqs))
-            except OSError as exc:
+            except Exception as exc:  # never stop the writer over the journal
                 self._journal_failed(exc, items[-1].event_id)
 
-    def _journal_failed(self, exc: OSError, event_id: str) -> None:
+    def _journal_failed(self, exc: Exception, event_id: str) -> None:
         """A journal write failed: the alert stays in memory only (logged every 30 s)."""
         self.metrics.alert_journal_errors.inc()
         now = time.monotonic()
