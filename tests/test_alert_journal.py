@@ -223,3 +223,31 @@ def test_take_over_also_moves_open_channels(tmp_path):
     again = AlertJournal(tmp_path / "w0")
     again.open()
     assert again.lost_calls == {key: doc}
+
+
+def test_journal_command_shows_pending_alerts_and_open_calls(tmp_path, capsys):
+    from nes2net_stream.cli import main
+
+    j = AlertJournal(tmp_path / "w1")
+    j.open()
+    key, doc = _state("live", "caller", "spoof")
+    j.append(json.dumps({"type": "state", "ts": "2026-11-27T07:00:00.000Z"}))
+    j.append(doc, opens=key)
+    idle = AlertJournal(tmp_path / "w0")
+    idle.open()
+    idle.close()
+    assert main(["journal", str(tmp_path)]) == 0
+    shown = json.loads(capsys.readouterr().out)["journals"]
+    assert [s["directory"] for s in shown] == [str(tmp_path / "w0"), str(tmp_path / "w1")]
+    w1 = shown[1]
+    assert w1["held_by_a_process"] is True and w1["pending_alerts"] == 2
+    assert w1["oldest_pending_ts"] == "2026-11-27T07:00:00.000Z"
+    assert w1["open_calls"] == [["live", "caller"]]
+    assert shown[0]["held_by_a_process"] is False and shown[0]["pending_alerts"] == 0
+    _abandon(j)
+    assert main(["journal", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["journals"][1]["held_by_a_process"] is False
+    empty = tmp_path / "empty.toml"
+    empty.write_text("[redis]\nalert_journal_dir = \"\"\n")
+    assert main(["journal", "--config", str(empty)]) == 2  # nothing configured, nothing given
+    assert "redis.alert_journal_dir is not set" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from nes2net_stream.cli.compare_cmd import compare_cmd
 from nes2net_stream.cli.convert_cmd import convert_checkpoint_cmd
 from nes2net_stream.cli.data_cmd import data
 from nes2net_stream.cli.eval_cmd import eval_cmd
+from nes2net_stream.cli.journal_cmd import journal_cmd
 from nes2net_stream.cli.model_cmd import model
 from nes2net_stream.cli.score_cmd import score
 from nes2net_stream.cli.serve_cmd import serve
@@ -30,6 +31,7 @@ cli.add_command(score)
 cli.add_command(train)
 cli.add_command(eval_cmd)
 cli.add_command(compare_cmd)
+cli.add_command(journal_cmd)
 cli.add_command(data)
 cli.add_command(model)
 cli.add_command(serve)

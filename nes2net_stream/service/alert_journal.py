@@ -129,6 +129,37 @@ def _read(directory: Path) -> _Contents:
     return out
 
 
+def describe(directory: str | os.PathLike[str]) -> dict[str, object]:
+    """What a journal directory holds, without taking it (safe while its owner runs).
+
+    Returns the number of segments and their bytes, the alerts not yet acknowledged (with the
+    ``ts`` of the oldest), the open channels (calls being scored, or lost with a dead owner)
+    and whether a running process holds the directory.
+    """
+    d = Path(directory)
+    found = _read(d)
+    pending = [found.alerts[s] for s in sorted(found.alerts) if s > found.acked]
+    oldest = None
+    if pending:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            oldest = json.loads(pending[0]).get("ts")
+    held = False
+    if (d / LOCK_NAME).exists():
+        fd = os.open(d / LOCK_NAME, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            held = True
+        finally:
+            os.close(fd)
+    return {"directory": str(d), "held_by_a_process": held, "segments": len(found.segments),
+            "bytes": sum(p.stat().st_size for p, _ in found.segments),
+            "pending_alerts": len(pending), "oldest_pending_ts": oldest,
+            "open_calls": [json.loads(k) for k in found.open_calls],
+            "unreadable_lines": found.bad}
+
+
 class AlertJournal:
     """The alert journal of one process (see the module docstring)."""
 
