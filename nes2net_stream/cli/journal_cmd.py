@@ -22,7 +22,7 @@ def journal_cmd(directory: Path | None, config_file: Path | None) -> None:
     Redis is back); open calls of a directory no process holds get a ``lost`` summary then.
     """
     from nes2net_stream.errors import ConfigError
-    from nes2net_stream.service.alert_journal import describe
+    from nes2net_stream.service.alert_journal import describe, worker_dirs
 
     if directory is None:
         configured = settings_from(config_file).redis.alert_journal_dir
@@ -31,7 +31,5 @@ def journal_cmd(directory: Path | None, config_file: Path | None) -> None:
         directory = Path(configured)
         if not directory.is_dir():
             raise ConfigError(f"redis.alert_journal_dir: {directory} does not exist")
-    subdirs = sorted((p for p in directory.iterdir()
-                      if p.is_dir() and p.name[:1] == "w" and p.name[1:].isdigit()),
-                     key=lambda p: int(p.name[1:]))
-    click.echo(json.dumps({"journals": [describe(p) for p in subdirs]}, indent=2))
+    journals = [describe(p) for p in worker_dirs(directory).values()]
+    click.echo(json.dumps({"journals": journals}, indent=2))

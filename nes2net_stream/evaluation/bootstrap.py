@@ -278,13 +278,19 @@ def compare_systems(scores_a: Mapping[str, float], scores_b: Mapping[str, float]
     """
     a, b = _run([scores_a, scores_b], trials, n_resamples, level, unit, seed, costs,
                 keep_samples=True)
-    diff = b.samples - a.samples
-    point = b.point - a.point
+    return _comparison(a.result, b.result, b.point - a.point, b.samples - a.samples, level)
+
+
+def _comparison(a: BootstrapResult, b: BootstrapResult, point: NDArray[np.float64],
+                diff: NDArray[np.float64], level: float,
+                runs: dict[str, list[dict[str, float]]] | None = None) -> Comparison:
+    """B against A from the point difference and the resampled differences ``B - A``."""
     return Comparison(
-        a=a.result, b=b.result,
+        a=a, b=b,
         difference={name: _interval(point[k], diff[:, k], level)
                     for k, name in enumerate(METRICS)},
-        p_b_better={name: float(np.mean(diff[:, k] < 0)) for k, name in enumerate(METRICS)})
+        p_b_better={name: float(np.mean(diff[:, k] < 0)) for k, name in enumerate(METRICS)},
+        runs=runs or {})
 
 
 def compare_recipes(runs_a: Sequence[Mapping[str, float]], runs_b: Sequence[Mapping[str, float]],
@@ -321,15 +327,9 @@ def compare_recipes(runs_a: Sequence[Mapping[str, float]], runs_b: Sequence[Mapp
     clusters = runs[0].result.clusters
     a, b = (_result(p, m, unit, n_resamples, level, clusters)
             for p, m in zip(points, means, strict=True))
-    diff = means[1] - means[0]
-    point = points[1] - points[0]
-    return Comparison(
-        a=a, b=b,
-        difference={name: _interval(point[k], diff[:, k], level)
-                    for k, name in enumerate(METRICS)},
-        p_b_better={name: float(np.mean(diff[:, k] < 0)) for k, name in enumerate(METRICS)},
-        runs={name: [dict(zip(METRICS, map(float, r.point), strict=True)) for r in side]
-              for name, side in zip(("a", "b"), sides, strict=True)})
+    return _comparison(a, b, points[1] - points[0], means[1] - means[0], level, runs={
+        name: [dict(zip(METRICS, map(float, r.point), strict=True)) for r in side]
+        for name, side in zip(("a", "b"), sides, strict=True)})
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,19 @@ class _Contents:
     open_calls: dict[str, str]  # channel key -> its latest state event
     bad: int  # unreadable lines
 
+    def pending(self) -> list[tuple[int, str]]:
+        """The unacknowledged alerts, in order: (sequence number, document)."""
+        return [(s, self.alerts[s]) for s in sorted(self.alerts) if s > self.acked]
+
+
+def worker_dirs(base: str | os.PathLike[str]) -> dict[int, Path]:
+    """The per-process journal directories (``w<index>``) under ``base``, by index."""
+    found = {}
+    for p in Path(base).glob("w*"):
+        if p.is_dir() and p.name[1:].isdigit():
+            found[int(p.name[1:])] = p
+    return dict(sorted(found.items()))
+
 
 def _lock(directory: Path, wait_s: float) -> int:
     """Hold ``directory/.lock`` exclusively; waits up to ``wait_s`` for a dying owner."""
@@ -138,11 +151,11 @@ def describe(directory: str | os.PathLike[str]) -> dict[str, object]:
     """
     d = Path(directory)
     found = _read(d)
-    pending = [found.alerts[s] for s in sorted(found.alerts) if s > found.acked]
+    pending = found.pending()
     oldest = None
     if pending:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            oldest = json.loads(pending[0]).get("ts")
+            oldest = json.loads(pending[0][1]).get("ts")
     held = False
     if (d / LOCK_NAME).exists():
         fd = os.open(d / LOCK_NAME, os.O_RDWR)
@@ -218,7 +231,7 @@ class AlertJournal:
         self.lost_calls = dict(found.open_calls)
         self._start_segment()  # carries the open channels forward
         self._drop_done_segments()
-        return [JournalEntry(s, found.alerts[s]) for s in sorted(found.alerts) if s > self.acked]
+        return [JournalEntry(s, doc) for s, doc in found.pending()]
 
     def take_over(self, other: Path) -> list[JournalEntry]:
         """Move another journal directory's unacknowledged alerts into this one.
@@ -230,8 +243,7 @@ class AlertJournal:
         fd = _lock(other, 0.0)
         try:
             found = _read(other)
-            moved = [JournalEntry(self.append(found.alerts[s]), found.alerts[s])
-                     for s in sorted(found.alerts) if s > found.acked]
+            moved = [JournalEntry(self.append(doc), doc) for _s, doc in found.pending()]
             for key, doc in found.open_calls.items():
                 self._carry(key, doc)
                 self.lost_calls[key] = doc

@@ -52,7 +52,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from nes2net_stream.errors import ConfigError
 from nes2net_stream.logs import get_logger
-from nes2net_stream.service.alert_journal import AlertJournal, JournalEntry, JournalError
+from nes2net_stream.service.alert_journal import (
+    AlertJournal,
+    JournalEntry,
+    JournalError,
+    worker_dirs,
+)
 from nes2net_stream.service.event_buffer import EventBuffer, PendingEvent, call_fields
 from nes2net_stream.service.events import OutputEvent, lost_call_summary
 from nes2net_stream.service.metrics import ServiceMetrics
@@ -235,9 +240,8 @@ class RedisPublisher:
         if self.worker != 0:
             return []
         moved: list[JournalEntry] = []
-        for d in sorted(self.journal.directory.parent.glob("w*")):
-            index = d.name[1:]
-            if not (d.is_dir() and index.isdigit() and int(index) >= self.workers):
+        for index, d in worker_dirs(self.journal.directory.parent).items():
+            if index < self.workers:
                 continue
             try:
                 moved += self.journal.take_over(d)
