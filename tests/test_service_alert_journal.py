@@ -76,7 +76,7 @@ async def test_a_failing_journal_keeps_alerts_in_memory(small_bundle, redis_serv
     def broken(doc, **_kw):
         raise OSError(28, "No space left on device")
 
-    svc.ctx.publisher.journal.append = broken
+    svc.ctx.publisher.keeper.journal.append = broken
     try:
         res = await stream_samples(f"ws://127.0.0.1:{svc.port}/v1/stream",
                                    tone_bursts(6.0, 8000), 8000, call_id="disk-full",

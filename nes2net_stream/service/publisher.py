@@ -37,7 +37,6 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from redis.exceptions import (
@@ -50,16 +49,10 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from nes2net_stream.errors import ConfigError
 from nes2net_stream.logs import get_logger
-from nes2net_stream.service.alert_journal import (
-    AlertJournal,
-    JournalEntry,
-    JournalError,
-    worker_dirs,
-)
 from nes2net_stream.service.event_buffer import EventBuffer, PendingEvent, call_fields
-from nes2net_stream.service.events import OutputEvent, lost_call_summary
+from nes2net_stream.service.events import OutputEvent
+from nes2net_stream.service.journal_keeper import JournalKeeper
 from nes2net_stream.service.metrics import ServiceMetrics
 from nes2net_stream.service.redis_client import create_redis_client
 
@@ -135,15 +128,12 @@ class RedisPublisher:
     def __init__(self, cfg: RedisConfig, metrics: ServiceMetrics | None = None, *,
                  worker: int = 0, workers: int = 1):
         self.cfg = cfg
-        self.worker = worker
-        self.workers = workers
-        self.journal = (AlertJournal(Path(cfg.alert_journal_dir) / f"w{worker}",
+        self.metrics = metrics or ServiceMetrics()
+        self.keeper = (JournalKeeper(cfg.alert_journal_dir, self.metrics, worker=worker,
+                                     workers=workers,
                                      segment_bytes=cfg.alert_journal_segment_bytes,
                                      fsync_interval_s=cfg.alert_journal_fsync_s)
-                        if cfg.alert_journal_dir else None)
-        self._journal_logged = 0.0
-        self._sync_task: asyncio.Task[None] | None = None
-        self.metrics = metrics or ServiceMetrics()
+                       if cfg.alert_journal_dir else None)
         self.client = create_redis_client(cfg.url, socket_timeout=cfg.socket_timeout_s)
         self._alerts = EventBuffer("alert", cfg.alert_buffer, cfg.alert_buffer_bytes)
         self._scores = EventBuffer("score", cfg.score_buffer, cfg.score_buffer_bytes)
@@ -184,71 +174,9 @@ class RedisPublisher:
         """
         if self._task is not None:
             return
-        if self.journal is not None:
-            try:
-                entries = await asyncio.to_thread(self._read_journal)
-            except JournalError as exc:
-                raise ConfigError(f"redis.alert_journal_dir: {exc}") from exc
-            self._replay(entries)
-            if self.cfg.alert_journal_fsync_s > 0:
-                self._sync_task = asyncio.create_task(self._sync_journal(),
-                                                      name="alert-journal-sync")
+        if self.keeper is not None:
+            await self.keeper.start(self._enqueue)
         self._task = asyncio.create_task(self._run(), name="redis-publisher")
-
-    def _read_journal(self) -> list[JournalEntry]:
-        """Open the journal (blocking file work, run in a thread); alerts left to replay."""
-        assert self.journal is not None
-        return self.journal.open() + self._orphans()
-
-    def _replay(self, entries: list[JournalEntry]) -> None:
-        """Queue the journal's unacknowledged alerts ahead of everything new."""
-        assert self.journal is not None
-        replayed = 0
-        for entry in entries:
-            try:
-                ev = json.loads(entry.doc)
-                item = PendingEvent(entry.doc, ev["type"], ev["event_id"], ev["call_id"], True,
-                                    call_fields(ev, entry.doc), None, entry.seq)
-            except (ValueError, KeyError, TypeError) as exc:  # not an event this writes
-                log.error("alert journal entry is not an event; skipped", seq=entry.seq,
-                          error=str(exc)[:200])
-                continue
-            self._enqueue(item)
-            replayed += 1
-        if replayed:
-            self.metrics.alerts_replayed.inc(replayed)
-            log.warning("replaying alerts from the alert journal", alerts=replayed,
-                        directory=str(self.journal.directory))
-        for key, doc in list(self.journal.lost_calls.items()):
-            try:
-                last = json.loads(doc)
-                summary = lost_call_summary(last)
-                self._queue(summary, json.dumps(summary, separators=(",", ":")), True, None)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                log.error("alert journal: open call is not an event; dropped", key=key,
-                          error=str(exc)[:200])
-                with contextlib.suppress(OSError):
-                    self.journal.discard(key)
-                continue
-            self.metrics.calls_ended.labels(reason="lost").inc()
-            log.warning("call lost with an earlier process; its summary is published",
-                        call_id=last["call_id"], channel=last["channel"], state=last["state"])
-
-    def _orphans(self) -> list[JournalEntry]:
-        """Alerts journaled by worker indices this configuration no longer runs (worker 0)."""
-        assert self.journal is not None
-        if self.worker != 0:
-            return []
-        moved: list[JournalEntry] = []
-        for index, d in worker_dirs(self.journal.directory.parent).items():
-            if index < self.workers:
-                continue
-            try:
-                moved += self.journal.take_over(d)
-            except OSError as exc:
-                log.error("alert journal of another worker index not replayed", directory=str(d),
-                          error=str(exc))
-        return moved
 
     async def ping(self) -> bool:
         """True when Redis answers a PING (used by /readyz)."""
@@ -270,14 +198,8 @@ class RedisPublisher:
                received: float | None) -> None:
         item = PendingEvent(doc, ev["type"], ev["event_id"], ev["call_id"], is_alert,
                             call_fields(ev, doc), received)
-        if is_alert and self.journal is not None:
-            key = json.dumps([ev["call_id"], ev["channel"]])
-            try:
-                item.seq = self.journal.append(
-                    doc, opens=key if ev["type"] == "state" else None,
-                    closes=key if ev["type"] == "summary" else None)
-            except Exception as exc:  # the alert must go out even if the journal breaks
-                self._journal_failed(exc, item.event_id)
+        if is_alert and self.keeper is not None:
+            self.keeper.record(item, ev)
         self._enqueue(item)
 
     def _enqueue(self, item: PendingEvent) -> None:
@@ -289,32 +211,8 @@ class RedisPublisher:
         self._wakeup.set()
 
     def _ack(self, items: list[PendingEvent]) -> None:
-        """Tell the journal that these alerts (and all before them) left the buffer."""
-        seqs = [i.seq for i in items if i.seq is not None]
-        if self.journal is not None and seqs:
-            try:
-                self.journal.ack(max(seqs))
-            except Exception as exc:  # never stop the writer over the journal
-                self._journal_failed(exc, items[-1].event_id)
-
-    def _journal_failed(self, exc: Exception, event_id: str) -> None:
-        """A journal write failed: the alert stays in memory only (logged every 30 s)."""
-        self.metrics.alert_journal_errors.inc()
-        now = time.monotonic()
-        if now - self._journal_logged >= OUTAGE_LOG_INTERVAL_S:
-            self._journal_logged = now
-            log.error("alert journal write failed; alerts held in memory only",
-                      error=str(exc)[:200], event_id=event_id)
-
-    async def _sync_journal(self) -> None:
-        assert self.journal is not None
-        while True:
-            await asyncio.sleep(self.cfg.alert_journal_fsync_s)
-            if self.journal.dirty:
-                try:
-                    await asyncio.to_thread(self.journal.sync)
-                except OSError as exc:
-                    self._journal_failed(exc, "")
+        if self.keeper is not None:
+            self.keeper.ack(items)
 
     def _drop(self, buf: EventBuffer, lost: PendingEvent) -> None:
         self._ack([lost])
@@ -354,13 +252,8 @@ class RedisPublisher:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
-        if self.journal is not None and not self.journal.close():
-            log.warning("alerts kept in the alert journal for the next start",
-                        alerts=self.journal.pending, directory=str(self.journal.directory))
+        if self.keeper is not None:
+            await self.keeper.close()
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
 
