@@ -9,12 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 from nes2net_stream.errors import DependencyError
+from nes2net_stream.service.tempdirs import owned_tempdir, release
 
 
 def free_port() -> int:
@@ -33,7 +33,7 @@ class LocalRedis:
             raise DependencyError("redis-server is not installed (Debian: apt-get install "
                                   "redis-server), and REDIS_URL is not set")
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="nes2net-redis-")
+        self.dir = owned_tempdir("nes2net-redis-")
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir],
@@ -59,7 +59,7 @@ class LocalRedis:
             self.proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        release(self.dir)
 
 
 class ServiceProcess:

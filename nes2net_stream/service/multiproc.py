@@ -23,9 +23,7 @@ import contextlib
 import itertools
 import multiprocessing
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -45,6 +43,7 @@ from nes2net_stream.service.engine import (
     _resolve,
 )
 from nes2net_stream.service.metrics import MULTIPROC_ENV
+from nes2net_stream.service.tempdirs import owned_tempdir, release
 from nes2net_stream.settings import Settings
 
 log = get_logger("nes2net.multiproc")
@@ -384,7 +383,7 @@ class WorkerPool:
         self.stopping = False
         # prometheus_client multi-process mode for the workers (see metrics.py); the scorer
         # imported prometheus_client before this is set, so its own metrics stay in memory
-        self.metrics_dir = tempfile.mkdtemp(prefix="nes2net-metrics-")
+        self.metrics_dir = owned_tempdir("nes2net-metrics-")  # removes ones of killed scorers
         os.environ[MULTIPROC_ENV] = self.metrics_dir
 
     def _spawn(self, i: int) -> None:
@@ -434,4 +433,4 @@ class WorkerPool:
         if not self.hub.join(max(1.0, deadline - time.monotonic())):
             log.warning("scorer threads still running after the ingest workers stopped")
         os.environ.pop(MULTIPROC_ENV, None)
-        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        release(self.metrics_dir)
