@@ -81,8 +81,9 @@ e2e_calls() {
   export PATH=/tmp/redis/usr/bin:$PATH
   export LD_LIBRARY_PATH=/tmp/redis/usr/lib/x86_64-linux-gnu:/tmp/redis/lib/x86_64-linux-gnu
   redis-server --version || ldd /tmp/redis/usr/bin/redis-check-rdb
-  local extra=()
-  [[ -n ${E2E_ENV:-} ]] && extra=(--service-env "$E2E_ENV")
+  local extra=() setting
+  # E2E_ENV: space-separated NAME=VALUE settings for the service
+  for setting in ${E2E_ENV:-}; do extra+=(--service-env "$setting"); done
   [[ ${E2E_SPEECH_ONLY:-0} == 1 ]] && extra+=(--speech-only)
   step e2e "${E2E_CAP_S:-200}" python3 benchmarks/gpu_e2e.py --calls "${E2E_CALLS:-2500}" \
     --duration-s "${E2E_DURATION_S:-15}" \
@@ -156,8 +157,11 @@ case "$STAGE" in
   layers) layers_tests; layers_stages; layers_engine; E2E_CAP_S=85 E2E_DURATION_S=20 e2e_calls
     profile_batch ;;
   norms) norms_tests; norms_engine; norms_stages
-    # the service compiles the norm kernels during its warm-up: more time than the 85 s before
-    E2E_CAP_S=130 E2E_DURATION_S=20 E2E_ENV=NES2NET_ENGINE__COMPILE_NORMS=true e2e_calls
+    # the service compiles the norm kernels during its warm-up: more time than the 85 s before;
+    # with the alert journal on, as the container configurations run it
+    E2E_CAP_S=130 E2E_DURATION_S=20 \
+      E2E_ENV="NES2NET_ENGINE__COMPILE_NORMS=true NES2NET_REDIS__ALERT_JOURNAL_DIR=/tmp/journal" \
+      e2e_calls
     # the profile compiles the norm kernels first (about 20-40 s), then pipelined batches too
     PROFILE_CAP_S=60 profile_batch --compile-norms; staging ;;
   *) echo "unknown stage $STAGE (all, engine, e2e, layers or norms)"; exit 2 ;;
