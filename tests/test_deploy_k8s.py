@@ -168,6 +168,106 @@ def test_service_and_pdb_select_the_deployments_pods():
     assert redis_svc["spec"]["ports"][0]["port"] == 6379
 
 
+# --------------------------------------------------------------------------- durable variant
+
+DURABLE = ROOT / "deploy" / "kubernetes-durable"
+
+
+def _pointer(path: str) -> list[str | int]:
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in path.lstrip("/").split("/")]
+    return [int(p) if p.isdigit() else p for p in parts]
+
+
+def _json_patch(doc: dict, ops: list[dict]) -> dict:
+    """Apply the RFC 6902 operations the overlay uses (add, remove, replace, test)."""
+    import copy
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        *parents, last = _pointer(op["path"])
+        target = doc
+        for key in parents:
+            target = target[key]
+        if op["op"] == "test":
+            assert target[last] == op["value"], f"JSON patch test failed at {op['path']}"
+        elif op["op"] == "remove":
+            del target[last]
+        elif op["op"] in ("add", "replace"):
+            if op["op"] == "replace":
+                assert last in target or isinstance(target, list)
+            if isinstance(target, list) and op["op"] == "add":
+                target.insert(last, op["value"])
+            else:
+                target[last] = op["value"]
+        else:
+            raise AssertionError(f"unexpected operation {op['op']}")
+    return doc
+
+
+def _durable() -> tuple[dict, dict]:
+    """The overlay's StatefulSet (base Deployment + patch) and its governing Service."""
+    kust = yaml.safe_load((DURABLE / "kustomization.yaml").read_text())
+    assert kust["resources"] == ["../kubernetes", "headless-service.yaml"]
+    (patch,) = kust["patches"]
+    assert patch["target"]["kind"] == "Deployment" and patch["target"]["name"] == "nes2net"
+    ops = yaml.safe_load((DURABLE / patch["path"]).read_text())
+    sts = _json_patch(resource("Deployment", "nes2net"), ops)
+    (svc,) = docs(DURABLE / "headless-service.yaml")
+    return sts, svc
+
+
+@pytest.mark.parametrize("version", ["1.28.0", "latest"])
+def test_durable_variant_validates_against_kubernetes_schemas(version):
+    kv = pytest.importorskip("kubernetes_validate",
+                             reason="kubernetes-validate is not installed (pip)")
+    version = kv.latest_version() if version == "latest" else version
+    for doc in _durable():
+        kv.validate(doc, version, strict=True)
+
+
+def test_durable_variant_keeps_each_replicas_journal_on_its_own_claim():
+    sts, svc = _durable()
+    assert sts["kind"] == "StatefulSet" and sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    assert svc["spec"]["clusterIP"] == "None"
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    spec = sts["spec"]["template"]["spec"]
+    claims = {c["metadata"]["name"]: c for c in sts["spec"]["volumeClaimTemplates"]}
+    volumes = {v["name"] for v in spec["volumes"]}
+    mounts = spec["containers"][0]["volumeMounts"]
+    assert {m["name"] for m in mounts} <= volumes | set(claims)  # every mount is backed once
+    assert not volumes & set(claims)
+    journal = _settings().redis.alert_journal_dir
+    mount = next(m for m in mounts if m["mountPath"] == journal)
+    assert mount["name"] in claims and not mount.get("readOnly")
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"  # no waiting on each model load
+    retain = sts["spec"]["persistentVolumeClaimRetentionPolicy"]
+    assert retain == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+
+
+def test_durable_variant_builds_with_kustomize_when_installed():
+    import shutil
+    import subprocess
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    out = subprocess.run([kubectl, "kustomize", str(DURABLE)], capture_output=True, text=True,
+                         timeout=60)
+    if out.returncode != 0 and "unknown command" in out.stderr:
+        pytest.skip("this kubectl has no kustomize")
+    assert out.returncode == 0, out.stderr
+    built = [d for d in yaml.safe_load_all(out.stdout) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in built}
+    assert ("StatefulSet", "nes2net") in kinds and ("Deployment", "nes2net") not in kinds
+    sts = next(d for d in built if d["kind"] == "StatefulSet" and
+               d["metadata"]["name"] == "nes2net")
+    mine, _ = _durable()
+    for pod in (sts, mine):  # kustomize also sets the image tag (images:)
+        assert pod["spec"]["template"]["spec"]["containers"][0].pop("image")
+    assert sts["spec"]["template"]["spec"] == mine["spec"]["template"]["spec"]
+    assert sts["spec"]["volumeClaimTemplates"] == mine["spec"]["volumeClaimTemplates"]
+    assert all(d["metadata"].get("namespace") == "nes2net" for d in built)
+
+
 # --------------------------------------------------------------------------- monitoring
 
 
