@@ -39,17 +39,15 @@ from nes2net_gateways.genesys_protocol import (
     parse_client_message,
     parse_open,
 )
-from nes2net_gateways.genesys_signature import (
+from nes2net_gateways.genesys_signature import RequestView, build_signature, verify_signature
+from nes2net_gateways.jambonz import JambonzGateway
+from nes2net_gateways.structured_fields import (
     InnerList,
-    RequestView,
     StructuredFieldError,
-    build_signature,
     parse_dictionary,
     serialize_inner_list,
     serialize_item,
-    verify_signature,
 )
-from nes2net_gateways.jambonz import JambonzGateway
 
 from nes2net_stream.service.errors import ERROR_CODES, ProtocolError
 

@@ -23,12 +23,11 @@ from nes2net_gateways.genesys_protocol import (
 )
 from nes2net_gateways.genesys_signature import (
     RequestView,
-    StructuredFieldError,
     build_signature,
-    parse_dictionary,
     signature_base,
     verify_signature,
 )
+from nes2net_gateways.structured_fields import StructuredFieldError, parse_dictionary
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
