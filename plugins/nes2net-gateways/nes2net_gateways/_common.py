@@ -1,4 +1,4 @@
-"""Helpers shared by the built-in gateway plugins: auth checks, parsing, the call lifecycle.
+"""Helpers shared by the built-in gateway plugins: token auth, parsing, the call lifecycle.
 
 Everything here is provider-neutral. Parsing helpers raise
 :class:`~nes2net_stream.service.errors.ProtocolError` (the only error type a parser may raise);
@@ -20,15 +20,14 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
 
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
+from nes2net_gateways._auth import query_params, require_secret, secret_equal
 from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
 from nes2net_stream.service.audio_decode import AudioFormatError
@@ -48,11 +47,9 @@ DRAIN_POLL_S = 0.5
 
 __all__ = [
     "AGENT_ROLE", "QueryTokenGateway", "RateGuard", "SequenceTracker", "StopCall", "b64decode",
-    "basic_auth_ok",
-    "bearer_token", "call_metadata", "call_start", "check_call_id", "check_metadata_size",
-    "check_roles", "close_ws", "discard_events", "feed", "format_remote", "parse_basic_auth",
-    "parse_json_object", "pump_audio", "query_params", "remote_of", "require_secret",
-    "run_call", "score_roles", "secret_equal", "serve_ws_call", "ws_receive",
+    "call_metadata", "call_start", "check_call_id", "check_metadata_size", "check_roles",
+    "close_ws", "discard_events", "feed", "format_remote", "parse_json_object", "pump_audio",
+    "remote_of", "run_call", "score_roles", "serve_ws_call", "ws_receive",
 ]
 
 
@@ -88,61 +85,7 @@ def remote_of(conn: Any) -> str | None:
     return format_remote(addr)
 
 
-# --------------------------------------------------------------------------- secrets and auth
-
-def secret_equal(given: str | bytes | None, expected: str | bytes) -> bool:
-    """Constant-time comparison; False when ``given`` is missing or ``expected`` is empty."""
-    if given is None or not expected:
-        return False
-    a = given.encode() if isinstance(given, str) else given
-    b = expected.encode() if isinstance(expected, str) else expected
-    return hmac.compare_digest(a, b)
-
-
-def parse_basic_auth(value: str | None) -> tuple[str, str] | None:
-    """``(username, password)`` from an ``Authorization: Basic ...`` value, None if malformed."""
-    if not value or value[:6].lower() != "basic ":
-        return None
-    try:
-        raw = base64.b64decode(value[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    user, sep, password = raw.partition(":")
-    return (user, password) if sep else None
-
-
-def basic_auth_ok(headers: Mapping[str, str], username: str, password: str) -> bool:
-    """Check HTTP Basic credentials; both parts are compared in constant time."""
-    creds = parse_basic_auth(headers.get("Authorization"))
-    if creds is None:
-        return False
-    user_ok = secret_equal(creds[0], username)
-    pass_ok = secret_equal(creds[1], password)
-    return user_ok and pass_ok
-
-
-def bearer_token(headers: Mapping[str, str]) -> str | None:
-    """The token of an ``Authorization: Bearer ...`` header, if any."""
-    value = headers.get("Authorization") or ""
-    return (value[7:].strip() or None) if value[:7].lower() == "bearer " else None
-
-
-def query_params(path: str) -> dict[str, str]:
-    """Query parameters of a request path (first value of each name)."""
-    out: dict[str, str] = {}
-    for key, value in parse_qsl(urlsplit(path).query, keep_blank_values=True):
-        out.setdefault(key, value)
-    return out
-
-
-def require_secret(gateway: Gateway, key: str, value: str) -> None:
-    """ConfigError naming ``gateways.<name>.<key>`` when auth is required but it is unset."""
-    if gateway.auth_required and not value:
-        raise ConfigError(
-            f"gateways.{gateway.name}.{key}: authentication is required (the service listens "
-            "beyond loopback or auth = \"required\") but no secret is configured; set it, or "
-            "auth = \"off\" on a trusted network only")
-
+# --------------------------------------------------------------------------- token auth
 
 class QueryTokenGateway(Gateway):
     """A gateway authenticated by one shared token (config ``token``, ``token_key``, ``auth``).

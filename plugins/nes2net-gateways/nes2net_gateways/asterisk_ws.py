@@ -25,18 +25,20 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosedOK
 from websockets.http11 import Request
 
-from nes2net_gateways._common import (
-    RateGuard,
+from nes2net_gateways._auth import (
     basic_auth_ok,
     bearer_token,
+    query_params,
+    require_secret,
+    secret_equal,
+)
+from nes2net_gateways._common import (
+    RateGuard,
     check_metadata_size,
     check_roles,
     feed,
-    query_params,
     remote_of,
-    require_secret,
     score_roles,
-    secret_equal,
     serve_ws_call,
     ws_receive,
 )

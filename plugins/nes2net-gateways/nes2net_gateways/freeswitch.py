@@ -22,19 +22,16 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosedOK
 from websockets.http11 import Request
 
+from nes2net_gateways._auth import basic_auth_ok, bearer_token, query_params, secret_equal
 from nes2net_gateways._common import (
     AGENT_ROLE,
-    basic_auth_ok,
-    bearer_token,
     call_metadata,
     call_start,
     check_roles,
     feed,
     parse_json_object,
     pump_audio,
-    query_params,
     remote_of,
-    secret_equal,
     serve_ws_call,
     ws_receive,
 )

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
+from nes2net_gateways._auth import require_secret, secret_equal
 from nes2net_gateways._common import (
     AGENT_ROLE,
     RateGuard,
@@ -32,10 +33,8 @@ from nes2net_gateways._common import (
     discard_events,
     feed,
     remote_of,
-    require_secret,
     run_call,
     score_roles,
-    secret_equal,
     ws_receive,
 )
 from nes2net_gateways.genesys_protocol import (

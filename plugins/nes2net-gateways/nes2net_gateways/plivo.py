@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection
 
+from nes2net_gateways._auth import secret_equal
 from nes2net_gateways._common import (
     AGENT_ROLE,
     QueryTokenGateway,
@@ -26,7 +27,6 @@ from nes2net_gateways._common import (
     call_start,
     parse_json_object,
     remote_of,
-    secret_equal,
     serve_ws_call,
 )
 from nes2net_gateways._json_media import (

@@ -18,19 +18,16 @@ from pydantic import Field, SecretStr
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
+from nes2net_gateways._auth import bearer_token, query_params, require_secret, secret_equal
 from nes2net_gateways._common import (
     AGENT_ROLE,
     RateGuard,
     b64decode,
-    bearer_token,
     call_metadata,
     call_start,
     check_roles,
     parse_json_object,
-    query_params,
     remote_of,
-    require_secret,
-    secret_equal,
     serve_ws_call,
 )
 from nes2net_gateways._json_media import (

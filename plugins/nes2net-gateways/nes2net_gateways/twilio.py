@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
+from nes2net_gateways._auth import require_secret
 from nes2net_gateways._common import (
     AGENT_ROLE,
     RateGuard,
@@ -30,7 +31,6 @@ from nes2net_gateways._common import (
     check_roles,
     parse_json_object,
     remote_of,
-    require_secret,
     serve_ws_call,
 )
 from nes2net_gateways._json_media import (

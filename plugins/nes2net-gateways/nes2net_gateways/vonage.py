@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosedOK
 
+from nes2net_gateways._auth import secret_equal
 from nes2net_gateways._common import (
     QueryTokenGateway,
     call_metadata,
@@ -26,7 +27,6 @@ from nes2net_gateways._common import (
     parse_json_object,
     pump_audio,
     remote_of,
-    secret_equal,
     serve_ws_call,
     ws_receive,
 )
