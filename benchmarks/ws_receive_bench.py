@@ -1,4 +1,5 @@
-"""CPU per received WebSocket message: ``asyncio.timeout`` per ``recv()`` against ``Receiver``.
+"""CPU per received WebSocket message: ``asyncio.timeout`` per ``recv()`` against ``Receiver``,
+on asyncio's event loop and on uvloop (``[server] event_loop``).
 
 A websockets server (this process) receives audio-sized binary messages from N connections fed
 by a load-generator process at a fixed packet rate; each server handler waits for messages in
@@ -7,6 +8,7 @@ every ``recv()`` (one timer per message) or with :class:`nes2net_stream.service.
 (one timer per slice). Prints the server's CPU microseconds per message for each, as JSON.
 
     python benchmarks/ws_receive_bench.py                    # 200 connections, 20 ms packets
+    python benchmarks/ws_receive_bench.py --loops asyncio,uvloop --forms receiver
     python benchmarks/ws_receive_bench.py --smoke
 """
 
@@ -33,6 +35,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from nes2net_stream.bench.engine import emit, environment
 from nes2net_stream.bench.loadgen import CallPlan, LoadGenerator
 from nes2net_stream.client import start_message
+from nes2net_stream.service import event_loop
 from nes2net_stream.service.ws_poll import Receiver
 
 SLICE_S = 0.5
@@ -89,19 +92,28 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--packet-ms", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs of each form")
+    ap.add_argument("--forms", default="asyncio_timeout,receiver",
+                    help="receive forms to compare: asyncio_timeout, receiver")
+    ap.add_argument("--loops", default="asyncio",
+                    help="event loops of the receiving server: asyncio, uvloop")
     ap.add_argument("--smoke", action="store_true", help="tiny run (tests)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     a = ap.parse_args()
     if a.smoke:
         a.calls, a.seconds, a.rounds = 4, 1.0, 1
+    handlers = {"asyncio_timeout": handler_timeout, "receiver": handler_receiver}
+    forms = [f for f in a.forms.split(",") if f]
+    loops = [x for x in a.loops.split(",") if x]
     rows = []
     for r in range(a.rounds):
-        for name, handler in (("asyncio_timeout", handler_timeout),
-                              ("receiver", handler_receiver)):
-            rows.append({"form": name, "round": r,
-                         **asyncio.run(measure(handler, a.calls, a.seconds, a.packet_ms))})
-    best = {f: min(x["cpu_us_per_message"] for x in rows if x["form"] == f)
-            for f in ("asyncio_timeout", "receiver")}
+        for loop in loops:
+            for name in forms:
+                res = event_loop.run(measure(handlers[name], a.calls, a.seconds, a.packet_ms),
+                                     loop)
+                rows.append({"form": name, "loop": loop, "round": r, **res})
+    best = {f"{f}/{lp}": min(x["cpu_us_per_message"] for x in rows
+                             if x["form"] == f and x["loop"] == lp)
+            for f in forms for lp in loops}
     emit({"benchmark": "ws_receive", "date": datetime.now(UTC).isoformat(timespec="seconds"),
           "environment": {**environment(torch.device("cpu")), "host_cpus": os.cpu_count(),
                           "websockets": websockets.__version__},

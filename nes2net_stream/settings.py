@@ -74,6 +74,7 @@ class ServerSection(Section):
     worker_window_slots: int = Field(512, ge=0, le=65_536)
     scorer_metrics_port: int = Field(0, ge=0, le=65535)
     backlog: int = Field(1024, ge=1, le=65535)
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     tls_cert: str = ""
     tls_key: str = ""
 

@@ -100,3 +100,13 @@ async def make_service(redis_server, redis_client, small_bundle):
     yield factory
     for svc in started:
         await svc.drain()
+
+
+def pytest_asyncio_loop_factories(config, item):  # noqa: ANN001, ANN201 - pytest-asyncio hook
+    """asyncio's loop; tests marked ``both_loops`` also run on uvloop (the service's default)."""
+    import asyncio
+
+    if item.get_closest_marker("both_loops") is None:
+        return {"asyncio": asyncio.new_event_loop}
+    import uvloop
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

@@ -62,6 +62,7 @@ def own_redis(tmp_path):
     server.stop()
 
 
+@pytest.mark.both_loops
 async def test_client_pause_mid_call_delays_but_loses_no_event(make_service, redis_client):
     svc = await make_service(redis={"socket_timeout_s": 0.5})
     pub = svc.ctx.publisher

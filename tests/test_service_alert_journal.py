@@ -37,6 +37,7 @@ async def _flushed(svc: Service) -> None:
     raise AssertionError("the publisher did not flush")
 
 
+@pytest.mark.both_loops
 async def test_alerts_of_a_stop_during_an_outage_are_replayed_by_the_next_start(
         small_bundle, tmp_path):
     redis = RedisServer(tmp_path / "redis")           # not started: Redis is down

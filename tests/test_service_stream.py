@@ -15,6 +15,7 @@ DOCUMENTED = {"schema", "event_id", "type", "call_id", "channel", "source", "met
               "ts_unix", "model_id", "replica", "state"}
 
 
+@pytest.mark.both_loops
 async def test_call_events_on_socket_and_in_redis(make_service, redis_client):
     svc = await make_service()
     x = tone_bursts(7.0, 8000)
@@ -62,6 +63,7 @@ async def test_stereo_call_scores_caller_and_requested_channels(make_service):
     assert {e["channel"] for e in only_caller.of_type("window")} == {"caller"}
 
 
+@pytest.mark.both_loops
 async def test_fifty_concurrent_calls_all_get_summaries(make_service, redis_client):
     svc = await make_service()
     x = tone_bursts(5.0, 8000)
@@ -119,6 +121,7 @@ async def test_readyz_fails_without_redis(make_service, redis_server):
         redis_server.start()
 
 
+@pytest.mark.both_loops
 async def test_graceful_drain_publishes_summaries(make_service, redis_client):
     svc = await make_service()
     x = tone_bursts(30.0, 8000)

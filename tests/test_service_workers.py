@@ -33,9 +33,9 @@ async def test_two_ingest_workers_share_the_port_and_one_scorer(small_bundle, re
                  if f["type"] == "summary"]
     assert sorted(s["call_id"] for s in summaries) == sorted(f"mp-{i}" for i in range(12))
     log = (tmp_path / "log").read_text()
-    workers = {json.loads(line).get("worker") for line in log.splitlines()
-               if '"service listening"' in line}
-    assert workers == {0, 1}
+    listening = [json.loads(line) for line in log.splitlines() if '"service listening"' in line]
+    assert {e["worker"] for e in listening} == {0, 1}
+    assert {e["event_loop"] for e in listening} == {"uvloop"}  # the default where installed
     # both workers took calls (the kernel spreads connections over SO_REUSEPORT sockets)
     assert '"scorer ready"' in log
     # whichever worker answers a scrape, it reports the sum over all workers

@@ -67,6 +67,7 @@ def client_context(pki: dict[str, Path]) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(pki["ca"]))
 
 
+@pytest.mark.both_loops
 async def test_wss_and_https_with_the_configured_certificate(make_service, pki, redis_client):
     svc = await make_service(server={"tls_cert": str(pki["cert"]), "tls_key": str(pki["key"])})
     ctx = client_context(pki)

@@ -73,6 +73,7 @@ class Client:
         return [e for e in self.events if e["type"] == kind]
 
 
+@pytest.mark.both_loops
 async def test_webrtc_calls_opus_and_g711_end_with_summaries_in_redis(make_service, redis_client):
     svc = await make_service(windows=FAST_WINDOWS)
     wav = FIXTURES / "synthetic_short.wav"
@@ -222,6 +223,7 @@ async def test_signalling_requires_the_service_token(make_service):
     await pc.close()
 
 
+@pytest.mark.both_loops
 async def test_drain_ends_webrtc_calls_with_summaries(make_service, redis_client, tmp_path):
     import soundfile as sf
     from helpers import tone_bursts

@@ -33,7 +33,7 @@ import numpy as np
 from prometheus_client.multiprocess import mark_process_dead
 
 from nes2net_stream.logs import configure_logging, get_logger
-from nes2net_stream.service import ipc
+from nes2net_stream.service import event_loop, ipc
 from nes2net_stream.service.engine import (
     EngineRestarted,
     EngineStopped,
@@ -351,7 +351,7 @@ def worker_main(settings_data: dict[str, Any], conn: Connection, index: int, mod
             refresher.cancel()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        event_loop.run(main(), settings.server.event_loop)
 
 
 async def _refresh_gauges(ctx: Any, engine: RemoteEngine, period_s: float = 2.0) -> None:

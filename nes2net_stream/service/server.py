@@ -38,6 +38,7 @@ from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import Gateway, HandshakeRejected
 from nes2net_stream.gateways.registry import load_gateways
 from nes2net_stream.logs import get_logger
+from nes2net_stream.service import event_loop
 from nes2net_stream.service.auth import TokenAuth, is_loopback
 from nes2net_stream.service.context import ServiceContext
 from nes2net_stream.service.engine import ScoringEngine
@@ -289,6 +290,7 @@ class Service:
 
             self.http = await start_http(self)
         log.info("service listening", host=s.host, port=self.port, worker=self.worker_index,
+                 event_loop=event_loop.loop_name(),
                  model=self.ctx.engine.model_id,
                  device=str(self.ctx.engine.device), auth_required=self.ctx.auth.required,
                  paths=sorted(self.routes))
@@ -379,10 +381,11 @@ def run_service(settings: Settings, **kwargs: Any) -> None:
     """Blocking entry point of ``nes2net-stream serve``."""
     check_open_files(settings.limits.max_calls, log)  # ingest workers inherit the limit
     faulthandler.enable()  # a fatal signal (SIGSEGV, SIGABRT) prints every thread's stack
+    loop = settings.server.event_loop
     if settings.server.workers > 1:
-        asyncio.run(run_multiprocess(settings))
+        event_loop.run(run_multiprocess(settings), loop)
     else:
-        asyncio.run(Service(settings, **kwargs).run_forever())
+        event_loop.run(Service(settings, **kwargs).run_forever(), loop)
     end_process_after_cuda()
 
 

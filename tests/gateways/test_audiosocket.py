@@ -56,6 +56,7 @@ async def call(svc, data, *, chunk=None, read=True, close=True):
         writer.close()
 
 
+@pytest.mark.both_loops
 async def test_documented_call_uuid_audio_dtmf_hangup(make_service, redis_client):
     svc = await service(make_service)
     cid = uuid.uuid4()

@@ -129,6 +129,7 @@ async def session(svc, conv, *, hdrs=None, **open_kw):
     return ws, client, await client.recv()
 
 
+@pytest.mark.both_loops
 async def test_monitor_session_end_to_end(make_service, redis_client):
     svc = await service(make_service)
     conv = str(uuid.uuid4())

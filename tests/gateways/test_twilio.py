@@ -69,6 +69,7 @@ async def service(make_service, **section):
     return await make_service(gateways={"twilio": cfg})
 
 
+@pytest.mark.both_loops
 async def test_both_tracks_demultiplexed_into_caller_and_agent(make_service, redis_client):
     svc = await service(make_service, score_agent=True)
     call, stream = sid("CA", 1), sid("MZ", 1)
@@ -143,6 +144,7 @@ async def test_sequence_gaps_and_late_duplicates_are_tolerated(make_service, red
     ("bad_json", 4400), ("binary", 4400), ("media_first", 4400), ("format", 4415),
     ("huge", 4413), ("bad_payload", 4400), ("other_stream", 4400), ("start_twice", 4400),
 ])
+@pytest.mark.both_loops
 async def test_bad_input_closes_that_call_only(make_service, redis_client, case, close):
     svc = await service(make_service)
     good_call, good_stream = sid("CA", 100), sid("MZ", 100)
