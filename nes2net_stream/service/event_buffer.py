@@ -20,6 +20,13 @@ class PendingEvent:
     received: float | None  # monotonic time the window's last sample arrived
     seq: int | None = None  # number in the alert journal
 
+    @classmethod
+    def of(cls, ev: dict[str, Any], doc: str, *, is_alert: bool, received: float | None = None,
+           seq: int | None = None) -> PendingEvent:
+        """The queued form of event ``ev`` serialised as ``doc``."""
+        return cls(doc, ev["type"], ev["event_id"], ev["call_id"], is_alert,
+                   call_fields(ev, doc), received, seq)
+
     @property
     def size(self) -> int:
         """Approximate bytes held (the JSON document dominates)."""

@@ -28,7 +28,7 @@ from nes2net_stream.service.alert_journal import (
     JournalError,
     worker_dirs,
 )
-from nes2net_stream.service.event_buffer import PendingEvent, call_fields
+from nes2net_stream.service.event_buffer import PendingEvent
 from nes2net_stream.service.events import lost_call_summary
 from nes2net_stream.service.metrics import ServiceMetrics
 
@@ -130,8 +130,7 @@ class JournalKeeper:
         for entry in entries:
             try:
                 ev = json.loads(entry.doc)
-                items.append(PendingEvent(entry.doc, ev["type"], ev["event_id"], ev["call_id"],
-                                          True, call_fields(ev, entry.doc), None, entry.seq))
+                items.append(PendingEvent.of(ev, entry.doc, is_alert=True, seq=entry.seq))
             except (ValueError, KeyError, TypeError) as exc:  # not an event this writes
                 log.error("alert journal entry is not an event; skipped", seq=entry.seq,
                           error=str(exc)[:200])
@@ -149,8 +148,7 @@ class JournalKeeper:
                 last = json.loads(doc)
                 ev = lost_call_summary(last)
                 summary = json.dumps(ev, separators=(",", ":"))
-                item = PendingEvent(summary, ev["type"], ev["event_id"], ev["call_id"], True,
-                                    call_fields(ev, summary), None)
+                item = PendingEvent.of(ev, summary, is_alert=True)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.error("alert journal: open call is not an event; dropped", key=key,
                           error=str(exc)[:200])

@@ -37,7 +37,6 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from redis.exceptions import (
     AuthenticationError,
@@ -50,7 +49,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from nes2net_stream.logs import get_logger
-from nes2net_stream.service.event_buffer import EventBuffer, PendingEvent, call_fields
+from nes2net_stream.service.event_buffer import EventBuffer, PendingEvent
 from nes2net_stream.service.events import OutputEvent
 from nes2net_stream.service.journal_keeper import JournalKeeper
 from nes2net_stream.service.metrics import ServiceMetrics
@@ -192,13 +191,9 @@ class RedisPublisher:
         The oldest event of the same kind is dropped (counted, logged) when its buffer is full.
         """
         ev = event.to_dict()
-        self._queue(ev, json.dumps(ev, separators=(",", ":")), event.is_alert, received)
-
-    def _queue(self, ev: dict[str, Any], doc: str, is_alert: bool,
-               received: float | None) -> None:
-        item = PendingEvent(doc, ev["type"], ev["event_id"], ev["call_id"], is_alert,
-                            call_fields(ev, doc), received)
-        if is_alert and self.keeper is not None:
+        item = PendingEvent.of(ev, json.dumps(ev, separators=(",", ":")),
+                               is_alert=event.is_alert, received=received)
+        if item.is_alert and self.keeper is not None:
             self.keeper.record(item, ev)
         self._enqueue(item)
 
