@@ -6,6 +6,7 @@ cache reads when every call advanced one 1 s hop (XLS-R conv geometry), and repo
 each copies to the device. Prints JSON.
 
     python benchmarks/staging_bench.py
+    python benchmarks/staging_bench.py --smoke     # a few small batches (tests)
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ def main() -> None:
     ap.add_argument("--window-s", type=float, default=4.0)
     ap.add_argument("--hop-samples", type=int, default=16_320)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
+    if a.smoke:
+        a.batch, a.repeats = 8, 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     det = build_detector("xlsr300m-nes2net-x", ssl_overrides=TINY_SSL,
                          backend_options={"outer_ratio": 4, "inner_ratio": 4}).to(device)

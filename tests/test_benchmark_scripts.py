@@ -218,3 +218,35 @@ def test_alert_journal_bench_smoke():
     assert [r["fsync_interval_s"] for r in out["rows"]] == [1.0, 0.0]
     assert all(r["alerts_per_s"] > 0 for r in out["rows"])
     assert out["replay"]["alerts"] == 300
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("stage", ["norms", "all"])
+def test_gpu_run_stage_rehearses_on_the_cpu(stage, tmp_path):
+    """The prepared GPU command runs every step (``SMOKE=1``) and packs a summary with verdicts.
+
+    The device machine is lent for minutes at a time; a broken step found there costs the run.
+    """
+    import os
+    import shutil
+    import tarfile
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    out = tmp_path / "out"
+    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "BUDGET_S": "380",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), stage], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=390)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["run.tgz", "summary.md"]
+    with tarfile.open(out / "run.tgz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+        steps = tar.extractfile("./steps.txt").read().decode().splitlines()
+    skipped = "skipped cuda_tests: smoke run"
+    assert steps and all(" exit 0 " in s or s == skipped for s in steps), steps
+    ran = {s.split(":")[0] for s in steps if " exit 0 " in s}
+    assert {f"{name}.json" for name in ran - {"e2e"}} <= names
+    assert "e2e" in ran and "e2e_workers.json" in names
+    summary = (out / "summary.md").read_text()
+    assert "Engine target (3,000 windows/s)" in summary
