@@ -273,3 +273,55 @@ async def test_calls_in_progress_when_the_process_is_killed_get_a_lost_summary(
     assert list(journal.rglob("*.jsonl")) == []
     assert '"call lost with an earlier process; its summary is published"' in \
         (tmp_path / "log2").read_text()
+
+
+async def test_a_killed_ingest_workers_replacement_summarises_its_lost_calls(
+        small_bundle, redis_server, redis_client, tmp_path):
+    """One of two ingest workers SIGKILLed mid-call: the scorer restarts it on the same index,
+    which reads that index's journal and publishes a ``lost`` summary for each of its calls."""
+    from test_service_workers import _wait_listening, _worker_pids
+
+    log = tmp_path / "log"
+    svc = ServiceProcess(redis_server.url, model=str(small_bundle), log_path=log,
+                         extra_env={"NES2NET_SERVER__WORKERS": "2", "NES2NET_HTTP__PORT": "0",
+                                    "NES2NET_LOGGING__LEVEL": "info"},
+                         args=["--alert-journal", str(tmp_path / "journal")])
+    calls = []
+    try:
+        await asyncio.to_thread(svc.wait_ready, 120)
+        await asyncio.to_thread(_wait_listening, log, {0, 1}, 60)
+        victim = _worker_pids(svc.proc.pid)[0]
+        calls = [asyncio.ensure_future(stream_samples(
+            svc.url, tone_bursts(30.0, 8000, seed=i), 8000, call_id=f"w-{i}", realtime=True,
+            speed=2.0)) for i in range(8)]
+        states: set[str] = set()
+        for _ in range(300):                          # every call has published a state
+            states = {f["call_id"] for _, f in redis_client.xrange("nes2net:alerts")
+                      if f["type"] == "state"}
+            if len(states) == 8:
+                break
+            await asyncio.sleep(0.1)
+        assert len(states) == 8
+        os.kill(victim, signal.SIGKILL)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        summaries: dict[str, dict] = {}
+        for _ in range(200):                          # the replacement's lost summaries
+            summaries = {f["call_id"]: json.loads(f["event"])
+                         for _, f in redis_client.xrange("nes2net:alerts")
+                         if f["type"] == "summary"}
+            if len(summaries) == 8:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        code = await asyncio.to_thread(svc.stop, 60)
+        await asyncio.gather(*calls, return_exceptions=True)
+    assert code == 0
+    every = [f["call_id"] for _, f in redis_client.xrange("nes2net:alerts")
+             if f["type"] == "summary"]
+    assert sorted(every) == sorted(f"w-{i}" for i in range(8))  # every call summarised, once
+    lost = {c for c, s in summaries.items() if s["summary"]["end_reason"] == "lost"}
+    cut = {f"w-{i}" for i, r in enumerate(results)
+           if isinstance(r, BaseException) or r.summary is None}
+    assert lost == cut and lost                        # exactly the killed worker's calls
+    assert all(summaries[c]["degraded"] == "process_lost" for c in lost)
+    assert '"call lost with an earlier process; its summary is published"' in log.read_text()
