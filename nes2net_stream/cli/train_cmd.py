@@ -111,6 +111,13 @@ def build_model(opts: dict[str, Any]) -> Any:
 @click.option("--speech-crops", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Share of training crops cut from the VAD speech stream (silence dropped, "
                    "as the live service scores); above 0, dev crops come from it too.")
+@click.option("--teacher", "teachers", multiple=True, metavar="BUNDLE",
+              help="Also train towards the averaged scores of this bundle (repeat for several; "
+                   "knowledge distillation).")
+@click.option("--distill-weight", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5,
+              show_default=True, help="Share of the distillation loss, with --teacher.")
+@click.option("--distill-temperature", type=click.FloatRange(0.0, min_open=True), default=2.0,
+              show_default=True, help="Temperature softening both scores, with --teacher.")
 @click.option("--calibration-mode", type=click.Choice(["4s", "windows"]), default="4s",
               show_default=True,
               help="Scoring of the dev trials the calibration is fitted on: the official "
@@ -158,7 +165,8 @@ def train(**opts: Any) -> None:
         schedule=opts["schedule"], segment_s=opts["segment_s"], balance=opts["balance"],
         bn_recalibration_batches=opts["bn_recalibration_batches"],
         mask_channels=opts["mask_channels"], mask_frames=opts["mask_frames"],
-        speech_crops=opts["speech_crops"],
+        speech_crops=opts["speech_crops"], teachers=tuple(opts["teachers"]),
+        distill_weight=opts["distill_weight"], distill_temperature=opts["distill_temperature"],
         average_best=opts["average_best"], seed=opts["seed"], max_batches=opts["max_batches"],
         num_workers=opts["num_workers"], extra={"augment": aug_dict,
                                                 "limit_train": opts["limit_train"],
@@ -203,4 +211,5 @@ def trainer_config_dict(cfg: Any) -> dict[str, Any]:
 
     d = dataclasses.asdict(cfg)
     d["class_weights"] = list(d["class_weights"])
+    d["teachers"] = list(d["teachers"])
     return d

@@ -34,6 +34,7 @@ from nes2net_stream.training.checkpoints import (
     load_checkpoint,
 )
 from nes2net_stream.training.dataset import ProtocolDataset
+from nes2net_stream.training.distill import Teachers
 from nes2net_stream.training.masking import mask_features
 
 
@@ -69,6 +70,10 @@ class TrainConfig:
         mask_frames: longest span of frames zeroed in training, two per crop (0 disables).
         speech_crops: share of training crops cut from the VAD speech stream, as the live
             service scores it (:class:`~nes2net_stream.training.dataset.ProtocolDataset`).
+        teachers: bundles whose averaged scores the model is also trained towards
+            (:mod:`nes2net_stream.training.distill`); empty: no distillation.
+        distill_weight: share of the distillation loss in the total (with teachers).
+        distill_temperature: softening temperature of both scores in the distillation loss.
     """
 
     epochs: int = 20
@@ -89,6 +94,9 @@ class TrainConfig:
     mask_channels: int = 0
     mask_frames: int = 0
     speech_crops: float = 0.0
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -101,11 +109,14 @@ class TrainConfig:
             "class_weights": len(self.class_weights) == 2 and min(self.class_weights) > 0,
             "mask_channels": self.mask_channels >= 0, "mask_frames": self.mask_frames >= 0,
             "speech_crops": 0.0 <= self.speech_crops <= 1.0,
+            "distill_weight": 0.0 < self.distill_weight <= 1.0,
+            "distill_temperature": self.distill_temperature > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"train: invalid value for {', '.join(bad)}")
         self.class_weights = tuple(float(w) for w in self.class_weights)  # type: ignore[assignment]
+        self.teachers = tuple(str(t) for t in self.teachers)
 
 
 def seed_everything(seed: int) -> None:
@@ -157,6 +168,9 @@ class Trainer:
                  cfg: TrainConfig, run_dir: str | Path, *, device: str = "cpu",
                  progress: bool = True, log: Callable[[str], None] | None = None):
         self.model = model.to(device)
+        self.teachers = (Teachers.load(cfg.teachers, device=device, weight=cfg.distill_weight,
+                                       temperature=cfg.distill_temperature)
+                         if cfg.teachers else None)
         self.train_set = train_set
         self.dev_set = dev_set
         self.cfg = cfg
@@ -187,8 +201,10 @@ class Trainer:
         import json
 
         state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        old = dict(state.get("train_config") or {})
         new = _jsonable(dataclasses.asdict(self.cfg))
+        # settings added since that run was started had their defaults then
+        defaults = _jsonable(dataclasses.asdict(TrainConfig()))
+        old = {**{k: defaults[k] for k in new}, **(state.get("train_config") or {})}
         old.pop("epochs", None)
         if old != {k: v for k, v in new.items() if k != "epochs"}:
             raise ConfigError(f"{self.run_dir} holds a run with a different configuration; "
@@ -241,7 +257,10 @@ class Trainer:
             if i >= n_batches:
                 break
             x, y = x.to(self.device), y.to(self.device)
-            loss = classification_loss(self._forward(x, masks), y, self.cfg.class_weights)
+            logits = self._forward(x, masks)
+            loss = classification_loss(logits, y, self.cfg.class_weights)
+            if self.teachers is not None:
+                loss = self.teachers.loss(self.model, logits, loss, x)
             if not torch.isfinite(loss):
                 raise DataError(f"non-finite training loss at epoch {epoch}, batch {i}")
             self.optimizer.zero_grad(set_to_none=True)
