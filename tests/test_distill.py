@@ -9,7 +9,7 @@ import torch
 from nes2net_stream.bundle import load_model, save_model
 from nes2net_stream.errors import ConfigError
 from nes2net_stream.models.config import BackendConfig, SpectralConfig
-from nes2net_stream.models.detector import Detector
+from nes2net_stream.models.detector import Calibration, Detector
 from nes2net_stream.training.dataset import ProtocolDataset, load_split
 from nes2net_stream.training.distill import Teachers
 from nes2net_stream.training.trainer import TrainConfig, Trainer
@@ -32,15 +32,17 @@ def _teacher_bundles(tmp_path, n: int) -> list[str]:
     return paths
 
 
-def test_targets_are_the_mean_of_the_teachers_spoof_log_odds(tmp_path):
+def test_targets_are_the_mean_of_the_teachers_calibrated_llrs(tmp_path):
     paths = _teacher_bundles(tmp_path, 2)
     teachers = Teachers.load(paths, device="cpu", weight=0.5, temperature=2.0)
+    teachers.models[0].calibration = Calibration(scale=0.5, offset=1.0, fitted=True)
     x = torch.randn(3, 16000) * 0.1
     each = []
-    for p in paths:
+    for i, p in enumerate(paths):
         m = load_model(p)
         with torch.no_grad():
-            each.append(m.raw_spoof_score(m(x)))
+            raw = m.raw_spoof_score(m(x))
+        each.append(0.5 * raw + 1.0 if i == 0 else raw)
     assert torch.allclose(teachers.targets(x), (each[0] + each[1]) / 2, atol=1e-5)
     assert all(not p.requires_grad for m in teachers.models for p in m.parameters())
     student = _detector(0)

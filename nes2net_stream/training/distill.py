@@ -2,12 +2,14 @@
 
 Teachers are model bundles (any front-end: a large SSL model on a GPU, or several seeds of the
 same recipe, whose averaged scores are steadier than any one of them; training.md). Each
-training batch, as augmented for the student, also goes through every teacher; their spoof
-log-odds are averaged into one soft target, and the student's loss becomes
+training batch, as augmented for the student, also goes through every teacher; their
+calibrated spoof log-likelihood ratios (the raw log-odds of a teacher without calibration) are
+averaged into one soft target, so teachers of different kinds weigh alike, and the student's
+loss becomes
 
     (1 - w) * weighted cross-entropy(labels) + w * T^2 * BCE(sigmoid(s / T), sigmoid(t / T))
 
-with ``s`` the student's and ``t`` the teachers' mean spoof log-odds, ``w`` the distillation
+with ``s`` the student's raw spoof log-odds, ``t`` the teachers' mean, ``w`` the distillation
 weight and ``T`` the temperature (Hinton et al., "Distilling the Knowledge in a Neural
 Network", 2015; the binary form of their softened cross-entropy). Teachers never train and
 add only their forward passes to the cost of training.
@@ -53,8 +55,9 @@ class Teachers:
 
     @torch.no_grad()
     def targets(self, x: torch.Tensor) -> torch.Tensor:
-        """The teachers' mean spoof log-odds for a batch of waveforms ``x`` (B, S)."""
-        outs = [m.raw_spoof_score(m(x)).float() for m in self.models]
+        """The teachers' mean calibrated spoof LLR for a batch of waveforms ``x`` (B, S)."""
+        outs = [m.calibration.scale * m.raw_spoof_score(m(x)).float() + m.calibration.offset
+                for m in self.models]
         return torch.stack(outs).mean(dim=0)
 
     def loss(self, student: Detector, logits: torch.Tensor, hard: torch.Tensor,
