@@ -144,6 +144,11 @@ def main() -> None:
         extras += (f"; {'every' if share >= 1 else f'{100 * share:.0f} % of the'} training "
                   "crop cut from the VAD speech stream (pauses dropped, as the live service "
                   "scores, `--speech-crops`), dev crops too")
+    if tcfg.get("teachers"):
+        extras += (f"; distilled: trained towards the averaged calibrated scores of "
+                   f"{len(tcfg['teachers'])} teacher models (`--teacher`, weight "
+                   f"{tcfg.get('distill_weight', 0.5):g}, temperature "
+                   f"{tcfg.get('distill_temperature', 2.0):g}; training.md)")
     cal_windows = str(calibration.get("details", {}).get("source", "")).endswith("(windows)")
     cal_scores = ("speech windows averaged per trial, as the live service scores" if cal_windows
                   else "first 4 s of each trial")
