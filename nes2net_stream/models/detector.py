@@ -55,6 +55,10 @@ class Calibration:
         if not 0.0 < self.spoof_prior < 1.0:
             raise BundleError("calibration.spoof_prior must be in (0, 1)")
 
+    def llr(self, raw: torch.Tensor) -> torch.Tensor:
+        """Calibrated log-likelihood ratio of raw spoof scores (any device)."""
+        return raw * self.scale + self.offset
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary for the bundle's calibration.json."""
         return dataclasses.asdict(self)
@@ -174,7 +178,7 @@ class Detector(nn.Module):
         logits = logits.detach().float().cpu()
         raw = self.raw_spoof_score(logits)
         cal = self.calibration
-        llr = raw * cal.scale + cal.offset
+        llr = cal.llr(raw)
         prior_logit = math.log(cal.spoof_prior / (1.0 - cal.spoof_prior))
         return Scores(raw=raw, llr=llr, spoof_probability=torch.sigmoid(llr + prior_logit),
                       bona_fide_logit=self.bona_fide_logit(logits))

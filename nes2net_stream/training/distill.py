@@ -56,8 +56,7 @@ class Teachers:
     @torch.no_grad()
     def targets(self, x: torch.Tensor) -> torch.Tensor:
         """The teachers' mean calibrated spoof LLR for a batch of waveforms ``x`` (B, S)."""
-        outs = [m.calibration.scale * m.raw_spoof_score(m(x)).float() + m.calibration.offset
-                for m in self.models]
+        outs = [m.calibration.llr(m.raw_spoof_score(m(x)).float()) for m in self.models]
         return torch.stack(outs).mean(dim=0)
 
     def loss(self, student: Detector, logits: torch.Tensor, hard: torch.Tensor,
