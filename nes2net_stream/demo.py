@@ -45,7 +45,7 @@ def _print_alert(event: dict[str, Any]) -> None:
     else:
         s = event["summary"]
         mean = s["mean_spoof_probability"]
-        line = (f"  SUMMARY {call:<14} final={s['final_state']:<10} "
+        line = (f"  SUMMARY {call:<14} final={s['final_state'] or 'none':<10} "
                 f"windows={s['windows_scored']:<3} speech={s['speech_s']:.1f}s "
                 f"mean p(spoof)={'n/a' if mean is None else f'{mean:.3f}'}")
     print(_paint(event.get("state"), line), flush=True)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from nes2net_stream.audio.vad import VADConfig
 from nes2net_stream.audio.windows import WindowConfig
+from nes2net_stream.service.policy import AlertConfig
 
 
 class Section(BaseModel):
@@ -157,7 +158,16 @@ class AlertsSection(Section):
     spoof_threshold: float = Field(0.8, gt=0.0, lt=1.0)
     hysteresis: float = Field(0.1, ge=0.0, lt=1.0)
     min_windows_for_spoof: int = Field(2, ge=1)
+    min_windows_for_state: int = Field(2, ge=1)
     default_score_channels: list[str] = Field(default_factory=lambda: ["caller"])
+
+    def to_config(self, scoring: ScoringSection, spoof_prior: float | None) -> AlertConfig:
+        """The runtime alert policy (``spoof_prior``: the model's calibration prior, or 0.5)."""
+        return AlertConfig(
+            suspicious_threshold=self.suspicious_threshold, spoof_threshold=self.spoof_threshold,
+            hysteresis=self.hysteresis, min_windows_for_spoof=self.min_windows_for_spoof,
+            min_windows_for_state=self.min_windows_for_state, aggregation=scoring.aggregation,
+            ema_alpha=scoring.ema_alpha, spoof_prior=0.5 if spoof_prior is None else spoof_prior)
 
 
 class LimitsSection(Section):

@@ -47,6 +47,12 @@ for channel in g726:16000 g723_1 opus_nb:8000; do
     --mode 4s --channel "$channel" --out "$RUN/eval-channel-${channel//:/-}"
 done
 
+# whole calls: what the alert states say (one extra window before a first state and without)
+rm -rf "$RUN/calls" "$RUN/alerts"
+"$PY" -m nes2net_stream data build-calls "$CORPUS" "$RUN/calls" --split eval
+"$PY" -m nes2net_stream eval-alerts --model "$RUN/model" --database "$RUN/calls" \
+  --out "$RUN/alerts" --vary min_windows_for_state=1,2,3 --no-progress
+
 rm -rf "$OUT"
 cp -r "$RUN/model" "$OUT"
 "$PY" scripts/model_card.py --run "$RUN" --corpus "$CORPUS" --bundle "$OUT" \

@@ -21,7 +21,9 @@ async def _name() -> str:
 
 
 def test_auto_prefers_uvloop_and_asyncio_is_available_on_request():
-    assert event_loop.loop_factory("auto")[0] == "uvloop"
+    import uvloop
+
+    assert event_loop.loop_factory("auto") is uvloop.new_event_loop
     assert event_loop.run(_name(), "auto") == "uvloop"
     assert event_loop.run(_name(), "uvloop") == "uvloop"
     assert event_loop.run(_name(), "asyncio") == "asyncio"

@@ -53,7 +53,7 @@ def probability(llr: float) -> float:
 
 def test_states_rise_at_thresholds_and_fall_only_past_the_hysteresis():
     cfg = AlertConfig(suspicious_threshold=0.5, spoof_threshold=0.8, hysteresis=0.1,
-                      min_windows_for_spoof=2, aggregation="max")
+                      min_windows_for_spoof=2, min_windows_for_state=1, aggregation="max")
     pol = ChannelPolicy(cfg)
     assert pol.running_llr is None and pol.running_probability is None
     steps = []
@@ -68,7 +68,7 @@ def test_states_rise_at_thresholds_and_fall_only_past_the_hysteresis():
 
 def test_one_window_cannot_raise_spoof_and_the_mean_can_step_down():
     cfg = AlertConfig(suspicious_threshold=0.5, spoof_threshold=0.8, hysteresis=0.1,
-                      min_windows_for_spoof=2)
+                      min_windows_for_spoof=2, min_windows_for_state=1)
     pol = ChannelPolicy(cfg)
     assert pol.update(4.0, probability(4.0)) == (None, "suspicious")  # one window: not spoof
     assert pol.update(4.0, probability(4.0)) == ("suspicious", "spoof")
@@ -104,3 +104,26 @@ def test_invalid_alert_settings_fail_naming_the_key():
         AlertConfig(hysteresis=0.6)
     with pytest.raises(ConfigError, match="min_windows_for_spoof"):
         AlertConfig(min_windows_for_spoof=0)
+    with pytest.raises(ConfigError, match="min_windows_for_state"):
+        AlertConfig(min_windows_for_state=0)
+
+
+def test_no_state_until_enough_windows_so_an_odd_opening_window_raises_nothing():
+    # the demo's human call: an opening window at p 0.70, then clearly bona fide windows
+    pol = ChannelPolicy(AlertConfig(min_windows_for_state=2))
+    assert pol.update(0.86, probability(0.86)) == (None, None)
+    assert pol.running_probability == pytest.approx(probability(0.86))  # still reported
+    assert pol.update(-2.83, probability(-2.83)) == (None, "bona_fide")
+    # with one window of evidence, the same opening window raises an alert
+    eager = ChannelPolicy(AlertConfig(min_windows_for_state=1))
+    assert eager.update(0.86, probability(0.86)) == (None, "suspicious")
+
+
+def test_a_synthetic_call_reaches_spoof_as_soon_as_it_has_a_state():
+    pol = ChannelPolicy(AlertConfig(min_windows_for_state=2, min_windows_for_spoof=2))
+    assert pol.update(2.63, probability(2.63)) == (None, None)
+    assert pol.update(2.26, probability(2.26)) == (None, "spoof")
+    # the state threshold counts windows: a later bound needs that many
+    late = ChannelPolicy(AlertConfig(min_windows_for_state=3))
+    assert [late.update(3.0, probability(3.0))[1] for _ in range(4)] == [
+        None, None, "spoof", "spoof"]

@@ -80,7 +80,7 @@ async def test_feed_resumes_after_reconnect_without_duplicates_or_gaps(make_serv
 
 async def test_feed_history_call_filter_and_active_calls(make_service):
     svc = await make_service()
-    x = tone_bursts(5.0, 8000)
+    x = tone_bursts(7.0, 8000)  # windows enough for a state ([alerts] min_windows_for_state)
     await asyncio.gather(stream_samples(svc.url, x, 8000, call_id="hist-a", realtime=False),
                          stream_samples(svc.url, x, 8000, call_id="hist-b", realtime=False))
     await asyncio.sleep(0.5)

@@ -7,6 +7,7 @@ import sys
 import click
 
 from nes2net_stream import __version__
+from nes2net_stream.cli.alerts_cmd import build_calls_cmd, eval_alerts_cmd
 from nes2net_stream.cli.bench_cmd import bench
 from nes2net_stream.cli.compare_cmd import compare_cmd
 from nes2net_stream.cli.convert_cmd import convert_checkpoint_cmd
@@ -30,9 +31,11 @@ def cli() -> None:
 cli.add_command(score)
 cli.add_command(train)
 cli.add_command(eval_cmd)
+cli.add_command(eval_alerts_cmd)
 cli.add_command(compare_cmd)
 cli.add_command(journal_cmd)
 cli.add_command(data)
+data.add_command(build_calls_cmd)
 cli.add_command(model)
 cli.add_command(serve)
 cli.add_command(stream)

@@ -20,14 +20,14 @@ T = TypeVar("T")
 LoopKind = Literal["auto", "uvloop", "asyncio"]
 
 
-def loop_factory(kind: LoopKind | str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """The name of the loop ``kind`` resolves to and a function making one.
+def loop_factory(kind: LoopKind | str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A function making a new loop of ``kind`` (:func:`loop_name` names it once running).
 
     Raises :class:`~nes2net_stream.errors.ConfigError` naming ``server.event_loop`` when
     ``uvloop`` is asked for and cannot be imported, or for an unknown kind.
     """
     if kind == "asyncio":
-        return "asyncio", asyncio.new_event_loop
+        return asyncio.new_event_loop
     if kind not in ("auto", "uvloop"):
         raise ConfigError(f"server.event_loop: {kind!r} is not one of auto, uvloop, asyncio")
     try:
@@ -36,14 +36,14 @@ def loop_factory(kind: LoopKind | str) -> tuple[str, Callable[[], asyncio.Abstra
         if kind == "uvloop":
             raise ConfigError(f"server.event_loop: uvloop is not installed ({exc}); install "
                               "it or set event_loop = \"auto\" or \"asyncio\"") from exc
-        return "asyncio", asyncio.new_event_loop
-    return "uvloop", uvloop.new_event_loop
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 def run(main: Coroutine[Any, Any, T], kind: LoopKind | str = "auto") -> T:
     """Run ``main`` to completion on a new loop of ``kind`` (like :func:`asyncio.run`)."""
     try:
-        _, factory = loop_factory(kind)
+        factory = loop_factory(kind)
     except ConfigError:
         main.close()  # never awaited: avoid the "coroutine was never awaited" warning
         raise

@@ -3,8 +3,9 @@
 The running score aggregates the window LLRs seen so far (mean by default) and is turned into
 a running spoof probability. States move up (bona_fide -> suspicious -> spoof) when the running
 probability reaches a threshold and move down only when it falls below that threshold minus
-the hysteresis, so a score hovering at a threshold does not flap. ``spoof`` additionally needs
-``min_windows_for_spoof`` windows, so one odd window cannot raise the top alert.
+the hysteresis, so a score hovering at a threshold does not flap. A channel has no state
+until ``min_windows_for_state`` windows are scored, so one odd opening window can neither raise
+an alert nor vouch for the caller; ``spoof`` additionally needs ``min_windows_for_spoof``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class AlertConfig:
         spoof_threshold: running probability at which it becomes ``spoof``.
         hysteresis: how far below a threshold the probability must fall to step back down.
         min_windows_for_spoof: windows needed before ``spoof`` can be reached.
+        min_windows_for_state: windows needed before the channel has any state (``None``
+            until then, so the first state event already rests on that many windows).
         aggregation: how window LLRs combine into the running score.
         ema_alpha: weight of the newest window for ``ema``.
         spoof_prior: prior used to turn the running LLR into a probability.
@@ -37,6 +40,7 @@ class AlertConfig:
     spoof_threshold: float = 0.8
     hysteresis: float = 0.1
     min_windows_for_spoof: int = 2
+    min_windows_for_state: int = 2
     aggregation: Aggregation = "mean"
     ema_alpha: float = 0.3
     spoof_prior: float = 0.5
@@ -48,6 +52,8 @@ class AlertConfig:
             raise ConfigError("alerts.hysteresis: must be >= 0 and below suspicious_threshold")
         if self.min_windows_for_spoof < 1:
             raise ConfigError("alerts.min_windows_for_spoof: must be >= 1")
+        if self.min_windows_for_state < 1:
+            raise ConfigError("alerts.min_windows_for_state: must be >= 1")
 
 
 @dataclass
@@ -81,12 +87,13 @@ class ChannelPolicy:
         prior = self.cfg.spoof_prior
         return _sigmoid(llr + math.log(prior / (1.0 - prior)))
 
-    def update(self, llr: float, probability: float) -> tuple[str | None, str]:
-        """Add a window score; return (previous state, new state)."""
+    def update(self, llr: float, probability: float) -> tuple[str | None, str | None]:
+        """Add a window score; return (previous state, new state); ``None`` = no state yet."""
         self._running.add(llr)
         self.max_probability = max(self.max_probability, float(probability))
         previous = self.state
-        self.state = self._next_state(self.running_probability or 0.0)
+        if self.windows >= self.cfg.min_windows_for_state:
+            self.state = self._next_state(self.running_probability or 0.0)
         return previous, self.state
 
     def _next_state(self, p: float) -> str:

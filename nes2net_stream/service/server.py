@@ -45,7 +45,6 @@ from nes2net_stream.service.engine import ScoringEngine
 from nes2net_stream.service.events import CallEnd
 from nes2net_stream.service.metrics import ServiceMetrics
 from nes2net_stream.service.oslimits import check_open_files
-from nes2net_stream.service.policy import AlertConfig
 from nes2net_stream.service.publisher import RedisConfig, RedisPublisher
 from nes2net_stream.service.ws_generic import handle_generic
 from nes2net_stream.settings import Settings
@@ -132,13 +131,7 @@ def build_context(settings: Settings, metrics: ServiceMetrics | None = None, *,
         alert_journal_dir=r.alert_journal_dir, alert_journal_fsync_s=r.alert_journal_fsync_s,
         alert_journal_segment_bytes=r.alert_journal_segment_bytes), metrics,
         worker=worker_index, workers=settings.server.workers)
-    a = settings.alerts
-    alerts = AlertConfig(suspicious_threshold=a.suspicious_threshold,
-                         spoof_threshold=a.spoof_threshold, hysteresis=a.hysteresis,
-                         min_windows_for_spoof=a.min_windows_for_spoof,
-                         aggregation=settings.scoring.aggregation,
-                         ema_alpha=settings.scoring.ema_alpha,
-                         spoof_prior=0.5 if spoof_prior is None else spoof_prior)
+    alerts = settings.alerts.to_config(settings.scoring, spoof_prior)
     return ServiceContext(engine=engine, publisher=publisher, metrics=metrics,
                           vad=settings.vad.to_config(), windows=settings.windows.to_config(),
                           alerts=alerts, limits=settings.limits, auth=auth)

@@ -27,15 +27,25 @@ from nes2net_stream.errors import ConfigError
 from nes2net_stream.models.detector import Detector
 
 
+def weight_ok(weight: float) -> bool:
+    """Whether ``weight`` is a valid share of the distillation loss: (0, 1]."""
+    return 0.0 < weight <= 1.0
+
+
+def temperature_ok(temperature: float) -> bool:
+    """Whether ``temperature`` is a valid softening temperature: positive."""
+    return temperature > 0
+
+
 class Teachers:
     """Frozen teacher detectors whose spoof log-odds are averaged into soft targets."""
 
     def __init__(self, models: Sequence[Detector], *, weight: float, temperature: float):
         if not models:
             raise ConfigError("train.teacher: distillation needs at least one teacher bundle")
-        if not 0.0 < weight <= 1.0:
+        if not weight_ok(weight):
             raise ConfigError(f"train.distill_weight: {weight} is not in (0, 1]")
-        if temperature <= 0:
+        if not temperature_ok(temperature):
             raise ConfigError(f"train.distill_temperature: {temperature} is not positive")
         self.models = list(models)
         for m in self.models:

@@ -34,7 +34,7 @@ from nes2net_stream.training.checkpoints import (
     load_checkpoint,
 )
 from nes2net_stream.training.dataset import ProtocolDataset
-from nes2net_stream.training.distill import Teachers
+from nes2net_stream.training.distill import Teachers, temperature_ok, weight_ok
 from nes2net_stream.training.masking import mask_features
 
 
@@ -109,8 +109,8 @@ class TrainConfig:
             "class_weights": len(self.class_weights) == 2 and min(self.class_weights) > 0,
             "mask_channels": self.mask_channels >= 0, "mask_frames": self.mask_frames >= 0,
             "speech_crops": 0.0 <= self.speech_crops <= 1.0,
-            "distill_weight": 0.0 < self.distill_weight <= 1.0,
-            "distill_temperature": self.distill_temperature > 0,
+            "distill_weight": weight_ok(self.distill_weight),
+            "distill_temperature": temperature_ok(self.distill_temperature),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

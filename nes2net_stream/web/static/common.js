@@ -27,7 +27,7 @@ const N2N = (() => {
   const LABELS = {bona_fide: "bona fide", suspicious: "suspicious", spoof: "spoof"};
 
   function stateColor(state) { return COLORS[state] || COLORS.null; }
-  function stateLabel(state) { return LABELS[state] || "no score yet"; }
+  function stateLabel(state) { return LABELS[state] || "no verdict yet"; }
 
   function fmtDuration(seconds) {
     const s = Math.max(0, Math.round(seconds));

@@ -1,0 +1,209 @@
+"""Call-level alert evaluation: replaying window scores through the service's alert policy."""
+
+import json
+
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from nes2net_stream.cli import cli, main
+from nes2net_stream.client import stream_file
+from nes2net_stream.data.calls import build_calls, plan_calls
+from nes2net_stream.data.protocols import Trial, read_protocol, write_protocol
+from nes2net_stream.demo import sample_path
+from nes2net_stream.errors import ConfigError, DataError
+from nes2net_stream.evaluation.alert_replay import (
+    CallWindows,
+    calls_from_scores,
+    expand_grid,
+    parse_vary,
+    replay,
+    summarise,
+    wilson,
+)
+from nes2net_stream.service.policy import AlertConfig
+
+
+def call(call_id, spoof, llrs, hop=1.0):
+    return CallWindows(call_id=call_id, is_spoof=spoof, llr=tuple(llrs),
+                       end_s=tuple(4.0 + hop * i for i in range(len(llrs))))
+
+
+def test_figures_count_what_the_state_events_would_have_said():
+    cfg = AlertConfig(min_windows_for_state=1)
+    calls = [
+        call("g-clean", False, [-3, -2, -3]),
+        call("g-transient", False, [1.0, -4, -4, -4]),  # suspicious at 4 s, back to bona fide
+        call("g-false-spoof", False, [3, 3, 3]),  # spoof at 5 s (second window)
+        call("s-caught", True, [3, 3, 3]),
+        call("s-late", True, [-1, 0.5, 4, 4]),  # suspicious at 6 s, spoof at 7 s
+        call("s-missed", True, [-3, -3]),
+        call("s-short", True, []),  # too little speech for a window
+    ]
+    f = summarise([replay(c, cfg) for c in calls])
+    assert (f["bonafide_calls"], f["spoof_calls"]) == (3, 4)
+    assert f["false_alert"]["calls"] == 2 and f["false_alert"]["rate"] == pytest.approx(0.6667)
+    assert f["transient_false_alert"]["calls"] == 1
+    assert f["false_spoof"]["calls"] == 1 and f["false_final"]["calls"] == 1
+    assert f["detected_spoof"]["calls"] == 2 and f["final_spoof"]["calls"] == 2
+    assert f["detected_alert"]["calls"] == 2
+    assert f["no_state"] == {"bonafide": 0, "spoof": 1}
+    assert f["time_to_alert_s"]["median"] == pytest.approx(5.0)  # 4 s and 6 s
+    assert f["time_to_spoof_s"]["median"] == pytest.approx(6.0)  # 5 s and 7 s
+    # with two windows before any state, the transient opening alert disappears
+    g = summarise([replay(c, AlertConfig(min_windows_for_state=2)) for c in calls])
+    assert g["false_alert"]["calls"] == 1 and g["transient_false_alert"]["calls"] == 0
+    assert g["detected_spoof"]["calls"] == 2
+    out = replay(calls[1], cfg).to_dict()
+    assert out["state_changes"] == 1 and out["final_state"] == "bona_fide"
+    assert out["first_alert_s"] == 4.0 and out["first_spoof_s"] is None
+
+
+def test_wilson_intervals_match_the_textbook_values():
+    assert wilson(0, 10) == (0.0, 0.2775)
+    assert wilson(5, 10) == (0.2366, 0.7634)
+    assert wilson(0, 0) is None
+
+
+def test_grid_options_parse_expand_and_fail_naming_the_key():
+    grid = parse_vary(["min-windows-for-state=1,2,3", "spoof_threshold=0.8,0.9"])
+    assert grid == {"min_windows_for_state": [1, 2, 3], "spoof_threshold": [0.8, 0.9]}
+    combos = expand_grid(AlertConfig(), grid)
+    assert len(combos) == 6
+    assert combos[-1][0] == {"min_windows_for_state": 3, "spoof_threshold": 0.9}
+    assert combos[-1][1].min_windows_for_state == 3 and combos[-1][1].spoof_threshold == 0.9
+    assert expand_grid(AlertConfig(), {}) == [({}, AlertConfig())]
+    with pytest.raises(ConfigError, match="unknown key 'thresholds'"):
+        parse_vary(["thresholds=1"])
+    with pytest.raises(ConfigError, match="min_windows_for_state: values must be int"):
+        parse_vary(["min_windows_for_state=two"])
+    with pytest.raises(ConfigError, match="KEY=V1"):
+        parse_vary(["hysteresis"])
+    with pytest.raises(ConfigError, match="hysteresis"):
+        expand_grid(AlertConfig(), {"hysteresis": [0.6]})
+
+
+def test_score_lines_pair_with_their_trials_by_file_name():
+    trials = [Trial("spk", "CALL_1", "-", "bonafide"), Trial("tts", "CALL_2", "A01", "spoof")]
+    lines = [{"file": "/x/CALL_2.flac", "mode": "windows",
+              "windows": [{"end_s": 4.2, "llr": 1.5}]},
+             {"file": "CALL_1.wav", "mode": "windows", "windows": []}]
+    calls = calls_from_scores(lines, trials)
+    assert [(c.call_id, c.is_spoof, c.llr) for c in calls] == [
+        ("CALL_1", False, ()), ("CALL_2", True, (1.5,))]
+    with pytest.raises(DataError, match="no score line for call 'CALL_2'"):
+        calls_from_scores(lines[1:], trials)
+    with pytest.raises(DataError, match="mode '4s'"):
+        calls_from_scores([{**lines[0], "mode": "4s"}, lines[1]], trials)
+    with pytest.raises(DataError, match="failed to score: bad file"):
+        calls_from_scores([lines[0], {"file": "CALL_1.wav", "error": "bad file"}], trials)
+
+
+def test_calls_join_one_speakers_utterances_and_never_share_one():
+    t = [Trial("A", f"a{i}", "-", "bonafide") for i in range(5)]
+    t += [Trial("B", f"b{i}", "A01", "spoof") for i in range(2)]
+    t += [Trial("C", "c0", "-", "bonafide")]
+    durations = {**{f"a{i}": 5.0 for i in range(5)}, "b0": 5.0, "b1": 2.0, "c0": 3.0}
+    plans, left_out = plan_calls(t, durations, call_s=10.0, min_call_s=6.0, split="eval")
+    members = [p.utterances for p in plans]
+    # a0+a1, a2+a3 (+ a4: its 5 s remainder is below 6 s); b0+b1 reach 7 s; c0 is left out
+    assert members == [("a0", "a1"), ("a2", "a3", "a4"), ("b0", "b1")]
+    assert left_out == 1
+    assert [p.trial.key for p in plans] == ["bonafide", "bonafide", "spoof"]
+    assert [p.trial.utterance for p in plans] == ["CALL_E_00001", "CALL_E_00002",
+                                                  "CALL_E_00003"]
+    with pytest.raises(DataError, match="min_call_s"):
+        plan_calls(t, durations, call_s=5.0, min_call_s=6.0, split="eval")
+
+
+@pytest.fixture
+def sample_database(tmp_path):
+    """A small database of five-second utterances cut from the two demo calls."""
+    root = tmp_path / "db"
+    flac = root / "ASVspoof2019_LA_eval" / "flac"
+    flac.mkdir(parents=True)
+    trials = []
+    for name, key, system in (("human_call", "bonafide", "-"),
+                              ("synthetic_call", "spoof", "A04")):
+        x, rate = sf.read(sample_path(f"{name}.wav"), dtype="float32")
+        for i in range(3):
+            utt = f"{name}_{i}"
+            sf.write(flac / f"{utt}.flac", x[i * 6 * rate:(i * 6 + 6) * rate], rate)
+            trials.append(Trial(name.upper(), utt, system, key))
+    write_protocol(root / "ASVspoof2019_LA_cm_protocols" / "ASVspoof2019.LA.cm.eval.trl.txt",
+                   trials)
+    (root / "LICENSES.md").write_text("demo samples\n")
+    return root
+
+
+def test_build_calls_writes_a_database_the_protocol_reader_reads(sample_database, tmp_path):
+    out = tmp_path / "calls"
+    report = build_calls(sample_database, out, call_s=15.0, min_call_s=5.0, gap_s=0.25)
+    assert (report.calls, report.bonafide, report.spoof) == (2, 1, 1)
+    trials = read_protocol(out / "ASVspoof2019_LA_cm_protocols"
+                           / "ASVspoof2019.LA.cm.eval.trl.txt")
+    assert [t.key for t in trials] == ["bonafide", "spoof"]
+    x, rate = sf.read(out / "ASVspoof2019_LA_eval" / "flac" / f"{trials[0].utterance}.flac")
+    assert rate == 16000 and x.shape[0] == pytest.approx(18.5 * 16000, abs=2)
+    manifest = json.loads((out / "calls.json").read_text())
+    assert manifest["members"][trials[1].utterance] == [f"synthetic_call_{i}" for i in range(3)]
+    assert (out / "LICENSES.md").read_text() == "demo samples\n"
+    with pytest.raises(DataError, match="empty output folder"):
+        build_calls(sample_database, out)
+
+
+def test_eval_alerts_scores_calls_once_and_replays_settings(sample_database, tmp_path, capsys):
+    runner = CliRunner()
+    calls, out = tmp_path / "calls", tmp_path / "alerts"
+    got = runner.invoke(cli, ["data", "build-calls", str(sample_database), str(calls),
+                              "--call-s", "15", "--min-call-s", "5"])
+    assert got.exit_code == 0, got.output
+    assert "2 calls (1 bona fide, 1 spoof" in got.output
+    args = ["eval-alerts", "--database", str(calls), "--model", "builtin:demo",
+            "--vary", "min_windows_for_state=1,2", "--no-progress"]
+    got = runner.invoke(cli, [*args, "--out", str(out), "--json"])
+    assert got.exit_code == 0, got.output
+    scored = json.loads(got.output)
+    assert [r["min_windows_for_state"] for r in scored] == [1, 2]
+    for r in scored:  # the bundled model catches the synthetic call and clears the human one
+        assert r["final_spoof"]["rate"] == 1.0 and r["false_final"]["rate"] == 0.0
+        assert r["time_to_spoof_s"]["median"] >= 4.0
+    report = json.loads((out / "alerts.json").read_text())
+    assert report["alerts"]["min_windows_for_state"] == 2  # config.toml's value, then varied
+    assert len(report["results"][0]["calls"]) == 2
+    lines = (out / "scores.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(s)["windows"] for s in lines)
+    # replaying the saved scores gives the same figures without a model
+    again = runner.invoke(cli, ["eval-alerts", "--database", str(calls), "--scores",
+                                str(out / "scores.jsonl"), "--vary",
+                                "min_windows_for_state=1,2", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output) == scored
+    table = runner.invoke(cli, ["eval-alerts", "--database", str(calls), "--scores",
+                                str(out / "scores.jsonl")])
+    assert table.exit_code == 0 and "genuine: any alert" in table.output
+    assert "(1 genuine and 1 synthetic calls" in table.output
+    code = main([*args[:3], "--scores", str(out / "scores.jsonl"), "--vary", "nope=1"])
+    assert code == 2 and "unknown key 'nope'" in capsys.readouterr().err
+
+
+async def test_replayed_states_are_the_states_the_live_service_publishes(make_service, tmp_path):
+    """The human demo call streamed to a service with one window per state: the state of
+    every window event equals the replay of `score --json` on the same samples."""
+    x, rate = sf.read(sample_path("human_call.wav"), dtype="int16")
+    path = tmp_path / "human.wav"
+    sf.write(path, x, rate, subtype="PCM_16")
+    svc = await make_service(model={"path": "builtin:demo"},
+                             alerts={"min_windows_for_state": 1})
+    streamed = await stream_file(svc.url, path, sample_rate=rate, encoding="pcm_s16le",
+                                 realtime=False)
+    got = CliRunner().invoke(cli, ["score", str(path), "--model", "builtin:demo", "--json"])
+    assert got.exit_code == 0, got.output
+    scored = json.loads(got.output.strip().splitlines()[-1])
+    calls = calls_from_scores([scored], [Trial("spk", "human", "-", "bonafide")])
+    outcome = replay(calls[0], svc.ctx.alerts)
+    live = [e["state"] for e in streamed.of_type("window")]
+    assert live == list(outcome.states) and len(live) >= 10
+    assert live[0] == "suspicious" and live[-1] == "bona_fide"  # the opening transient alert
+    # the default (two windows before a state) publishes none for this call
+    assert replay(calls[0], AlertConfig()).first_alert_s is None
