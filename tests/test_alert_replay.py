@@ -6,12 +6,13 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
+from nes2net_stream.bundle import load_model
 from nes2net_stream.cli import cli, main
 from nes2net_stream.client import stream_file
 from nes2net_stream.data.calls import build_calls, plan_calls
 from nes2net_stream.data.protocols import Trial, read_protocol, write_protocol
 from nes2net_stream.demo import sample_path
-from nes2net_stream.errors import ConfigError, DataError
+from nes2net_stream.errors import AudioError, ConfigError, DataError
 from nes2net_stream.evaluation.alert_replay import (
     CallWindows,
     calls_from_scores,
@@ -21,6 +22,7 @@ from nes2net_stream.evaluation.alert_replay import (
     summarise,
     wilson,
 )
+from nes2net_stream.scoring.files import score_file
 from nes2net_stream.service.policy import AlertConfig
 
 
@@ -185,6 +187,33 @@ def test_eval_alerts_scores_calls_once_and_replays_settings(sample_database, tmp
     assert "(1 genuine and 1 synthetic calls" in table.output
     code = main([*args[:3], "--scores", str(out / "scores.jsonl"), "--vary", "nope=1"])
     assert code == 2 and "unknown key 'nope'" in capsys.readouterr().err
+
+
+def test_eval_alerts_through_a_codec(sample_database, tmp_path, capsys):
+    """--channel passes every call through a codec before it is cut and scored."""
+    from nes2net_stream.audio.codecs import available_codecs
+
+    calls = tmp_path / "calls"
+    build_calls(sample_database, calls, call_s=15.0, min_call_s=5.0)
+    codec = "amr_nb:4750" if "amr_nb" in available_codecs() else "alaw"
+    base = ["eval-alerts", "--database", str(calls), "--model", "builtin:demo",
+            "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "clean")]) == 0
+    assert main([*base, "--channel", codec, "--out", str(tmp_path / "coded")]) == 0
+    capsys.readouterr()
+    clean, coded = (json.loads((tmp_path / d / "alerts.json").read_text())
+                    for d in ("clean", "coded"))
+    assert clean["channel"] is None and coded["channel"] == codec
+    llrs = [[w["llr"] for w in json.loads(s)["windows"]]
+            for d in ("clean", "coded")
+            for s in (tmp_path / d / "scores.jsonl").read_text().splitlines()]
+    assert llrs[:2] != llrs[2:]  # the codec changed the scores
+    code = main([*base[:3], "--scores", str(tmp_path / "clean" / "scores.jsonl"),
+                 "--channel", "alaw"])
+    assert code == 2 and "--channel applies when scoring" in capsys.readouterr().err
+    with pytest.raises(AudioError, match="mode 'windows' only"):
+        score_file(load_model("builtin:demo"), sample_path("human_call.wav"), mode="4s",
+                   transmit=lambda x, r: x)
 
 
 async def test_replayed_states_are_the_states_the_live_service_publishes(make_service, tmp_path):

@@ -110,7 +110,9 @@ def test_e2e_bench_measures_latency_from_the_actual_send(tmp_path):
     # CPU per call-second: the service (one process: no separate ingest workers), the clients
     assert level["cpu_ms_per_call_second"] > 0 and level["client_cpu_ms_per_call_second"] > 0
     assert level["ingest_cpu_ms_per_call_second"] is None
-    assert json.loads(out.read_text())["service_exit_code"] == 0  # drained and exited cleanly
+    report = json.loads(out.read_text())
+    assert report["service_exit_code"] == 0  # drained and exited cleanly
+    assert report["client_event_loop"] == "uvloop"  # the load generators' loop, as the service's
 
 
 @pytest.mark.timeout(300)
@@ -119,13 +121,14 @@ def test_e2e_bench_speaks_twilio_media_streams(tmp_path):
     out = tmp_path / "e2e.json"
     proc = subprocess.run([sys.executable, "-m", "nes2net_stream", "bench", "e2e", "--calls", "2",
                            "--duration-s", "6", "--frame-ms", "20", "--protocol", "twilio",
-                           "--speech-only", "--out", str(out)], capture_output=True, text=True,
+                           "--speech-only", "--client-loop", "asyncio", "--out", str(out)],
+                          capture_output=True, text=True,
                           timeout=280, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     level = report["levels"][0]
     assert report["protocol"] == "twilio" and level["errors"] == []
-    assert report["speech_only"] is True
+    assert report["speech_only"] is True and report["client_event_loop"] == "asyncio"
     # continuous speech: windows ending at 4, 5 and 6 s of each 6 s call (at least)
     assert level["summaries"] == 2 and level["windows"] >= 6 and level["dropped_windows"] == 0
     assert 0 < level["latency_p50_ms"] <= level["latency_p99_ms"]

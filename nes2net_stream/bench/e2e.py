@@ -28,6 +28,7 @@ from nes2net_stream.audio.vad import VADConfig, speech_stream
 from nes2net_stream.bench.loadgen import LoadGenerator
 from nes2net_stream.bench.provider_calls import PROTOCOLS
 from nes2net_stream.client import encode_samples
+from nes2net_stream.service import event_loop
 from nes2net_stream.service.oslimits import raise_open_files
 from nes2net_stream.service.publisher import RedisConfig
 from nes2net_stream.service.redis_client import create_redis_client
@@ -116,8 +117,8 @@ async def _level_part(ws_url: str, clip: np.ndarray, rate: int, calls: range, to
             "n_errors": len(failed), "cpu_s": time.process_time() - cpu0}
 
 
-def _part_in_process(args: tuple) -> dict[str, Any]:
-    return asyncio.run(_level_part(*args))
+def _part_in_process(args: tuple, client_loop: str = "auto") -> dict[str, Any]:
+    return event_loop.run(_level_part(*args), client_loop)
 
 
 def _warm_up(delay_s: float) -> None:
@@ -145,13 +146,14 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
                     duration_s: float, *, cpu: Any, ramp_s: float = 5.0,
                     target_p99_ms: float = 500.0, frame_ms: int = 20,
                     procs: int = 1, worker_cpu: Any = None,
-                    protocol: str = "generic") -> LevelResult:
+                    protocol: str = "generic", client_loop: str = "auto") -> LevelResult:
     """Run ``calls`` concurrent real-time calls of ``duration_s`` each.
 
     The load comes from ``procs`` spawned load-generator processes speaking ``protocol`` (see
     :data:`~nes2net_stream.bench.provider_calls.PROTOCOLS`); this process reads the events and
     call summaries in Redis. ``cpu`` returns the service's CPU seconds so far, ``worker_cpu``
-    (optional) those of its ingest worker processes alone.
+    (optional) those of its ingest worker processes alone. ``client_loop``: the load
+    generators' event loop (``auto``: uvloop where installed, as the service's default).
     """
     import concurrent.futures
     import multiprocessing
@@ -175,7 +177,7 @@ async def run_level(ws_url: str, redis_url: str, audio: np.ndarray, rate: int, c
         parts = await asyncio.gather(*[
             loop.run_in_executor(pool, _part_in_process,
                                  (ws_url, clip, rate, range(k, calls, procs), calls, ramp_s,
-                                  frame_ms, protocol)) for k in range(procs)])
+                                  frame_ms, protocol), client_loop) for k in range(procs)])
         elapsed = time.monotonic() - t_begin
         cpu_used = cpu() - cpu0
         worker_used = worker_cpu() - worker0 if worker_cpu is not None else 0.0
@@ -238,7 +240,8 @@ async def run_sweep(ws_url: str, redis_url: str, audio_path: Path, levels: list[
                     duration_s: float, *, cpu: Any, target_p99_ms: float = 500.0,
                     frame_ms: int = 20, stop_on_failure: bool = True,
                     procs: int = 1, worker_cpu: Any = None,
-                    protocol: str = "generic", speech: bool = False) -> dict[str, Any]:
+                    protocol: str = "generic", speech: bool = False,
+                    client_loop: str = "auto") -> dict[str, Any]:
     """Run increasing load levels; report each and the largest sustained one.
 
     ``speech``: loop only the audio's speech (:func:`speech_only`), not its pauses.
@@ -250,7 +253,8 @@ async def run_sweep(ws_url: str, redis_url: str, audio_path: Path, levels: list[
     for calls in levels:
         res = await run_level(ws_url, redis_url, clip, 8000, calls, duration_s, cpu=cpu,
                               target_p99_ms=target_p99_ms, frame_ms=frame_ms, procs=procs,
-                              worker_cpu=worker_cpu, protocol=protocol)
+                              worker_cpu=worker_cpu, protocol=protocol,
+                              client_loop=client_loop)
         out.append(asdict(res))
         if res.sustained:
             best = max(best, calls)
@@ -258,4 +262,5 @@ async def run_sweep(ws_url: str, redis_url: str, audio_path: Path, levels: list[
             break
     return {"levels": out, "max_sustained_calls": best, "target_p99_ms": target_p99_ms,
             "frame_ms": frame_ms, "call_duration_s": duration_s, "client_processes": procs,
-            "protocol": protocol, "speech_only": speech}
+            "protocol": protocol, "speech_only": speech,
+            "client_event_loop": event_loop.resolve(client_loop)}

@@ -10,10 +10,12 @@ from typing import Any
 import click
 
 from nes2net_stream.cli.common import (
+    channel_option,
     config_option,
     device_option,
     model_option,
     open_detector,
+    parse_channel,
     settings_from,
 )
 
@@ -54,6 +56,7 @@ def build_calls_cmd(database: Path, out_dir: Path, split: str, call_s: float,
 @model_option
 @config_option
 @device_option
+@channel_option("call")
 @click.option("--vary", multiple=True, metavar="KEY=V1,V2",
               help="Replay under every combination of these [alerts] values (repeatable; "
                    "keys: suspicious_threshold, spoof_threshold, hysteresis, "
@@ -64,7 +67,7 @@ def build_calls_cmd(database: Path, out_dir: Path, split: str, call_s: float,
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
                     model_path: str | None, config_file: Path | None, device: str | None,
-                    vary: tuple[str, ...], out_dir: Path | None, as_json: bool,
+                    channel: str | None, vary: tuple[str, ...], out_dir: Path | None, as_json: bool,
                     progress: bool) -> None:
     """What the service's state events would say on whole calls, under the [alerts] settings.
 
@@ -83,6 +86,9 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
 
     settings = settings_from(config_file, model__path=model_path, model__device=device)
     grid = parse_vary(vary)
+    if channel and score_file is not None:
+        raise click.UsageError("--channel applies when scoring: it cannot change --scores")
+    transmit = parse_channel(channel) if channel else None
     protocol, audio_dir = database_split(database, split)
     trials = read_protocol(protocol)
     if score_file is not None:
@@ -91,7 +97,7 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
     else:
         detector = open_detector(settings)
         prior = detector.calibration.spoof_prior
-        lines = _score_calls(detector, trials, audio_dir, settings, progress)
+        lines = _score_calls(detector, trials, audio_dir, settings, progress, transmit)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "scores.jsonl").write_text(
@@ -103,8 +109,8 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
         outcomes = [replay(c, cfg) for c in calls]
         results.append({"settings": varied, "figures": summarise(outcomes),
                         "calls": [o.to_dict() for o in outcomes]})
-    report = {"database": database.name, "split": split, "alerts": base.__dict__,
-              "results": results}
+    report = {"database": database.name, "split": split, "channel": channel,
+              "alerts": base.__dict__, "results": results}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "alerts.json").write_text(json.dumps(report, indent=2) + "\n",
@@ -116,7 +122,7 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
 
 
 def _score_calls(detector: Any, trials: list[Any], audio_dir: Path, settings: Any,
-                 progress: bool) -> list[dict[str, Any]]:
+                 progress: bool, transmit: Any) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     from nes2net_stream.data.protocols import audio_path
@@ -128,7 +134,7 @@ def _score_calls(detector: Any, trials: list[Any], audio_dir: Path, settings: An
         result = score_file(detector, audio_path(audio_dir, t.utterance), mode="windows",
                             vad=settings.vad.to_config(), windows=settings.windows.to_config(),
                             aggregation=settings.scoring.aggregation,
-                            batch_size=settings.scoring.batch_size)
+                            batch_size=settings.scoring.batch_size, transmit=transmit)
         lines.append(result.to_dict())
     return lines
 

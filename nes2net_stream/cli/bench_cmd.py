@@ -84,12 +84,16 @@ def bench_engine(model_path: str, batch_sizes: str, window_s: float, device: str
 @click.option("--speech-only", is_flag=True,
               help="Loop only the call audio's speech, without its pauses: every call gets a "
                    "window every hop (the heaviest load per call).")
+@click.option("--client-loop", type=click.Choice(["auto", "uvloop", "asyncio"]),
+              default="auto", show_default=True,
+              help="Event loop of the load generators (auto: uvloop where installed; figures "
+                   "recorded before 2026-11-27 used asyncio's).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON here.")
 def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int,
               model_path: str, audio: Path | None, redis_url: str | None, keep_going: bool,
               client_procs: int, service_env: tuple[str, ...], protocol: str,
-              speech_only: bool, out: Path | None) -> None:
+              speech_only: bool, client_loop: str, out: Path | None) -> None:
     """Sustained concurrent real-time calls over loopback, latency window -> Redis event."""
     import tempfile
 
@@ -112,7 +116,8 @@ def bench_e2e(calls: str, duration_s: float, target_p99_ms: float, frame_ms: int
                                        target_p99_ms=target_p99_ms, frame_ms=frame_ms,
                                        stop_on_failure=not keep_going, procs=client_procs,
                                        worker_cpu=service.worker_cpu_seconds,
-                                       protocol=protocol, speech=speech_only))
+                                       protocol=protocol, speech=speech_only,
+                                       client_loop=client_loop))
     finally:
         exit_code = service.stop()
         if local is not None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -11,7 +12,10 @@ from nes2net_stream.config import cli_overrides, load_settings
 from nes2net_stream.settings import Settings
 
 if TYPE_CHECKING:
+    from nes2net_stream.evaluation.protocol_scoring import Channel
     from nes2net_stream.models.detector import Detector
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 config_option = click.option(
     "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -31,6 +35,34 @@ bootstrap_unit_option = click.option(
 confidence_option = click.option(
     "--confidence", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.95,
     show_default=True, help="Two-sided level of the intervals.")
+
+
+def channel_option(what: str) -> Callable[[F], F]:
+    """``--channel CODEC[:BITRATE]``: pass every ``what`` through a codec before scoring."""
+    from nes2net_stream.audio.codecs import CODECS
+
+    return click.option(
+        "--channel", metavar="CODEC[:BITRATE]",
+        help=f"Pass every {what} through this codec before scoring (e.g. amr_nb or "
+             "amr_nb:4750), to see how the detector holds up on a channel; codecs: "
+             + ", ".join(CODECS) + ".")
+
+
+def parse_channel(text: str) -> Channel:
+    """Parse ``CODEC[:BITRATE]`` into a codec channel; usage errors name the option."""
+    from nes2net_stream.errors import AudioError, DependencyError
+    from nes2net_stream.evaluation.protocol_scoring import codec_channel
+
+    name, _, rate = text.partition(":")
+    try:
+        bitrate = int(rate) if rate else None
+    except ValueError:
+        raise click.BadParameter(f"bitrate {rate!r} is not a whole number of bit/s",
+                                 param_hint="--channel") from None
+    try:
+        return codec_channel(name.strip(), bitrate)
+    except (AudioError, DependencyError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--channel") from None
 
 
 def settings_from(config_file: Path | None, **flags: Any) -> Settings:

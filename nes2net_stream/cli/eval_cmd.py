@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from nes2net_stream.audio.codecs import CODECS
 from nes2net_stream.cli.common import (
     bootstrap_unit_option,
+    channel_option,
     confidence_option,
     config_option,
     device_option,
     model_option,
     open_detector,
+    parse_channel,
     settings_from,
 )
-
-if TYPE_CHECKING:
-    from nes2net_stream.evaluation.protocol_scoring import Channel
 
 
 @click.command("eval")
@@ -43,10 +40,7 @@ if TYPE_CHECKING:
               help="Folder for scores.txt, metrics.json, det.png and hist.png.")
 @click.option("--layout", type=click.Choice(["2021", "asvspoof5"]), default="2021",
               show_default=True, help="Score file layout written to --out.")
-@click.option("--channel", metavar="CODEC[:BITRATE]",
-              help="Pass every trial through this codec before scoring (e.g. amr_nb or "
-              "amr_nb:4750), to see how the detector holds up on a channel; codecs: "
-              + ", ".join(CODECS) + ".")
+@channel_option("trial")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000,
               show_default=True, help="Bootstrap resamples for confidence intervals (0: none).")
 @bootstrap_unit_option
@@ -82,7 +76,7 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
     from nes2net_stream.data.protocols import database_split, read_protocol
     from nes2net_stream.evaluation.protocol_scoring import cm_scores, fit_calibration, score_trials
 
-    transmit = _channel(channel) if channel else None
+    transmit = parse_channel(channel) if channel else None
     settings = settings_from(config_file, model__path=model_path, model__device=device)
     detector = open_detector(settings)
     kwargs = {"mode": mode, "vad": settings.vad.to_config(),
@@ -134,23 +128,6 @@ def _evaluate(scores: Path, key: Path, out_dir: Path | None, n_boot: int, unit: 
     if "bootstrap_skipped" in report:
         click.echo(f"warning: no confidence intervals: {report['bootstrap_skipped']}", err=True)
     return report
-
-
-def _channel(text: str) -> Channel:
-    """Parse ``CODEC[:BITRATE]`` into a codec channel; usage errors name the option."""
-    from nes2net_stream.errors import AudioError, DependencyError
-    from nes2net_stream.evaluation.protocol_scoring import codec_channel
-
-    name, _, rate = text.partition(":")
-    try:
-        bitrate = int(rate) if rate else None
-    except ValueError:
-        raise click.BadParameter(f"bitrate {rate!r} is not a whole number of bit/s",
-                                 param_hint="--channel") from None
-    try:
-        return codec_channel(name.strip(), bitrate)
-    except (AudioError, DependencyError) as exc:
-        raise click.BadParameter(str(exc), param_hint="--channel") from None
 
 
 def _finish(report: dict, out_dir: Path | None) -> None:

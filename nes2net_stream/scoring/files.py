@@ -13,7 +13,7 @@ Modes:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -103,11 +103,14 @@ def _round(x: float) -> float:
 def score_file(detector: Detector, path: str | Path, *, mode: ScoreMode = "windows",
                vad: VADConfig | None = None, windows: WindowConfig | None = None,
                channel: ChannelSelect = "mix", aggregation: Aggregation = "mean",
-               batch_size: int = 16, official_samples: int | None = None) -> FileScore:
+               batch_size: int = 16, official_samples: int | None = None,
+               transmit: Callable[[np.ndarray, int], np.ndarray] | None = None) -> FileScore:
     """Score one audio file (any format and rate soundfile/sox/ffmpeg can read).
 
     ``official_samples`` is the crop of ``mode="4s"``: by default the bundle's
     ``metadata.source.official_crop_samples`` (converted checkpoints) or 64,600.
+    ``transmit`` (``mode="windows"``), a ``(samples, rate) -> samples`` transmission channel
+    applied to the whole recording first, e.g. a codec (``protocol_scoring.codec_channel``).
     """
     if official_samples is None:
         source = detector.metadata.get("source") or {}
@@ -117,7 +120,10 @@ def score_file(detector: Detector, path: str | Path, *, mode: ScoreMode = "windo
     calibrated = detector.calibration.fitted
     if mode == "windows":
         clip = load_audio(path, sample_rate=None, channel=channel)
-        cut = pipeline_windows(clip.samples, clip.sample_rate, vad, windows)
+        samples = clip.samples
+        if transmit is not None and samples.size:
+            samples = transmit(samples, clip.sample_rate)
+        cut = pipeline_windows(samples, clip.sample_rate, vad, windows)
         speech = cut[-1].speech_total_s if cut else 0.0
         result = FileScore(file=str(path), model_id=detector.model_id, mode=mode,
                            duration_s=_round(clip.duration_s), speech_s=speech,
@@ -135,6 +141,8 @@ def score_file(detector: Detector, path: str | Path, *, mode: ScoreMode = "windo
         result.llr = _round(llr)
         result.spoof_probability = _round(_probability(detector, llr))
         return result
+    if transmit is not None:
+        raise AudioError("a transmission channel applies to mode 'windows' only")
     clip = load_audio(path, sample_rate=16000, channel=channel)
     x = clip.samples
     if mode == "4s":

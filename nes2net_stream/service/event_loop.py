@@ -40,6 +40,11 @@ def loop_factory(kind: LoopKind | str) -> Callable[[], asyncio.AbstractEventLoop
     return uvloop.new_event_loop
 
 
+def resolve(kind: LoopKind | str) -> str:
+    """``uvloop`` or ``asyncio``: the loop ``kind`` resolves to (errors: :func:`loop_factory`)."""
+    return "uvloop" if loop_factory(kind) is not asyncio.new_event_loop else "asyncio"
+
+
 def run(main: Coroutine[Any, Any, T], kind: LoopKind | str = "auto") -> T:
     """Run ``main`` to completion on a new loop of ``kind`` (like :func:`asyncio.run`)."""
     try:
