@@ -63,6 +63,8 @@ class ScoringSection(Section):
     aggregation: Literal["mean", "median", "max", "ema"] = "mean"
     ema_alpha: float = Field(0.3, gt=0.0, le=1.0)
     batch_size: int = Field(16, ge=1, le=4096)
+    #: ingress name (generic, webrtc, a gateway's name) -> calibration JSON file for its calls
+    calibrations: dict[str, str] = Field(default_factory=dict)
 
 
 class ServerSection(Section):

@@ -216,6 +216,23 @@ def test_eval_alerts_through_a_codec(sample_database, tmp_path, capsys):
                    transmit=lambda x, r: x)
 
 
+def test_eval_alerts_replays_under_another_calibration(sample_database, tmp_path, capsys):
+    calls, out = tmp_path / "calls", tmp_path / "alerts"
+    build_calls(sample_database, calls, call_s=15.0, min_call_s=5.0)
+    assert main(["eval-alerts", "--database", str(calls), "--model", "builtin:demo",
+                 "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    figures = {}
+    for offset in (-20.0, 20.0):  # everything genuine, then everything synthetic
+        cal = tmp_path / f"cal{offset:+.0f}.json"
+        cal.write_text(json.dumps({"scale": 1.0, "offset": offset, "fitted": True}))
+        assert main(["eval-alerts", "--database", str(calls), "--scores",
+                     str(out / "scores.jsonl"), "--calibration", str(cal), "--json"]) == 0
+        figures[offset] = json.loads(capsys.readouterr().out)[0]
+    assert figures[-20.0]["false_alert"]["calls"] == figures[-20.0]["detected_alert"]["calls"] == 0
+    assert figures[20.0]["false_spoof"]["rate"] == figures[20.0]["final_spoof"]["rate"] == 1.0
+
+
 async def test_replayed_states_are_the_states_the_live_service_publishes(make_service, tmp_path):
     """The human demo call streamed to a service with one window per state: the state of
     every window event equals the replay of `score --json` on the same samples."""

@@ -57,6 +57,10 @@ def build_calls_cmd(database: Path, out_dir: Path, split: str, call_s: float,
 @config_option
 @device_option
 @channel_option("call")
+@click.option("--calibration", "calibration_file",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Map raw window scores through this calibration instead of the model's "
+                   "(e.g. one fitted for an ingress's channel; works with --scores too).")
 @click.option("--vary", multiple=True, metavar="KEY=V1,V2",
               help="Replay under every combination of these [alerts] values (repeatable; "
                    "keys: suspicious_threshold, spoof_threshold, hysteresis, "
@@ -67,7 +71,8 @@ def build_calls_cmd(database: Path, out_dir: Path, split: str, call_s: float,
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
                     model_path: str | None, config_file: Path | None, device: str | None,
-                    channel: str | None, vary: tuple[str, ...], out_dir: Path | None, as_json: bool,
+                    channel: str | None, calibration_file: Path | None,
+                    vary: tuple[str, ...], out_dir: Path | None, as_json: bool,
                     progress: bool) -> None:
     """What the service's state events would say on whole calls, under the [alerts] settings.
 
@@ -80,6 +85,7 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
         expand_grid,
         parse_vary,
         read_score_lines,
+        recalibrate,
         replay,
         summarise,
     )
@@ -102,6 +108,12 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "scores.jsonl").write_text(
                 "".join(json.dumps(d) + "\n" for d in lines), encoding="utf-8")
+    if calibration_file is not None:
+        from nes2net_stream.models.detector import Calibration
+
+        cal = Calibration.read(calibration_file)
+        lines = recalibrate(lines, cal)
+        prior = cal.spoof_prior
     calls = calls_from_scores(lines, trials)
     base = settings.alerts.to_config(settings.scoring, prior)
     results = []
@@ -110,6 +122,7 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
         results.append({"settings": varied, "figures": summarise(outcomes),
                         "calls": [o.to_dict() for o in outcomes]})
     report = {"database": database.name, "split": split, "channel": channel,
+              "calibration": str(calibration_file) if calibration_file else None,
               "alerts": base.__dict__, "results": results}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,9 @@ from nes2net_stream.cli.common import (
               show_default=True, help="Fit the score calibration on this split first.")
 @click.option("--save-calibration", is_flag=True,
               help="Store the fitted calibration in the model bundle (directory bundles).")
+@click.option("--calibration-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the fitted calibration to this file, e.g. for one ingress's channel "
+                   "([scoring] calibrations).")
 @click.option("--mode", type=click.Choice(["4s", "windows"]), default="4s", show_default=True,
               help="4s: official 4-second crop per trial; windows: mean over speech windows.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -53,7 +56,8 @@ from nes2net_stream.cli.common import (
 @config_option
 @device_option
 def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | None, split: str,
-             calibrate_on: str, save_calibration: bool, mode: str, out_dir: Path | None,
+             calibrate_on: str, save_calibration: bool, calibration_out: Path | None,
+             mode: str, out_dir: Path | None,
              layout: str, channel: str | None, n_boot: int, bootstrap_unit: str,
              confidence: float, compare_file: Path | None, batch_size: int,
              model_path: str | None, config_file: Path | None, device: str | None) -> None:
@@ -86,8 +90,9 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
         protocol, audio = database_split(database, calibrate_on)
         trials = read_protocol(protocol)
         raw = score_trials(detector, trials, audio, **kwargs)
-        detector.calibration = fit_calibration(raw, trials,
-                                               source=f"{database.name}/{calibrate_on}")
+        source = f"{database.name}/{calibrate_on} ({mode})"
+        detector.calibration = fit_calibration(
+            raw, trials, source=source + (f" through {channel}" if channel else ""))
         cal = detector.calibration
         click.echo(f"calibration fitted on {calibrate_on}: llr = {cal.scale:.4f} * raw "
                    f"{cal.offset:+.4f}", err=True)
@@ -98,6 +103,13 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
             (bundle / CALIBRATION).write_text(json.dumps(cal.to_dict(), indent=2) + "\n",
                                               encoding="utf-8")
             click.echo(f"calibration saved in {bundle / CALIBRATION}", err=True)
+        if calibration_out is not None:
+            calibration_out.parent.mkdir(parents=True, exist_ok=True)
+            calibration_out.write_text(json.dumps(cal.to_dict(), indent=2) + "\n",
+                                       encoding="utf-8")
+            click.echo(f"calibration written to {calibration_out}", err=True)
+    elif calibration_out is not None:
+        raise click.UsageError("--calibration-out needs --calibrate-on dev or train")
     protocol, audio = database_split(database, split)
     trials = read_protocol(protocol)
     raw = score_trials(detector, trials, audio, **kwargs)

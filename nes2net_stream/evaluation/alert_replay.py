@@ -24,6 +24,7 @@ import numpy as np
 
 from nes2net_stream.data.protocols import Trial
 from nes2net_stream.errors import ConfigError, DataError
+from nes2net_stream.models.detector import Calibration
 from nes2net_stream.service.policy import AlertConfig, ChannelPolicy
 
 #: AlertConfig fields a grid may vary, with the type their values are parsed as.
@@ -124,6 +125,21 @@ def read_score_lines(path: str | Path) -> list[dict[str, Any]]:
                     out.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    return out
+
+
+def recalibrate(lines: Iterable[dict[str, Any]], cal: Calibration) -> list[dict[str, Any]]:
+    """Score lines with each window's ``llr`` and probability recomputed through ``cal``.
+
+    From each window's ``raw`` score: what a service with that ingress calibration publishes.
+    """
+    out = []
+    for d in lines:
+        windows = []
+        for w in d.get("windows") or []:
+            llr = cal.llr(float(w["raw"]))
+            windows.append({**w, "llr": llr, "spoof_probability": cal.probability(llr)})
+        out.append({**d, "windows": windows})
     return out
 
 

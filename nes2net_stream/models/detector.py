@@ -17,9 +17,11 @@ Score convention (documented for users in docs/scores.md):
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -38,6 +40,8 @@ from nes2net_stream.models.nes2net import Nes2Net
 from nes2net_stream.models.spectral import SpectralFrontend
 from nes2net_stream.models.ssl_frontend import SSLFrontend
 
+RawT = TypeVar("RawT", torch.Tensor, float)
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -55,9 +59,37 @@ class Calibration:
         if not 0.0 < self.spoof_prior < 1.0:
             raise BundleError("calibration.spoof_prior must be in (0, 1)")
 
-    def llr(self, raw: torch.Tensor) -> torch.Tensor:
-        """Calibrated log-likelihood ratio of raw spoof scores (any device)."""
+    def llr(self, raw: RawT) -> RawT:
+        """Calibrated log-likelihood ratio of raw spoof scores (a tensor, any device; a float)."""
         return raw * self.scale + self.offset
+
+    def probability(self, llr: float) -> float:
+        """Spoof probability of one calibrated LLR at this calibration's prior."""
+        z = llr + math.log(self.spoof_prior / (1.0 - self.spoof_prior))
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(max(z, -745.0))
+        return e / (1.0 + e)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Calibration:
+        """A fitted calibration from a file (a bundle's, or from ``eval --calibration-out``).
+
+        Raises:
+            BundleError: a missing, unreadable, invalid or unfitted calibration, naming the file.
+        """
+        p = Path(path)
+        try:
+            cal = cls.from_dict(json.loads(p.read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise BundleError(f"{p}: cannot read the calibration ({exc.strerror})") from None
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{p}: not JSON ({exc.msg})") from None
+        except (BundleError, TypeError) as exc:
+            raise BundleError(f"{p}: {exc}") from None
+        if not cal.fitted:
+            raise BundleError(f"{p}: the calibration is not fitted")
+        return cal
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary for the bundle's calibration.json."""

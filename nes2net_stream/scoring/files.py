@@ -12,7 +12,6 @@ Modes:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,7 +138,7 @@ def score_file(detector: Detector, path: str | Path, *, mode: ScoreMode = "windo
         ]
         llr = aggregate_llrs([s["llr"] for s in scores], aggregation)
         result.llr = _round(llr)
-        result.spoof_probability = _round(_probability(detector, llr))
+        result.spoof_probability = _round(detector.calibration.probability(llr))
         return result
     if transmit is not None:
         raise AudioError("a transmission channel applies to mode 'windows' only")
@@ -161,12 +160,6 @@ def score_file(detector: Detector, path: str | Path, *, mode: ScoreMode = "windo
                      duration_s=_round(clip.duration_s), speech_s=_round(clip.duration_s),
                      spoof_probability=win.spoof_probability, llr=win.llr,
                      calibrated=calibrated, windows=[win])
-
-
-def _probability(detector: Detector, llr: float) -> float:
-    prior = detector.calibration.spoof_prior
-    z = llr + math.log(prior / (1.0 - prior))
-    return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 
 
 def score_files(detector: Detector, paths: Iterable[str | Path],

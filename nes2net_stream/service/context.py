@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from nes2net_stream.audio.vad import VADConfig
 from nes2net_stream.audio.windows import WindowConfig
+from nes2net_stream.models.detector import Calibration
 from nes2net_stream.service.auth import TokenAuth
 from nes2net_stream.service.engine import ScoringEngine
 from nes2net_stream.service.errors import ProtocolError
@@ -29,6 +30,8 @@ class ServiceContext:
     alerts: AlertConfig
     limits: LimitsSection
     auth: TokenAuth
+    #: calibration per ingress name (``[scoring] calibrations``); others use the model's
+    calibrations: dict[str, Calibration] = field(default_factory=dict)
     calls: dict[str, CallSession] = field(default_factory=dict)
     draining: bool = False
 

@@ -40,6 +40,7 @@ from nes2net_stream.gateways.registry import load_gateways
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service import event_loop
 from nes2net_stream.service.auth import TokenAuth, is_loopback
+from nes2net_stream.service.calibrations import check_ingress_names, load_calibrations
 from nes2net_stream.service.context import ServiceContext
 from nes2net_stream.service.engine import ScoringEngine
 from nes2net_stream.service.events import CallEnd
@@ -132,7 +133,9 @@ def build_context(settings: Settings, metrics: ServiceMetrics | None = None, *,
         alert_journal_segment_bytes=r.alert_journal_segment_bytes), metrics,
         worker=worker_index, workers=settings.server.workers)
     alerts = settings.alerts.to_config(settings.scoring, spoof_prior)
+    calibrations = load_calibrations(settings.scoring.calibrations)
     return ServiceContext(engine=engine, publisher=publisher, metrics=metrics,
+                          calibrations=calibrations,
                           vad=settings.vad.to_config(), windows=settings.windows.to_config(),
                           alerts=alerts, limits=settings.limits, auth=auth)
 
@@ -150,6 +153,7 @@ class Service:
         self.routes: dict[str, Handler] = {GENERIC_PATH: handle_generic}
         self.gateways = load_gateways(settings.gateways, self.ctx, settings.server.host,
                                       gateway_classes)
+        check_ingress_names(self.ctx.calibrations, [gw.name for gw in self.gateways])
         self._ws_gateways: dict[str, Gateway] = {}
         for gw in self.gateways:
             if gw.transport == "websocket":

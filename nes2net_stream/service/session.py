@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
@@ -92,11 +93,15 @@ class CallSession:
         self.started_at = time.monotonic()
         self.ended: CallEnd | None = None
         self._channels: dict[str, _Channel] = {}
+        # this ingress's own calibration, if configured: raw scores map through it
+        self.calibration = ctx.calibrations.get(start.source.gateway)
+        alerts = ctx.alerts if self.calibration is None else dataclasses.replace(
+            ctx.alerts, spoof_prior=self.calibration.spoof_prior)
         for i, role in enumerate(start.channels):
             if role in start.score_channels:
                 self._channels[role] = _Channel(
                     role, i, ChannelPipeline(start.sample_rate, ctx.vad, ctx.windows),
-                    ChannelPolicy(ctx.alerts))
+                    ChannelPolicy(alerts))
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._consumer = asyncio.create_task(self._consume(), name=f"call-{start.call_id}")
         self.audio_seconds = 0.0
@@ -272,15 +277,21 @@ class CallSession:
 
     def _on_score(self, item: _Pending, r: WindowResult) -> None:
         ch, w = item.channel, item.window
+        llr, prob = r.llr, r.spoof_probability
+        score: dict[str, Any] = {}
+        if self.calibration is not None:
+            llr = self.calibration.llr(r.raw)
+            prob = self.calibration.probability(llr)
+            score["calibration"] = self.start.source.gateway
         ch.windows_scored += 1
-        ch.probability_sum += r.spoof_probability
-        ch.probability_max = max(ch.probability_max or 0.0, r.spoof_probability)
-        previous, state = ch.policy.update(r.llr, r.spoof_probability)
+        ch.probability_sum += prob
+        ch.probability_max = max(ch.probability_max or 0.0, prob)
+        previous, state = ch.policy.update(llr, prob)
         window_body = {
             "window": {"index": w.index, "start_s": w.start_s, "end_s": w.end_s,
                        "speech_s": w.speech_s, "final": w.final},
-            "score": {"spoof_probability": round(r.spoof_probability, 5),
-                      "llr": round(r.llr, 5), "raw": round(r.raw, 5)},
+            "score": {"spoof_probability": round(prob, 5), "llr": round(llr, 5),
+                      "raw": round(r.raw, 5), **score},
             "running": self._running(ch),
             "timing": {"queue_delay_ms": round(1000 * r.queue_delay_s, 2),
                        "batch_size": r.batch_size,
