@@ -181,3 +181,31 @@ async def test_workers_end_their_calls_and_exit_when_the_scorer_dies(
         "nes2net:alerts") if f["type"] == "summary"}
     assert ended == {f"s-{i}" for i in range(4)}  # every call got its summary, early
     assert ended <= published
+
+
+@pytest.mark.parametrize("case", ["gateway", "calibration"])
+def test_a_configuration_the_workers_refuse_stops_the_service_naming_the_key(
+        small_bundle, tmp_path, case):
+    """Each ingest worker checks its own gateways and calibrations; a refusal stops the whole
+    service with exit code 2 instead of restarting workers that cannot start."""
+    import subprocess
+    import sys
+
+    from servers import free_port
+
+    cfg = tmp_path / "c.toml"
+    body = (f'[model]\npath = "{small_bundle}"\n[server]\nworkers = 2\nport = {free_port()}\n'
+            '[http]\nport = 0\n[redis]\nurl = "redis://127.0.0.1:1"\n')
+    if case == "gateway":  # found by the worker's gateway check
+        body += '[gateways.asterisk_ws]\nenabled = true\nusername = "a"\n'
+        key = "gateways.asterisk_ws.username/password"
+    else:  # found before any worker starts
+        body += f'[scoring]\ncalibrations = {{ twilio = "{tmp_path / "none.json"}" }}\n'
+        key = "scoring.calibrations.twilio"
+    cfg.write_text(body)
+    proc = subprocess.run([sys.executable, "-m", "nes2net_stream", "serve", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert key in out
+    assert "ingest worker died; restarting" not in out

@@ -24,6 +24,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 from prometheus_client.multiprocess import mark_process_dead
 
+from nes2net_stream.errors import ConfigError
 from nes2net_stream.logs import configure_logging, get_logger
 from nes2net_stream.service import event_loop, ipc
 from nes2net_stream.service.engine import (
@@ -48,6 +50,7 @@ from nes2net_stream.settings import Settings
 
 log = get_logger("nes2net.multiproc")
 _ERRORS = {"dropped": WindowDropped, "stopped": EngineStopped, "restarted": EngineRestarted}
+EX_CONFIG = 78  # sysexits.h: a worker's exit code for a configuration it refused
 MAX_INLINE_BYTES = 64 * 1024 * 1024  # inline window samples queued per worker, at most
 
 
@@ -329,9 +332,13 @@ def worker_main(settings_data: dict[str, Any], conn: Connection, index: int, mod
                           settings.engine.latency_target_ms / 1000.0,
                           window_samples=int(round(settings.windows.window_s * 16000)),
                           slots=settings.server.worker_window_slots)
-    ctx = build_context(settings, engine=engine, spoof_prior=spoof_prior, worker_index=index)
-    engine.metrics = ctx.metrics
-    service = Service(settings, ctx, reuse_port=True, worker_index=index)
+    try:
+        ctx = build_context(settings, engine=engine, spoof_prior=spoof_prior, worker_index=index)
+        engine.metrics = ctx.metrics
+        service = Service(settings, ctx, reuse_port=True, worker_index=index)
+    except ConfigError as exc:  # restarting cannot help: the pool stops the service
+        log.error("invalid configuration", worker=index, error=str(exc))
+        sys.exit(EX_CONFIG)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -381,6 +388,7 @@ class WorkerPool:
         self.procs: list[Any] = [None] * n
         self.restarts = 0
         self.stopping = False
+        self.config_error: str | None = None  # set when a worker exits with EX_CONFIG
         # prometheus_client multi-process mode for the workers (see metrics.py); the scorer
         # imported prometheus_client before this is set, so its own metrics stay in memory
         self.metrics_dir = owned_tempdir("nes2net-metrics-")  # removes ones of killed scorers
@@ -409,6 +417,10 @@ class WorkerPool:
         while not stop.is_set():
             for i, proc in enumerate(self.procs):
                 if proc is not None and not proc.is_alive() and not self.stopping:
+                    if proc.exitcode == EX_CONFIG:
+                        self.config_error = f"ingest worker {i} refused the configuration"
+                        log.error(self.config_error + "; stopping", worker=i)
+                        return
                     self.restarts += 1
                     mark_process_dead(proc.pid, self.metrics_dir)  # its live gauges go
                     log.error("ingest worker died; restarting", worker=i,

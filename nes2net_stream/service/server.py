@@ -412,7 +412,11 @@ async def run_multiprocess(settings: Settings) -> None:
 
     if settings.server.port == 0:
         raise ConfigError("server.port must be a fixed port when server.workers > 1")
-    TokenAuth.from_settings(settings.auth, exposed_host(settings))  # fail fast before spawning
+    # fail fast, naming the key, on what the workers would otherwise each refuse
+    TokenAuth.from_settings(settings.auth, exposed_host(settings))
+    enabled = [name for name, raw in settings.gateways.items()
+               if isinstance(raw, dict) and raw.get("enabled", False)]
+    check_ingress_names(load_calibrations(settings.scoring.calibrations), enabled)
     metrics = ServiceMetrics()
     engine = build_engine(settings, metrics)
     await asyncio.to_thread(engine.warmup)
@@ -435,4 +439,6 @@ async def run_multiprocess(settings: Settings) -> None:
     log.info("stopping ingest workers")
     await asyncio.to_thread(pool.stop, settings.server.drain_timeout_s + 15)
     await asyncio.to_thread(engine.stop, drain=True, timeout=10)
+    if pool.config_error is not None:
+        raise ConfigError(pool.config_error + " (its log line names the key)")
     log.info("scorer stopped", windows=engine.windows_scored)
