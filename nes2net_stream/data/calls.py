@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from nes2net_stream.audio.io import load_audio, write_audio
 from nes2net_stream.data.protocols import (
@@ -103,6 +104,15 @@ def plan_calls(trials: Sequence[Trial], durations: dict[str, float], *, call_s: 
     return plans, left_out
 
 
+def _duration_s(path: Path) -> float:
+    """Length of an audio file from its header (decoding it only when soundfile cannot)."""
+    try:
+        return float(sf.info(str(path)).duration)
+    except (sf.LibsndfileError, RuntimeError):
+        clip = load_audio(path, sample_rate=None, allow_silence=True)
+        return clip.duration_s
+
+
 def build_calls(database: str | Path, out_dir: str | Path, *, split: str = "eval",
                 call_s: float = 20.0, min_call_s: float = 8.0,
                 gap_s: float = 0.5) -> CallsReport:
@@ -120,10 +130,8 @@ def build_calls(database: str | Path, out_dir: str | Path, *, split: str = "eval
     if out_protocol.exists():
         raise DataError(f"{out_protocol} exists: choose an empty output folder")
     trials = read_protocol(protocol)
-    audio = {t.utterance: load_audio(audio_path(audio_dir, t.utterance),
-                                     sample_rate=CALL_SAMPLE_RATE, allow_silence=True).samples
-             for t in trials}
-    durations = {u: x.shape[0] / CALL_SAMPLE_RATE for u, x in audio.items()}
+    paths = {t.utterance: audio_path(audio_dir, t.utterance) for t in trials}
+    durations = {u: _duration_s(p) for u, p in paths.items()}  # headers only: any split size
     plans, left_out = plan_calls(trials, durations, call_s=call_s, min_call_s=min_call_s,
                                  split=split)
     if not plans:
@@ -137,7 +145,8 @@ def build_calls(database: str | Path, out_dir: str | Path, *, split: str = "eval
         for i, utt in enumerate(plan.utterances):
             if i:
                 parts.append(gap)
-            parts.append(audio[utt].astype(np.float32, copy=False))
+            parts.append(load_audio(paths[utt], sample_rate=CALL_SAMPLE_RATE,
+                                    allow_silence=True).samples)
         samples = np.concatenate(parts)
         write_audio(flac / f"{plan.trial.utterance}.flac", samples, CALL_SAMPLE_RATE)
         report.calls += 1
