@@ -171,6 +171,7 @@ def test_eval_alerts_scores_calls_once_and_replays_settings(sample_database, tmp
         assert r["final_spoof"]["rate"] == 1.0 and r["false_final"]["rate"] == 0.0
         assert r["time_to_spoof_s"]["median"] >= 4.0
     report = json.loads((out / "alerts.json").read_text())
+    assert (out / "alerts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # operating points
     assert report["alerts"]["min_windows_for_state"] == 2  # config.toml's value, then varied
     assert len(report["results"][0]["calls"]) == 2
     lines = (out / "scores.jsonl").read_text().splitlines()

@@ -66,7 +66,8 @@ def build_calls_cmd(database: Path, out_dir: Path, split: str, call_s: float,
                    "keys: suspicious_threshold, spoof_threshold, hysteresis, "
                    "min_windows_for_spoof, min_windows_for_state, aggregation, ema_alpha).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for scores.jsonl (when scoring) and alerts.json.")
+              help="Folder for scores.jsonl (when scoring), alerts.json and alerts.png (the "
+                   "settings' operating points).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
@@ -125,9 +126,15 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
               "calibration": str(calibration_file) if calibration_file else None,
               "alerts": base.__dict__, "results": results}
     if out_dir is not None:
+        from nes2net_stream.evaluation.plots import plot_alert_settings
+
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "alerts.json").write_text(json.dumps(report, indent=2) + "\n",
                                              encoding="utf-8")
+        points = [(_name(r["settings"]), r["figures"]["false_alert"]["rate"],
+                   r["figures"]["detected_spoof"]["rate"]) for r in results]
+        if all(x is not None and y is not None for _, x, y in points):
+            plot_alert_settings(points, out_dir / "alerts.png")
     if as_json:
         click.echo(json.dumps([{**r["settings"], **r["figures"]} for r in results]))
     else:
@@ -152,6 +159,10 @@ def _score_calls(detector: Any, trials: list[Any], audio_dir: Path, settings: An
     return lines
 
 
+def _name(settings: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in settings.items()) or "config"
+
+
 def _pct(r: dict[str, Any]) -> str:
     if r["rate"] is None:
         return "-"
@@ -170,8 +181,7 @@ def _table(results: list[dict[str, Any]]) -> str:
     rows = [head]
     for r in results:
         f = r["figures"]
-        name = " ".join(f"{k}={v}" for k, v in r["settings"].items()) or "config"
-        rows.append([name, _pct(f["false_alert"]), _pct(f["transient_false_alert"]),
+        rows.append([_name(r["settings"]), _pct(f["false_alert"]), _pct(f["transient_false_alert"]),
                      _pct(f["false_spoof"]), _pct(f["detected_spoof"]), _pct(f["final_spoof"]),
                      _secs(f["time_to_alert_s"]), _secs(f["time_to_spoof_s"])])
     first = results[0]["figures"] if results else {}

@@ -1,4 +1,4 @@
-"""PNG plots of evaluation results: DET curve and score histograms.
+"""PNG plots of evaluation results: DET curve, score histograms, alert operating points.
 
 Figures are drawn with matplotlib's Agg canvas directly (no pyplot, no display, no global
 figure registry), so plotting works headless and leaves nothing open after saving.
@@ -17,7 +17,7 @@ from scipy.stats import norm
 from nes2net_stream.errors import DataError
 from nes2net_stream.evaluation.metrics import check_scores, compute_eer, det_curve
 
-__all__ = ["plot_det", "plot_histograms"]
+__all__ = ["plot_alert_settings", "plot_det", "plot_histograms"]
 
 _TICKS_PERCENT = (0.01, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 98, 99, 99.5, 99.8,
                   99.9, 99.99)
@@ -115,5 +115,38 @@ def plot_histograms(bona: ArrayLike, spoof: ArrayLike, path: str | Path,
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(loc="best")
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_alert_settings(points: list[tuple[str, float, float]], path: str | Path, *,
+                        title: str = "Alert settings on whole calls",
+                        figsize: tuple[float, float] = (7.0, 6.0), dpi: float = 100.0) -> Path:
+    """Operating points of alert settings: genuine calls alerted vs synthetic calls caught.
+
+    Args:
+        points: ``(label, share of genuine calls with any alert, share of synthetic calls that
+            reached spoof)`` per setting, shares in [0, 1] (``eval-alerts``).
+        path: Output PNG file (parent folders are created).
+        title: Figure title.
+        figsize: Figure size in inches.
+        dpi: Resolution in dots per inch.
+    """
+    if not points:
+        raise DataError("no alert settings to plot")
+    fig = Figure(figsize=figsize)
+    ax = fig.add_subplot(1, 1, 1)
+    # settings often share a point: number them, and name them in the legend
+    for i, (label, x, y) in enumerate(points, start=1):
+        ax.scatter([100 * x], [100 * y], color="#c0392b", zorder=3, label=f"{i}: {label}")
+        ax.annotate(str(i), (100 * x, 100 * y), textcoords="offset points",
+                    xytext=(4 + 7 * (i % 3), 3 + 5 * (i % 2)), fontsize=7)
+    ax.legend(loc="lower right", fontsize=6, handlelength=0.8, framealpha=0.9)
+    ax.set_xlim(-3, 103)
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("genuine calls that ever raised an alert (%)")
+    ax.set_ylabel("synthetic calls that reached spoof (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return _save(fig, path, dpi)
