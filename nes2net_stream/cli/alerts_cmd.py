@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -90,12 +91,15 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
         replay,
         summarise,
     )
+    from nes2net_stream.models.detector import Calibration
 
     settings = settings_from(config_file, model__path=model_path, model__device=device)
     grid = parse_vary(vary)
+    expand_grid(settings.alerts.to_config(settings.scoring, None), grid)  # fail before scoring
     if channel and score_file is not None:
         raise click.UsageError("--channel applies when scoring: it cannot change --scores")
     transmit = parse_channel(channel) if channel else None
+    cal = Calibration.read(calibration_file) if calibration_file is not None else None
     protocol, audio_dir = database_split(database, split)
     trials = read_protocol(protocol)
     if score_file is not None:
@@ -109,10 +113,7 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "scores.jsonl").write_text(
                 "".join(json.dumps(d) + "\n" for d in lines), encoding="utf-8")
-    if calibration_file is not None:
-        from nes2net_stream.models.detector import Calibration
-
-        cal = Calibration.read(calibration_file)
+    if cal is not None:
         lines = recalibrate(lines, cal)
         prior = cal.spoof_prior
     calls = calls_from_scores(lines, trials)
@@ -124,7 +125,7 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
                         "calls": [o.to_dict() for o in outcomes]})
     report = {"database": database.name, "split": split, "channel": channel,
               "calibration": str(calibration_file) if calibration_file else None,
-              "alerts": base.__dict__, "results": results}
+              "alerts": dataclasses.asdict(base), "results": results}
     if out_dir is not None:
         from nes2net_stream.evaluation.plots import plot_alert_settings
 
