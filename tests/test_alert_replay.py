@@ -18,10 +18,12 @@ from nes2net_stream.evaluation.alert_replay import (
     calls_from_scores,
     expand_grid,
     parse_vary,
+    recalibrate,
     replay,
     summarise,
     wilson,
 )
+from nes2net_stream.models.detector import Calibration
 from nes2net_stream.scoring.files import score_file
 from nes2net_stream.service.policy import AlertConfig
 
@@ -97,6 +99,10 @@ def test_score_lines_pair_with_their_trials_by_file_name():
         calls_from_scores(lines[1:], trials)
     with pytest.raises(DataError, match="mode '4s'"):
         calls_from_scores([{**lines[0], "mode": "4s"}, lines[1]], trials)
+    with pytest.raises(DataError, match="without a numeric 'end_s'"):
+        calls_from_scores([{**lines[0], "windows": [{"end_s": 4.2}]}, lines[1]], trials)
+    with pytest.raises(DataError, match="numeric 'raw'"):
+        recalibrate(lines, Calibration(fitted=True))
     with pytest.raises(DataError, match="failed to score: bad file"):
         calls_from_scores([lines[0], {"file": "CALL_1.wav", "error": "bad file"}], trials)
 

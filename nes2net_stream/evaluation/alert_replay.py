@@ -108,10 +108,14 @@ def calls_from_scores(lines: Iterable[dict[str, Any]],
             raise DataError(f"call {t.utterance!r} was scored in mode {d['mode']!r}; "
                             "alert replay needs --mode windows")
         ws = d.get("windows") or []
-        calls.append(CallWindows(call_id=t.utterance, is_spoof=t.is_spoof,
-                                 end_s=tuple(float(w["end_s"]) for w in ws),
-                                 llr=tuple(float(w["llr"]) for w in ws),
-                                 speaker=t.speaker, system=t.system))
+        try:
+            end_s = tuple(float(w["end_s"]) for w in ws)
+            llr = tuple(float(w["llr"]) for w in ws)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"call {t.utterance!r}: a window without a numeric 'end_s' and "
+                            f"'llr' ({exc!r})") from None
+        calls.append(CallWindows(call_id=t.utterance, is_spoof=t.is_spoof, end_s=end_s,
+                                 llr=llr, speaker=t.speaker, system=t.system))
     return calls
 
 
@@ -137,7 +141,11 @@ def recalibrate(lines: Iterable[dict[str, Any]], cal: Calibration) -> list[dict[
     for d in lines:
         windows = []
         for w in d.get("windows") or []:
-            llr = cal.llr(float(w["raw"]))
+            try:
+                llr = cal.llr(float(w["raw"]))
+            except (KeyError, TypeError, ValueError):
+                raise DataError(f"{d.get('file')}: a window without a numeric 'raw' score "
+                                "to recalibrate") from None
             windows.append({**w, "llr": llr, "spoof_probability": cal.probability(llr)})
         out.append({**d, "windows": windows})
     return out
