@@ -240,6 +240,34 @@ def test_eval_alerts_replays_under_another_calibration(sample_database, tmp_path
     assert figures[20.0]["false_spoof"]["rate"] == figures[20.0]["final_spoof"]["rate"] == 1.0
 
 
+def test_eval_alerts_scores_one_side_of_stereo_call_recordings(tmp_path, capsys):
+    """Stereo recordings, synthetic caller on the left and a human agent on the right."""
+    import numpy as np
+
+    root = tmp_path / "stereo"
+    flac = root / "ASVspoof2019_LA_eval" / "flac"
+    flac.mkdir(parents=True)
+    left, rate = sf.read(sample_path("synthetic_call.wav"), dtype="float32")
+    right, _ = sf.read(sample_path("human_call.wav"), dtype="float32")
+    n = min(left.shape[0], right.shape[0])
+    sf.write(flac / "STEREO_1.flac", np.stack([left[:n], right[:n]], axis=1), rate)
+    write_protocol(root / "ASVspoof2019_LA_cm_protocols" / "ASVspoof2019.LA.cm.eval.trl.txt",
+                   [Trial("CALLER", "STEREO_1", "A04", "spoof")])
+    means = {}
+    for side in ("0", "1"):
+        out = tmp_path / f"side{side}"
+        assert main(["eval-alerts", "--database", str(root), "--model", "builtin:demo",
+                     "--audio-channel", side, "--no-progress", "--out", str(out)]) == 0
+        line = json.loads((out / "scores.jsonl").read_text())
+        means[side] = sum(w["llr"] for w in line["windows"]) / len(line["windows"])
+    assert means["0"] > 0 > means["1"]  # the synthetic side alone, then the human side alone
+    capsys.readouterr()
+    code = main(["eval-alerts", "--database", str(root), "--audio-channel", "left"])
+    assert code == 2 and "--audio-channel" in capsys.readouterr().err
+    code = main(["score", str(flac / "STEREO_1.flac"), "--channel", "left"])  # same parser
+    assert code == 2 and "--channel" in capsys.readouterr().err
+
+
 async def test_replayed_states_are_the_states_the_live_service_publishes(make_service, tmp_path):
     """The human demo call streamed to a service with one window per state: the state of
     every window event equals the replay of `score --json` on the same samples."""

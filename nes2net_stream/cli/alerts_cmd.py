@@ -16,6 +16,7 @@ from nes2net_stream.cli.common import (
     device_option,
     model_option,
     open_detector,
+    parse_audio_channel,
     parse_channel,
     settings_from,
 )
@@ -58,6 +59,9 @@ def build_calls_cmd(database: Path, out_dir: Path, split: str, call_s: float,
 @config_option
 @device_option
 @channel_option("call")
+@click.option("--audio-channel", default="mix", show_default=True,
+              help="Which channel of the recordings to score: 'mix' averages them, a number "
+                   "picks one (0-based), e.g. the caller's side of stereo call recordings.")
 @click.option("--calibration", "calibration_file",
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Map raw window scores through this calibration instead of the model's "
@@ -73,7 +77,7 @@ def build_calls_cmd(database: Path, out_dir: Path, split: str, call_s: float,
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
                     model_path: str | None, config_file: Path | None, device: str | None,
-                    channel: str | None, calibration_file: Path | None,
+                    channel: str | None, audio_channel: str, calibration_file: Path | None,
                     vary: tuple[str, ...], out_dir: Path | None, as_json: bool,
                     progress: bool) -> None:
     """What the service's state events would say on whole calls, under the [alerts] settings.
@@ -99,6 +103,7 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
     if channel and score_file is not None:
         raise click.UsageError("--channel applies when scoring: it cannot change --scores")
     transmit = parse_channel(channel) if channel else None
+    track = parse_audio_channel(audio_channel, "--audio-channel")
     cal = Calibration.read(calibration_file) if calibration_file is not None else None
     protocol, audio_dir = database_split(database, split)
     trials = read_protocol(protocol)
@@ -108,7 +113,8 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
     else:
         detector = open_detector(settings)
         prior = detector.calibration.spoof_prior
-        lines = _score_calls(detector, trials, audio_dir, settings, progress, transmit)
+        lines = _score_calls(detector, trials, audio_dir, settings, progress, transmit,
+                             track)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "scores.jsonl").write_text(
@@ -143,7 +149,7 @@ def eval_alerts_cmd(database: Path, split: str, score_file: Path | None,
 
 
 def _score_calls(detector: Any, trials: list[Any], audio_dir: Path, settings: Any,
-                 progress: bool, transmit: Any) -> list[dict[str, Any]]:
+                 progress: bool, transmit: Any, audio_channel: str | int) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     from nes2net_stream.data.protocols import audio_path
@@ -155,7 +161,8 @@ def _score_calls(detector: Any, trials: list[Any], audio_dir: Path, settings: An
         result = score_file(detector, audio_path(audio_dir, t.utterance), mode="windows",
                             vad=settings.vad.to_config(), windows=settings.windows.to_config(),
                             aggregation=settings.scoring.aggregation,
-                            batch_size=settings.scoring.batch_size, transmit=transmit)
+                            batch_size=settings.scoring.batch_size, transmit=transmit,
+                            channel=audio_channel)
         lines.append(result.to_dict())
     return lines
 

@@ -48,6 +48,17 @@ def channel_option(what: str) -> Callable[[F], F]:
              + ", ".join(CODECS) + ".")
 
 
+def parse_audio_channel(value: str, option: str) -> str | int:
+    """``mix`` or a 0-based channel number; usage errors name ``option``."""
+    if value == "mix":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter("expected 'mix' or a channel number (0-based)",
+                                 param_hint=option) from None
+
+
 def parse_channel(text: str) -> Channel:
     """Parse ``CODEC[:BITRATE]`` into a codec channel; usage errors name the option."""
     from nes2net_stream.errors import AudioError, DependencyError

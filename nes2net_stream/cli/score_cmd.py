@@ -13,18 +13,10 @@ from nes2net_stream.cli.common import (
     device_option,
     model_option,
     open_detector,
+    parse_audio_channel,
     settings_from,
 )
 from nes2net_stream.errors import AudioError
-
-
-def _channel(value: str) -> str | int:
-    if value == "mix":
-        return value
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise click.BadParameter("expected 'mix' or a channel number (0-based)") from exc
 
 
 @click.command()
@@ -63,7 +55,7 @@ def score(files: tuple[Path, ...], model_path: str | None, config_file: Path | N
         config_file, model__path=model_path, model__device=device, windows__window_s=window_s,
         windows__hop_s=hop_s, vad__enabled=False if no_vad else None,
         scoring__batch_size=batch_size)
-    ch = _channel(channel)
+    ch = parse_audio_channel(channel, "--channel")
     detector = open_detector(settings)
     show = progress if progress is not None else (len(files) > 1 and sys.stderr.isatty())
     failures = 0
