@@ -61,6 +61,14 @@ async def test_calls_of_a_calibrated_ingress_map_raw_scores_through_it(make_serv
         assert s["llr"] == pytest.approx(0.5 * s["raw"] + 4.0, abs=2e-5)
         assert s["spoof_probability"] == pytest.approx(1 / (1 + math.exp(-s["llr"])), abs=2e-5)
     assert got.summary["summary"]["final_state"] == "spoof"
+    # the state counter by state and ingress (what a per-ingress alert rule watches)
+    registry = svc.ctx.metrics.registry
+    entered = {state: registry.get_sample_value(
+        "nes2net_state_changes_total", {"state": state, "gateway": "generic"})
+        for state in ("suspicious", "spoof")}
+    states = [e["state"] for e in got.of_type("state")]
+    assert entered["spoof"] == states.count("spoof") == 1
+    assert (entered["suspicious"] or 0) == states.count("suspicious")
 
 
 async def test_calls_of_other_ingresses_keep_the_models_calibration(make_service, tmp_path):

@@ -41,6 +41,9 @@ class ServiceMetrics:
                                      ["gateway"], registry=r)
         self.calls_ended = Counter(f"{p}_calls_ended_total", "Calls ended, by reason",
                                    ["reason"], registry=r)
+        self.state_changes = Counter(f"{p}_state_changes_total",
+                                     "Scored channels entering a state, by state and ingress",
+                                     ["state", "gateway"], registry=r)
         self.calls_rejected = Counter(f"{p}_calls_rejected_total",
                                       "Connections or calls refused, by reason", ["reason"],
                                       registry=r)

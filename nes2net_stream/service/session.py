@@ -299,6 +299,8 @@ class CallSession:
         }
         self._emit(self._event("window", ch, window_body), item.received)
         if state != previous:
+            self.ctx.metrics.state_changes.labels(
+                state=state, gateway=self.start.source.gateway).inc()
             body = {"previous_state": previous, "window": window_body["window"],
                     "score": window_body["score"], "running": window_body["running"]}
             self._emit(self._event("state", ch, body), item.received)
