@@ -39,6 +39,7 @@ from nes2net_stream.models.fused_norms import NormKernels
 from nes2net_stream.models.nes2net import Nes2Net
 from nes2net_stream.models.spectral import SpectralFrontend
 from nes2net_stream.models.ssl_frontend import SSLFrontend
+from nes2net_stream.scoring.aggregate import llr_probability
 
 RawT = TypeVar("RawT", torch.Tensor, float)
 
@@ -65,11 +66,7 @@ class Calibration:
 
     def probability(self, llr: float) -> float:
         """Spoof probability of one calibrated LLR at this calibration's prior."""
-        z = llr + math.log(self.spoof_prior / (1.0 - self.spoof_prior))
-        if z >= 0:
-            return 1.0 / (1.0 + math.exp(-z))
-        e = math.exp(max(z, -745.0))
-        return e / (1.0 + e)
+        return llr_probability(llr, self.spoof_prior)
 
     @classmethod
     def read(cls, path: str | Path) -> Calibration:

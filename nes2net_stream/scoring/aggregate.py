@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -10,6 +11,15 @@ import numpy as np
 
 Aggregation = Literal["mean", "median", "max", "ema"]
 AGGREGATIONS: tuple[str, ...] = ("mean", "median", "max", "ema")
+
+
+def llr_probability(llr: float, prior: float = 0.5) -> float:
+    """Spoof probability of a calibrated LLR at spoof prior ``prior``: sigmoid(llr + logit)."""
+    z = llr + math.log(prior / (1.0 - prior))
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(max(z, -745.0))
+    return e / (1.0 + e)
 
 
 def aggregate_llrs(llrs: Sequence[float], method: Aggregation = "mean",

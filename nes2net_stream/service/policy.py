@@ -10,11 +10,10 @@ an alert nor vouch for the caller; ``spoof`` additionally needs ``min_windows_fo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from nes2net_stream.errors import ConfigError
-from nes2net_stream.scoring.aggregate import Aggregation, RunningAggregate
+from nes2net_stream.scoring.aggregate import Aggregation, RunningAggregate, llr_probability
 
 _LEVEL = {"bona_fide": 0, "suspicious": 1, "spoof": 2}
 _STATES = ("bona_fide", "suspicious", "spoof")
@@ -85,7 +84,7 @@ class ChannelPolicy:
         if llr is None:
             return None
         prior = self.cfg.spoof_prior
-        return _sigmoid(llr + math.log(prior / (1.0 - prior)))
+        return llr_probability(llr, prior)
 
     def update(self, llr: float, probability: float) -> tuple[str | None, str | None]:
         """Add a window score; return (previous state, new state); ``None`` = no state yet."""
@@ -114,10 +113,3 @@ class ChannelPolicy:
         if down == "suspicious" and p < c.suspicious_threshold - c.hysteresis:
             return "bona_fide"
         return down
-
-
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
