@@ -23,6 +23,7 @@ from nes2net_stream.evaluation.alert_replay import (
     summarise,
     wilson,
 )
+from nes2net_stream.evaluation.metrics import compute_eer
 from nes2net_stream.models.detector import Calibration
 from nes2net_stream.scoring.files import score_file
 from nes2net_stream.service.policy import AlertConfig
@@ -54,6 +55,12 @@ def test_figures_count_what_the_state_events_would_have_said():
     assert f["no_state"] == {"bonafide": 0, "spoof": 1}
     assert f["time_to_alert_s"]["median"] == pytest.approx(5.0)  # 4 s and 6 s
     assert f["time_to_spoof_s"]["median"] == pytest.approx(6.0)  # 5 s and 7 s
+    # threshold-free: the EER of the final running scores (mean LLRs; a call without windows
+    # has none), in the CM convention (higher = bona fide)
+    means = {c.call_id: -sum(c.llr) / len(c.llr) for c in calls if c.llr}
+    bona = [means[k] for k in ("g-clean", "g-transient", "g-false-spoof")]
+    spoof = [means[k] for k in ("s-caught", "s-late", "s-missed")]
+    assert f["call_eer"] == round(compute_eer(bona, spoof)[0], 4)
     # with two windows before any state, the transient opening alert disappears
     g = summarise([replay(c, AlertConfig(min_windows_for_state=2)) for c in calls])
     assert g["false_alert"]["calls"] == 1 and g["transient_false_alert"]["calls"] == 0
@@ -173,6 +180,7 @@ def test_eval_alerts_scores_calls_once_and_replays_settings(sample_database, tmp
     assert got.exit_code == 0, got.output
     scored = json.loads(got.output)
     assert [r["min_windows_for_state"] for r in scored] == [1, 2]
+    assert scored[0]["call_eer"] is None  # two calls: too few scores for an EER
     for r in scored:  # the bundled model catches the synthetic call and clears the human one
         assert r["final_spoof"]["rate"] == 1.0 and r["false_final"]["rate"] == 0.0
         assert r["time_to_spoof_s"]["median"] >= 4.0

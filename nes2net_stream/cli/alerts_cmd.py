@@ -196,6 +196,9 @@ def _table(results: list[dict[str, Any]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]
+    eer = first.get("call_eer")
     lines.append(f"({first.get('bonafide_calls', 0)} genuine and "
-                 f"{first.get('spoof_calls', 0)} synthetic calls; 95 % Wilson intervals)")
+                 f"{first.get('spoof_calls', 0)} synthetic calls; 95 % Wilson intervals"
+                 + ("" if eer is None else f"; EER of the calls' final running scores "
+                    f"{100 * eer:.1f} %") + ")")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ import numpy as np
 
 from nes2net_stream.data.protocols import Trial
 from nes2net_stream.errors import ConfigError, DataError
+from nes2net_stream.evaluation.metrics import compute_eer
 from nes2net_stream.models.detector import Calibration
 from nes2net_stream.service.policy import AlertConfig, ChannelPolicy
 
@@ -54,6 +55,7 @@ class CallOutcome:
 
     call: CallWindows
     states: tuple[str | None, ...]
+    final_llr: float | None = None  # the running score at the call's end
 
     def _first(self, states: Sequence[str]) -> float | None:
         for t, s in zip(self.call.end_s, self.states, strict=True):
@@ -82,6 +84,7 @@ class CallOutcome:
                 "speaker": self.call.speaker, "system": self.call.system,
                 "windows": len(self.states), "first_alert_s": self.first_alert_s,
                 "first_spoof_s": self.first_spoof_s, "final_state": self.final_state,
+                "final_llr": self.final_llr,
                 "state_changes": sum(a != b for a, b in itertools.pairwise(self.states))}
 
 
@@ -158,7 +161,7 @@ def replay(call: CallWindows, cfg: AlertConfig) -> CallOutcome:
     for llr in call.llr:
         policy.update(llr, 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, llr)))))
         states.append(policy.state)
-    return CallOutcome(call, tuple(states))
+    return CallOutcome(call, tuple(states), policy.running_llr)
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
@@ -203,7 +206,18 @@ def summarise(outcomes: Sequence[CallOutcome]) -> dict[str, Any]:
                      "spoof": sum(o.final_state is None for o in fake)},
         "time_to_alert_s": _times([o.first_alert_s for o in fake]),
         "time_to_spoof_s": _times([o.first_spoof_s for o in fake]),
+        "call_eer": _call_eer(genuine, fake),
     }
+
+
+def _call_eer(genuine: Sequence[CallOutcome], fake: Sequence[CallOutcome]) -> float | None:
+    """EER of the calls' final running scores (threshold-free; None with too few calls)."""
+    bona = [-o.final_llr for o in genuine if o.final_llr is not None]  # higher = bona fide
+    spoof = [-o.final_llr for o in fake if o.final_llr is not None]
+    try:
+        return round(compute_eer(bona, spoof)[0], 4)
+    except DataError:  # a class without calls, or too few distinct scores
+        return None
 
 
 def parse_vary(specs: Iterable[str]) -> dict[str, list[Any]]:
