@@ -23,10 +23,14 @@ async def test_stream_and_watch_commands(make_service, redis_server, tmp_path):
     assert stream.returncode == 0, err.decode()
     text = out.decode()
     assert "window" in text and "SUMMARY cli-call" in text
+    windows = [line for line in text.splitlines() if line.startswith("window")]
+    assert windows[0].endswith("state=pending")  # no state before two windows
+    assert "state=pending" not in windows[-1]
     wout, werr = await asyncio.wait_for(watch.communicate(), 60)
     assert watch.returncode == 0, werr.decode()
     lines = wout.decode().strip().splitlines()
-    assert lines[0].startswith("STATE  cli-call") and lines[1].startswith("SUMMARY cli-call")
+    assert lines[0].startswith("STATE  cli-call [caller] (new) -> ")
+    assert lines[1].startswith("SUMMARY cli-call")
 
 
 def test_serve_refuses_invalid_config_naming_the_key(tmp_path):

@@ -17,9 +17,10 @@ def _line(event: dict[str, Any]) -> str:
         w, s, r = event["window"], event["score"], event["running"]
         return (f"window {w['index']:>3}  {w['start_s']:7.2f}-{w['end_s']:7.2f}s  "
                 f"p(spoof)={s['spoof_probability']:.3f}  running={r['spoof_probability']:.3f}  "
-                f"state={event['state']}")
+                f"state={event['state'] or 'pending'}")
     if kind == "state":
-        return (f"STATE  {event['call_id']} [{event['channel']}] {event['previous_state']} -> "
+        previous = event["previous_state"] or "(new)"
+        return (f"STATE  {event['call_id']} [{event['channel']}] {previous} -> "
                 f"{event['state']}  running p(spoof)={event['running']['spoof_probability']:.3f}")
     if kind == "summary":
         s = event["summary"]
