@@ -65,6 +65,8 @@ class ScoringSection(Section):
     batch_size: int = Field(16, ge=1, le=4096)
     #: ingress name (generic, webrtc, a gateway's name) -> calibration JSON file for its calls
     calibrations: dict[str, str] = Field(default_factory=dict)
+    #: dotted metadata field whose value names one of ``calibrations`` per call ("": none)
+    calibration_key: str = Field("", max_length=200)
 
 
 class ServerSection(Section):

@@ -1,5 +1,6 @@
 """Score calibrations per ingress ([scoring] calibrations) and how they are made and checked."""
 
+import asyncio
 import json
 import math
 
@@ -10,7 +11,11 @@ from nes2net_stream.cli import main
 from nes2net_stream.client import stream_samples
 from nes2net_stream.errors import BundleError, ConfigError
 from nes2net_stream.models.detector import Calibration
-from nes2net_stream.service.calibrations import check_ingress_names, load_calibrations
+from nes2net_stream.service.calibrations import (
+    check_ingress_names,
+    load_calibrations,
+    pick_calibration,
+)
 
 
 def write(path, **fields):
@@ -81,6 +86,36 @@ async def test_calls_of_other_ingresses_keep_the_models_calibration(make_service
         assert "calibration" not in ev["score"]
         assert ev["score"]["llr"] == pytest.approx(
             model.scale * ev["score"]["raw"] + model.offset, abs=2e-5)
+
+
+def test_a_calls_metadata_can_pick_its_calibration():
+    cals = {"g729": Calibration(scale=1.0, offset=2.0, fitted=True),
+            "generic": Calibration(scale=1.0, offset=-1.0, fitted=True)}
+    pick = pick_calibration
+    assert pick(cals, "custom.codec", "twilio", {"custom": {"codec": "g729"}})[0] == "g729"
+    assert pick(cals, "custom.codec", "generic", {"custom": {"codec": "opus"}})[0] == "generic"
+    assert pick(cals, "custom.codec", "twilio", {"custom": "g729"}) is None  # not a table
+    assert pick(cals, "custom.codec", "twilio", {"custom": {"codec": ["g729"]}}) is None
+    assert pick(cals, "", "generic", {"custom": {"codec": "g729"}})[0] == "generic"
+    # names that are no ingress are values calls may carry once a key is set
+    check_ingress_names({"g729": cals["g729"]}, ["twilio"], by_metadata=True)
+
+
+async def test_a_generic_call_picks_its_calibration_from_metadata(make_service, tmp_path):
+    cal = write(tmp_path / "c.json", scale=1.0, offset=-6.0, fitted=True)
+    svc = await make_service(scoring={"calibrations": {"g729": str(cal)},
+                                      "calibration_key": "trunk.codec"})
+    x = tone_bursts(6.0, 8000)
+    tagged, plain = await asyncio.gather(
+        stream_samples(svc.url, x, 8000, call_id="cal-m1", realtime=False,
+                       metadata={"trunk": {"codec": "g729"}}),
+        stream_samples(svc.url, x, 8000, call_id="cal-m2", realtime=False,
+                       metadata={"trunk": {"codec": "pcmu"}}))
+    for ev in tagged.of_type("window"):
+        assert ev["score"]["calibration"] == "g729"
+        assert ev["score"]["llr"] == pytest.approx(ev["score"]["raw"] - 6.0, abs=2e-5)
+    assert tagged.summary["summary"]["final_state"] == "bona_fide"
+    assert all("calibration" not in ev["score"] for ev in plain.of_type("window"))
 
 
 async def test_a_calibration_for_an_unknown_ingress_stops_the_start(make_service, tmp_path):

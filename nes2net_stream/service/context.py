@@ -32,6 +32,8 @@ class ServiceContext:
     auth: TokenAuth
     #: calibration per ingress name (``[scoring] calibrations``); others use the model's
     calibrations: dict[str, Calibration] = field(default_factory=dict)
+    #: dotted metadata field whose value picks one of ``calibrations`` per call
+    calibration_key: str = ""
     calls: dict[str, CallSession] = field(default_factory=dict)
     draining: bool = False
 
@@ -53,7 +55,8 @@ class ServiceContext:
         self.metrics.active_calls.set(len(self.calls))
         self.metrics.calls_started.labels(gateway=start.source.gateway).inc()
         session.log.info("call started", encoding=start.encoding, sample_rate=start.sample_rate,
-                         channels=list(start.channels), scored=session.scored_roles)
+                         channels=list(start.channels), scored=session.scored_roles,
+                         calibration=session.calibration_name or "model")
         return session
 
     async def end_call(self, session: CallSession, end: CallEnd) -> list[OutputEvent]:

@@ -136,6 +136,7 @@ def build_context(settings: Settings, metrics: ServiceMetrics | None = None, *,
     calibrations = load_calibrations(settings.scoring.calibrations)
     return ServiceContext(engine=engine, publisher=publisher, metrics=metrics,
                           calibrations=calibrations,
+                          calibration_key=settings.scoring.calibration_key,
                           vad=settings.vad.to_config(), windows=settings.windows.to_config(),
                           alerts=alerts, limits=settings.limits, auth=auth)
 
@@ -153,7 +154,8 @@ class Service:
         self.routes: dict[str, Handler] = {GENERIC_PATH: handle_generic}
         self.gateways = load_gateways(settings.gateways, self.ctx, settings.server.host,
                                       gateway_classes)
-        check_ingress_names(self.ctx.calibrations, [gw.name for gw in self.gateways])
+        check_ingress_names(self.ctx.calibrations, [gw.name for gw in self.gateways],
+                            by_metadata=bool(self.ctx.calibration_key))
         self._ws_gateways: dict[str, Gateway] = {}
         for gw in self.gateways:
             if gw.transport == "websocket":
@@ -416,7 +418,8 @@ async def run_multiprocess(settings: Settings) -> None:
     TokenAuth.from_settings(settings.auth, exposed_host(settings))
     enabled = [name for name, raw in settings.gateways.items()
                if isinstance(raw, dict) and raw.get("enabled", False)]
-    check_ingress_names(load_calibrations(settings.scoring.calibrations), enabled)
+    check_ingress_names(load_calibrations(settings.scoring.calibrations), enabled,
+                        by_metadata=bool(settings.scoring.calibration_key))
     metrics = ServiceMetrics()
     engine = build_engine(settings, metrics)
     await asyncio.to_thread(engine.warmup)

@@ -31,6 +31,7 @@ from nes2net_stream.audio.pipeline import ChannelPipeline
 from nes2net_stream.audio.windows import SpeechWindow
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service.audio_decode import decode
+from nes2net_stream.service.calibrations import pick_calibration
 from nes2net_stream.service.engine import (
     EngineRestarted,
     EngineStopped,
@@ -93,8 +94,10 @@ class CallSession:
         self.started_at = time.monotonic()
         self.ended: CallEnd | None = None
         self._channels: dict[str, _Channel] = {}
-        # this ingress's own calibration, if configured: raw scores map through it
-        self.calibration = ctx.calibrations.get(start.source.gateway)
+        # a calibration of this call's path, if configured: raw scores map through it
+        picked = pick_calibration(ctx.calibrations, ctx.calibration_key, start.source.gateway,
+                                  start.metadata)
+        self.calibration_name, self.calibration = picked if picked else (None, None)
         alerts = ctx.alerts if self.calibration is None else dataclasses.replace(
             ctx.alerts, spoof_prior=self.calibration.spoof_prior)
         for i, role in enumerate(start.channels):
@@ -282,7 +285,7 @@ class CallSession:
         if self.calibration is not None:
             llr = self.calibration.llr(r.raw)
             prob = self.calibration.probability(llr)
-            score["calibration"] = self.start.source.gateway
+            score["calibration"] = self.calibration_name
         ch.windows_scored += 1
         ch.probability_sum += prob
         ch.probability_max = max(ch.probability_max or 0.0, prob)
