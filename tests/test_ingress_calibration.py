@@ -5,7 +5,10 @@ import json
 import math
 
 import pytest
+from fuzzing import FUZZ, json_values
 from helpers import tone_bursts
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from nes2net_stream.cli import main
 from nes2net_stream.client import stream_samples
@@ -135,3 +138,15 @@ def test_eval_writes_a_calibration_fitted_through_a_channel(tmp_path, toy_corpus
     code = main(["eval", "--model", "builtin:demo", "--database", str(toy_corpus),
                  "--calibration-out", str(out)])
     assert code == 2 and "--calibration-out needs --calibrate-on" in capsys.readouterr().err
+
+
+@FUZZ
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+       st.sampled_from(["custom.codec", "codec", "a.b.c", "custom..codec", "."]))
+@example({"custom": {"codec": "g729"}}, "custom.codec")
+@example({"custom": {"codec": {"g729": 1}}}, "custom.codec")  # unhashable value
+def test_picking_a_calibration_never_fails_on_any_metadata(metadata, key):
+    """Metadata comes from the network: any JSON there picks a configured calibration or none."""
+    cals = {"g729": Calibration(scale=1.0, offset=2.0, fitted=True)}
+    picked = pick_calibration(cals, key, "twilio", metadata)
+    assert picked is None or (picked[0] == "g729" and picked[1] is cals["g729"])
