@@ -292,7 +292,7 @@ class Service:
                  event_loop=event_loop.loop_name(),
                  model=self.ctx.engine.model_id,
                  device=str(self.ctx.engine.device), auth_required=self.ctx.auth.required,
-                 paths=sorted(self.routes))
+                 paths=sorted(self.routes), calibrations=sorted(self.ctx.calibrations))
 
     async def drain(self) -> None:
         """Stop accepting calls, end active ones with summaries, flush Redis, stop.
