@@ -20,6 +20,7 @@ from nes2net_stream.evaluation.alert_replay import (
     parse_vary,
     recalibrate,
     replay,
+    speaker_interval,
     summarise,
     wilson,
 )
@@ -74,6 +75,24 @@ def test_wilson_intervals_match_the_textbook_values():
     assert wilson(0, 10) == (0.0, 0.2775)
     assert wilson(5, 10) == (0.2366, 0.7634)
     assert wilson(0, 0) is None
+
+
+def test_shares_get_intervals_resampling_whole_speakers():
+    # speaker A: 4 calls, all alerted; B and C: 2 calls each, none
+    flags = [("A", True)] * 4 + [("B", False)] * 2 + [("C", False)] * 2
+    lo, hi = speaker_interval(flags)
+    assert lo == 0.0 and hi == 1.0  # drawing only A, or only B and C, happens
+    assert speaker_interval(flags) == (lo, hi)  # deterministic
+    assert speaker_interval([("A", True)] * 3 + [("B", True)]) == (1.0, 1.0)
+    assert speaker_interval([("A", True), ("A", False)]) is None  # one speaker: no clusters
+    # wider than Wilson's, which takes the 8 calls as independent
+    assert wilson(4, 8)[1] - wilson(4, 8)[0] < hi - lo
+    calls = [CallWindows(f"c{i}", False, (4.0, 5.0), (3.0, 3.0), speaker=spk)
+             for i, spk in enumerate("AABBC")]
+    f = summarise([replay(c, AlertConfig()) for c in calls])
+    assert f["false_alert"]["ci95_method"] == "speaker bootstrap"
+    assert f["false_alert"]["ci95"] == (1.0, 1.0) and f["detected_spoof"]["of"] == 0
+    assert f["detected_spoof"]["ci95"] is None and f["detected_spoof"]["ci95_method"] == "wilson"
 
 
 def test_grid_options_parse_expand_and_fail_naming_the_key():

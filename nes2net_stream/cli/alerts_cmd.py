@@ -198,7 +198,8 @@ def _table(results: list[dict[str, Any]]) -> str:
              for row in rows]
     eer = first.get("call_eer")
     lines.append(f"({first.get('bonafide_calls', 0)} genuine and "
-                 f"{first.get('spoof_calls', 0)} synthetic calls; 95 % Wilson intervals"
+                 f"{first.get('spoof_calls', 0)} synthetic calls; 95 % intervals resampling "
+                 "speakers (Wilson where a class has one)"
                  + ("" if eer is None else f"; EER of the calls' final running scores "
                     f"{100 * eer:.1f} %") + ")")
     return "\n".join(lines)

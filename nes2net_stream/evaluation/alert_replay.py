@@ -15,7 +15,7 @@ import dataclasses
 import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,8 +174,36 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
     return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
 
 
-def _rate(k: int, n: int) -> dict[str, Any]:
-    return {"rate": round(k / n, 4) if n else None, "calls": k, "of": n, "ci95": wilson(k, n)}
+def speaker_interval(flags: Sequence[tuple[str, bool]], *, n_resamples: int = 2000,
+                     level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile interval of a share of calls, resampling whole speakers (cluster bootstrap).
+
+    Calls of one speaker (or one synthetic voice) are not independent, so, as ``eval`` does
+    for trials, the speakers are drawn with replacement and the share recomputed over their
+    calls. ``None`` with fewer than two speakers.
+    """
+    by: dict[str, list[bool]] = {}
+    for speaker, flag in flags:
+        by.setdefault(speaker, []).append(flag)
+    if len(by) < 2:
+        return None
+    k = np.array([sum(v) for v in by.values()], dtype=np.float64)
+    n = np.array([len(v) for v in by.values()], dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(by), size=(n_resamples, len(by)))
+    shares = k[idx].sum(axis=1) / n[idx].sum(axis=1)
+    tail = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(shares, [tail, 100.0 - tail])
+    return (round(float(lo), 4), round(float(hi), 4))
+
+
+def _rate(outcomes: Sequence[CallOutcome], hit: Callable[[CallOutcome], bool]) -> dict[str, Any]:
+    """Share of ``outcomes`` for which ``hit`` holds, with its 95 % interval."""
+    flags = [(o.call.speaker, bool(hit(o))) for o in outcomes]
+    k, n = sum(f for _, f in flags), len(flags)
+    ci = speaker_interval(flags)
+    return {"rate": round(k / n, 4) if n else None, "calls": k, "of": n,
+            "ci95": ci if ci is not None else wilson(k, n),
+            "ci95_method": "speaker bootstrap" if ci is not None else "wilson"}
 
 
 def _times(values: Sequence[float | None]) -> dict[str, Any]:
@@ -190,18 +218,16 @@ def summarise(outcomes: Sequence[CallOutcome]) -> dict[str, Any]:
     """Call-level figures of one setting (see docs/evaluation.md for their meaning)."""
     genuine = [o for o in outcomes if not o.call.is_spoof]
     fake = [o for o in outcomes if o.call.is_spoof]
-    g_alert = [o for o in genuine if o.first_alert_s is not None]
     return {
         "bonafide_calls": len(genuine), "spoof_calls": len(fake),
-        "false_alert": _rate(len(g_alert), len(genuine)),
-        "false_spoof": _rate(sum(o.first_spoof_s is not None for o in genuine), len(genuine)),
-        "false_final": _rate(sum(o.final_state in _ALERT_STATES for o in genuine),
-                             len(genuine)),
-        "transient_false_alert": _rate(sum(o.final_state == "bona_fide" for o in g_alert),
-                                       len(genuine)),
-        "detected_alert": _rate(sum(o.first_alert_s is not None for o in fake), len(fake)),
-        "detected_spoof": _rate(sum(o.first_spoof_s is not None for o in fake), len(fake)),
-        "final_spoof": _rate(sum(o.final_state == "spoof" for o in fake), len(fake)),
+        "false_alert": _rate(genuine, lambda o: o.first_alert_s is not None),
+        "false_spoof": _rate(genuine, lambda o: o.first_spoof_s is not None),
+        "false_final": _rate(genuine, lambda o: o.final_state in _ALERT_STATES),
+        "transient_false_alert": _rate(genuine, lambda o: o.first_alert_s is not None
+                                       and o.final_state == "bona_fide"),
+        "detected_alert": _rate(fake, lambda o: o.first_alert_s is not None),
+        "detected_spoof": _rate(fake, lambda o: o.first_spoof_s is not None),
+        "final_spoof": _rate(fake, lambda o: o.final_state == "spoof"),
         "no_state": {"bonafide": sum(o.final_state is None for o in genuine),
                      "spoof": sum(o.final_state is None for o in fake)},
         "time_to_alert_s": _times([o.first_alert_s for o in fake]),
