@@ -100,13 +100,10 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
             bundle = resolve_model_path(settings.model.path)
             if not bundle.is_dir():
                 raise click.UsageError("--save-calibration needs a directory bundle")
-            (bundle / CALIBRATION).write_text(json.dumps(cal.to_dict(), indent=2) + "\n",
-                                              encoding="utf-8")
+            cal.write(bundle / CALIBRATION)
             click.echo(f"calibration saved in {bundle / CALIBRATION}", err=True)
         if calibration_out is not None:
-            calibration_out.parent.mkdir(parents=True, exist_ok=True)
-            calibration_out.write_text(json.dumps(cal.to_dict(), indent=2) + "\n",
-                                       encoding="utf-8")
+            cal.write(calibration_out)
             click.echo(f"calibration written to {calibration_out}", err=True)
     elif calibration_out is not None:
         raise click.UsageError("--calibration-out needs --calibrate-on dev or train")

@@ -26,6 +26,7 @@ from nes2net_stream.data.protocols import Trial
 from nes2net_stream.errors import ConfigError, DataError
 from nes2net_stream.evaluation.metrics import compute_eer
 from nes2net_stream.models.detector import Calibration
+from nes2net_stream.scoring.aggregate import llr_probability
 from nes2net_stream.service.policy import AlertConfig, ChannelPolicy
 
 #: AlertConfig fields a grid may vary, with the type their values are parsed as.
@@ -159,7 +160,7 @@ def replay(call: CallWindows, cfg: AlertConfig) -> CallOutcome:
     policy = ChannelPolicy(cfg)
     states = []
     for llr in call.llr:
-        policy.update(llr, 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, llr)))))
+        policy.update(llr, llr_probability(llr, cfg.spoof_prior))
         states.append(policy.state)
     return CallOutcome(call, tuple(states), policy.running_llr)
 

@@ -68,6 +68,13 @@ class Calibration:
         """Spoof probability of one calibrated LLR at this calibration's prior."""
         return llr_probability(llr, self.spoof_prior)
 
+    def write(self, path: str | Path) -> Path:
+        """Write this calibration as JSON (the form :meth:`read` and bundles use)."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return p
+
     @classmethod
     def read(cls, path: str | Path) -> Calibration:
         """A fitted calibration from a file (a bundle's, or from ``eval --calibration-out``).
