@@ -34,7 +34,7 @@ from nes2net_stream.logs import get_logger
 from nes2net_stream.service.events import AudioChunk, CallEnd, CallStart, OutputEvent
 from nes2net_stream.service.session import CallSession, EventSink
 
-Transport = Literal["websocket", "tcp"]
+Transport = Literal["websocket", "tcp", "custom"]
 
 
 class GatewayConfig(BaseModel):
@@ -126,8 +126,10 @@ class Gateway:
     """Base class of gateway plugins (every hook has a default; override what you need).
 
     Subclasses set :attr:`name`, :attr:`transport`, :attr:`Config` and implement
-    :meth:`serve_websocket` (websocket gateways) or :meth:`serve_tcp` (TCP gateways), plus
-    :meth:`check_handshake` for authentication before the upgrade.
+    :meth:`serve_websocket` (websocket gateways), :meth:`serve_tcp` (TCP gateways) or
+    :meth:`start_serving`/:meth:`stop_serving` (``custom`` gateways, which open their own
+    sockets: SIP and RTP over UDP, for instance), plus :meth:`check_handshake` for
+    authentication before a WebSocket upgrade.
     """
 
     name: ClassVar[str] = ""
@@ -141,6 +143,8 @@ class Gateway:
         self.ctx = ctx
         self.auth_required = auth_required
         self.bound_port: int | None = None  # set by the service for TCP gateways
+        #: listen with SO_REUSEPORT: set by the service when ingest processes share ports
+        self.reuse_port = False
         self.log = get_logger(f"nes2net.gateway.{self.name}")
 
     @property
@@ -166,3 +170,20 @@ class Gateway:
                         ) -> None:
         """Serve one provider TCP connection (TCP gateways)."""
         raise NotImplementedError
+
+    async def start_serving(self) -> None:
+        """Open this gateway's own listeners and set :attr:`bound_port` (custom gateways)."""
+        raise NotImplementedError
+
+    async def stop_serving(self) -> None:
+        """Stop accepting new calls (custom gateways); must not raise.
+
+        The service's drain then ends the active calls with ``shutdown`` summaries.
+        """
+
+    async def close(self) -> None:
+        """Close this gateway's own sockets once the drain has ended every call.
+
+        For custom gateways, e.g. after telling each provider that its call is over. Must not
+        raise.
+        """

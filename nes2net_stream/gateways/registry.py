@@ -63,7 +63,7 @@ def load_gateways(sections: dict[str, dict[str, Any]], ctx: Any, server_host: st
             raise ConfigError(_format(name, exc)) from exc
         if not cfg.enabled:
             continue
-        bind = cfg.host if cls.transport == "tcp" else server_host
+        bind = server_host if cls.transport == "websocket" else cfg.host
         required = cfg.auth == "required" or (cfg.auth == "auto" and not is_loopback(bind))
         gw = cls(cfg, ctx, auth_required=required)
         gw.check_config()

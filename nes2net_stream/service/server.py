@@ -164,6 +164,7 @@ class Service:
         self.server: Server | None = None
         self.http: Any = None  # the HTTP app (dashboard, try-it page, WebRTC signalling)
         self._tcp_servers: list[asyncio.Server] = []
+        self._custom_gateways: list[Gateway] = []
         self._stopped = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self.pending_connections = PENDING_CONNECTIONS
@@ -284,6 +285,12 @@ class Service:
                 self._tcp_servers.append(srv)
                 log.info("gateway listening", gateway=gw.name, host=gw.config.host,
                          port=gw.bound_port)
+            elif gw.transport == "custom":
+                gw.reuse_port = self.reuse_port
+                await gw.start_serving()
+                self._custom_gateways.append(gw)
+                log.info("gateway listening", gateway=gw.name, host=gw.config.host,
+                         port=gw.bound_port)
         if self.settings.http.enabled and not self.worker_index:
             from nes2net_stream.web.app import start_http
 
@@ -315,6 +322,8 @@ class Service:
             self.server.close(close_connections=False)
         for srv in self._tcp_servers:
             srv.close()
+        for gw in self._custom_gateways:
+            await gw.stop_serving()
         if self.http is not None:
             await self.http.stop_accepting()
         sessions = list(self.ctx.calls.values())
@@ -334,6 +343,9 @@ class Service:
                                        left(1.0))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), left(1.0))
+        for gw in self._custom_gateways:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gw.close(), left(1.0))
         await asyncio.to_thread(self.ctx.engine.stop, drain=True, timeout=left(0.5))
         await self.ctx.publisher.stop(grace_s=left(0.5))
         if self.http is not None:

@@ -1,0 +1,219 @@
+"""RTP (RFC 3550) for the SIPREC gateway: packet parsing, per-stream ordering, UDP ports.
+
+:func:`parse_rtp` and :class:`RtpReceiver` are pure: a receiver turns the packets of one
+stream into the payload bytes to feed, in order, filling short gaps (lost packets, or silence
+an endpoint did not send) with the codec's silence so that stream time stays aligned with the
+sender's clock, and dropping duplicates, late packets and other payload types (DTMF, comfort
+noise). Nothing here raises on bad input: a datagram that is not RTP is counted and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+RTP_VERSION = 2
+HEADER = 12
+#: RTCP packet types (RFC 3550, 4585): a datagram whose second byte is one of these is RTCP
+RTCP_TYPES = range(192, 224)
+#: a jump of more sequence numbers than this (either way) starts a new stream
+MAX_SEQ_JUMP = 3000
+PORT_TRIES = 64
+
+#: codec name -> (encoding of the internal event model, bytes per sample, silence byte)
+CODECS: dict[str, tuple[str, int, bytes]] = {
+    "PCMU": ("mulaw", 1, b"\xff"),
+    "PCMA": ("alaw", 1, b"\xd5"),
+    "L16": ("pcm_s16be", 2, b"\x00"),
+}
+
+
+@dataclass(frozen=True)
+class RtpPacket:
+    """One RTP packet (header fields and payload, padding and extensions removed)."""
+
+    payload_type: int
+    marker: bool
+    sequence: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+
+
+def parse_rtp(data: bytes) -> RtpPacket | None:
+    """The RTP packet in ``data``, or None for RTCP, wrong versions and malformed packets."""
+    if len(data) < HEADER or data[0] >> 6 != RTP_VERSION or data[1] in RTCP_TYPES:
+        return None
+    b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", data)
+    start = HEADER + 4 * (b0 & 0x0F)
+    if b0 & 0x10:  # header extension: 16-bit profile, 16-bit length in 32-bit words
+        if len(data) < start + 4:
+            return None
+        start += 4 + 4 * struct.unpack_from("!H", data, start + 2)[0]
+    end = len(data)
+    if b0 & 0x20:  # padding: the last byte counts the padding bytes
+        pad = data[-1]
+        if pad == 0:
+            return None
+        end -= pad
+    if start > end:
+        return None
+    return RtpPacket(b1 & 0x7F, bool(b1 & 0x80), seq, ts, ssrc, bytes(data[start:end]))
+
+
+def _seq_delta(new: int, old: int) -> int:
+    """Signed distance between two 16-bit sequence numbers."""
+    return (new - old + 0x8000) % 0x10000 - 0x8000
+
+
+def _ts_delta(new: int, old: int) -> int:
+    """Signed distance between two 32-bit timestamps."""
+    return (new - old + 0x8000_0000) % 0x1_0000_0000 - 0x8000_0000
+
+
+@dataclass
+class RtpStats:
+    """Counters of one stream (logged when the call ends)."""
+
+    packets: int = 0
+    lost: int = 0  # sequence numbers never seen
+    late: int = 0  # duplicates and packets behind the stream
+    other: int = 0  # other payload types (telephone-event, comfort noise), dropped
+    invalid: int = 0  # not RTP, or from an address that does not send this stream
+    resyncs: int = 0  # new SSRC or a jump in the sequence: a new stream from here
+    filled_s: float = 0.0  # silence inserted for gaps
+
+
+class RtpReceiver:
+    """Orders the packets of one stream and fills its gaps (pure; see the module docstring).
+
+    Args:
+        payload_type: the negotiated payload type; others are counted and dropped.
+        clock_rate: RTP clock of the codec (samples per second).
+        bytes_per_sample: 1 for G.711, 2 for L16.
+        silence: one sample of silence in the codec.
+        max_gap_s: longest gap filled; a longer one is filled only this far (stream time then
+            runs behind the sender's clock by the rest).
+    """
+
+    def __init__(self, payload_type: int, clock_rate: int, bytes_per_sample: int,
+                 silence: bytes, max_gap_s: float = 2.0):
+        self.payload_type = payload_type
+        self.clock_rate = clock_rate
+        self.bytes_per_sample = bytes_per_sample
+        self.silence = silence * bytes_per_sample if len(silence) == 1 else silence
+        self.max_gap = int(max_gap_s * clock_rate)
+        self.stats = RtpStats()
+        self._ssrc: int | None = None
+        self._seq = 0
+        self._next_ts = 0
+
+    def push(self, packet: RtpPacket) -> list[bytes]:
+        """Payload bytes to feed for ``packet`` (silence first when it follows a gap)."""
+        st = self.stats
+        if packet.payload_type != self.payload_type:
+            st.other += 1
+            return []
+        payload = packet.payload
+        if len(payload) % self.bytes_per_sample:
+            payload = payload[:len(payload) - len(payload) % self.bytes_per_sample]
+        samples = len(payload) // self.bytes_per_sample
+        out: list[bytes] = []
+        if self._ssrc != packet.ssrc or abs(_seq_delta(packet.sequence, self._seq)) > \
+                MAX_SEQ_JUMP:
+            if self._ssrc is not None:
+                st.resyncs += 1
+            self._ssrc = packet.ssrc
+        else:
+            step = _seq_delta(packet.sequence, self._seq)
+            if step <= 0:
+                st.late += 1
+                return []
+            st.lost += step - 1
+            gap = _ts_delta(packet.timestamp, self._next_ts)
+            if gap > 0:
+                fill = min(gap, self.max_gap)
+                out.append(self.silence * fill)
+                st.filled_s += fill / self.clock_rate
+        st.packets += 1
+        self._seq = packet.sequence
+        self._next_ts = (packet.timestamp + samples) % 0x1_0000_0000
+        if payload:
+            out.append(payload)
+        return out
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, Any], None] | None):
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.on_datagram is not None:
+            self.on_datagram(data, addr)
+
+
+@dataclass
+class RtpPort:
+    """A bound RTP socket (and its RTCP neighbour, whose packets are discarded)."""
+
+    port: int
+    rtp: asyncio.DatagramTransport
+    rtcp: asyncio.DatagramTransport | None
+
+    def close(self) -> None:
+        """Close both sockets."""
+        self.rtp.close()
+        if self.rtcp is not None:
+            self.rtcp.close()
+
+
+async def _bind(host: str, port: int, proto: asyncio.DatagramProtocol
+                ) -> asyncio.DatagramTransport:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=(host, port))
+    return transport  # type: ignore[return-value]
+
+
+async def bind_rtp_port(host: str, port_min: int, port_max: int,
+                        on_datagram: Callable[[bytes, Any], None]) -> RtpPort:
+    """Bind an even RTP port in ``[port_min, port_max]`` (and the odd RTCP port after it).
+
+    ``port_min = 0`` binds an ephemeral port with no RTCP socket. Ports in use (by other
+    calls, or other ingest processes) are skipped; raises OSError when none is free after
+    :data:`PORT_TRIES` attempts.
+    """
+    proto = _Datagrams(on_datagram)
+    if port_min == 0:
+        t = await _bind(host, 0, proto)
+        return RtpPort(t.get_extra_info("sockname")[1], t, None)
+    first, last = port_min + port_min % 2, port_max - 1
+    if first > last:
+        raise OSError(errno.EADDRNOTAVAIL, "the RTP port range holds no even port pair")
+    pairs = (last - first) // 2 + 1
+    start = random.randrange(pairs)
+    for i in range(min(PORT_TRIES, pairs)):
+        port = first + 2 * ((start + i) % pairs)
+        try:
+            rtp = await _bind(host, port, proto)
+        except OSError:
+            continue
+        try:
+            rtcp = await _bind(host, port + 1, _Datagrams(None))
+        except OSError:
+            rtp.close()
+            continue
+        return RtpPort(port, rtp, rtcp)
+    raise OSError(errno.EADDRINUSE, f"no free RTP port pair in {port_min}-{port_max}")
+
+
+def close_ports(ports: list[RtpPort]) -> None:
+    """Close every port in ``ports`` (ignoring errors)."""
+    for p in ports:
+        with contextlib.suppress(Exception):
+            p.close()

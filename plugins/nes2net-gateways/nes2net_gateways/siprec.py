@@ -1,0 +1,381 @@
+"""SIPREC recording server (RFC 7866): SBCs and PBXs fork call audio to it over SIP and RTP.
+
+The recording client (an SBC such as Cisco CUBE, Oracle, AudioCodes or Ribbon, or a PBX)
+sends an INVITE whose multipart body holds an SDP offer with one send-only audio stream per
+participant (``a=label``) and RFC 7865 metadata saying whose stream is which. This gateway
+answers with receive-only RTP ports, feeds each stream into one channel of an internal call,
+and ends the call on BYE (or sends BYE itself on timeouts, limits and shutdown). SIP runs over
+UDP and TCP on ``port``; see docs/gateways/siprec.md.
+
+Security: requests are accepted only from ``allowed_networks`` and, when a password is set,
+with digest authentication (SHA-256 or MD5) on every new INVITE; one of the two is required
+when the gateway listens beyond loopback. RTP is accepted only from the addresses in the
+offer (or the client's), latched to the first sender; requests per client address are rate
+limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import time
+from typing import Any, Literal
+
+from pydantic import Field
+
+from nes2net_gateways._common import check_roles, discard_events
+from nes2net_gateways.sip_digest import DigestAuthenticator
+from nes2net_gateways.sip_message import (
+    SipError,
+    SipMessage,
+    StreamFramer,
+    make_response,
+    new_tag,
+    parse_message,
+)
+from nes2net_gateways.siprec_call import Peer, RecordingCall
+from nes2net_gateways.siprec_invite import InviteHandler
+from nes2net_stream.errors import ConfigError
+from nes2net_stream.gateways.api import Gateway, GatewayConfig
+from nes2net_stream.service.auth import is_loopback
+
+LOOPBACK = ["127.0.0.0/8", "::1/128"]
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
+MAX_SIP_BYTES = 65535
+
+
+class SiprecConfig(GatewayConfig):
+    """``[gateways.siprec]`` settings (see docs/gateways/siprec.md)."""
+
+    port: int = Field(5060, ge=0, le=65535)
+    transports: list[Literal["udp", "tcp"]] = Field(default_factory=lambda: ["udp", "tcp"])
+    media_address: str = ""
+    rtp_port_min: int = Field(20000, ge=0, le=65535)
+    rtp_port_max: int = Field(29999, ge=0, le=65535)
+    allowed_networks: list[str] | None = None
+    username: str = "nes2net"
+    password: str = ""
+    realm: str = "nes2net-stream"
+    customer_label: str = ""
+    codecs: list[Literal["PCMU", "PCMA", "L16"]] = Field(
+        default_factory=lambda: ["PCMU", "PCMA", "L16"])
+    max_streams: int = Field(4, ge=1, le=16)
+    max_requests_per_s: float = Field(50.0, gt=0)
+
+
+class _RateLimit:
+    """Token bucket per client address (requests beyond it are dropped unanswered)."""
+
+    def __init__(self, rate: float, max_clients: int = 10_000):
+        self.rate, self.burst = rate, max(1.0, 2 * rate)
+        self.max_clients = max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, ip: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self._buckets.get(ip, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self._buckets) >= self.max_clients and ip not in self._buckets:
+            self._buckets.clear()  # bounded memory under address sweeps
+        if tokens < 1:
+            self._buckets[ip] = (tokens, now)
+            return False
+        self._buckets[ip] = (tokens - 1, now)
+        return True
+
+
+class SiprecGateway(Gateway):
+    """SIPREC session recording server (see the module docstring)."""
+
+    name = "siprec"
+    transport = "custom"
+    Config = SiprecConfig
+
+    def __init__(self, config: GatewayConfig, ctx: Any, *, auth_required: bool):
+        super().__init__(config, ctx, auth_required=auth_required)
+        self.cfg: SiprecConfig = config  # type: ignore[assignment]
+        self.calls: dict[str, RecordingCall] = {}
+        self.accepting = True
+        self.closing = False
+        self.digest: DigestAuthenticator | None = None
+        self.networks: list[Any] = []
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._pending: dict[str, asyncio.Event] = {}
+        self._limit = _RateLimit(self.cfg.max_requests_per_s)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.invites = InviteHandler(self)
+
+    # ------------------------------------------------------------------ configuration
+    def check_config(self) -> None:
+        """Validate networks, credentials and the RTP range (ConfigError names the key)."""
+        check_roles(self.cfg, self.name)
+        nets = self.cfg.allowed_networks
+        if nets is None:
+            if self.auth_required and not self.cfg.password:
+                raise ConfigError(
+                    f"gateways.siprec.allowed_networks: host={self.cfg.host!r} is not loopback "
+                    "(or auth = \"required\"): list the networks of your recording clients "
+                    "(SBCs), e.g. [\"10.0.0.5/32\"], and/or set gateways.siprec.password for "
+                    "digest authentication")
+            nets = LOOPBACK if not self.cfg.password else ["0.0.0.0/0", "::/0"]
+        if not nets:
+            raise ConfigError("gateways.siprec.allowed_networks: empty list (nobody could "
+                              "connect); leave it unset for loopback only")
+        try:
+            self.networks = [ipaddress.ip_network(n, strict=False) for n in nets]
+        except ValueError as exc:
+            raise ConfigError(f"gateways.siprec.allowed_networks: {exc}") from None
+        lo, hi = self.cfg.rtp_port_min, self.cfg.rtp_port_max
+        if lo and (hi - lo < 1 or lo < 1024):
+            raise ConfigError("gateways.siprec.rtp_port_min: the RTP range must hold at least "
+                              "one even/odd port pair at or above 1024 (or set it to 0 for "
+                              "ephemeral ports)")
+        if self.cfg.media_address:
+            try:
+                ipaddress.ip_address(self.cfg.media_address)
+            except ValueError:
+                raise ConfigError("gateways.siprec.media_address: not an IP address") from None
+        if self.cfg.password:
+            self.digest = DigestAuthenticator(self.cfg.username, self.cfg.password,
+                                              self.cfg.realm)
+        if self.cfg.auth == "off" and not is_loopback(self.cfg.host):
+            self.log.warning("auth = \"off\": SIPREC accepts requests from any address")
+
+    def allowed(self, ip: str) -> bool:
+        """True when ``ip`` may send requests (always with ``auth = "off"``)."""
+        if self.cfg.auth == "off":
+            return True
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(addr in net for net in self.networks)
+
+    # ------------------------------------------------------------------ sockets
+    async def start_serving(self) -> None:
+        """Listen for SIP on UDP and/or TCP ``host:port``."""
+        loop = asyncio.get_running_loop()
+        host, port = self.cfg.host, self.cfg.port
+        if "udp" in self.cfg.transports:
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: _SipDatagrams(self), local_addr=(host, port),
+                reuse_port=self.reuse_port or None)
+            port = self._udp.get_extra_info("sockname")[1]
+        if "tcp" in self.cfg.transports:
+            self._tcp = await asyncio.start_server(self._serve_tcp, host, port,
+                                                   reuse_port=self.reuse_port or None)
+            port = self._tcp.sockets[0].getsockname()[1]
+        self.bound_port = port
+
+    async def stop_serving(self) -> None:
+        """Refuse new INVITEs (503): the drain ends active calls, which then send BYE."""
+        self.accepting = False
+        if self._tcp is not None:
+            self._tcp.close()
+
+    async def close(self) -> None:
+        """Wait for the calls to send their BYEs, then close the sockets."""
+        calls = list(self.calls.values())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                for call in calls:
+                    await call.wait()
+        self.closing = True
+        for pending in self._pending.values():
+            pending.set()
+        if self._udp is not None:
+            self._udp.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def local_ip(self, remote_ip: str) -> str:
+        """The address this host uses towards ``remote_ip`` (for Via, Contact and SDP)."""
+        if self.cfg.media_address:
+            return self.cfg.media_address
+        host = self.cfg.host
+        if host not in ("", "0.0.0.0", "::"):
+            return host
+        family = socket.AF_INET6 if ":" in remote_ip else socket.AF_INET
+        with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((remote_ip, 9))  # no packet is sent: this only picks the route
+            return s.getsockname()[0]
+        return "127.0.0.1"
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                         ) -> None:
+        addr = writer.get_extra_info("peername")
+        remote = (addr[0], addr[1]) if addr else ("", 0)
+        if not self.allowed(remote[0]):
+            self.log.warning("connection refused: address not in allowed_networks",
+                             remote=f"{remote[0]}:{remote[1]}")
+            writer.close()
+            return
+
+        def send(data: bytes) -> None:
+            if not writer.is_closing():
+                writer.write(data)
+
+        peer = Peer("TCP", remote, send, self.local_ip(remote[0]))
+        framer = StreamFramer(max_bytes=MAX_SIP_BYTES)
+        try:
+            while not writer.is_closing():
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
+                for msg in framer.feed(data):
+                    self.dispatch(msg, peer)
+        except SipError as err:
+            self.log.warning("bad SIP stream", status=err.status, detail=err.message,
+                             remote=f"{remote[0]}:{remote[1]}")
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def on_datagram(self, data: bytes, addr: Any) -> None:
+        """One UDP datagram: a SIP message, or a keep-alive (ignored)."""
+        if not data.strip(b"\r\n\0 "):
+            return  # CRLF / NUL keep-alives
+        remote = (addr[0], addr[1])
+        if not self.allowed(remote[0]):
+            return  # not even an answer to addresses we do not serve
+        udp = self._udp
+        if udp is None:
+            return
+        peer = Peer("UDP", remote, lambda b: udp.sendto(b, remote), self.local_ip(remote[0]))
+        try:
+            msg = parse_message(data, max_bytes=MAX_SIP_BYTES)
+        except SipError as err:
+            self.log.warning("bad SIP message", status=err.status, detail=err.message,
+                             remote=f"{remote[0]}:{remote[1]}")
+            return
+        self.dispatch(msg, peer)
+
+    # ------------------------------------------------------------------ requests
+    def dispatch(self, msg: SipMessage, peer: Peer) -> None:
+        """Route one parsed message (never raises: failures become 500 answers)."""
+        try:
+            if not msg.is_request:
+                pending = self._pending.get(msg.call_id)
+                if pending is not None and msg.status is not None and msg.status >= 200:
+                    pending.set()
+                return
+            if not self._limit.allow(peer.addr[0]):
+                return
+            self._request(msg, peer)
+        except SipError as err:
+            if msg.is_request:
+                self.reply(msg, peer, err.status, err.reason, warning=err.message)
+        except Exception as exc:
+            self.log.exception("SIP request failed", error=repr(exc))
+            if msg.is_request:
+                with contextlib.suppress(Exception):
+                    self.reply(msg, peer, 500)
+
+    def _request(self, msg: SipMessage, peer: Peer) -> None:
+        method = msg.method or ""
+        call = self.calls.get(msg.call_id)
+        if call is not None and call.peer.addr[0] != peer.addr[0]:
+            call = None  # in-dialog requests only from the client that opened the dialog
+        if method == "INVITE":
+            self.invites.invite(msg, peer, call)
+        elif method == "ACK":
+            if call is not None:
+                call.on_ack()
+        elif method == "OPTIONS":
+            self.reply(msg, peer, 200, headers=[
+                ("Allow", ALLOW), ("Accept", "application/sdp, multipart/mixed, "
+                                   "application/rs-metadata+xml"), ("Supported", "siprec")])
+        elif method == "CANCEL":
+            self.reply(msg, peer, 200 if call is not None else 481)
+        elif call is None:
+            self.reply(msg, peer, 481 if method in ("BYE", "UPDATE", "INFO") else 405,
+                       headers=[("Allow", ALLOW)])
+        elif method == "BYE":
+            self.reply(msg, peer, 200, to_tag=call.local_tag)
+            call.on_bye()
+        elif method == "UPDATE":
+            self.invites.update(msg, peer, call)
+        else:  # INFO and the like inside the dialog: acknowledged, not acted on
+            self.reply(msg, peer, 200, to_tag=call.local_tag)
+
+    def reply(self, request: SipMessage, peer: Peer, status: int, reason: str | None = None,
+              *, to_tag: str | None = None, headers: list[tuple[str, str]] | None = None,
+              body: bytes = b"", warning: str | None = None) -> bytes:
+        """Send a response to ``request`` (never to an ACK); returns its bytes."""
+        if request.method == "ACK":
+            return b""
+        extra = list(headers or [])
+        if warning:
+            text = warning.replace('"', "'")[:200]
+            extra.append(("Warning", f'399 nes2net-stream "{text}"'))
+        extra.append(("Server", "nes2net-stream"))
+        if status >= 200 and to_tag is None:
+            to_tag = new_tag()
+        resp = make_response(request, status, reason, to_tag=to_tag or None, headers=extra,
+                             body=body)
+        _stamp_via(resp, peer)
+        data = resp.to_bytes()
+        peer.send(data)
+        return data
+
+    # ------------------------------------------------------------------ bookkeeping
+    def register(self, call: RecordingCall) -> None:
+        """Track a started recording session by its SIP Call-ID."""
+        self.calls[call.sip_call_id] = call
+
+    def forget(self, call: RecordingCall) -> None:
+        """Stop tracking a finished recording session."""
+        if self.calls.get(call.sip_call_id) is call:
+            del self.calls[call.sip_call_id]
+
+    def expect_response(self, sip_call_id: str, event: asyncio.Event | None) -> None:
+        """Set ``event`` when a final response to our request in ``sip_call_id`` arrives."""
+        if event is None:
+            self._pending.pop(sip_call_id, None)
+        else:
+            self._pending[sip_call_id] = event
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, kept until done."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def new_handle(self) -> Any:
+        """A call handle whose events are not sent back (SIPREC has no event channel)."""
+        return self.new_call(discard_events)
+
+
+class _SipDatagrams(asyncio.DatagramProtocol):
+    def __init__(self, gateway: SiprecGateway):
+        self.gateway = gateway
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.gateway.on_datagram(data, addr)
+
+
+def _stamp_via(resp: SipMessage, peer: Peer) -> None:
+    """Add ``received``/``rport`` to the top Via of a UDP response (RFC 3261 §18.2.1, 3581)."""
+    if peer.reliable:
+        return
+    for i, (name, value) in enumerate(resp.headers):
+        if name != "Via":
+            continue
+        first, sep, rest = value.partition(",")
+        parts = first.split(";")
+        params = [p.strip() for p in parts[1:]]
+        host = parts[0].split()[-1] if parts[0].split() else ""
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host.strip("[]")
+        out = [parts[0].strip()]
+        for p in params:
+            if p.lower() == "rport":
+                p = f"rport={peer.addr[1]}"
+            out.append(p)
+        if host != peer.addr[0] and not any(p.lower().startswith("received=") for p in params):
+            out.append(f"received={peer.addr[0]}")
+        resp.headers[i] = (name, ";".join(out) + (sep + rest if sep else ""))
+        return

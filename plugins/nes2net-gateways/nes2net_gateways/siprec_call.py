@@ -1,0 +1,297 @@
+"""One SIPREC recording session: its SIP dialog, its RTP streams and the call they feed.
+
+A :class:`RecordingCall` is created for an accepted INVITE. It binds one RTP port per
+recorded stream, starts the internal call (one channel per stream: the customer's role for
+the customer's stream, ``agent``, ``agent2``, ... for the others), answers, and then runs
+until the recording client sends BYE or the call ends here (timeout, limit, bad input,
+shutdown), in which case the gateway sends BYE itself. The summary is published either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nes2net_gateways._common import AGENT_ROLE, RateGuard, feed
+from nes2net_gateways.rtp import RtpPort, RtpReceiver, close_ports, parse_rtp
+from nes2net_gateways.sip_message import SipMessage, addr_uri, header_params, new_branch
+from nes2net_gateways.sip_sdp import AcceptedStream
+from nes2net_stream.gateways.api import CallHandle
+from nes2net_stream.service.errors import ProtocolError
+from nes2net_stream.service.events import CallEnd
+
+if TYPE_CHECKING:
+    from nes2net_gateways.siprec import SiprecGateway
+
+T1, T2, TIMER_B = 0.5, 4.0, 32.0  # RFC 3261 retransmission timers (seconds)
+TICK_S = 0.5
+
+
+@dataclass
+class Peer:
+    """Where a SIP request came from and how to answer it (one UDP address or TCP link)."""
+
+    kind: str  # "UDP" or "TCP"
+    addr: tuple[str, int]
+    send: Callable[[bytes], None]
+    local_ip: str
+
+    @property
+    def reliable(self) -> bool:
+        """True over TCP (no retransmissions)."""
+        return self.kind != "UDP"
+
+
+@dataclass
+class MediaStream:
+    """One recorded RTP stream: the channel it feeds and who may send it."""
+
+    role: str
+    label: str | None
+    port: RtpPort | None
+    receiver: RtpReceiver
+    sources: set[str]  # IP addresses allowed to send this stream
+    latched: tuple[str, int] | None = None
+    last_packet: float | None = None
+    paused: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def role_names(customer_role: str, count: int, customer_index: int) -> list[str]:
+    """Channel roles of ``count`` streams: the customer's, then ``agent``, ``agent2``, ..."""
+    roles, k = [], 0
+    for i in range(count):
+        if i == customer_index:
+            roles.append(customer_role)
+        else:
+            k += 1
+            roles.append(AGENT_ROLE if k == 1 else f"{AGENT_ROLE}{k}")
+    return roles
+
+
+class RecordingCall:
+    """The dialog and call of one accepted SIPREC INVITE (see the module docstring)."""
+
+    def __init__(self, gateway: SiprecGateway, invite: SipMessage, peer: Peer, local_tag: str,
+                 handle: CallHandle):
+        self.gw = gateway
+        self.invite = invite
+        self.peer = peer
+        self.local_tag = local_tag
+        self.handle = handle
+        self.sip_call_id = invite.call_id
+        self.invite_key = (invite.cseq[0],
+                           header_params(invite.get("Via") or "")[1].get("branch", ""))
+        self.streams: list[MediaStream] = []
+        self.response: bytes | None = None  # the final answer to the INVITE (resent on demand)
+        self.answer_body = b""  # the current SDP answer
+        self.accepted: list[AcceptedStream | None] = []  # per offered m= line
+        self.session_id = 0
+        self.sdp_version = 0
+        self.acked = peer.reliable
+        self.started_at = time.monotonic()
+        self.answered_at = self.started_at
+        self._resend_at = self.started_at + T1
+        self._resend_interval = T1
+        self._end: CallEnd | None = None
+        self._bye_from_peer = False
+        self._wake = asyncio.Event()
+        self._guard = RateGuard(gateway.limits)
+        self._cseq = 1
+        self._task: asyncio.Task[None] | None = None
+        self.log = gateway.log.bind(sip_call_id=self.sip_call_id)
+
+    # ------------------------------------------------------------------ RTP in
+    def on_datagram(self, stream: MediaStream, data: bytes, addr: Any) -> None:
+        """A datagram on ``stream``'s port: check its sender, order it, feed the call."""
+        if self._end is not None or not self.handle.started:
+            return
+        try:
+            source = (addr[0], addr[1])
+            if stream.latched is None:
+                if source[0] not in stream.sources:
+                    stream.receiver.stats.invalid += 1
+                    return
+                stream.latched = source  # symmetric RTP: one sender per stream from here
+            elif source != stream.latched:
+                stream.receiver.stats.invalid += 1
+                return
+            if len(data) > self.gw.limits.max_frame_bytes:
+                raise ProtocolError("frame_too_large", f"RTP packet of {len(data)} bytes")
+            packet = parse_rtp(data)
+            if packet is None:
+                stream.receiver.stats.invalid += 1
+                return
+            stream.last_packet = time.monotonic()
+            for payload in stream.receiver.push(packet):
+                feed(self.handle, payload, stream.role)
+            self._guard.check(self.handle)
+        except ProtocolError as err:
+            self.gw.ctx.metrics.protocol_errors.labels(code=err.code).inc()
+            self.log.warning("protocol error", code=err.code, detail=err.message,
+                             call_id=self.handle.call_id)
+            self.finish(CallEnd("error", err.code))
+        except Exception as exc:  # never let one call's packet break the event loop
+            self.log.exception("gateway failure", error=repr(exc), call_id=self.handle.call_id)
+            self.finish(CallEnd("error", "internal_error"))
+
+    # ------------------------------------------------------------------ SIP in
+    def answered(self, response: bytes) -> None:
+        """A 2xx answer was sent: retransmit it (over UDP) until the client's ACK."""
+        self.response = response
+        self.acked = self.peer.reliable
+        self.answered_at = time.monotonic()
+        self._resend_interval = T1
+        self._resend_at = self.answered_at + T1
+
+    def on_ack(self) -> None:
+        """The client confirmed our answer: stop retransmitting it."""
+        self.acked = True
+
+    def on_bye(self) -> None:
+        """The recording client ended the session."""
+        self._bye_from_peer = True
+        self.finish(CallEnd("stop", "bye"))
+
+    def update_media(self, directions: list[str]) -> None:
+        """A re-INVITE/UPDATE paused or resumed streams (``inactive`` pauses idle checks)."""
+        for stream, direction in zip(self.streams, directions, strict=False):
+            stream.paused = direction in ("inactive", "recvonly")
+            stream.latched = None  # a new offer may move the client's media port
+            if not stream.paused and stream.last_packet is not None:
+                stream.last_packet = time.monotonic()  # idle time restarts on resume
+
+    def finish(self, end: CallEnd) -> None:
+        """End the call (first reason wins); :meth:`run` publishes the summary."""
+        if self._end is None:
+            self._end = end
+        self._wake.set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Run :meth:`run` in the background."""
+        self._task = asyncio.create_task(self.run(), name=f"siprec:{self.sip_call_id}")
+
+    async def wait(self) -> None:
+        """Wait until the call is over (summary published, BYE sent)."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
+    async def run(self) -> None:
+        """Retransmit the answer until ACK; end on BYE, timeouts, limits or shutdown."""
+        lim = self.gw.limits
+        try:
+            while self._end is None:
+                now = time.monotonic()
+                session = self.handle.session
+                if self.gw.ctx.draining or (session is not None and session.ended):
+                    self.finish(CallEnd("shutdown"))
+                    break
+                if not self.acked:
+                    if now - self.answered_at > TIMER_B:
+                        self.log.warning("no ACK for the answer", call_id=self.handle.call_id)
+                        self.finish(CallEnd("error", "start_timeout"))
+                        break
+                    if now >= self._resend_at and self.response is not None:
+                        self.peer.send(self.response)
+                        self._resend_interval = min(self._resend_interval * 2, T2)
+                        self._resend_at = now + self._resend_interval
+                self._check_media(now, lim)
+                if self._end is not None:
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._tick(now)):
+                        await self._wake.wait()
+        except asyncio.CancelledError:
+            self.finish(CallEnd("shutdown"))
+            raise
+        finally:
+            await self._close()
+
+    def _tick(self, now: float) -> float:
+        """Sleep until the next retransmission is due, at most :data:`TICK_S`."""
+        if self.acked:
+            return TICK_S
+        return max(0.01, min(TICK_S, self._resend_at - now))
+
+    def _check_media(self, now: float, lim: Any) -> None:
+        active = [s for s in self.streams if not s.paused]
+        if not active:
+            return
+        heard = [s.last_packet for s in active if s.last_packet is not None]
+        if not heard:
+            if now - self.started_at > lim.start_timeout_s:
+                self.finish(CallEnd("timeout", "start_timeout"))
+        elif now - max(heard) > lim.idle_timeout_s:
+            self.finish(CallEnd("timeout", "idle_timeout"))
+        elif self.handle.session is not None:
+            try:
+                self._guard.check(self.handle)
+            except ProtocolError as err:
+                self.finish(CallEnd("error", err.code))
+
+    async def _close(self) -> None:
+        end = self._end or CallEnd("shutdown")
+        close_ports([s.port for s in self.streams if s.port is not None])
+        try:
+            await self.handle.end(end)
+        finally:
+            self.gw.forget(self)
+            stats = {s.role: vars(s.receiver.stats) for s in self.streams}
+            self.log.info("recording session ended", call_id=self.handle.call_id,
+                          reason=end.reason, detail=end.detail, rtp=stats)
+            if not self._bye_from_peer:
+                await self._send_bye()
+
+    # ------------------------------------------------------------------ SIP out
+    def bye(self) -> SipMessage:
+        """The BYE this side sends to end the session."""
+        inv = self.invite
+        contact = inv.get("Contact")
+        uri = addr_uri(contact) if contact else addr_uri(inv.get("From") or "")
+        to = inv.get("To") or ""
+        local = to if ";tag=" in to.replace(" ", "") else f"{to};tag={self.local_tag}"
+        via = (f"SIP/2.0/{self.peer.kind} {_host(self.peer.local_ip)}:{self.gw.bound_port}"
+               f";branch={new_branch()};rport")
+        headers = [("Via", via), ("Max-Forwards", "70"), ("From", local),
+                   ("To", inv.get("From") or ""), ("Call-ID", self.sip_call_id),
+                   ("CSeq", f"{self._cseq} BYE")]
+        headers += [("Route", r) for r in inv.get_all("Record-Route")]
+        headers.append(("User-Agent", "nes2net-stream"))
+        self._cseq += 1
+        return SipMessage(method="BYE", uri=uri, status=None, reason=None, headers=headers)
+
+    async def _send_bye(self) -> None:
+        """Send BYE (retransmitted over UDP until answered or Timer F)."""
+        if self.response is None:
+            return  # never answered: nothing to hang up
+        data = self.bye().to_bytes()
+        self._bye_answered = asyncio.Event()
+        self.gw.expect_response(self.sip_call_id, self._bye_answered)
+        interval, began = T1, time.monotonic()
+        try:
+            while True:
+                with contextlib.suppress(Exception):
+                    self.peer.send(data)
+                if self.peer.reliable:
+                    return
+                left = TIMER_B - (time.monotonic() - began)
+                if left <= 0 or self.gw.closing:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(interval, left)):
+                        await self._bye_answered.wait()
+                        return
+                interval = min(interval * 2, T2)
+        finally:
+            self.gw.expect_response(self.sip_call_id, None)
+
+
+def _host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip

@@ -1,0 +1,212 @@
+"""INVITE, re-INVITE and UPDATE handling of the SIPREC gateway: offer in, answer out.
+
+A new INVITE is checked (extensions, digest credentials, capacity), its offer planned
+(:mod:`nes2net_gateways.siprec_offer`), RTP ports bound, the internal call started, and the
+answer sent: receive-only streams, one per recorded participant, in the offer's order. A
+retransmitted INVITE gets the same answer again; a re-INVITE or UPDATE (session refresh,
+pause/resume, metadata update) gets an answer with the ports already in use.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+from nes2net_gateways._common import call_start
+from nes2net_gateways.rtp import CODECS, RtpReceiver, bind_rtp_port, close_ports
+from nes2net_gateways.sip_message import SipError, SipMessage, header_params, new_tag
+from nes2net_gateways.sip_sdp import (
+    AcceptedStream,
+    SessionDescription,
+    answer_sdp,
+    message_bodies,
+    parse_sdp,
+)
+from nes2net_gateways.siprec_call import MediaStream, Peer, RecordingCall, role_names
+from nes2net_gateways.siprec_metadata import RecordingMetadata, parse_rs_metadata
+from nes2net_gateways.siprec_offer import OfferPlan, call_id_for, call_info, plan_offer
+from nes2net_stream.service.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from nes2net_gateways.siprec import SiprecGateway
+
+#: option tags a client may require (``timer``: session refreshes are answered, RFC 4028)
+SUPPORTED = {"siprec", "timer"}
+#: internal error code of a refused call -> SIP status
+STATUS_OF = {"too_many_calls": 503, "shutting_down": 503, "frame_too_large": 413,
+             "unsupported_format": 488, "duplicate_call_id": 482}
+_session_ids = itertools.count(int.from_bytes(new_tag()[:6].encode(), "big") % 10**9)
+
+
+def _to_tag(msg: SipMessage) -> str | None:
+    return header_params(msg.get("To") or "")[1].get("tag")
+
+
+def _offer(msg: SipMessage) -> tuple[SessionDescription | None, RecordingMetadata | None]:
+    """The SDP offer and recording metadata of a request's body (either may be absent)."""
+    sdp, meta = message_bodies(msg.get("Content-Type"), msg.body)
+    offer = parse_sdp(sdp) if sdp is not None else None
+    metadata = parse_rs_metadata(meta) if meta is not None else None
+    return offer, metadata
+
+
+class InviteHandler:
+    """Answers INVITE/UPDATE requests for one :class:`SiprecGateway`."""
+
+    def __init__(self, gateway: SiprecGateway):
+        self.gw = gateway
+        self._starting: dict[str, tuple[int, str]] = {}  # Call-ID -> INVITE being set up
+
+    # ------------------------------------------------------------------ entry points
+    def invite(self, msg: SipMessage, peer: Peer, call: RecordingCall | None) -> None:
+        """A new INVITE, its retransmission, or a re-INVITE of ``call``'s dialog."""
+        gw = self.gw
+        key = (msg.cseq[0], header_params(msg.get("Via") or "")[1].get("branch", ""))
+        if call is not None:
+            if key == call.invite_key and call.response is not None:
+                peer.send(call.response)  # a retransmission: the same final answer
+            elif _to_tag(msg) is None:
+                raise SipError(482, "a recording session with this Call-ID exists")
+            else:
+                self._reinvite(msg, peer, call)
+            return
+        if msg.call_id in self._starting:
+            if self._starting[msg.call_id] == key:
+                gw.reply(msg, peer, 100)
+                return
+            raise SipError(491, "the session is being set up")
+        if _to_tag(msg) is not None:
+            raise SipError(481, "no such recording session")
+        unsupported = [t for r in msg.get_all("Require")
+                       for t in [r.strip().lower()] if t and t not in SUPPORTED]
+        if unsupported:
+            gw.reply(msg, peer, 420, headers=[("Unsupported", ", ".join(unsupported))])
+            return
+        if gw.digest is not None:
+            state = gw.digest.check(msg.get("Authorization"), "INVITE", peer.addr[0])
+            if state != "ok":
+                if state == "invalid":
+                    gw.ctx.metrics.protocol_errors.labels(code="unauthorized").inc()
+                    gw.log.warning("INVITE with invalid credentials",
+                                   remote=f"{peer.addr[0]}:{peer.addr[1]}")
+                challenges = gw.digest.challenges(peer.addr[0], stale=state == "stale")
+                gw.reply(msg, peer, 401, headers=[("WWW-Authenticate", c) for c in challenges])
+                return
+        if not gw.accepting or gw.ctx.draining:
+            gw.reply(msg, peer, 503, headers=[("Retry-After", "5")],
+                     warning="the service is draining")
+            return
+        offer, metadata = _offer(msg)
+        if offer is None:
+            raise SipError(488, "the INVITE carries no SDP offer (late offers are not "
+                           "supported)")
+        plan = plan_offer(offer, codecs=gw.cfg.codecs, max_streams=gw.cfg.max_streams,
+                          customer_label=gw.cfg.customer_label)
+        gw.reply(msg, peer, 100)
+        self._starting[msg.call_id] = key
+        gw.spawn(self._setup(msg, peer, offer, plan, metadata))
+
+    def update(self, msg: SipMessage, peer: Peer, call: RecordingCall) -> None:
+        """UPDATE inside the dialog: answered like a re-INVITE (no ACK follows)."""
+        self._reinvite(msg, peer, call)
+
+    # ------------------------------------------------------------------ new sessions
+    async def _setup(self, msg: SipMessage, peer: Peer, offer: SessionDescription,
+                     plan: OfferPlan, metadata: RecordingMetadata | None) -> None:
+        gw = self.gw
+        try:
+            await self._start(msg, peer, offer, plan, metadata)
+        except Exception as exc:  # never leave the client without a final answer
+            gw.log.exception("SIPREC setup failed", error=repr(exc))
+            gw.reply(msg, peer, 500)
+        finally:
+            self._starting.pop(msg.call_id, None)
+
+    async def _start(self, msg: SipMessage, peer: Peer, offer: SessionDescription,
+                     plan: OfferPlan, metadata: RecordingMetadata | None) -> None:
+        gw, cfg = self.gw, self.gw.cfg
+        roles = role_names(cfg.customer_role, len(plan.streams), plan.customer)
+        handle = gw.new_handle()
+        call = RecordingCall(gw, msg, peer, new_tag(), handle)
+        _, width, silence = next(v for v in CODECS.values() if v[0] == plan.encoding)
+        for role, sp in zip(roles, plan.streams, strict=True):
+            sources = {peer.addr[0]}
+            if sp.connection and sp.connection not in ("0.0.0.0", "::"):
+                sources.add(sp.connection)
+            call.streams.append(MediaStream(
+                role, sp.label, None,
+                RtpReceiver(sp.payload_type, sp.rtpmap.clock_rate, width, silence), sources))
+        try:
+            for stream in call.streams:
+                stream.port = await bind_rtp_port(
+                    cfg.host, cfg.rtp_port_min, cfg.rtp_port_max,
+                    lambda d, a, s=stream: call.on_datagram(s, d, a))
+        except OSError as exc:
+            close_ports([s.port for s in call.streams if s.port is not None])
+            gw.log.error("no RTP port for a recording session", error=str(exc))
+            gw.reply(msg, peer, 503, headers=[("Retry-After", "5")],
+                     warning="no free RTP port")
+            return
+        try:
+            info = call_info(msg.call_id, plan, roles, metadata)
+            handle.start(call_start(gw, call_id=call_id_for(msg.call_id),
+                                    encoding=plan.encoding, sample_rate=plan.sample_rate,
+                                    channels=tuple(roles), metadata=info,
+                                    remote=f"{peer.addr[0]}:{peer.addr[1]}"))
+        except ProtocolError as err:
+            close_ports([s.port for s in call.streams if s.port is not None])
+            status = STATUS_OF.get(err.code, 400)
+            extra = [("Retry-After", "5")] if status == 503 else []
+            gw.reply(msg, peer, status, headers=extra, warning=err.message)
+            return
+        call.accepted = [None] * len(offer.media)
+        for stream, sp in zip(call.streams, plan.streams, strict=True):
+            assert stream.port is not None
+            call.accepted[sp.index] = AcceptedStream(stream.port.port, sp.payload_type,
+                                                     sp.rtpmap, sp.telephone_event)
+        call.session_id = next(_session_ids)
+        call.update_media([offer.media[sp.index].direction for sp in plan.streams])
+        call.answered(self._answer(msg, peer, call, offer))
+        gw.register(call)
+        call.start()
+        gw.log.info("recording session started", call_id=handle.call_id,
+                    streams={s.role: s.label for s in call.streams}, encoding=plan.encoding,
+                    remote=f"{peer.addr[0]}:{peer.addr[1]}")
+
+    # ------------------------------------------------------------------ answers
+    def _answer(self, msg: SipMessage, peer: Peer, call: RecordingCall,
+                offer: SessionDescription) -> bytes:
+        """Send 200 OK with the SDP answer for ``offer`` (ports of ``call``); its bytes."""
+        gw = self.gw
+        accepted = list(call.accepted) + [None] * (len(offer.media) - len(call.accepted))
+        call.sdp_version += 1
+        sdp = answer_sdp(offer, address=peer.local_ip, session_id=call.session_id,
+                         version=call.sdp_version, accepted=accepted[:len(offer.media)])
+        host = f"[{peer.local_ip}]" if ":" in peer.local_ip else peer.local_ip
+        transport = ";transport=tcp" if peer.reliable else ""
+        headers = [("Contact", f"<sip:nes2net@{host}:{gw.bound_port}{transport}>;+sip.srs"),
+                   ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"),
+                   ("Supported", "siprec, timer"), ("Content-Type", "application/sdp")]
+        expires = msg.get("Session-Expires")
+        if expires:
+            value = header_params(expires)[0].strip()
+            headers += [("Session-Expires", f"{value};refresher=uac"), ("Require", "timer")]
+        call.answer_body = sdp.encode()
+        return gw.reply(msg, peer, 200, to_tag=call.local_tag, headers=headers,
+                        body=call.answer_body)
+
+    def _reinvite(self, msg: SipMessage, peer: Peer, call: RecordingCall) -> None:
+        gw = self.gw
+        offer, _metadata = _offer(msg)
+        if offer is None:  # a refresh without an offer: answer with the current SDP
+            gw.reply(msg, peer, 200, to_tag=call.local_tag, body=call.answer_body,
+                     headers=[("Content-Type", "application/sdp")])
+            return
+        directions = [offer.media[i].direction for i, a in enumerate(call.accepted)
+                      if a is not None and i < len(offer.media)]
+        call.update_media(directions)
+        data = self._answer(msg, peer, call, offer)
+        if msg.method == "INVITE":  # a 2xx to a re-INVITE is retransmitted until ACK too
+            call.invite_key = (msg.cseq[0],
+                               header_params(msg.get("Via") or "")[1].get("branch", ""))
+            call.answered(data)

@@ -1,0 +1,155 @@
+"""What a SIPREC offer asks for, decided without I/O.
+
+Which streams to record, in which codec, which one is the customer's, and the call id and
+metadata of the internal call.
+
+Pure functions raising only :class:`~nes2net_gateways.sip_message.SipError`, so that they can
+be fuzzed with the parsers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nes2net_gateways._common import call_metadata
+from nes2net_gateways.rtp import CODECS
+from nes2net_gateways.sip_message import SipError, uri_user
+from nes2net_gateways.sip_sdp import MediaDescription, RtpMap, SessionDescription
+from nes2net_gateways.siprec_metadata import RecordingMetadata
+from nes2net_stream.service.protocol import CALL_ID_RE
+
+#: RTP profiles recorded (SRTP profiles are refused per stream: the answer rejects them)
+PLAIN_RTP = ("RTP/AVP", "RTP/AVPF")
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """One offered m= line that will be recorded."""
+
+    index: int  # position among the offer's m= lines
+    payload_type: int
+    rtpmap: RtpMap
+    telephone_event: int | None
+    label: str | None
+    connection: str | None
+
+
+@dataclass(frozen=True)
+class OfferPlan:
+    """The streams to record, their common codec and the customer's stream."""
+
+    encoding: str  # encoding of the internal event model (mulaw, alaw, pcm_s16be)
+    sample_rate: int
+    streams: tuple[StreamPlan, ...]
+    customer: int  # index into ``streams``
+
+
+def _codec_of(media: MediaDescription, name: str) -> tuple[int, RtpMap] | None:
+    for pt in media.payload_types:
+        rtpmap = media.rtpmap.get(pt)
+        if rtpmap is not None and rtpmap.encoding == name and rtpmap.channels == 1:
+            return pt, rtpmap
+    return None
+
+
+def _telephone_event(media: MediaDescription, rate: int) -> int | None:
+    for pt in media.payload_types:
+        m = media.rtpmap.get(pt)
+        if m is not None and m.encoding == "TELEPHONE-EVENT" and m.clock_rate == rate:
+            return pt
+    return None
+
+
+def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams: int,
+               customer_label: str = "") -> OfferPlan:
+    """Choose the streams to record and one codec they all use.
+
+    The codec is the first of ``codecs`` that every recordable audio stream offers, else the
+    one most of them offer. Audio streams over plain RTP with a non-zero port are recordable; at most
+    ``max_streams`` are taken, in offer order. Raises SipError 488 when none can be recorded.
+    """
+    candidates = [i for i, m in enumerate(offer.media)
+                  if m.media == "audio" and m.port > 0 and m.proto.upper() in PLAIN_RTP]
+    if not candidates:
+        raise SipError(488, "no audio stream over plain RTP/AVP to record (SRTP is not "
+                       "supported)")
+    usable = [c for c in codecs if c in CODECS]
+    offered = {c: [i for i in candidates if _codec_of(offer.media[i], c)] for c in usable}
+    everywhere = [c for c in usable if len(offered[c]) == len(candidates)]
+    best = everywhere[0] if everywhere else max(usable, key=lambda c: len(offered[c]),
+                                                default=None)
+    if best is None or not offered[best]:
+        raise SipError(488, f"no offered codec is supported (supported: {', '.join(usable)}, "
+                       "mono)")
+    chosen = offered[best][:max_streams]
+    rates = {_codec_of(offer.media[i], best)[1].clock_rate for i in chosen}  # type: ignore[index]
+    rate = min(rates)
+    plans = []
+    for i in chosen:
+        media = offer.media[i]
+        pt, rtpmap = _codec_of(media, best)  # type: ignore[misc]
+        if rtpmap.clock_rate != rate:
+            continue  # L16 at two rates: record those at the common one
+        plans.append(StreamPlan(i, pt, rtpmap, _telephone_event(media, rate), media.label,
+                                media.connection))
+    customer = 0
+    if customer_label:
+        for k, p in enumerate(plans):
+            if p.label == customer_label:
+                customer = k
+                break
+    encoding = CODECS[best][0]
+    return OfferPlan(encoding, rate, tuple(plans), customer)
+
+
+def call_id_for(sip_call_id: str) -> str:
+    """The internal call id: the SIP Call-ID when it is usable as one, else a digest of it."""
+    if CALL_ID_RE.match(sip_call_id):
+        return sip_call_id
+    return "siprec-" + hashlib.sha256(sip_call_id.encode()).hexdigest()[:32]
+
+
+def call_info(sip_call_id: str, plan: OfferPlan, roles: Sequence[str],
+              metadata: RecordingMetadata | None) -> dict[str, Any]:
+    """The event metadata of a recording session (documented in docs/gateways/siprec.md).
+
+    ``provider_call_id`` is the recorded call's SIP session id from the metadata (else the
+    recording session's Call-ID); ``ani`` is the user part of the customer's address,
+    ``dnis`` that of the first other participant.
+    """
+    participants: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    for role, stream in zip(roles, plan.streams, strict=True):
+        if stream.label is not None:
+            labels[role] = stream.label
+            who = metadata.sender_of(stream.label) if metadata is not None else None
+            if who is not None and who.aor:
+                participants[role] = who.aor
+    recorded = sip_call_id
+    if metadata is not None and metadata.sip_session_ids:
+        recorded = metadata.sip_session_ids[0]
+    customer = roles[plan.customer]
+    others = [r for r in roles if r != customer and r in participants]
+    ani = _user(participants.get(customer))
+    dnis = _user(participants[others[0]]) if others else None
+    custom: dict[str, Any] = {"recording_call_id": sip_call_id}
+    if participants:
+        custom["participants"] = participants
+    if labels:
+        custom["labels"] = labels
+    return call_metadata("siprec", recorded, ani=ani, dnis=dnis, custom=custom)
+
+
+def _user(aor: str | None) -> str | None:
+    """The user (number) of a participant's ``sip:``/``sips:``/``tel:`` address, if any."""
+    if not aor:
+        return None
+    if aor[:4].lower() == "tel:":
+        return aor[4:].split(";", 1)[0] or None
+    try:
+        return uri_user(aor) or None
+    except SipError:
+        return None
