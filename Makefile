@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 SYSTEM_PACKAGES := redis-server sox libsox-fmt-all ffmpeg espeak-ng flite festival \
 	festvox-kallpc16k asterisk-core-sounds-en-wav asterisk-prompt-fr-armelle codec2-examples \
-	pocketsphinx-testdata alsa-utils chromium docker-compose haproxy
+	pocketsphinx-testdata alsa-utils chromium docker-compose haproxy sip-tester
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup system-deps venv lint fuzz bench clean corpus corpus-extras demo-model \
@@ -35,7 +35,7 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml plugins/nes2net-gateways/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"

@@ -116,8 +116,8 @@ async def test_loss_reordering_and_foreign_packets(make_service, redis_client):
     svc = await service(make_service)
     d = new_dialog()
     audio = encode_samples(real_speech(seconds=6.0), "mulaw")
-    packets = rtp_packets(audio, seq=65500)  # the sequence number wraps during the call
-    kept = [p for k, p in enumerate(packets) if k % 25 != 7]  # 4 % loss
+    packets_ = rtp_packets(audio, seq=65500)  # the sequence number wraps during the call
+    kept = [p for k, p in enumerate(packets_) if k % 25 != 7]  # 4 % loss
     kept[10], kept[11] = kept[11], kept[10]  # one pair out of order: the late one is dropped
     async with SiprecClient(svc.sip_port) as src, RtpSender() as sbc:
         assert (await src.invite(d)).status == 200
@@ -130,6 +130,17 @@ async def test_loss_reordering_and_foreign_packets(make_service, redis_client):
     (s,) = await summaries(redis_client, d.call_id)
     # gaps are filled with silence, so stream time follows the sender's clock
     assert s["summary"]["duration_s"] == pytest.approx(6.0, abs=0.05)
+    reg = svc.ctx.metrics.registry
+
+    def packets(result):
+        return reg.get_sample_value("nes2net_siprec_rtp_packets_total", {"result": result})
+
+    assert packets("received") == len(kept) - 1
+    # the swapped packet counts once as lost (when its successor came first), once as late
+    assert (packets("lost"), packets("late"), packets("invalid")) == (
+        len(packets_) - len(kept) + 1, 1, 100)
+    assert reg.get_sample_value("nes2net_siprec_rtp_gap_fill_seconds_total") > 0.2
+    assert reg.get_sample_value("nes2net_siprec_responses_total", {"status": "200"}) == 2
 
 
 async def test_idle_stream_times_out_and_the_gateway_hangs_up(make_service, redis_client):
@@ -269,3 +280,42 @@ async def test_config_errors_name_the_key(make_service):
                                                 "rtp_port_max": 30000}})
     with pytest.raises(ConfigError, match="gateways.siprec.codecs"):
         await make_service(gateways={"siprec": {"enabled": True, "codecs": ["G729"]}})
+
+
+async def test_two_ingest_workers_share_the_sip_port(small_bundle, redis_server, redis_client,
+                                                     tmp_path):
+    """With ``server.workers = 2`` both processes listen on the SIP port (SO_REUSEPORT): each
+    client's dialog stays with one worker, RTP ports never collide, every call is summarised."""
+    from servers import free_port
+
+    from nes2net_stream.localstack import ServiceProcess
+
+    sip = free_port()
+    svc = ServiceProcess(redis_server.url, model=str(small_bundle), log_path=tmp_path / "log",
+                         extra_env={"NES2NET_SERVER__WORKERS": "2", "NES2NET_HTTP__PORT": "0",
+                                    "NES2NET_GATEWAYS__SIPREC__ENABLED": "true",
+                                    "NES2NET_GATEWAYS__SIPREC__PORT": str(sip),
+                                    "NES2NET_GATEWAYS__SIPREC__RTP_PORT_MIN": "0"})
+    dialogs = [new_dialog() for _ in range(6)]
+    audio = encode_samples(real_speech(seconds=5.0), "mulaw")
+
+    async def one(d: Dialog) -> int:
+        async with SiprecClient(sip) as src:
+            resp = await src.invite(d)
+            if resp.status != 200:
+                return resp.status
+            await send_rtp(d.ports[0], rtp_packets(audio))
+            await asyncio.sleep(0.3)
+            return (await src.bye(d)).status
+
+    try:
+        await asyncio.to_thread(svc.wait_ready, 120)
+        await asyncio.sleep(1.0)  # the second worker may bind a moment after the first
+        statuses = await asyncio.gather(*(one(d) for d in dialogs))
+    finally:
+        code = await asyncio.to_thread(svc.stop, 60)
+    assert statuses == [200] * len(dialogs) and code == 0
+    for d in dialogs:
+        (s,) = await summaries(redis_client, d.call_id)
+        assert s["summary"]["end_reason"] == "stop"
+        assert s["summary"]["duration_s"] == pytest.approx(5.0, abs=0.03)

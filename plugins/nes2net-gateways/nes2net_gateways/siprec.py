@@ -23,6 +23,7 @@ import socket
 import time
 from typing import Any, Literal
 
+from prometheus_client import Counter
 from pydantic import Field
 
 from nes2net_gateways._common import check_roles, discard_events
@@ -44,6 +45,7 @@ from nes2net_stream.service.auth import is_loopback
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
 MAX_SIP_BYTES = 65535
+PORT_TRIES = 20
 
 
 class SiprecConfig(GatewayConfig):
@@ -107,6 +109,18 @@ class SiprecGateway(Gateway):
         self._limit = _RateLimit(self.cfg.max_requests_per_s)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.invites = InviteHandler(self)
+        registry = getattr(getattr(ctx, "metrics", None), "registry", None)
+        self.rtp_packets = Counter(
+            "nes2net_siprec_rtp_packets_total", "RTP packets of recorded streams, by outcome "
+            "(received, lost, late, other payload types, invalid or from a foreign address)",
+            ["result"], registry=registry)
+        self.rtp_filled = Counter(
+            "nes2net_siprec_rtp_gap_fill_seconds_total",
+            "Seconds of silence inserted for RTP gaps (loss or silence suppression)",
+            registry=registry)
+        self.responses = Counter("nes2net_siprec_responses_total",
+                                 "SIP responses sent, by status code", ["status"],
+                                 registry=registry)
 
     # ------------------------------------------------------------------ configuration
     def check_config(self) -> None:
@@ -156,7 +170,23 @@ class SiprecGateway(Gateway):
 
     # ------------------------------------------------------------------ sockets
     async def start_serving(self) -> None:
-        """Listen for SIP on UDP and/or TCP ``host:port``."""
+        """Listen for SIP on UDP and/or TCP ``host:port``.
+
+        With ``port = 0`` the UDP port is chosen first and TCP takes the same number; when
+        that number is taken for TCP, both are chosen again.
+        """
+        for attempt in range(PORT_TRIES):
+            try:
+                await self._listen()
+                return
+            except OSError:
+                if self.cfg.port or attempt == PORT_TRIES - 1:
+                    raise
+                if self._udp is not None:
+                    self._udp.close()
+                    self._udp = None
+
+    async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         host, port = self.cfg.host, self.cfg.port
         if "udp" in self.cfg.transports:
@@ -318,6 +348,7 @@ class SiprecGateway(Gateway):
         resp = make_response(request, status, reason, to_tag=to_tag or None, headers=extra,
                              body=body)
         _stamp_via(resp, peer)
+        self.responses.labels(status=str(status)).inc()
         data = resp.to_bytes()
         peer.send(data)
         return data

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nes2net_gateways._common import AGENT_ROLE, RateGuard, feed
-from nes2net_gateways.rtp import RtpPort, RtpReceiver, close_ports, parse_rtp
+from nes2net_gateways.rtp import RtpPort, RtpReceiver, RtpStats, close_ports, parse_rtp
 from nes2net_gateways.sip_message import SipMessage, addr_uri, header_params, new_branch
 from nes2net_gateways.sip_sdp import AcceptedStream
 from nes2net_stream.gateways.api import CallHandle
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 T1, T2, TIMER_B = 0.5, 4.0, 32.0  # RFC 3261 retransmission timers (seconds)
 TICK_S = 0.5
+METRICS_EVERY_S = 5.0
 
 
 @dataclass
@@ -103,6 +104,8 @@ class RecordingCall:
         self._guard = RateGuard(gateway.limits)
         self._cseq = 1
         self._task: asyncio.Task[None] | None = None
+        self._counted: dict[int, RtpStats] = {}
+        self._metrics_at = self.started_at + METRICS_EVERY_S
         self.log = gateway.log.bind(sip_call_id=self.sip_call_id)
 
     # ------------------------------------------------------------------ RTP in
@@ -202,6 +205,9 @@ class RecordingCall:
                         self._resend_interval = min(self._resend_interval * 2, T2)
                         self._resend_at = now + self._resend_interval
                 self._check_media(now, lim)
+                if now >= self._metrics_at:
+                    self._count_rtp()
+                    self._metrics_at = now + METRICS_EVERY_S
                 if self._end is not None:
                     break
                 self._wake.clear()
@@ -236,9 +242,25 @@ class RecordingCall:
             except ProtocolError as err:
                 self.finish(CallEnd("error", err.code))
 
+    def _count_rtp(self) -> None:
+        """Add the streams' RTP counts since the last call to the gateway's metrics."""
+        gw = self.gw
+        for i, stream in enumerate(self.streams):
+            now, was = stream.receiver.stats, self._counted.get(i, RtpStats())
+            for result, value, old in (("received", now.packets, was.packets),
+                                       ("lost", now.lost, was.lost), ("late", now.late, was.late),
+                                       ("other", now.other, was.other),
+                                       ("invalid", now.invalid, was.invalid)):
+                if value > old:
+                    gw.rtp_packets.labels(result=result).inc(value - old)
+            if now.filled_s > was.filled_s:
+                gw.rtp_filled.inc(now.filled_s - was.filled_s)
+            self._counted[i] = RtpStats(**vars(now))
+
     async def _close(self) -> None:
         end = self._end or CallEnd("shutdown")
         close_ports([s.port for s in self.streams if s.port is not None])
+        self._count_rtp()
         try:
             await self.handle.end(end)
         finally:

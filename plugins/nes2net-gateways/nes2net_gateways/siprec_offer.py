@@ -68,8 +68,9 @@ def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams:
     """Choose the streams to record and one codec they all use.
 
     The codec is the first of ``codecs`` that every recordable audio stream offers, else the
-    one most of them offer. Audio streams over plain RTP with a non-zero port are recordable; at most
-    ``max_streams`` are taken, in offer order. Raises SipError 488 when none can be recorded.
+    one most of them offer. Audio streams over plain RTP with a non-zero port are recordable;
+    at most ``max_streams`` are taken, in offer order. Raises SipError 488 when none can be
+    recorded.
     """
     candidates = [i for i, m in enumerate(offer.media)
                   if m.media == "audio" and m.port > 0 and m.proto.upper() in PLAIN_RTP]

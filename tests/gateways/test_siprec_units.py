@@ -1,0 +1,153 @@
+"""Pure parts of the SIPREC gateway: RTP parsing and ordering, digest auth, offer planning."""
+
+import struct
+
+import pytest
+from gwsupport import FUZZ_EXAMPLES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nes2net_gateways.rtp import RtpPacket, RtpReceiver, parse_rtp
+from nes2net_gateways.sip_digest import DigestAuthenticator, digest_response, parse_digest
+from nes2net_gateways.sip_message import SipError
+from nes2net_gateways.sip_sdp import parse_sdp
+from nes2net_gateways.siprec_call import role_names
+from nes2net_gateways.siprec_metadata import parse_rs_metadata
+from nes2net_gateways.siprec_offer import call_id_for, call_info, plan_offer
+from siprec_client import rs_metadata, sdp_offer
+
+
+def rtp(seq, ts, payload=b"\x01" * 160, pt=0, ssrc=7, *, csrc=0, ext=b"", pad=0, marker=0):
+    b0 = 0x80 | csrc | (0x10 if ext else 0) | (0x20 if pad else 0)
+    data = struct.pack("!BBHII", b0, (marker << 7) | pt, seq, ts, ssrc)
+    data += b"\x00\x00\x00\x01" * csrc
+    if ext:
+        data += struct.pack("!HH", 0xBEDE, len(ext) // 4) + ext
+    data += payload
+    if pad:
+        data += b"\x00" * (pad - 1) + bytes([pad])
+    return data
+
+
+def test_parse_rtp_header_variants():
+    p = parse_rtp(rtp(5, 800, b"abcd", csrc=2, ext=b"\x11" * 8, pad=3, marker=1))
+    assert p == RtpPacket(0, True, 5, 800, 7, b"abcd")
+    assert parse_rtp(b"\x80\xc8" + b"\x00" * 30) is None  # RTCP sender report
+    assert parse_rtp(b"\x40" + b"\x00" * 20) is None  # version 1
+    assert parse_rtp(rtp(1, 0, b"")[:8]) is None  # short
+    assert parse_rtp(b"\xa0" + rtp(1, 0, b"ab")[1:-1] + b"\xc8") is None  # padding > packet
+
+
+def test_receiver_fills_gaps_and_drops_late_packets():
+    r = RtpReceiver(0, 8000, 1, b"\xff")
+    out = r.push(parse_rtp(rtp(65534, 0)))
+    assert out == [b"\x01" * 160]
+    out = r.push(parse_rtp(rtp(1, 480)))  # 65535 and 0 lost across the wrap
+    assert out == [b"\xff" * 320, b"\x01" * 160]
+    assert r.push(parse_rtp(rtp(0, 320))) == []  # arrives late: dropped
+    assert r.push(parse_rtp(rtp(1, 480))) == []  # duplicate
+    assert r.push(parse_rtp(rtp(2, 640, pt=101))) == []  # telephone-event
+    # silence suppression: the next packet's timestamp jumps 1 s, capped at max_gap_s
+    assert r.push(parse_rtp(rtp(2, 640 + 8000)))[0] == b"\xff" * 8000
+    assert r.push(parse_rtp(rtp(3, 8800 + 160 + 80000)))[0] == b"\xff" * 16000
+    s = r.stats
+    assert (s.packets, s.lost, s.late, s.other) == (4, 2, 2, 1)
+    assert s.filled_s == pytest.approx(0.04 + 1.0 + 2.0)
+
+
+def test_receiver_resyncs_on_a_new_source():
+    r = RtpReceiver(0, 8000, 1, b"\xff")
+    r.push(parse_rtp(rtp(100, 0)))
+    assert r.push(parse_rtp(rtp(9000, 123456, ssrc=8))) == [b"\x01" * 160]
+    assert r.push(parse_rtp(rtp(30000, 124000, ssrc=8))) == [b"\x01" * 160]  # seq jump
+    assert r.stats.resyncs == 2 and r.stats.lost == 0
+
+
+def test_l16_keeps_whole_samples():
+    r = RtpReceiver(96, 16000, 2, b"\x00")
+    assert r.push(parse_rtp(rtp(1, 0, b"\x01\x02\x03", pt=96))) == [b"\x01\x02"]
+    assert r.push(parse_rtp(rtp(2, 3, b"\x00\x00", pt=96))) == [b"\x00\x00" * 2, b"\x00\x00"]
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=30))
+def test_rtp_never_raises(datagrams):
+    r = RtpReceiver(0, 8000, 1, b"\xff", max_gap_s=0.1)
+    for d in datagrams:
+        p = parse_rtp(b"\x80" + d)
+        if p is not None:
+            assert sum(len(x) for x in r.push(p)) <= len(p.payload) + 800
+
+
+def test_digest_round_trip_stale_and_replay():
+    auth = DigestAuthenticator("sbc", "pw", "nes2net-stream", ttl_s=60)
+    (sha, md5) = [parse_digest(c) for c in auth.challenges("10.0.0.1")]
+    assert (sha["algorithm"], md5["algorithm"], sha["qop"]) == ("SHA-256", "MD5", "auth")
+    for params, cnonce in ((sha, "c1"), (md5, "c2")):
+        value = digest_response(params, "sbc", "pw", "INVITE", "sip:srs@10.0.0.2",
+                                cnonce=cnonce)
+        assert auth.check(value, "INVITE", "10.0.0.1") == "ok"
+        assert auth.check(value, "INVITE", "10.0.0.1") == "invalid"  # replayed
+    fresh = parse_digest(auth.challenges("10.0.0.1")[0])
+    value = digest_response(fresh, "sbc", "pw", "INVITE", "sip:srs@10.0.0.2")
+    assert auth.check(value, "INVITE", "10.0.0.9") == "invalid"  # nonce of another address
+    assert auth.check(value, "BYE", "10.0.0.1") == "invalid"  # another method
+    assert auth.check(value, "INVITE", "10.0.0.1", now=1e12) == "stale"
+    assert auth.check(None, "INVITE", "10.0.0.1") == "missing"
+    assert auth.check("Basic abc", "INVITE", "10.0.0.1") == "invalid"
+    wrong = digest_response(fresh, "sbc", "nope", "INVITE", "sip:srs@10.0.0.2", cnonce="x")
+    assert auth.check(wrong, "INVITE", "10.0.0.1") == "invalid"
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
+@given(st.text(max_size=300))
+def test_digest_parsing_never_raises(text):
+    auth = DigestAuthenticator("sbc", "pw", "r")
+    parse_digest("Digest " + text)
+    assert auth.check("Digest " + text, "INVITE", "10.0.0.1") in ("invalid", "missing", "stale")
+
+
+def test_offer_plan_codec_labels_and_limits():
+    plan = plan_offer(parse_sdp(sdp_offer(formats="8 0 101")), codecs=["PCMU", "PCMA"],
+                      max_streams=4)
+    assert plan.encoding == "mulaw" and plan.sample_rate == 8000
+    assert [(s.index, s.payload_type, s.telephone_event) for s in plan.streams] == [
+        (0, 0, 101), (1, 0, 101)]
+    plan = plan_offer(parse_sdp(sdp_offer(formats="8")), codecs=["PCMU", "PCMA"],
+                      max_streams=4, customer_label="2")
+    assert plan.encoding == "alaw" and plan.customer == 1
+    plan = plan_offer(parse_sdp(sdp_offer(labels=("a", "b", "c"))), codecs=["PCMU"],
+                      max_streams=2)
+    assert [s.label for s in plan.streams] == ["a", "b"]
+    with pytest.raises(SipError) as err:
+        plan_offer(parse_sdp(sdp_offer(formats="0")), codecs=["PCMA"], max_streams=2)
+    assert err.value.status == 488
+    assert role_names("caller", 3, 1) == ["agent", "caller", "agent2"]
+
+
+def test_call_identity_and_metadata():
+    assert call_id_for("abc@host") == "abc@host"
+    odd = call_id_for("a b%c!")
+    assert odd.startswith("siprec-") and odd == call_id_for("a b%c!")
+    plan = plan_offer(parse_sdp(sdp_offer()), codecs=["PCMU"], max_streams=4)
+    meta = parse_rs_metadata(rs_metadata(aors=("tel:+4930123;phone-context=x",
+                                               "sips:bob@example.com")).encode())
+    info = call_info("rs1@sbc", plan, ["caller", "agent"], meta)
+    assert (info["ani"], info["dnis"]) == ("+4930123", "bob")
+    assert call_info("rs1@sbc", plan, ["caller", "agent"], None) == {
+        "provider": "siprec", "provider_call_id": "rs1@sbc",
+        "custom": {"recording_call_id": "rs1@sbc", "labels": {"caller": "1", "agent": "2"}}}
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
+@given(st.lists(st.sampled_from([
+    "m=audio 4000 RTP/AVP 0 8", "m=audio 0 RTP/AVP 0", "m=video 5000 RTP/AVP 96",
+    "m=audio 4002 RTP/SAVP 0", "a=rtpmap:0 PCMA/8000", "a=rtpmap:96 L16/16000",
+    "a=rtpmap:97 L16/8000/2", "m=audio 4004 RTP/AVP 96 97", "a=label:x", "a=inactive",
+    "c=IN IP4 10.0.0.1", "a=rtpmap:8 PCMU/16000"]), max_size=12))
+def test_offer_planning_raises_only_sip_errors(lines):
+    text = "\r\n".join(["v=0", "o=- 1 1 IN IP4 10.0.0.1", "s=-", "t=0 0", *lines]) + "\r\n"
+    try:
+        plan = plan_offer(parse_sdp(text), codecs=["PCMU", "PCMA", "L16"], max_streams=3)
+    except SipError:
+        return
+    assert 1 <= len(plan.streams) <= 3 and 0 <= plan.customer < len(plan.streams)
