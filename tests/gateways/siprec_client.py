@@ -13,16 +13,28 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from nes2net_gateways.sip_message import SipMessage, StreamFramer, parse_message
 from nes2net_gateways.sip_sdp import parse_sdp
+
+from nes2net_stream.audio.io import load_audio
+from nes2net_stream.demo import sample_path
 
 BOUNDARY = "foobar"
 
 
+def real_speech(name: str = "human_call.wav", seconds: float | None = None) -> np.ndarray:
+    """A bundled real recording at 8 kHz (the rate of a G.711 call)."""
+    x = load_audio(sample_path(name), sample_rate=8000).samples
+    return x[:int(seconds * 8000)] if seconds else x
+
+
 def sdp_offer(ip: str = "127.0.0.1", labels: tuple[str, ...] = ("1", "2"),
               formats: str = "0 8 101", ports: tuple[int, ...] | None = None,
-              direction: str = "sendonly", proto: str = "RTP/AVP") -> str:
-    """An SRC's offer: one send-only audio stream per label (PCMU, PCMA, telephone-event)."""
+              direction: str = "sendonly", proto: str = "RTP/AVP",
+              crypto: list[str] | None = None) -> str:
+    """An SRC's offer: one send-only audio stream per label (PCMU, PCMA, telephone-event),
+    each with the ``a=crypto`` lines given (SRTP offers)."""
     lines = ["v=0", f"o=SBC 2890844526 2890844526 IN IP4 {ip}", "s=SIPREC",
              f"c=IN IP4 {ip}", "t=0 0"]
     for i, label in enumerate(labels):
@@ -30,6 +42,7 @@ def sdp_offer(ip: str = "127.0.0.1", labels: tuple[str, ...] = ("1", "2"),
         lines += [f"m=audio {port} {proto} {formats}", "a=rtpmap:0 PCMU/8000",
                   "a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000",
                   "a=fmtp:101 0-15", f"a=label:{label}", f"a={direction}"]
+        lines += [f"a=crypto:{c}" for c in crypto or []]
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -74,9 +87,10 @@ class Dialog:
 class SiprecClient:
     """Sends SIPREC requests to a gateway on 127.0.0.1 and collects what comes back."""
 
-    def __init__(self, port: int, transport: str = "udp"):
+    def __init__(self, port: int, transport: str = "udp", ssl_context: Any = None):
         self.port = port
         self.transport = transport
+        self.ssl_context = ssl_context
         self.inbox: asyncio.Queue[SipMessage] = asyncio.Queue()
         self.raw: list[bytes] = []
         self.local_port = 0
@@ -98,7 +112,8 @@ class SiprecClient:
                 _Proto, local_addr=("127.0.0.1", 0), remote_addr=("127.0.0.1", self.port))
             self.local_port = self._udp.get_extra_info("sockname")[1]
         else:
-            reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+            reader, self._writer = await asyncio.open_connection(
+                "127.0.0.1", self.port, ssl=self.ssl_context)
             self.local_port = self._writer.get_extra_info("sockname")[1]
             framer = StreamFramer()
 

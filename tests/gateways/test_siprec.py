@@ -3,23 +3,22 @@
 import asyncio
 import uuid
 
-import numpy as np
 import pytest
 from gwsupport import alerts, summaries, window_scores
 from nes2net_gateways.sip_digest import digest_response, parse_digest
 from nes2net_gateways.sip_sdp import parse_sdp
-from siprec_client import Dialog, RtpSender, SiprecClient, rtp_packets, sdp_offer, send_rtp
+from siprec_client import (
+    Dialog,
+    RtpSender,
+    SiprecClient,
+    real_speech,
+    rtp_packets,
+    sdp_offer,
+    send_rtp,
+)
 
-from nes2net_stream.audio.io import load_audio
 from nes2net_stream.client import encode_samples, stream_samples
-from nes2net_stream.demo import sample_path
 from nes2net_stream.errors import ConfigError
-
-
-def real_speech(name: str = "human_call.wav", seconds: float | None = None) -> np.ndarray:
-    """A bundled real recording at 8 kHz (the rate of a G.711 call)."""
-    x = load_audio(sample_path(name), sample_rate=8000).samples
-    return x[:int(seconds * 8000)] if seconds else x
 
 
 async def service(make_service, limits=None, **section):

@@ -20,11 +20,10 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-import time
-from typing import Any, Literal
+import ssl
+from typing import Any
 
 from prometheus_client import Counter
-from pydantic import Field
 
 from nes2net_gateways._common import check_roles, discard_events
 from nes2net_gateways.sip_digest import DigestAuthenticator
@@ -37,55 +36,20 @@ from nes2net_gateways.sip_message import (
     parse_message,
 )
 from nes2net_gateways.siprec_call import Peer, RecordingCall
+from nes2net_gateways.siprec_config import (
+    RateLimit,
+    SiprecConfig,
+    allowed_networks,
+    srtp_mode,
+    tls_context,
+)
 from nes2net_gateways.siprec_invite import InviteHandler
-from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import Gateway, GatewayConfig
 from nes2net_stream.service.auth import is_loopback
 
-LOOPBACK = ["127.0.0.0/8", "::1/128"]
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
 MAX_SIP_BYTES = 65535
 PORT_TRIES = 20
-
-
-class SiprecConfig(GatewayConfig):
-    """``[gateways.siprec]`` settings (see docs/gateways/siprec.md)."""
-
-    port: int = Field(5060, ge=0, le=65535)
-    transports: list[Literal["udp", "tcp"]] = Field(default_factory=lambda: ["udp", "tcp"])
-    media_address: str = ""
-    rtp_port_min: int = Field(20000, ge=0, le=65535)
-    rtp_port_max: int = Field(29999, ge=0, le=65535)
-    allowed_networks: list[str] | None = None
-    username: str = "nes2net"
-    password: str = ""
-    realm: str = "nes2net-stream"
-    customer_label: str = ""
-    codecs: list[Literal["PCMU", "PCMA", "L16"]] = Field(
-        default_factory=lambda: ["PCMU", "PCMA", "L16"])
-    max_streams: int = Field(4, ge=1, le=16)
-    max_requests_per_s: float = Field(50.0, gt=0)
-
-
-class _RateLimit:
-    """Token bucket per client address (requests beyond it are dropped unanswered)."""
-
-    def __init__(self, rate: float, max_clients: int = 10_000):
-        self.rate, self.burst = rate, max(1.0, 2 * rate)
-        self.max_clients = max_clients
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, ip: str) -> bool:
-        now = time.monotonic()
-        tokens, last = self._buckets.get(ip, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if len(self._buckets) >= self.max_clients and ip not in self._buckets:
-            self._buckets.clear()  # bounded memory under address sweeps
-        if tokens < 1:
-            self._buckets[ip] = (tokens, now)
-            return False
-        self._buckets[ip] = (tokens - 1, now)
-        return True
 
 
 class SiprecGateway(Gateway):
@@ -105,8 +69,12 @@ class SiprecGateway(Gateway):
         self.networks: list[Any] = []
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
+        self._tls: asyncio.Server | None = None
+        self.tls_context: ssl.SSLContext | None = None
+        self.tls_bound_port: int | None = None
+        self.srtp_mode = "off"
         self._pending: dict[str, asyncio.Event] = {}
-        self._limit = _RateLimit(self.cfg.max_requests_per_s)
+        self._limit = RateLimit(self.cfg.max_requests_per_s)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.invites = InviteHandler(self)
         registry = getattr(getattr(ctx, "metrics", None), "registry", None)
@@ -124,34 +92,11 @@ class SiprecGateway(Gateway):
 
     # ------------------------------------------------------------------ configuration
     def check_config(self) -> None:
-        """Validate networks, credentials and the RTP range (ConfigError names the key)."""
+        """Validate networks, credentials, TLS and the RTP range (ConfigError names the key)."""
         check_roles(self.cfg, self.name)
-        nets = self.cfg.allowed_networks
-        if nets is None:
-            if self.auth_required and not self.cfg.password:
-                raise ConfigError(
-                    f"gateways.siprec.allowed_networks: host={self.cfg.host!r} is not loopback "
-                    "(or auth = \"required\"): list the networks of your recording clients "
-                    "(SBCs), e.g. [\"10.0.0.5/32\"], and/or set gateways.siprec.password for "
-                    "digest authentication")
-            nets = LOOPBACK if not self.cfg.password else ["0.0.0.0/0", "::/0"]
-        if not nets:
-            raise ConfigError("gateways.siprec.allowed_networks: empty list (nobody could "
-                              "connect); leave it unset for loopback only")
-        try:
-            self.networks = [ipaddress.ip_network(n, strict=False) for n in nets]
-        except ValueError as exc:
-            raise ConfigError(f"gateways.siprec.allowed_networks: {exc}") from None
-        lo, hi = self.cfg.rtp_port_min, self.cfg.rtp_port_max
-        if lo and (hi - lo < 1 or lo < 1024):
-            raise ConfigError("gateways.siprec.rtp_port_min: the RTP range must hold at least "
-                              "one even/odd port pair at or above 1024 (or set it to 0 for "
-                              "ephemeral ports)")
-        if self.cfg.media_address:
-            try:
-                ipaddress.ip_address(self.cfg.media_address)
-            except ValueError:
-                raise ConfigError("gateways.siprec.media_address: not an IP address") from None
+        self.tls_context = tls_context(self.cfg)
+        self.srtp_mode = srtp_mode(self.cfg, self.log)
+        self.networks = allowed_networks(self.cfg, self.auth_required)
         if self.cfg.password:
             self.digest = DigestAuthenticator(self.cfg.username, self.cfg.password,
                                               self.cfg.realm)
@@ -189,6 +134,7 @@ class SiprecGateway(Gateway):
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         host, port = self.cfg.host, self.cfg.port
+        self.bound_port = None
         if "udp" in self.cfg.transports:
             self._udp, _ = await loop.create_datagram_endpoint(
                 lambda: _SipDatagrams(self), local_addr=(host, port),
@@ -198,13 +144,23 @@ class SiprecGateway(Gateway):
             self._tcp = await asyncio.start_server(self._serve_tcp, host, port,
                                                    reuse_port=self.reuse_port or None)
             port = self._tcp.sockets[0].getsockname()[1]
-        self.bound_port = port
+        if {"udp", "tcp"} & set(self.cfg.transports):
+            self.bound_port = port
+        if self.tls_context is not None and self._tls is None:
+            self._tls = await asyncio.start_server(
+                lambda r, w: self._serve_tcp(r, w, "TLS"), host, self.cfg.tls_port,
+                ssl=self.tls_context, ssl_handshake_timeout=10,
+                reuse_port=self.reuse_port or None)
+            self.tls_bound_port = self._tls.sockets[0].getsockname()[1]
+            if self.bound_port is None:
+                self.bound_port = self.tls_bound_port
 
     async def stop_serving(self) -> None:
         """Refuse new INVITEs (503): the drain ends active calls, which then send BYE."""
         self.accepting = False
-        if self._tcp is not None:
-            self._tcp.close()
+        for server in (self._tcp, self._tls):
+            if server is not None:
+                server.close()
 
     async def close(self) -> None:
         """Wait for the calls to send their BYEs, then close the sockets."""
@@ -234,8 +190,8 @@ class SiprecGateway(Gateway):
             return s.getsockname()[0]
         return "127.0.0.1"
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                         ) -> None:
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         kind: str = "TCP") -> None:
         addr = writer.get_extra_info("peername")
         remote = (addr[0], addr[1]) if addr else ("", 0)
         if not self.allowed(remote[0]):
@@ -248,7 +204,8 @@ class SiprecGateway(Gateway):
             if not writer.is_closing():
                 writer.write(data)
 
-        peer = Peer("TCP", remote, send, self.local_ip(remote[0]))
+        local_port = self.tls_bound_port if kind == "TLS" else self.bound_port
+        peer = Peer(kind, remote, send, self.local_ip(remote[0]), local_port or 0)
         framer = StreamFramer(max_bytes=MAX_SIP_BYTES)
         try:
             while not writer.is_closing():
@@ -275,7 +232,8 @@ class SiprecGateway(Gateway):
         udp = self._udp
         if udp is None:
             return
-        peer = Peer("UDP", remote, lambda b: udp.sendto(b, remote), self.local_ip(remote[0]))
+        peer = Peer("UDP", remote, lambda b: udp.sendto(b, remote), self.local_ip(remote[0]),
+                    self.bound_port or 0)
         try:
             msg = parse_message(data, max_bytes=MAX_SIP_BYTES)
         except SipError as err:

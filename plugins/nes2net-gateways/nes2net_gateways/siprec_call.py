@@ -13,13 +13,21 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nes2net_gateways._common import AGENT_ROLE, RateGuard, feed
-from nes2net_gateways.rtp import RtpPort, RtpReceiver, RtpStats, close_ports, parse_rtp
+from nes2net_gateways.rtp import (
+    RTCP_TYPES,
+    RtpPort,
+    RtpReceiver,
+    RtpStats,
+    close_ports,
+    parse_rtp,
+)
 from nes2net_gateways.sip_message import SipMessage, addr_uri, header_params, new_branch
 from nes2net_gateways.sip_sdp import AcceptedStream
+from nes2net_gateways.srtp import SrtpReceiver
 from nes2net_stream.gateways.api import CallHandle
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
@@ -36,10 +44,11 @@ METRICS_EVERY_S = 5.0
 class Peer:
     """Where a SIP request came from and how to answer it (one UDP address or TCP link)."""
 
-    kind: str  # "UDP" or "TCP"
+    kind: str  # "UDP", "TCP" or "TLS"
     addr: tuple[str, int]
     send: Callable[[bytes], None]
     local_ip: str
+    local_port: int
 
     @property
     def reliable(self) -> bool:
@@ -59,7 +68,7 @@ class MediaStream:
     latched: tuple[str, int] | None = None
     last_packet: float | None = None
     paused: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    srtp: SrtpReceiver | None = None
 
 
 def role_names(customer_role: str, count: int, customer_index: int) -> list[str]:
@@ -125,6 +134,14 @@ class RecordingCall:
                 return
             if len(data) > self.gw.limits.max_frame_bytes:
                 raise ProtocolError("frame_too_large", f"RTP packet of {len(data)} bytes")
+            if stream.srtp is not None:
+                if len(data) > 1 and data[1] in RTCP_TYPES:
+                    return  # SRTCP (rtcp-mux): not needed
+                plain = stream.srtp.unprotect(data)
+                if plain is None:
+                    stream.receiver.stats.invalid += 1
+                    return
+                data = plain
             packet = parse_rtp(data)
             if packet is None:
                 stream.receiver.stats.invalid += 1
@@ -279,7 +296,7 @@ class RecordingCall:
         uri = addr_uri(contact) if contact else addr_uri(inv.get("From") or "")
         to = inv.get("To") or ""
         local = to if ";tag=" in to.replace(" ", "") else f"{to};tag={self.local_tag}"
-        via = (f"SIP/2.0/{self.peer.kind} {_host(self.peer.local_ip)}:{self.gw.bound_port}"
+        via = (f"SIP/2.0/{self.peer.kind} {_host(self.peer.local_ip)}:{self.peer.local_port}"
                f";branch={new_branch()};rport")
         headers = [("Via", via), ("Max-Forwards", "70"), ("From", local),
                    ("To", inv.get("From") or ""), ("Call-ID", self.sip_call_id),

@@ -25,6 +25,7 @@ from nes2net_gateways.sip_sdp import (
 from nes2net_gateways.siprec_call import MediaStream, Peer, RecordingCall, role_names
 from nes2net_gateways.siprec_metadata import RecordingMetadata, parse_rs_metadata
 from nes2net_gateways.siprec_offer import OfferPlan, call_id_for, call_info, plan_offer
+from nes2net_gateways.srtp import SrtpReceiver, answer_crypto
 from nes2net_stream.service.errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -101,7 +102,10 @@ class InviteHandler:
             raise SipError(488, "the INVITE carries no SDP offer (late offers are not "
                            "supported)")
         plan = plan_offer(offer, codecs=gw.cfg.codecs, max_streams=gw.cfg.max_streams,
-                          customer_label=gw.cfg.customer_label)
+                          customer_label=gw.cfg.customer_label, srtp=gw.srtp_mode)
+        if any(sp.crypto is not None for sp in plan.streams) and peer.kind != "TLS":
+            gw.log.warning("SRTP keys received over unencrypted SIP (use transports = "
+                           "[\"tls\"])", remote=f"{peer.addr[0]}:{peer.addr[1]}")
         gw.reply(msg, peer, 100)
         self._starting[msg.call_id] = key
         gw.spawn(self._setup(msg, peer, offer, plan, metadata))
@@ -135,7 +139,8 @@ class InviteHandler:
                 sources.add(sp.connection)
             call.streams.append(MediaStream(
                 role, sp.label, None,
-                RtpReceiver(sp.payload_type, sp.rtpmap.clock_rate, width, silence), sources))
+                RtpReceiver(sp.payload_type, sp.rtpmap.clock_rate, width, silence), sources,
+                srtp=SrtpReceiver(sp.crypto) if sp.crypto is not None else None))
         try:
             for stream in call.streams:
                 stream.port = await bind_rtp_port(
@@ -162,8 +167,9 @@ class InviteHandler:
         call.accepted = [None] * len(offer.media)
         for stream, sp in zip(call.streams, plan.streams, strict=True):
             assert stream.port is not None
+            crypto = answer_crypto(sp.crypto) if sp.crypto is not None else None
             call.accepted[sp.index] = AcceptedStream(stream.port.port, sp.payload_type,
-                                                     sp.rtpmap, sp.telephone_event)
+                                                     sp.rtpmap, sp.telephone_event, crypto)
         call.session_id = next(_session_ids)
         call.update_media([offer.media[sp.index].direction for sp in plan.streams])
         call.answered(self._answer(msg, peer, call, offer))
@@ -183,8 +189,8 @@ class InviteHandler:
         sdp = answer_sdp(offer, address=peer.local_ip, session_id=call.session_id,
                          version=call.sdp_version, accepted=accepted[:len(offer.media)])
         host = f"[{peer.local_ip}]" if ":" in peer.local_ip else peer.local_ip
-        transport = ";transport=tcp" if peer.reliable else ""
-        headers = [("Contact", f"<sip:nes2net@{host}:{gw.bound_port}{transport}>;+sip.srs"),
+        transport = f";transport={peer.kind.lower()}" if peer.reliable else ""
+        headers = [("Contact", f"<sip:nes2net@{host}:{peer.local_port}{transport}>;+sip.srs"),
                    ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"),
                    ("Supported", "siprec, timer"), ("Content-Type", "application/sdp")]
         expires = msg.get("Session-Expires")

@@ -17,12 +17,13 @@ from typing import Any
 from nes2net_gateways._common import call_metadata
 from nes2net_gateways.rtp import CODECS
 from nes2net_gateways.sip_message import SipError, uri_user
-from nes2net_gateways.sip_sdp import MediaDescription, RtpMap, SessionDescription
+from nes2net_gateways.sip_sdp import Crypto, MediaDescription, RtpMap, SessionDescription
 from nes2net_gateways.siprec_metadata import RecordingMetadata
+from nes2net_gateways.srtp import pick_crypto
 from nes2net_stream.service.protocol import CALL_ID_RE
 
-#: RTP profiles recorded (SRTP profiles are refused per stream: the answer rejects them)
 PLAIN_RTP = ("RTP/AVP", "RTP/AVPF")
+SECURE_RTP = ("RTP/SAVP", "RTP/SAVPF")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class StreamPlan:
     telephone_event: int | None
     label: str | None
     connection: str | None
+    crypto: Crypto | None = None  # the offered SDES key used (SRTP streams)
 
 
 @dataclass(frozen=True)
@@ -63,20 +65,31 @@ def _telephone_event(media: MediaDescription, rate: int) -> int | None:
     return None
 
 
+def _recordable(media: MediaDescription, srtp: str) -> bool:
+    if media.media != "audio" or media.port <= 0:
+        return False
+    proto = media.proto.upper()
+    if proto in PLAIN_RTP:
+        return srtp != "require"
+    return proto in SECURE_RTP and srtp != "off" and pick_crypto(media.crypto) is not None
+
+
 def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams: int,
-               customer_label: str = "") -> OfferPlan:
+               customer_label: str = "", srtp: str = "off") -> OfferPlan:
     """Choose the streams to record and one codec they all use.
 
     The codec is the first of ``codecs`` that every recordable audio stream offers, else the
     one most of them offer. Audio streams over plain RTP with a non-zero port are recordable;
-    at most ``max_streams`` are taken, in offer order. Raises SipError 488 when none can be
-    recorded.
+    at most ``max_streams`` are taken, in offer order. ``srtp``: ``off`` refuses SRTP streams,
+    ``allow`` takes them with a usable SDES key, ``require`` refuses plain RTP. Raises SipError
+    488 when none can be recorded.
     """
-    candidates = [i for i, m in enumerate(offer.media)
-                  if m.media == "audio" and m.port > 0 and m.proto.upper() in PLAIN_RTP]
+    candidates = [i for i, m in enumerate(offer.media) if _recordable(m, srtp)]
     if not candidates:
-        raise SipError(488, "no audio stream over plain RTP/AVP to record (SRTP is not "
-                       "supported)")
+        what = {"off": "plain RTP (RTP/AVP; SRTP is off)",
+                "require": "SRTP (RTP/SAVP with a usable a=crypto key)"}.get(
+                    srtp, "RTP/AVP, or RTP/SAVP with a usable a=crypto key")
+        raise SipError(488, f"no audio stream over {what} to record")
     usable = [c for c in codecs if c in CODECS]
     offered = {c: [i for i in candidates if _codec_of(offer.media[i], c)] for c in usable}
     everywhere = [c for c in usable if len(offered[c]) == len(candidates)]
@@ -94,8 +107,9 @@ def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams:
         pt, rtpmap = _codec_of(media, best)  # type: ignore[misc]
         if rtpmap.clock_rate != rate:
             continue  # L16 at two rates: record those at the common one
+        crypto = pick_crypto(media.crypto) if media.proto.upper() in SECURE_RTP else None
         plans.append(StreamPlan(i, pt, rtpmap, _telephone_event(media, rate), media.label,
-                                media.connection))
+                                media.connection, crypto))
     customer = 0
     if customer_label:
         for k, p in enumerate(plans):
