@@ -178,6 +178,18 @@ def test_ws_receive_bench_smoke():
 
 
 @pytest.mark.timeout(300)
+def test_siprec_bench_smoke():
+    """SIPREC sessions (SIP over UDP, RTP paced in real time) and generic calls against one
+    service: every packet received, every call ended by its BYE, CPU per call-second of each."""
+    out = run_script("siprec_bench.py")
+    sip = out["siprec"]
+    assert sip["rtp_received"] == sip["rtp_packets_sent"] == 2 * 5 * 250
+    assert sip["calls_ended"] == {"stop": 5.0} and sip["windows_scored"] >= 5
+    assert sip["cpu_ms_per_call_second"] > 0 and out["generic"]["cpu_ms_per_call_second"] > 0
+    assert out["service_exit_code"] == 0
+
+
+@pytest.mark.timeout(300)
 def test_policy_bench_smoke():
     out = run_script("policy_bench.py")
     timings = out["us_per_window_at_call_length"]

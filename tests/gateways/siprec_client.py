@@ -32,7 +32,7 @@ def real_speech(name: str = "human_call.wav", seconds: float | None = None) -> n
 def sdp_offer(ip: str = "127.0.0.1", labels: tuple[str, ...] = ("1", "2"),
               formats: str = "0 8 101", ports: tuple[int, ...] | None = None,
               direction: str = "sendonly", proto: str = "RTP/AVP",
-              crypto: list[str] | None = None) -> str:
+              crypto: list[str] | None = None, rtpmaps: tuple[str, ...] = ()) -> str:
     """An SRC's offer: one send-only audio stream per label (PCMU, PCMA, telephone-event),
     each with the ``a=crypto`` lines given (SRTP offers)."""
     lines = ["v=0", f"o=SBC 2890844526 2890844526 IN IP4 {ip}", "s=SIPREC",
@@ -40,7 +40,8 @@ def sdp_offer(ip: str = "127.0.0.1", labels: tuple[str, ...] = ("1", "2"),
     for i, label in enumerate(labels):
         port = ports[i] if ports else 49170 + 2 * i
         lines += [f"m=audio {port} {proto} {formats}", "a=rtpmap:0 PCMU/8000",
-                  "a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000",
+                  "a=rtpmap:8 PCMA/8000", *(f"a=rtpmap:{m}" for m in rtpmaps),
+                  "a=rtpmap:101 telephone-event/8000",
                   "a=fmtp:101 0-15", f"a=label:{label}", f"a={direction}"]
         lines += [f"a=crypto:{c}" for c in crypto or []]
     return "\r\n".join(lines) + "\r\n"

@@ -318,3 +318,25 @@ async def test_two_ingest_workers_share_the_sip_port(small_bundle, redis_server,
         (s,) = await summaries(redis_client, d.call_id)
         assert s["summary"]["end_reason"] == "stop"
         assert s["summary"]["duration_s"] == pytest.approx(5.0, abs=0.03)
+
+
+async def test_request_limits_never_drop_a_running_sessions_requests(make_service,
+                                                                     redis_client):
+    """New dialogs are limited per client address; ACK and BYE of running sessions are not
+    counted there (a busy SBC's burst of new calls must not cost running calls their ACK)."""
+    svc = await service(make_service, max_requests_per_s=2.0)  # bursts of 4
+    dialogs = [new_dialog() for _ in range(4)]
+    async with SiprecClient(svc.sip_port) as src:
+        for d in dialogs:  # 4 INVITEs use the burst; their ACKs are in-dialog
+            assert (await src.invite(d)).status == 200
+        extra = new_dialog()
+        src.send(src.invite_text(extra))  # over the limit: dropped unanswered
+        with pytest.raises(TimeoutError):
+            await src.final(extra, timeout=0.3)
+        calls = list(svc.gw.calls.values())
+        assert len(calls) == 4 and all(c.acked for c in calls)  # every ACK got through
+        for d in dialogs:
+            assert (await src.bye(d)).status == 200
+    for d in dialogs:
+        (s,) = await summaries(redis_client, d.call_id)
+        assert s["summary"]["end_reason"] == "stop"

@@ -7,6 +7,7 @@ from gwsupport import FUZZ_EXAMPLES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nes2net_gateways.rtp import RtpPacket, RtpReceiver, parse_rtp
+from nes2net_gateways.rtp_payload import CODECS
 from nes2net_gateways.sip_digest import DigestAuthenticator, digest_response, parse_digest
 from nes2net_gateways.sip_message import SipError
 from nes2net_gateways.sip_sdp import parse_sdp
@@ -38,7 +39,7 @@ def test_parse_rtp_header_variants():
 
 
 def test_receiver_fills_gaps_and_drops_late_packets():
-    r = RtpReceiver(0, 8000, 1, b"\xff")
+    r = RtpReceiver(0, 8000, CODECS["PCMU"].decoder(8000))
     out = r.push(parse_rtp(rtp(65534, 0)))
     assert out == [b"\x01" * 160]
     out = r.push(parse_rtp(rtp(1, 480)))  # 65535 and 0 lost across the wrap
@@ -55,7 +56,7 @@ def test_receiver_fills_gaps_and_drops_late_packets():
 
 
 def test_receiver_resyncs_on_a_new_source():
-    r = RtpReceiver(0, 8000, 1, b"\xff")
+    r = RtpReceiver(0, 8000, CODECS["PCMU"].decoder(8000))
     r.push(parse_rtp(rtp(100, 0)))
     assert r.push(parse_rtp(rtp(9000, 123456, ssrc=8))) == [b"\x01" * 160]
     assert r.push(parse_rtp(rtp(30000, 124000, ssrc=8))) == [b"\x01" * 160]  # seq jump
@@ -63,7 +64,7 @@ def test_receiver_resyncs_on_a_new_source():
 
 
 def test_l16_keeps_whole_samples():
-    r = RtpReceiver(96, 16000, 2, b"\x00")
+    r = RtpReceiver(96, 16000, CODECS["L16"].decoder(16000))
     assert r.push(parse_rtp(rtp(1, 0, b"\x01\x02\x03", pt=96))) == [b"\x01\x02"]
     assert r.push(parse_rtp(rtp(2, 3, b"\x00\x00", pt=96))) == [b"\x00\x00" * 2, b"\x00\x00"]
 
@@ -71,7 +72,7 @@ def test_l16_keeps_whole_samples():
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(st.lists(st.binary(max_size=200), max_size=30))
 def test_rtp_never_raises(datagrams):
-    r = RtpReceiver(0, 8000, 1, b"\xff", max_gap_s=0.1)
+    r = RtpReceiver(0, 8000, CODECS["PCMU"].decoder(8000), max_gap_s=0.1)
     for d in datagrams:
         p = parse_rtp(b"\x80" + d)
         if p is not None:
@@ -151,3 +152,25 @@ def test_offer_planning_raises_only_sip_errors(lines):
     except SipError:
         return
     assert 1 <= len(plan.streams) <= 3 and 0 <= plan.customer < len(plan.streams)
+
+
+def test_wideband_plans_use_the_decoded_rate():
+    g722 = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 9\r\n"
+    plan = plan_offer(parse_sdp(g722), codecs=["PCMU", "G722"], max_streams=2)
+    assert (plan.encoding, plan.sample_rate, plan.streams[0].rtpmap.clock_rate) == (
+        "pcm_s16le", 16000, 8000)
+    opus = g722.replace("RTP/AVP 9", "RTP/AVP 111\r\na=rtpmap:111 opus/48000/2")
+    plan = plan_offer(parse_sdp(opus), codecs=["OPUS"], max_streams=2)
+    assert (plan.encoding, plan.sample_rate) == ("pcm_s16le", 48000)
+
+
+@settings(max_examples=FUZZ_EXAMPLES // 3, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=10))
+def test_wideband_decoders_never_raise(payloads):
+    pytest.importorskip("av")
+    for name, clock in (("G722", 8000), ("OPUS", 48000)):
+        dec = CODECS[name].decoder(clock)
+        for p in payloads:
+            audio, units = dec.decode(p)
+            assert len(audio) % 2 == 0 and units >= 0
+        assert len(dec.silence(160)) == 2 * 160 * CODECS[name].rate(clock) // clock

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nes2net_gateways.rtp_payload import PayloadDecoder
+
 RTP_VERSION = 2
 HEADER = 12
 #: RTCP packet types (RFC 3550, 4585): a datagram whose second byte is one of these is RTCP
@@ -25,14 +27,6 @@ RTCP_TYPES = range(192, 224)
 #: a jump of more sequence numbers than this (either way) starts a new stream
 MAX_SEQ_JUMP = 3000
 PORT_TRIES = 64
-
-#: codec name -> (encoding of the internal event model, bytes per sample, silence byte)
-CODECS: dict[str, tuple[str, int, bytes]] = {
-    "PCMU": ("mulaw", 1, b"\xff"),
-    "PCMA": ("alaw", 1, b"\xd5"),
-    "L16": ("pcm_s16be", 2, b"\x00"),
-}
-
 
 @dataclass(frozen=True)
 class RtpPacket:
@@ -91,23 +85,22 @@ class RtpStats:
 
 
 class RtpReceiver:
-    """Orders the packets of one stream and fills its gaps (pure; see the module docstring).
+    """Orders the packets of one stream and fills its gaps (see the module docstring).
 
     Args:
         payload_type: the negotiated payload type; others are counted and dropped.
-        clock_rate: RTP clock of the codec (samples per second).
-        bytes_per_sample: 1 for G.711, 2 for L16.
-        silence: one sample of silence in the codec.
+        clock_rate: RTP clock of the payload format (units per second).
+        decoder: turns payloads into audio bytes and makes silence
+            (:mod:`nes2net_gateways.rtp_payload`).
         max_gap_s: longest gap filled; a longer one is filled only this far (stream time then
             runs behind the sender's clock by the rest).
     """
 
-    def __init__(self, payload_type: int, clock_rate: int, bytes_per_sample: int,
-                 silence: bytes, max_gap_s: float = 2.0):
+    def __init__(self, payload_type: int, clock_rate: int, decoder: PayloadDecoder,
+                 max_gap_s: float = 2.0):
         self.payload_type = payload_type
         self.clock_rate = clock_rate
-        self.bytes_per_sample = bytes_per_sample
-        self.silence = silence * bytes_per_sample if len(silence) == 1 else silence
+        self.decoder = decoder
         self.max_gap = int(max_gap_s * clock_rate)
         self.stats = RtpStats()
         self._ssrc: int | None = None
@@ -115,15 +108,11 @@ class RtpReceiver:
         self._next_ts = 0
 
     def push(self, packet: RtpPacket) -> list[bytes]:
-        """Payload bytes to feed for ``packet`` (silence first when it follows a gap)."""
+        """Audio bytes to feed for ``packet`` (silence first when it follows a gap)."""
         st = self.stats
         if packet.payload_type != self.payload_type:
             st.other += 1
             return []
-        payload = packet.payload
-        if len(payload) % self.bytes_per_sample:
-            payload = payload[:len(payload) - len(payload) % self.bytes_per_sample]
-        samples = len(payload) // self.bytes_per_sample
         out: list[bytes] = []
         if self._ssrc != packet.ssrc or abs(_seq_delta(packet.sequence, self._seq)) > \
                 MAX_SEQ_JUMP:
@@ -139,13 +128,14 @@ class RtpReceiver:
             gap = _ts_delta(packet.timestamp, self._next_ts)
             if gap > 0:
                 fill = min(gap, self.max_gap)
-                out.append(self.silence * fill)
+                out.append(self.decoder.silence(fill))
                 st.filled_s += fill / self.clock_rate
         st.packets += 1
+        audio, units = self.decoder.decode(packet.payload)
         self._seq = packet.sequence
-        self._next_ts = (packet.timestamp + samples) % 0x1_0000_0000
-        if payload:
-            out.append(payload)
+        self._next_ts = (packet.timestamp + units) % 0x1_0000_0000
+        if audio:
+            out.append(audio)
         return out
 
 

@@ -251,8 +251,12 @@ class SiprecGateway(Gateway):
                 if pending is not None and msg.status is not None and msg.status >= 200:
                     pending.set()
                 return
-            if not self._limit.allow(peer.addr[0]):
-                return
+            call = self.calls.get(msg.call_id)
+            if call is not None and call.peer.addr[0] == peer.addr[0]:
+                if not call.requests.allow(peer.addr[0]):
+                    return  # a flood inside one dialog
+            elif not self._limit.allow(peer.addr[0]):
+                return  # new dialogs, OPTIONS and strays: limited per client address
             self._request(msg, peer)
         except SipError as err:
             if msg.is_request:

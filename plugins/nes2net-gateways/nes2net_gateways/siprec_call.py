@@ -27,6 +27,7 @@ from nes2net_gateways.rtp import (
 )
 from nes2net_gateways.sip_message import SipMessage, addr_uri, header_params, new_branch
 from nes2net_gateways.sip_sdp import AcceptedStream
+from nes2net_gateways.siprec_config import RateLimit
 from nes2net_gateways.srtp import SrtpReceiver
 from nes2net_stream.gateways.api import CallHandle
 from nes2net_stream.service.errors import ProtocolError
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 T1, T2, TIMER_B = 0.5, 4.0, 32.0  # RFC 3261 retransmission timers (seconds)
 TICK_S = 0.5
 METRICS_EVERY_S = 5.0
+DIALOG_REQUESTS_PER_S = 10.0
 
 
 @dataclass
@@ -69,6 +71,7 @@ class MediaStream:
     last_packet: float | None = None
     paused: bool = False
     srtp: SrtpReceiver | None = None
+    scored: bool = True  # False: packets are counted (and time the call out), not decoded
 
 
 def role_names(customer_role: str, count: int, customer_index: int) -> list[str]:
@@ -114,6 +117,9 @@ class RecordingCall:
         self._cseq = 1
         self._task: asyncio.Task[None] | None = None
         self._counted: dict[int, RtpStats] = {}
+        #: requests inside this dialog (ACK, BYE, re-INVITE...): their own limit, so that a
+        #: busy client's new calls never crowd out the ACKs and BYEs of its running ones
+        self.requests = RateLimit(DIALOG_REQUESTS_PER_S, max_clients=1)
         self._metrics_at = self.started_at + METRICS_EVERY_S
         self.log = gateway.log.bind(sip_call_id=self.sip_call_id)
 
@@ -147,6 +153,9 @@ class RecordingCall:
                 stream.receiver.stats.invalid += 1
                 return
             stream.last_packet = time.monotonic()
+            if not stream.scored:
+                stream.receiver.stats.packets += 1
+                return
             for payload in stream.receiver.push(packet):
                 feed(self.handle, payload, stream.role)
             self._guard.check(self.handle)
@@ -214,6 +223,13 @@ class RecordingCall:
                     break
                 if not self.acked:
                     if now - self.answered_at > TIMER_B:
+                        if any(s.last_packet is not None for s in self.streams):
+                            # the client sends media, so it holds the session as established:
+                            # keep recording rather than tear down a call for a lost ACK
+                            self.log.warning("no ACK for the answer; media is flowing, so the "
+                                             "session continues", call_id=self.handle.call_id)
+                            self.acked = True
+                            continue
                         self.log.warning("no ACK for the answer", call_id=self.handle.call_id)
                         self.finish(CallEnd("error", "start_timeout"))
                         break

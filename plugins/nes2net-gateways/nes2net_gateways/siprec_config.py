@@ -39,10 +39,10 @@ class SiprecConfig(GatewayConfig):
     password: str = ""
     realm: str = "nes2net-stream"
     customer_label: str = ""
-    codecs: list[Literal["PCMU", "PCMA", "L16"]] = Field(
-        default_factory=lambda: ["PCMU", "PCMA", "L16"], min_length=1)
+    codecs: list[Literal["PCMU", "PCMA", "G722", "OPUS", "L16"]] = Field(
+        default_factory=lambda: ["PCMU", "PCMA", "G722", "OPUS", "L16"], min_length=1)
     max_streams: int = Field(4, ge=1, le=16)
-    max_requests_per_s: float = Field(50.0, gt=0)
+    max_requests_per_s: float = Field(200.0, gt=0)
 
 
 def tls_context(cfg: SiprecConfig) -> ssl.SSLContext | None:

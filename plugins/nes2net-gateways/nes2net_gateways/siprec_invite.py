@@ -10,10 +10,12 @@ pause/resume, metadata update) gets an answer with the ports already in use.
 from __future__ import annotations
 
 import itertools
+import secrets
 from typing import TYPE_CHECKING
 
 from nes2net_gateways._common import call_start
-from nes2net_gateways.rtp import CODECS, RtpReceiver, bind_rtp_port, close_ports
+from nes2net_gateways.rtp import RtpReceiver, bind_rtp_port, close_ports
+from nes2net_gateways.rtp_payload import CODECS
 from nes2net_gateways.sip_message import SipError, SipMessage, header_params, new_tag
 from nes2net_gateways.sip_sdp import (
     AcceptedStream,
@@ -36,7 +38,7 @@ SUPPORTED = {"siprec", "timer"}
 #: internal error code of a refused call -> SIP status
 STATUS_OF = {"too_many_calls": 503, "shutting_down": 503, "frame_too_large": 413,
              "unsupported_format": 488, "duplicate_call_id": 482}
-_session_ids = itertools.count(int.from_bytes(new_tag()[:6].encode(), "big") % 10**9)
+_session_ids = itertools.count(secrets.randbelow(10**9))  # SDP o= session ids
 
 
 def _to_tag(msg: SipMessage) -> str | None:
@@ -132,14 +134,14 @@ class InviteHandler:
         roles = role_names(cfg.customer_role, len(plan.streams), plan.customer)
         handle = gw.new_handle()
         call = RecordingCall(gw, msg, peer, new_tag(), handle)
-        _, width, silence = next(v for v in CODECS.values() if v[0] == plan.encoding)
         for role, sp in zip(roles, plan.streams, strict=True):
             sources = {peer.addr[0]}
             if sp.connection and sp.connection not in ("0.0.0.0", "::"):
                 sources.add(sp.connection)
             call.streams.append(MediaStream(
                 role, sp.label, None,
-                RtpReceiver(sp.payload_type, sp.rtpmap.clock_rate, width, silence), sources,
+                RtpReceiver(sp.payload_type, sp.rtpmap.clock_rate,
+                            CODECS[sp.rtpmap.encoding].decoder(sp.rtpmap.clock_rate)), sources,
                 srtp=SrtpReceiver(sp.crypto) if sp.crypto is not None else None))
         try:
             for stream in call.streams:
@@ -156,7 +158,8 @@ class InviteHandler:
             info = call_info(msg.call_id, plan, roles, metadata)
             handle.start(call_start(gw, call_id=call_id_for(msg.call_id),
                                     encoding=plan.encoding, sample_rate=plan.sample_rate,
-                                    channels=tuple(roles), metadata=info,
+                                    channels=_customer_first(roles, cfg.customer_role),
+                                    metadata=info,
                                     remote=f"{peer.addr[0]}:{peer.addr[1]}"))
         except ProtocolError as err:
             close_ports([s.port for s in call.streams if s.port is not None])
@@ -164,6 +167,9 @@ class InviteHandler:
             extra = [("Retry-After", "5")] if status == 503 else []
             gw.reply(msg, peer, status, headers=extra, warning=err.message)
             return
+        scored = set(handle.session.scored_roles) if handle.session is not None else set()
+        for stream in call.streams:
+            stream.scored = stream.role in scored
         call.accepted = [None] * len(offer.media)
         for stream, sp in zip(call.streams, plan.streams, strict=True):
             assert stream.port is not None
@@ -216,3 +222,8 @@ class InviteHandler:
             call.invite_key = (msg.cseq[0],
                                header_params(msg.get("Via") or "")[1].get("branch", ""))
             call.answered(data)
+
+
+def _customer_first(roles: list[str], customer: str) -> tuple[str, ...]:
+    """Channel roles with the customer's first: the call's audio clock (duration, limits)."""
+    return tuple(sorted(roles, key=lambda r: r != customer))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nes2net_gateways._common import call_metadata
-from nes2net_gateways.rtp import CODECS
+from nes2net_gateways.rtp_payload import CODECS
 from nes2net_gateways.sip_message import SipError, uri_user
 from nes2net_gateways.sip_sdp import Crypto, MediaDescription, RtpMap, SessionDescription
 from nes2net_gateways.siprec_metadata import RecordingMetadata
@@ -50,9 +50,10 @@ class OfferPlan:
 
 
 def _codec_of(media: MediaDescription, name: str) -> tuple[int, RtpMap] | None:
+    channels = CODECS[name].channels
     for pt in media.payload_types:
         rtpmap = media.rtpmap.get(pt)
-        if rtpmap is not None and rtpmap.encoding == name and rtpmap.channels == 1:
+        if rtpmap is not None and rtpmap.encoding == name and rtpmap.channels in channels:
             return pt, rtpmap
     return None
 
@@ -90,14 +91,13 @@ def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams:
                 "require": "SRTP (RTP/SAVP with a usable a=crypto key)"}.get(
                     srtp, "RTP/AVP, or RTP/SAVP with a usable a=crypto key")
         raise SipError(488, f"no audio stream over {what} to record")
-    usable = [c for c in codecs if c in CODECS]
+    usable = [c for c in codecs if c in CODECS and CODECS[c].available]
     offered = {c: [i for i in candidates if _codec_of(offer.media[i], c)] for c in usable}
     everywhere = [c for c in usable if len(offered[c]) == len(candidates)]
     best = everywhere[0] if everywhere else max(usable, key=lambda c: len(offered[c]),
                                                 default=None)
     if best is None or not offered[best]:
-        raise SipError(488, f"no offered codec is supported (supported: {', '.join(usable)}, "
-                       "mono)")
+        raise SipError(488, f"no offered codec is supported (supported: {', '.join(usable)})")
     chosen = offered[best][:max_streams]
     rates = {_codec_of(offer.media[i], best)[1].clock_rate for i in chosen}  # type: ignore[index]
     rate = min(rates)
@@ -116,8 +116,8 @@ def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams:
             if p.label == customer_label:
                 customer = k
                 break
-    encoding = CODECS[best][0]
-    return OfferPlan(encoding, rate, tuple(plans), customer)
+    codec = CODECS[best]
+    return OfferPlan(codec.encoding, codec.rate(rate), tuple(plans), customer)
 
 
 def call_id_for(sip_call_id: str) -> str:
