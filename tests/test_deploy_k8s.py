@@ -273,8 +273,12 @@ def test_durable_variant_builds_with_kustomize_when_installed():
 
 def exported_metrics() -> dict[str, set[str]]:
     """Series names the service exports -> label names (histograms: _bucket/_sum/_count)."""
+    from nes2net_gateways.siprec import SiprecMetrics
+    from prometheus_client import CollectorRegistry
+
     out: dict[str, set[str]] = {}
-    for metric in vars(ServiceMetrics()).values():
+    gateway_metrics = vars(SiprecMetrics(CollectorRegistry())).values()
+    for metric in [*vars(ServiceMetrics()).values(), *gateway_metrics]:
         name, kind = getattr(metric, "_name", None), getattr(metric, "_type", None)
         if name is None:
             continue

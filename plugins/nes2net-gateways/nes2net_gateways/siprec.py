@@ -23,7 +23,7 @@ import socket
 import ssl
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 
 from nes2net_gateways._common import check_roles, discard_events
 from nes2net_gateways.sip_digest import DigestAuthenticator
@@ -77,18 +77,10 @@ class SiprecGateway(Gateway):
         self._limit = RateLimit(self.cfg.max_requests_per_s)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.invites = InviteHandler(self)
-        registry = getattr(getattr(ctx, "metrics", None), "registry", None)
-        self.rtp_packets = Counter(
-            "nes2net_siprec_rtp_packets_total", "RTP packets of recorded streams, by outcome "
-            "(received, lost, late, other payload types, invalid or from a foreign address)",
-            ["result"], registry=registry)
-        self.rtp_filled = Counter(
-            "nes2net_siprec_rtp_gap_fill_seconds_total",
-            "Seconds of silence inserted for RTP gaps (loss or silence suppression)",
-            registry=registry)
-        self.responses = Counter("nes2net_siprec_responses_total",
-                                 "SIP responses sent, by status code", ["status"],
-                                 registry=registry)
+        metrics = SiprecMetrics(getattr(getattr(ctx, "metrics", None), "registry", None))
+        self.rtp_packets = metrics.rtp_packets
+        self.rtp_filled = metrics.rtp_filled
+        self.responses = metrics.responses
 
     # ------------------------------------------------------------------ configuration
     def check_config(self) -> None:
@@ -341,6 +333,23 @@ class SiprecGateway(Gateway):
     def new_handle(self) -> Any:
         """A call handle whose events are not sent back (SIPREC has no event channel)."""
         return self.new_call(discard_events)
+
+
+class SiprecMetrics:
+    """The gateway's Prometheus counters (base units, no per-call labels)."""
+
+    def __init__(self, registry: CollectorRegistry | None):
+        self.rtp_packets = Counter(
+            "nes2net_siprec_rtp_packets_total", "RTP packets of recorded streams, by outcome "
+            "(received, lost, late, other payload types, invalid or from a foreign address)",
+            ["result"], registry=registry)
+        self.rtp_filled = Counter(
+            "nes2net_siprec_rtp_gap_fill_seconds_total",
+            "Seconds of silence inserted for RTP gaps (loss or silence suppression)",
+            registry=registry)
+        self.responses = Counter("nes2net_siprec_responses_total",
+                                 "SIP responses sent, by status code", ["status"],
+                                 registry=registry)
 
 
 class _SipDatagrams(asyncio.DatagramProtocol):
