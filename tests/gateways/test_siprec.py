@@ -64,7 +64,7 @@ async def test_recording_session_end_to_end(make_service, redis_client, transpor
     assert s["metadata"] == {
         "provider": "siprec", "provider_call_id": "ab30317f1a784dc48ff824d0d3715d86",
         "ani": "+15551230001", "dnis": "+18005550100",
-        "custom": {"recording_call_id": d.call_id,
+        "custom": {"recording_call_id": d.call_id, "codec": "pcmu", "srtp": False,
                    "participants": {"caller": "sip:+15551230001@carrier.example",
                                     "agent": "sip:+18005550100@pbx.example"},
                    "labels": {"caller": "1", "agent": "2"}}}

@@ -1,6 +1,7 @@
 """SIPREC streams in wideband codecs: G.722 and Opus decoded by FFmpeg (PyAV) in the gateway."""
 
 import asyncio
+import json
 import struct
 import uuid
 
@@ -91,3 +92,29 @@ async def test_lost_g722_packets_are_filled_at_the_decoded_rate(make_service, re
         await src.bye(d)
     (s,) = await summaries(redis_client, d.call_id)
     assert s["summary"]["duration_s"] == pytest.approx(len(packets) * 0.02, abs=0.005)
+
+
+async def test_the_codec_picks_the_calibration(make_service, redis_client, tmp_path):
+    """``custom.codec`` of a SIPREC call (set by the gateway) selects a per-codec calibration."""
+    from nes2net_stream.models.detector import Calibration
+
+    cal = Calibration(scale=1.0, offset=-6.0, fitted=True).write(tmp_path / "g722.json")
+    svc = await make_service(
+        scoring={"calibrations": {"g722": str(cal)}, "calibration_key": "custom.codec"},
+        gateways={"siprec": {"enabled": True, "port": 0, "rtp_port_min": 0}})
+    (gw,) = svc.gateways
+    packets = encode("G722", resample(real_speech(seconds=6.0), 8000, 16000))
+    d = Dialog(call_id=f"{uuid.uuid4().hex}@sbc", from_tag="t1")
+    async with SiprecClient(gw.bound_port) as src, RtpSender() as sbc:
+        assert (await src.invite(d, sdp=sdp_offer(formats="9", rtpmaps=("9 G722/8000",)))
+                ).status == 200
+        await sbc.send(d.ports[0], rtp("G722", packets))
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    (s,) = await summaries(redis_client, d.call_id)
+    assert s["metadata"]["custom"]["codec"] == "g722"
+    docs = [json.loads(f["event"]) for _, f in redis_client.xrange("nes2net:scores")]
+    windows = [w for w in docs if w["call_id"] == d.call_id]
+    assert windows and all(w["score"]["calibration"] == "g722" for w in windows)
+    assert all(w["score"]["llr"] == pytest.approx(w["score"]["raw"] - 6.0, abs=2e-5)
+               for w in windows)

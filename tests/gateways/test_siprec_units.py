@@ -136,7 +136,8 @@ def test_call_identity_and_metadata():
     assert (info["ani"], info["dnis"]) == ("+4930123", "bob")
     assert call_info("rs1@sbc", plan, ["caller", "agent"], None) == {
         "provider": "siprec", "provider_call_id": "rs1@sbc",
-        "custom": {"recording_call_id": "rs1@sbc", "labels": {"caller": "1", "agent": "2"}}}
+        "custom": {"recording_call_id": "rs1@sbc", "codec": "pcmu", "srtp": False,
+                   "labels": {"caller": "1", "agent": "2"}}}
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)

@@ -47,6 +47,7 @@ class OfferPlan:
     sample_rate: int
     streams: tuple[StreamPlan, ...]
     customer: int  # index into ``streams``
+    codec: str = "PCMU"  # the rtpmap name (PCMU, PCMA, G722, OPUS, L16)
 
 
 def _codec_of(media: MediaDescription, name: str) -> tuple[int, RtpMap] | None:
@@ -117,7 +118,7 @@ def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams:
                 customer = k
                 break
     codec = CODECS[best]
-    return OfferPlan(codec.encoding, codec.rate(rate), tuple(plans), customer)
+    return OfferPlan(codec.encoding, codec.rate(rate), tuple(plans), customer, best)
 
 
 def call_id_for(sip_call_id: str) -> str:
@@ -150,7 +151,9 @@ def call_info(sip_call_id: str, plan: OfferPlan, roles: Sequence[str],
     others = [r for r in roles if r != customer and r in participants]
     ani = _user(participants.get(customer))
     dnis = _user(participants[others[0]]) if others else None
-    custom: dict[str, Any] = {"recording_call_id": sip_call_id}
+    custom: dict[str, Any] = {"recording_call_id": sip_call_id,
+                              "codec": plan.codec.lower(), "srtp": any(
+                                  p.crypto is not None for p in plan.streams)}
     if participants:
         custom["participants"] = participants
     if labels:
