@@ -158,7 +158,7 @@ def test_fsync_after_every_write_when_the_interval_is_zero(tmp_path, monkeypatch
     assert len(synced) == 3 and not j2.dirty
 
 
-def _state(call: str, channel: str, state: str) -> tuple[str, str]:
+def _state(call: str, channel: str, state: str | None) -> tuple[str, str]:
     key = json.dumps([call, channel])
     return key, json.dumps({"type": "state", "call_id": call, "channel": channel,
                             "state": state})
@@ -189,6 +189,24 @@ def test_channels_left_open_by_a_dead_process_are_its_lost_calls(tmp_path):
     j3.ack(j3.last_seq)
     assert j3.lost_calls == {} and j3.close() is True
     assert _segments(tmp_path) == []
+
+
+def test_a_channel_tracked_at_its_start_is_lost_even_without_a_state(tmp_path):
+    j = AlertJournal(tmp_path)
+    j.open()
+    ka, a0 = _state("A", "caller", None)
+    kb, b0 = _state("B", "caller", None)
+    j.track(ka, a0)
+    j.track(kb, b0)
+    _, b1 = _state("B", "caller", "bona_fide")
+    j.append(b1, opens=kb)                          # B's first state replaces its start
+    j.ack(j.last_seq)
+    assert j.open_calls == 2 and j.pending == 0
+    _abandon(j)
+
+    j2 = AlertJournal(tmp_path)
+    assert j2.open() == []
+    assert j2.lost_calls == {ka: a0, kb: b1}
 
 
 def test_open_channels_survive_the_deletion_of_delivered_segments(tmp_path):

@@ -229,6 +229,10 @@ async def test_calls_in_progress_when_the_process_is_killed_get_a_lost_summary(
         calls = [asyncio.ensure_future(stream_samples(
             first.url, tone_bursts(30.0, 8000, seed=i), 8000, call_id=f"live-{i}",
             realtime=True, speed=2.0)) for i in range(3)]
+        # and one so young (a tenth of real time) that it has no window, hence no state
+        calls.append(asyncio.ensure_future(stream_samples(
+            first.url, tone_bursts(30.0, 8000, seed=9), 8000, call_id="young", realtime=True,
+            speed=0.1)))
         states: dict[str, dict] = {}
         for _ in range(300):                          # each live call has a state by now
             for _, f in redis_client.xrange("nes2net:alerts"):
@@ -253,7 +257,7 @@ async def test_calls_in_progress_when_the_process_is_killed_get_a_lost_summary(
             summaries = {json.loads(f["event"])["call_id"]: json.loads(f["event"])
                          for _, f in redis_client.xrange("nes2net:alerts")
                          if f["type"] == "summary"}
-            if len(summaries) == 4:
+            if len(summaries) == 5:
                 break
             await asyncio.sleep(0.1)
         code = await asyncio.to_thread(second.stop, 60)
@@ -270,6 +274,10 @@ async def test_calls_in_progress_when_the_process_is_killed_get_a_lost_summary(
         assert s["state"] == published[-1]["state"] == s["summary"]["final_state"]
         assert s["summary"]["windows_scored"] >= last["running"]["windows"]
         assert redis_client.hget(f"nes2net:call:live-{i}", "ended") == "1"
+    young = summaries["young"]  # journaled when it started: summarised although stateless
+    assert young["summary"]["end_reason"] == "lost" and young["degraded"] == "process_lost"
+    assert young["state"] is None and young["summary"]["final_state"] is None
+    assert young["summary"]["windows_scored"] == 0
     assert list(journal.rglob("*.jsonl")) == []
     assert '"call lost with an earlier process; its summary is published"' in \
         (tmp_path / "log2").read_text()

@@ -16,10 +16,11 @@ Each line is one JSON record: ``{"s": seq, "e": "<event JSON>"}`` for an alert a
 ``{"a": seq}`` for "everything up to ``seq`` is done". Alerts leave the buffer in order, so one
 number acknowledges them all.
 
-The journal also knows which scored channels of which calls are open: an alert record with
-``"o": key`` (a ``state`` event) opens or updates channel ``key`` with that event, one with
-``"x": key`` (its ``summary``) closes it, and every new segment starts with ``{"c": key, "e":
-doc}`` for each channel still open, so deleting delivered segments never forgets one. Channels
+The journal also knows which scored channels of which calls are open: ``{"c": key, "e": doc}``
+opens channel ``key`` when its call starts (``doc``: the channel's identity, no state yet), an
+alert record with ``"o": key`` (a ``state`` event) updates it with that event, one with ``"x":
+key`` (its ``summary``) closes it, and every new segment starts with a ``"c"`` record for each
+channel still open, so deleting delivered segments never forgets one. Channels
 open when a process died are :attr:`AlertJournal.lost_calls` for the next one, which publishes a
 summary for each (the call ended with the process).
 
@@ -274,6 +275,15 @@ class AlertJournal:
         self._write(json.dumps(rec, separators=(",", ":")))
         self._next_seq += 1
         return seq
+
+    def track(self, key: str, doc: str) -> None:
+        """A scored channel started: open it with ``doc``; raises :class:`OSError`.
+
+        ``doc`` is a ``state``-shaped event without a state, and no alert: a process dying
+        before the channel's first state change still leaves it for :attr:`lost_calls`.
+        """
+        self._open[key] = doc
+        self._write(json.dumps({"c": key, "e": doc}, separators=(",", ":")))
 
     def discard(self, key: str) -> None:
         """Close an open channel without an alert (its record cannot be used)."""

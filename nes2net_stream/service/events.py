@@ -147,6 +147,8 @@ class OutputEvent:
 def lost_call_summary(last_state: dict[str, Any]) -> dict[str, Any]:
     """The ``summary`` of a channel whose process died, from its latest ``state`` event.
 
+    Before the channel's first state, that is the state-less event journaled at its start.
+
     Published by the next process (alert journal): ``end_reason`` and ``degraded`` say what
     happened; what the summary counts is known only up to that state change, so the window
     count comes from its running score and ``duration_s`` is the stream time of its window's

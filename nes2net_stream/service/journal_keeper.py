@@ -76,6 +76,14 @@ class JournalKeeper:
         except Exception as exc:  # the alert must go out even if the journal breaks
             self.failed(exc, item.event_id)
 
+    def opened(self, ev: dict[str, Any]) -> None:
+        """A scored channel started (``ev``: a state-less event naming it); never raises."""
+        try:
+            self.journal.track(json.dumps([ev["call_id"], ev["channel"]]),
+                               json.dumps(ev, separators=(",", ":")))
+        except Exception as exc:  # the call goes on; only a lost summary is at stake
+            self.failed(exc, str(ev.get("event_id", "")))
+
     def ack(self, items: Sequence[PendingEvent]) -> None:
         """These alerts (and all before them) left the buffer; never raises."""
         seqs = [i.seq for i in items if i.seq is not None]

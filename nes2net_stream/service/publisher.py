@@ -197,6 +197,11 @@ class RedisPublisher:
             self.keeper.record(item, ev)
         self._enqueue(item)
 
+    def channel_opened(self, event: OutputEvent) -> None:
+        """A scored channel started: with the alert journal, remember it (nothing is sent)."""
+        if self.keeper is not None:
+            self.keeper.opened(event.to_dict())
+
     def _enqueue(self, item: PendingEvent) -> None:
         buf = self._alerts if item.is_alert else self._scores
         while buf.full(item.size):

@@ -114,6 +114,8 @@ class CallSession:
         self._restarts_seen = ctx.engine.restarts
         self.degraded: str | None = None
         self._block = max(1, int(COALESCE_S * start.sample_rate))
+        for ch in self._channels.values():  # a process that dies now still owes a summary
+            ctx.publisher.channel_opened(self._event("state", ch, {"running": self._running(ch)}))
 
     @property
     def call_id(self) -> str:
