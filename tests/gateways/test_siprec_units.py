@@ -175,3 +175,19 @@ def test_wideband_decoders_never_raise(payloads):
             audio, units = dec.decode(p)
             assert len(audio) % 2 == 0 and units >= 0
         assert len(dec.silence(160)) == 2 * 160 * CODECS[name].rate(clock) // clock
+
+
+def test_the_customers_stream_decides_the_codec():
+    """A caller leg in Opus and an agent leg in G.711: the customer's stream is recorded."""
+    text = ("v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\n"
+            "m=audio 4000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=label:caller\r\n"
+            "m=audio 4002 RTP/AVP 0\r\na=label:agent\r\n")
+    plan = plan_offer(parse_sdp(text), codecs=["PCMU", "OPUS"], max_streams=4)
+    assert plan.codec == "OPUS" and [s.label for s in plan.streams] == ["caller"]
+    plan = plan_offer(parse_sdp(text), codecs=["PCMU", "OPUS"], max_streams=4,
+                      customer_label="agent")
+    assert plan.codec == "PCMU" and [s.label for s in plan.streams] == ["agent"]
+    # with max_streams 1 the customer's stream is the one kept, wherever it is
+    plan = plan_offer(parse_sdp(sdp_offer(labels=("a", "b", "c"))), codecs=["PCMU"],
+                      max_streams=1, customer_label="c")
+    assert [s.label for s in plan.streams] == ["c"] and plan.customer == 0

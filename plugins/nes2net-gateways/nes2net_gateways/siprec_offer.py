@@ -80,11 +80,13 @@ def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams:
                customer_label: str = "", srtp: str = "off") -> OfferPlan:
     """Choose the streams to record and one codec they all use.
 
-    The codec is the first of ``codecs`` that every recordable audio stream offers, else the
-    one most of them offer. Audio streams over plain RTP with a non-zero port are recordable;
-    at most ``max_streams`` are taken, in offer order. ``srtp``: ``off`` refuses SRTP streams,
+    The customer's stream (the recordable one labelled ``customer_label``, else the first) is
+    always recorded: the codec is the one of ``codecs`` that it offers and most other streams
+    offer too (the earlier in ``codecs`` on a tie), and streams that do not offer it are
+    rejected. Audio streams over plain RTP with a non-zero port are recordable; at most
+    ``max_streams`` are taken, in offer order. ``srtp``: ``off`` refuses SRTP streams,
     ``allow`` takes them with a usable SDES key, ``require`` refuses plain RTP. Raises SipError
-    488 when none can be recorded.
+    488 when nothing can be recorded.
     """
     candidates = [i for i, m in enumerate(offer.media) if _recordable(m, srtp)]
     if not candidates:
@@ -92,33 +94,28 @@ def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams:
                 "require": "SRTP (RTP/SAVP with a usable a=crypto key)"}.get(
                     srtp, "RTP/AVP, or RTP/SAVP with a usable a=crypto key")
         raise SipError(488, f"no audio stream over {what} to record")
-    usable = [c for c in codecs if c in CODECS and CODECS[c].available]
+    wanted = next((i for i in candidates
+                   if customer_label and offer.media[i].label == customer_label), candidates[0])
+    supported = [c for c in codecs if c in CODECS and CODECS[c].available]
+    usable = [c for c in supported if _codec_of(offer.media[wanted], c)]
+    if not usable:
+        raise SipError(488, "the customer's stream offers no supported codec (supported: "
+                       f"{', '.join(supported)})")
     offered = {c: [i for i in candidates if _codec_of(offer.media[i], c)] for c in usable}
-    everywhere = [c for c in usable if len(offered[c]) == len(candidates)]
-    best = everywhere[0] if everywhere else max(usable, key=lambda c: len(offered[c]),
-                                                default=None)
-    if best is None or not offered[best]:
-        raise SipError(488, f"no offered codec is supported (supported: {', '.join(usable)})")
-    chosen = offered[best][:max_streams]
-    rates = {_codec_of(offer.media[i], best)[1].clock_rate for i in chosen}  # type: ignore[index]
-    rate = min(rates)
+    best = max(usable, key=lambda c: len(offered[c]))  # the first of the most offered
+    rate = _codec_of(offer.media[wanted], best)[1].clock_rate  # type: ignore[index]
+    others = [i for i in offered[best] if i != wanted
+              and _codec_of(offer.media[i], best)[1].clock_rate == rate]  # type: ignore[index]
+    chosen = sorted([wanted, *others[:max_streams - 1]])
     plans = []
     for i in chosen:
         media = offer.media[i]
         pt, rtpmap = _codec_of(media, best)  # type: ignore[misc]
-        if rtpmap.clock_rate != rate:
-            continue  # L16 at two rates: record those at the common one
         crypto = pick_crypto(media.crypto) if media.proto.upper() in SECURE_RTP else None
         plans.append(StreamPlan(i, pt, rtpmap, _telephone_event(media, rate), media.label,
                                 media.connection, crypto))
-    customer = 0
-    if customer_label:
-        for k, p in enumerate(plans):
-            if p.label == customer_label:
-                customer = k
-                break
     codec = CODECS[best]
-    return OfferPlan(codec.encoding, codec.rate(rate), tuple(plans), customer, best)
+    return OfferPlan(codec.encoding, codec.rate(rate), tuple(plans), chosen.index(wanted), best)
 
 
 def call_id_for(sip_call_id: str) -> str:
