@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -58,8 +58,9 @@ _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?", re.IGNORECASE
 _HEADER_LINE = re.compile(rf"({_TOKEN})[ \t]*:(.*)")
 _METHOD = re.compile(_TOKEN)
 _CSEQ = re.compile(rf"([0-9]{{1,10}})[ \t]+({_TOKEN})")
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-_LINE_END = re.compile(r"\r?\n")
+#: end of a header section; a line end (CRLF, or a lone LF from lenient peers)
+HEAD_END = re.compile(rb"\r?\n\r?\n")
+LINE_END = re.compile(r"\r?\n")
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-_]*")
 _IPV6 = re.compile(r"[0-9A-Fa-f:.]+(?:%[A-Za-z0-9.\-_]+)?")
@@ -84,12 +85,9 @@ def _canon(name: str) -> str:
     return _CANONICAL.get(low, name)
 
 
-def _split_top(value: str, sep: str) -> list[str]:
-    """``value`` split on ``sep`` outside double quotes and ``<...>``."""
-    parts: list[str] = []
-    start = 0
+def _unquoted(value: str) -> Iterator[tuple[int, str]]:
+    """``(index, character)`` of ``value`` outside double-quoted strings (escapes honoured)."""
     quoted = escaped = False
-    depth = 0
     for i, ch in enumerate(value):
         if quoted:
             if escaped:
@@ -100,7 +98,18 @@ def _split_top(value: str, sep: str) -> list[str]:
                 quoted = False
         elif ch == '"':
             quoted = True
-        elif ch == "<":
+        else:
+            yield i, ch
+    if quoted:
+        raise SipError(400, "unterminated quoted string")
+
+
+def _split_top(value: str, sep: str) -> list[str]:
+    """``value`` split on ``sep`` outside double quotes and ``<...>``."""
+    parts: list[str] = []
+    start = depth = 0
+    for i, ch in _unquoted(value):
+        if ch == "<":
             depth += 1
         elif ch == ">" and depth:
             depth -= 1
@@ -173,7 +182,7 @@ def _parse_head(head: bytes, max_headers: int) -> SipMessage:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         raise SipError(400, "header section is not UTF-8") from None
-    lines = _LINE_END.split(text)
+    lines = LINE_END.split(text)
     first = lines[0]
     if (match := _REQUEST_LINE.fullmatch(first)) is not None:
         msg = SipMessage(match[1], match[2], None, None)
@@ -229,7 +238,7 @@ def parse_message(data: bytes, *, max_bytes: int = 65535, max_headers: int = 128
     data = bytes(data).lstrip(b"\r\n")
     if not data:
         raise SipError(400, "empty message")
-    end = _HEAD_END.search(data)
+    end = HEAD_END.search(data)
     head, rest = (data[:end.start()], data[end.end():]) if end else (data.rstrip(b"\r\n"), b"")
     msg = _parse_head(head, max_headers)
     _check(msg)
@@ -285,7 +294,7 @@ class StreamFramer:
             if self._buf[:1] in (b"\r", b"\n"):  # keep-alives (RFC 5626), stray line ends
                 del self._buf[:len(self._buf) - len(self._buf.lstrip(b"\r\n"))]
                 self._scan = 0
-            end = _HEAD_END.search(self._buf, self._scan)
+            end = HEAD_END.search(self._buf, self._scan)
             if end is None:
                 if len(self._buf) > self._max:
                     raise SipError(513, "header section too large")
@@ -315,26 +324,13 @@ def header_params(value: str) -> tuple[str, dict[str, str]]:
 
 def addr_uri(value: str) -> str:
     """The URI of a name-addr (``"A" <sip:a@b>;tag=x``) or addr-spec (``sip:a@b;tag=x``)."""
-    quoted = escaped = False
-    for i, ch in enumerate(value):
-        if quoted:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == "<":
-            close = value.find(">", i + 1)
-            if close < 0:
-                raise SipError(400, "unterminated <URI>")
-            uri = value[i + 1:close].strip()
-            break
+    opening = next((i for i, ch in _unquoted(value) if ch == "<"), None)
+    if opening is not None:
+        close = value.find(">", opening + 1)
+        if close < 0:
+            raise SipError(400, "unterminated <URI>")
+        uri = value[opening + 1:close].strip()
     else:
-        if quoted:
-            raise SipError(400, "unterminated quoted display name")
         uri = value.split(";", 1)[0].strip()
     if not uri:
         raise SipError(400, "empty URI")

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from nes2net_gateways.sip_message import SipError, header_params
+from nes2net_gateways.sip_message import HEAD_END, LINE_END, SipError, header_params
 
 __all__ = [
     "AcceptedStream", "BodyPart", "Crypto", "MediaDescription", "RtpMap", "SessionDescription",
@@ -19,8 +19,6 @@ __all__ = [
 
 _MEDIA_TYPE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-_LINE_END = re.compile(r"\r?\n")
 _RTPMAP = re.compile(r"([0-9]{1,3})[ \t]+([^/\s]+)/([0-9]{1,9})(?:/([0-9]{1,3}))?")
 _CRYPTO = re.compile(r"([0-9]{1,9})[ \t]+(\S+)[ \t]+(\S+)(?:[ \t]+(.*))?")
 _PTIME = re.compile(r"([0-9]{1,6})(?:\.[0-9]{0,6})?")
@@ -55,12 +53,12 @@ def _part(raw: bytes) -> BodyPart:
     if raw[:1] in (b"\r", b"\n"):  # no headers at all
         head, body = b"", raw[2 if raw[:2] == b"\r\n" else 1:]
     else:
-        end = _HEAD_END.search(raw)
+        end = HEAD_END.search(raw)
         head, body = (raw[:end.start()], raw[end.end():]) if end else (raw, b"")
     if len(head) > _MAX_HEADER_BYTES:
         raise SipError(400, "body part headers too large")
     try:
-        lines = _LINE_END.split(head.decode("utf-8")) if head else []
+        lines = LINE_END.split(head.decode("utf-8")) if head else []
     except UnicodeDecodeError:
         raise SipError(400, "body part headers are not UTF-8") from None
     headers: list[list[str]] = []
@@ -245,7 +243,7 @@ def parse_sdp(text: str, *, max_media: int = 16, max_lines: int = 1000) -> Sessi
     """Parse an SDP (leniently: unknown lines and attributes are ignored)."""
     if text.count("\n") > max_lines:
         raise SipError(400, "too many SDP lines")
-    lines = [line.strip() for line in _LINE_END.split(text)]
+    lines = [line.strip() for line in LINE_END.split(text)]
     lines = [line for line in lines if line]
     if not lines or lines[0] != "v=0":
         raise SipError(400, "SDP must start with v=0")

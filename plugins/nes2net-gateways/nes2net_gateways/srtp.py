@@ -70,18 +70,23 @@ def answer_crypto(crypto: Crypto) -> str:
     return f"{crypto.tag} {crypto.suite.upper()} inline:{key}"
 
 
+def _session(crypto: Crypto, inbound: bool) -> Any:
+    """A libsrtp session with the key of ``crypto`` for packets of any SSRC."""
+    from pylibsrtp import Policy, Session
+
+    key = master_key(crypto)
+    if key is None:
+        raise ValueError("unusable a=crypto line")
+    profile = getattr(Policy, SUITES[crypto.suite.upper()][0])
+    ssrc = Policy.SSRC_ANY_INBOUND if inbound else Policy.SSRC_ANY_OUTBOUND
+    return Session(policy=Policy(key=key, ssrc_type=ssrc, srtp_profile=profile))
+
+
 class SrtpReceiver:
     """Decrypts and authenticates the packets of one stream (replays are refused too)."""
 
     def __init__(self, crypto: Crypto):
-        from pylibsrtp import Policy, Session
-
-        key = master_key(crypto)
-        if key is None:
-            raise ValueError("unusable a=crypto line")
-        profile = getattr(Policy, SUITES[crypto.suite.upper()][0])
-        self._session: Any = Session(policy=Policy(
-            key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile))
+        self._session = _session(crypto, inbound=True)
         self.failures = 0
 
     def unprotect(self, data: bytes) -> bytes | None:
@@ -99,14 +104,7 @@ class SrtpSender:
     """Encrypts RTP with a key of an ``a=crypto`` line (what a recording client does; tests)."""
 
     def __init__(self, crypto: Crypto):
-        from pylibsrtp import Policy, Session
-
-        key = master_key(crypto)
-        if key is None:
-            raise ValueError("unusable a=crypto line")
-        profile = getattr(Policy, SUITES[crypto.suite.upper()][0])
-        self._session: Any = Session(policy=Policy(
-            key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
+        self._session = _session(crypto, inbound=False)
 
     def protect(self, packet: bytes) -> bytes:
         """The SRTP form of an RTP packet."""
