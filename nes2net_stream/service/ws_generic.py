@@ -30,6 +30,7 @@ from nes2net_stream.service.errors import (
 )
 from nes2net_stream.service.events import AudioChunk, CallEnd, OutputEvent, Source
 from nes2net_stream.service.protocol import parse_json, parse_start
+from nes2net_stream.service.ratelimit import TokenBucket
 from nes2net_stream.service.session import CallSession
 from nes2net_stream.service.ws_poll import Receiver
 
@@ -41,26 +42,6 @@ MAX_MESSAGES_PER_S = 1000.0
 MESSAGE_BURST = 2000.0
 MAX_CONTROL_PER_S = 10.0
 CONTROL_BURST = 50.0
-
-
-class TokenBucket:
-    """A token bucket: ``rate`` tokens per second, at most ``burst`` saved up."""
-
-    def __init__(self, rate: float, burst: float):
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        """Spend one token; False when none is left (the caller refuses the message)."""
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
 
 
 class Outbound:

@@ -37,7 +37,6 @@ from nes2net_gateways.sip_message import (
 )
 from nes2net_gateways.siprec_call import Peer, RecordingCall
 from nes2net_gateways.siprec_config import (
-    RateLimit,
     SiprecConfig,
     allowed_networks,
     srtp_mode,
@@ -46,6 +45,7 @@ from nes2net_gateways.siprec_config import (
 from nes2net_gateways.siprec_invite import InviteHandler
 from nes2net_stream.gateways.api import Gateway, GatewayConfig
 from nes2net_stream.service.auth import is_loopback
+from nes2net_stream.service.ratelimit import KeyedBuckets
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
 MAX_SIP_BYTES = 65535
@@ -74,7 +74,8 @@ class SiprecGateway(Gateway):
         self.tls_bound_port: int | None = None
         self.srtp_mode = "off"
         self._pending: dict[str, asyncio.Event] = {}
-        self._limit = RateLimit(self.cfg.max_requests_per_s)
+        self._limit = KeyedBuckets(self.cfg.max_requests_per_s,
+                                   max(1.0, 2 * self.cfg.max_requests_per_s))
         self._tasks: set[asyncio.Task[Any]] = set()
         self.invites = InviteHandler(self)
         metrics = SiprecMetrics(getattr(getattr(ctx, "metrics", None), "registry", None))
@@ -245,9 +246,9 @@ class SiprecGateway(Gateway):
                 return
             call = self.calls.get(msg.call_id)
             if call is not None and call.peer.addr[0] == peer.addr[0]:
-                if not call.requests.allow(peer.addr[0]):
+                if not call.requests.take():
                     return  # a flood inside one dialog
-            elif not self._limit.allow(peer.addr[0]):
+            elif not self._limit.take(peer.addr[0]):
                 return  # new dialogs, OPTIONS and strays: limited per client address
             self._request(msg, peer)
         except SipError as err:

@@ -27,11 +27,11 @@ from nes2net_gateways.rtp import (
 )
 from nes2net_gateways.sip_message import SipMessage, addr_uri, header_params, new_branch
 from nes2net_gateways.sip_sdp import AcceptedStream
-from nes2net_gateways.siprec_config import RateLimit
 from nes2net_gateways.srtp import SrtpReceiver
 from nes2net_stream.gateways.api import CallHandle
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
+from nes2net_stream.service.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from nes2net_gateways.siprec import SiprecGateway
@@ -119,7 +119,7 @@ class RecordingCall:
         self._counted: dict[int, RtpStats] = {}
         #: requests inside this dialog (ACK, BYE, re-INVITE...): their own limit, so that a
         #: busy client's new calls never crowd out the ACKs and BYEs of its running ones
-        self.requests = RateLimit(DIALOG_REQUESTS_PER_S, max_clients=1)
+        self.requests = TokenBucket(DIALOG_REQUESTS_PER_S, 2 * DIALOG_REQUESTS_PER_S)
         self._metrics_at = self.started_at + METRICS_EVERY_S
         self.log = gateway.log.bind(sip_call_id=self.sip_call_id)
 

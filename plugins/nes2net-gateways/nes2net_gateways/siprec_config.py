@@ -1,13 +1,12 @@
 """``[gateways.siprec]``: the SIPREC gateway's settings and their checks.
 
-Invalid settings fail fast, naming the key. Also the per-address request rate limit.
+Invalid settings fail fast, naming the key.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import ssl
-import time
 from typing import Any, Literal
 
 from pydantic import Field
@@ -112,25 +111,3 @@ def allowed_networks(cfg: SiprecConfig, auth_required: bool) -> list[Any]:
         except ValueError:
             raise ConfigError("gateways.siprec.media_address: not an IP address") from None
     return networks
-
-
-class RateLimit:
-    """Token bucket per client address (requests beyond it are dropped unanswered)."""
-
-    def __init__(self, rate: float, max_clients: int = 10_000):
-        self.rate, self.burst = rate, max(1.0, 2 * rate)
-        self.max_clients = max_clients
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, ip: str) -> bool:
-        """Take one token of ``ip``'s bucket; False when it is empty."""
-        now = time.monotonic()
-        tokens, last = self._buckets.get(ip, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if len(self._buckets) >= self.max_clients and ip not in self._buckets:
-            self._buckets.clear()  # bounded memory under address sweeps
-        if tokens < 1:
-            self._buckets[ip] = (tokens, now)
-            return False
-        self._buckets[ip] = (tokens - 1, now)
-        return True
