@@ -340,3 +340,17 @@ async def test_request_limits_never_drop_a_running_sessions_requests(make_servic
     for d in dialogs:
         (s,) = await summaries(redis_client, d.call_id)
         assert s["summary"]["end_reason"] == "stop"
+
+
+async def test_a_garbled_tcp_stream_closes_that_connection_only(make_service, redis_client):
+    svc = await service(make_service)
+    d = new_dialog()
+    async with SiprecClient(svc.sip_port, "tcp") as good:
+        assert (await good.invite(d)).status == 200
+        reader, writer = await asyncio.open_connection("127.0.0.1", svc.sip_port)
+        writer.write(b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n\r\n")  # no Content-Length
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the gateway
+        writer.close()
+        assert (await good.bye(d)).status == 200  # the other connection's session goes on
+    (s,) = await summaries(redis_client, d.call_id)
+    assert s["summary"]["end_reason"] == "stop"

@@ -50,6 +50,7 @@ from nes2net_stream.service.ratelimit import KeyedBuckets
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
 MAX_SIP_BYTES = 65535
 PORT_TRIES = 20
+MAX_CONNECTIONS = 1024  # concurrent SIP connections over TCP and TLS
 
 
 class SiprecGateway(Gateway):
@@ -77,6 +78,8 @@ class SiprecGateway(Gateway):
         self._limit = KeyedBuckets(self.cfg.max_requests_per_s,
                                    max(1.0, 2 * self.cfg.max_requests_per_s))
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._routes: dict[str, str] = {}  # client address -> our address towards it
+        self._connections = 0  # SIP over TCP/TLS
         self.invites = InviteHandler(self)
         metrics = SiprecMetrics(getattr(getattr(ctx, "metrics", None), "registry", None))
         self.rtp_packets = metrics.rtp_packets
@@ -177,21 +180,29 @@ class SiprecGateway(Gateway):
         host = self.cfg.host
         if host not in ("", "0.0.0.0", "::"):
             return host
-        family = socket.AF_INET6 if ":" in remote_ip else socket.AF_INET
-        with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect((remote_ip, 9))  # no packet is sent: this only picks the route
-            return s.getsockname()[0]
-        return "127.0.0.1"
+        found = self._routes.get(remote_ip)
+        if found is None:
+            found = "127.0.0.1"
+            family = socket.AF_INET6 if ":" in remote_ip else socket.AF_INET
+            with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((remote_ip, 9))  # no packet is sent: this only picks the route
+                found = s.getsockname()[0]
+            if len(self._routes) >= 1024:
+                self._routes.clear()
+            self._routes[remote_ip] = found
+        return found
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          kind: str = "TCP") -> None:
         addr = writer.get_extra_info("peername")
         remote = (addr[0], addr[1]) if addr else ("", 0)
-        if not self.allowed(remote[0]):
-            self.log.warning("connection refused: address not in allowed_networks",
-                             remote=f"{remote[0]}:{remote[1]}")
+        if not self.allowed(remote[0]) or self._connections >= MAX_CONNECTIONS:
+            self.log.warning("connection refused: " + (
+                "too many SIP connections" if self.allowed(remote[0])
+                else "address not in allowed_networks"), remote=f"{remote[0]}:{remote[1]}")
             writer.close()
             return
+        self._connections += 1
 
         def send(data: bytes) -> None:
             if not writer.is_closing():
@@ -213,6 +224,7 @@ class SiprecGateway(Gateway):
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._connections -= 1
             writer.close()
 
     def on_datagram(self, data: bytes, addr: Any) -> None:
