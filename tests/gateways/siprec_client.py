@@ -241,13 +241,14 @@ def rtp_packets(payload: bytes, *, pt: int = 0, ssrc: int | None = None, seq: in
 class RtpSender:
     """One UDP socket sending RTP to the gateway, as an SBC's media port does."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.transport: asyncio.DatagramTransport | None = None
 
     async def __aenter__(self) -> RtpSender:
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_datagram_endpoint(
-            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+            asyncio.DatagramProtocol, local_addr=(self.host, 0))
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

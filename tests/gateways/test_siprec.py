@@ -177,6 +177,33 @@ async def test_paused_recording_does_not_time_out(make_service, redis_client):
     assert s["summary"]["end_reason"] == "stop"
 
 
+async def test_a_reinvite_can_move_the_media_sender(make_service, redis_client):
+    """An SBC pair fails over: the re-INVITE names a new media address, accepted from then on
+    (before it, packets from there are foreign)."""
+    svc = await service(make_service)
+    d = new_dialog()
+    audio = encode_samples(real_speech(seconds=6.0), "mulaw")
+    packets = rtp_packets(audio)
+    async with SiprecClient(svc.sip_port) as src, RtpSender() as first, \
+            RtpSender("127.0.0.2") as second:
+        assert (await src.invite(d)).status == 200
+        await first.send(d.ports[0], packets[:100])
+        await second.send(d.ports[0], packets[100:150])  # not announced yet: dropped
+        await asyncio.sleep(0.2)  # (all of them, before the re-INVITE is read)
+        d.cseq += 1
+        src.send(src.request("INVITE", d, body=sdp_offer(ip="127.0.0.2"),
+                             content_type="application/sdp"))
+        assert (await src.final(d)).status == 200
+        src.send(src.request("ACK", d))
+        await second.send(d.ports[0], packets[100:])
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    (s,) = await summaries(redis_client, d.call_id)
+    assert s["summary"]["duration_s"] == pytest.approx(6.0, abs=0.03)
+    assert svc.ctx.metrics.registry.get_sample_value(
+        "nes2net_siprec_rtp_packets_total", {"result": "invalid"}) == 50
+
+
 async def test_digest_authentication(make_service, redis_client):
     svc = await service(make_service, password="s3cret-siprec", auth="required")
     d = new_dialog()

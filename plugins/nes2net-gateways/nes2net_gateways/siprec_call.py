@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nes2net_gateways._common import AGENT_ROLE, RateGuard, feed
@@ -26,7 +26,7 @@ from nes2net_gateways.rtp import (
     parse_rtp,
 )
 from nes2net_gateways.sip_message import SipMessage, addr_uri, header_params, new_branch
-from nes2net_gateways.sip_sdp import AcceptedStream
+from nes2net_gateways.sip_sdp import AcceptedStream, SessionDescription
 from nes2net_gateways.srtp import SrtpReceiver
 from nes2net_stream.gateways.api import CallHandle
 from nes2net_stream.service.errors import ProtocolError
@@ -63,10 +63,11 @@ class MediaStream:
     """One recorded RTP stream: the channel it feeds and who may send it."""
 
     role: str
+    index: int  # of the stream's m= line in the offer
     label: str | None
     port: RtpPort | None
     receiver: RtpReceiver
-    sources: set[str]  # IP addresses allowed to send this stream
+    sources: set[str] = field(default_factory=set)  # IP addresses allowed to send it
     latched: tuple[str, int] | None = None
     last_packet: float | None = None
     paused: bool = False
@@ -186,11 +187,22 @@ class RecordingCall:
         self._bye_from_peer = True
         self.finish(CallEnd("stop", "bye"))
 
-    def update_media(self, directions: list[str]) -> None:
-        """A re-INVITE/UPDATE paused or resumed streams (``inactive`` pauses idle checks)."""
-        for stream, direction in zip(self.streams, directions, strict=False):
-            stream.paused = direction in ("inactive", "recvonly")
-            stream.latched = None  # a new offer may move the client's media port
+    def update_media(self, offer: SessionDescription) -> None:
+        """Apply an offer (the first, or a re-INVITE/UPDATE) to the recorded streams.
+
+        ``inactive`` (or ``recvonly``) pauses a stream's idle check, and the stream's sender
+        may move: its connection address (with the client's) is the one accepted from now on,
+        and the first packet from there is latched again.
+        """
+        for stream in self.streams:
+            if stream.index >= len(offer.media):
+                continue
+            media = offer.media[stream.index]
+            stream.paused = media.direction in ("inactive", "recvonly")
+            stream.latched = None
+            stream.sources = {self.peer.addr[0]}
+            if media.connection and media.connection not in ("0.0.0.0", "::"):
+                stream.sources.add(media.connection)
             if not stream.paused and stream.last_packet is not None:
                 stream.last_packet = time.monotonic()  # idle time restarts on resume
 

@@ -135,14 +135,12 @@ class InviteHandler:
         handle = gw.new_handle()
         call = RecordingCall(gw, msg, peer, new_tag(), handle)
         for role, sp in zip(roles, plan.streams, strict=True):
-            sources = {peer.addr[0]}
-            if sp.connection and sp.connection not in ("0.0.0.0", "::"):
-                sources.add(sp.connection)
             call.streams.append(MediaStream(
-                role, sp.label, None,
+                role, sp.index, sp.label, None,
                 RtpReceiver(sp.payload_type, sp.rtpmap.clock_rate,
-                            CODECS[sp.rtpmap.encoding].decoder(sp.rtpmap.clock_rate)), sources,
+                            CODECS[sp.rtpmap.encoding].decoder(sp.rtpmap.clock_rate)),
                 srtp=SrtpReceiver(sp.crypto) if sp.crypto is not None else None))
+        call.update_media(offer)  # senders' addresses, paused streams
         try:
             for stream in call.streams:
                 stream.port = await bind_rtp_port(
@@ -177,7 +175,6 @@ class InviteHandler:
             call.accepted[sp.index] = AcceptedStream(stream.port.port, sp.payload_type,
                                                      sp.rtpmap, sp.telephone_event, crypto)
         call.session_id = next(_session_ids)
-        call.update_media([offer.media[sp.index].direction for sp in plan.streams])
         call.answered(self._answer(msg, peer, call, offer))
         gw.register(call)
         call.start()
@@ -214,9 +211,7 @@ class InviteHandler:
             gw.reply(msg, peer, 200, to_tag=call.local_tag, body=call.answer_body,
                      headers=[("Content-Type", "application/sdp")])
             return
-        directions = [offer.media[i].direction for i, a in enumerate(call.accepted)
-                      if a is not None and i < len(offer.media)]
-        call.update_media(directions)
+        call.update_media(offer)
         data = self._answer(msg, peer, call, offer)
         if msg.method == "INVITE":  # a 2xx to a re-INVITE is retransmitted until ACK too
             call.invite_key = (msg.cseq[0],

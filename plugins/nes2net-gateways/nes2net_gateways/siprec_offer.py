@@ -35,7 +35,6 @@ class StreamPlan:
     rtpmap: RtpMap
     telephone_event: int | None
     label: str | None
-    connection: str | None
     crypto: Crypto | None = None  # the offered SDES key used (SRTP streams)
 
 
@@ -113,7 +112,7 @@ def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams:
         pt, rtpmap = _codec_of(media, best)  # type: ignore[misc]
         crypto = pick_crypto(media.crypto) if media.proto.upper() in SECURE_RTP else None
         plans.append(StreamPlan(i, pt, rtpmap, _telephone_event(media, rate), media.label,
-                                media.connection, crypto))
+                                crypto))
     codec = CODECS[best]
     return OfferPlan(codec.encoding, codec.rate(rate), tuple(plans), chosen.index(wanted), best)
 
