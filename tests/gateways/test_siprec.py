@@ -12,6 +12,7 @@ from siprec_client import (
     RtpSender,
     SiprecClient,
     real_speech,
+    rs_metadata,
     rtp_packets,
     sdp_offer,
     send_rtp,
@@ -89,6 +90,23 @@ async def test_both_parties_scored_customer_by_label(make_service, redis_client)
     meta = found[0]["metadata"]
     assert meta["custom"]["labels"] == {"caller": "2", "agent": "1"}
     assert meta["ani"] == "+18005550100"  # the customer is the participant of label 2
+
+
+async def test_the_customer_found_by_its_address(make_service, redis_client):
+    """``customer_aor``: the E.164 participant is the customer, whatever its stream's order."""
+    svc = await service(make_service, customer_aor=r"^sip:\+")
+    d = new_dialog()
+    audio = encode_samples(real_speech(seconds=5.0), "mulaw")
+    meta = rs_metadata(aors=("sip:2001@pbx.example", "sip:+4930123456@carrier.example"))
+    async with SiprecClient(svc.sip_port) as src:
+        assert (await src.invite(d, metadata=meta)).status == 200
+        await send_rtp(d.ports[1], rtp_packets(audio))
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    (s,) = await summaries(redis_client, d.call_id)
+    assert s["channel"] == "caller" and s["metadata"]["ani"] == "+4930123456"
+    assert s["metadata"]["custom"]["labels"] == {"agent": "1", "caller": "2"}
+    assert s["summary"]["duration_s"] == pytest.approx(5.0, abs=0.03)
 
 
 async def test_retransmitted_invite_gets_the_same_answer(make_service, redis_client):
@@ -304,6 +322,8 @@ async def test_config_errors_name_the_key(make_service):
     with pytest.raises(ConfigError, match="gateways.siprec.rtp_port_min"):
         await make_service(gateways={"siprec": {"enabled": True, "rtp_port_min": 30000,
                                                 "rtp_port_max": 30000}})
+    with pytest.raises(ConfigError, match="gateways.siprec.customer_aor"):
+        await make_service(gateways={"siprec": {"enabled": True, "customer_aor": "(+"}})
     with pytest.raises(ConfigError, match="gateways.siprec.codecs"):
         await make_service(gateways={"siprec": {"enabled": True, "codecs": ["G729"]}})
 

@@ -1,5 +1,6 @@
 """Pure parts of the SIPREC gateway: RTP parsing and ordering, digest auth, offer planning."""
 
+import re
 import struct
 
 import pytest
@@ -13,7 +14,7 @@ from nes2net_gateways.sip_message import SipError
 from nes2net_gateways.sip_sdp import parse_sdp
 from nes2net_gateways.siprec_call import role_names
 from nes2net_gateways.siprec_metadata import parse_rs_metadata
-from nes2net_gateways.siprec_offer import call_id_for, call_info, plan_offer
+from nes2net_gateways.siprec_offer import call_id_for, call_info, customer_label, plan_offer
 from siprec_client import rs_metadata, sdp_offer
 
 
@@ -191,3 +192,14 @@ def test_the_customers_stream_decides_the_codec():
     plan = plan_offer(parse_sdp(sdp_offer(labels=("a", "b", "c"))), codecs=["PCMU"],
                       max_streams=1, customer_label="c")
     assert [s.label for s in plan.streams] == ["c"] and plan.customer == 0
+
+
+def test_the_customer_found_by_address_pattern():
+    offer = parse_sdp(sdp_offer(labels=("10", "11")))
+    meta = parse_rs_metadata(rs_metadata(labels=("10", "11"), aors=(
+        "sip:2001@pbx.example", "sip:+4930123456@carrier.example")).encode())
+    e164 = re.compile(r"^(sip|tel):\+")
+    assert customer_label(offer, meta, "", e164) == "11"  # the agent's extension is first
+    assert customer_label(offer, meta, "10", e164) == "10"  # an explicit label wins
+    assert customer_label(offer, None, "", e164) == ""  # no metadata: the first stream
+    assert customer_label(offer, meta, "", re.compile("nobody")) == ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import socket
 import ssl
 from typing import Any
@@ -39,6 +40,7 @@ from nes2net_gateways.siprec_call import Peer, RecordingCall
 from nes2net_gateways.siprec_config import (
     SiprecConfig,
     allowed_networks,
+    customer_aor,
     srtp_mode,
     tls_context,
 )
@@ -74,6 +76,7 @@ class SiprecGateway(Gateway):
         self.tls_context: ssl.SSLContext | None = None
         self.tls_bound_port: int | None = None
         self.srtp_mode = "off"
+        self.customer_aor: re.Pattern[str] | None = None
         self._pending: dict[str, asyncio.Event] = {}
         self._limit = KeyedBuckets(self.cfg.max_requests_per_s,
                                    max(1.0, 2 * self.cfg.max_requests_per_s))
@@ -93,6 +96,7 @@ class SiprecGateway(Gateway):
         self.tls_context = tls_context(self.cfg)
         self.srtp_mode = srtp_mode(self.cfg, self.log)
         self.networks = allowed_networks(self.cfg, self.auth_required)
+        self.customer_aor = customer_aor(self.cfg)
         if self.cfg.password:
             self.digest = DigestAuthenticator(self.cfg.username, self.cfg.password,
                                               self.cfg.realm)

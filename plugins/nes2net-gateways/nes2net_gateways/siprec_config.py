@@ -6,6 +6,7 @@ Invalid settings fail fast, naming the key.
 from __future__ import annotations
 
 import ipaddress
+import re
 import ssl
 from typing import Any, Literal
 
@@ -38,10 +39,22 @@ class SiprecConfig(GatewayConfig):
     password: str = ""
     realm: str = "nes2net-stream"
     customer_label: str = ""
+    customer_aor: str = ""
     codecs: list[Literal["PCMU", "PCMA", "G722", "OPUS", "L16"]] = Field(
         default_factory=lambda: ["PCMU", "PCMA", "G722", "OPUS", "L16"], min_length=1)
     max_streams: int = Field(4, ge=1, le=16)
     max_requests_per_s: float = Field(200.0, gt=0)
+
+
+def customer_aor(cfg: SiprecConfig) -> re.Pattern[str] | None:
+    """``customer_aor`` compiled (a regular expression on participant addresses), if set."""
+    if not cfg.customer_aor:
+        return None
+    try:
+        return re.compile(cfg.customer_aor)
+    except re.error as exc:
+        raise ConfigError(f"gateways.siprec.customer_aor: not a regular expression ({exc})"
+                          ) from None
 
 
 def tls_context(cfg: SiprecConfig) -> ssl.SSLContext | None:

@@ -26,7 +26,13 @@ from nes2net_gateways.sip_sdp import (
 )
 from nes2net_gateways.siprec_call import MediaStream, Peer, RecordingCall, role_names
 from nes2net_gateways.siprec_metadata import RecordingMetadata, parse_rs_metadata
-from nes2net_gateways.siprec_offer import OfferPlan, call_id_for, call_info, plan_offer
+from nes2net_gateways.siprec_offer import (
+    OfferPlan,
+    call_id_for,
+    call_info,
+    customer_label,
+    plan_offer,
+)
 from nes2net_gateways.srtp import SrtpReceiver, answer_crypto
 from nes2net_stream.service.errors import ProtocolError
 
@@ -103,8 +109,9 @@ class InviteHandler:
         if offer is None:
             raise SipError(488, "the INVITE carries no SDP offer (late offers are not "
                            "supported)")
+        label = customer_label(offer, metadata, gw.cfg.customer_label, gw.customer_aor)
         plan = plan_offer(offer, codecs=gw.cfg.codecs, max_streams=gw.cfg.max_streams,
-                          customer_label=gw.cfg.customer_label, srtp=gw.srtp_mode)
+                          customer_label=label, srtp=gw.srtp_mode)
         if any(sp.crypto is not None for sp in plan.streams) and peer.kind != "TLS":
             gw.log.warning("SRTP keys received over unencrypted SIP (use transports = "
                            "[\"tls\"])", remote=f"{peer.addr[0]}:{peer.addr[1]}")

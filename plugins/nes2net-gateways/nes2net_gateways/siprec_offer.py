@@ -10,6 +10,7 @@ be fuzzed with the parsers.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,22 @@ def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams:
                                 crypto))
     codec = CODECS[best]
     return OfferPlan(codec.encoding, codec.rate(rate), tuple(plans), chosen.index(wanted), best)
+
+
+def customer_label(offer: SessionDescription, metadata: RecordingMetadata | None,
+                   label: str = "", aor: re.Pattern[str] | None = None) -> str:
+    """The ``a=label`` of the customer's stream ("": the first stream).
+
+    ``label`` when set, else the first stream whose sending participant's address matches
+    ``aor`` (``[gateways.siprec] customer_aor``, by the metadata's stream associations).
+    """
+    if label or aor is None or metadata is None:
+        return label
+    for media in offer.media:
+        who = metadata.sender_of(media.label) if media.label is not None else None
+        if who is not None and who.aor and aor.search(who.aor):
+            return media.label  # type: ignore[return-value]
+    return ""
 
 
 def call_id_for(sip_call_id: str) -> str:
