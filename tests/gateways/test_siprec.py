@@ -310,6 +310,9 @@ async def test_capacity_and_drain(make_service, redis_client):
         drain = asyncio.create_task(svc.drain())
         bye = await src.expect_request("BYE", timeout=10)  # the gateway hangs up
         assert bye.call_id == first.call_id
+        probe = new_dialog()  # an SBC's health check now takes this recorder out of rotation
+        src.send(src.request("OPTIONS", probe))
+        assert (await src.final(probe)).status == 503
         await drain
     (s,) = await summaries(redis_client, first.call_id)
     assert s["summary"]["end_reason"] == "shutdown"

@@ -286,6 +286,9 @@ class SiprecGateway(Gateway):
         elif method == "ACK":
             if call is not None:
                 call.on_ack()
+        elif method == "OPTIONS" and not (self.accepting and not self.ctx.draining):
+            # SBCs probe recorders with OPTIONS: a draining one is taken out of rotation
+            self.reply(msg, peer, 503, headers=[("Retry-After", "5")])
         elif method == "OPTIONS":
             self.reply(msg, peer, 200, headers=[
                 ("Allow", ALLOW), ("Accept", "application/sdp, multipart/mixed, "
