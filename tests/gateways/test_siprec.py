@@ -404,3 +404,20 @@ async def test_a_garbled_tcp_stream_closes_that_connection_only(make_service, re
         assert (await good.bye(d)).status == 200  # the other connection's session goes on
     (s,) = await summaries(redis_client, d.call_id)
     assert s["summary"]["end_reason"] == "stop"
+
+
+async def test_idle_tcp_connections_close_unless_a_session_uses_them(make_service,
+                                                                    redis_client,
+                                                                    monkeypatch):
+    import nes2net_gateways.siprec as siprec_module
+
+    monkeypatch.setattr(siprec_module, "TCP_IDLE_S", 0.3)
+    svc = await service(make_service, limits={"idle_timeout_s": 30})
+    reader, writer = await asyncio.open_connection("127.0.0.1", svc.sip_port)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # idle and unused: closed
+    writer.close()
+    d = new_dialog()
+    async with SiprecClient(svc.sip_port, "tcp") as src:
+        assert (await src.invite(d)).status == 200
+        await asyncio.sleep(1.0)  # quiet for longer than TCP_IDLE_S, but in use
+        assert (await src.bye(d)).status == 200

@@ -53,6 +53,7 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
 MAX_SIP_BYTES = 65535
 PORT_TRIES = 20
 MAX_CONNECTIONS = 1024  # concurrent SIP connections over TCP and TLS
+TCP_IDLE_S = 600.0  # a connection without traffic or sessions for this long is closed
 
 
 class SiprecGateway(Gateway):
@@ -217,7 +218,13 @@ class SiprecGateway(Gateway):
         framer = StreamFramer(max_bytes=MAX_SIP_BYTES)
         try:
             while not writer.is_closing():
-                data = await reader.read(1 << 16)
+                try:
+                    async with asyncio.timeout(TCP_IDLE_S):
+                        data = await reader.read(1 << 16)
+                except TimeoutError:
+                    if any(c.peer is peer for c in self.calls.values()):
+                        continue  # quiet, but a session may still need it (for its BYE)
+                    break  # idle and unused: the client reconnects when it needs to
                 if not data:
                     break
                 for msg in framer.feed(data):
