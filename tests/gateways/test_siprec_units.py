@@ -203,3 +203,21 @@ def test_the_customer_found_by_address_pattern():
     assert customer_label(offer, meta, "10", e164) == "10"  # an explicit label wins
     assert customer_label(offer, None, "", e164) == ""  # no metadata: the first stream
     assert customer_label(offer, meta, "", re.compile("nobody")) == ""
+
+
+def test_a_stream_two_participants_send_is_marked_mixed():
+    """One mixed stream (both parties on one label): the scored channel is flagged."""
+    doc = ("<recording xmlns='urn:ietf:params:xml:ns:recording:1'>"
+           "<participant participant_id='a'><nameID aor='sip:+15550001@x'/></participant>"
+           "<participant participant_id='b'><nameID aor='sip:2001@pbx'/></participant>"
+           "<stream stream_id='s' session_id='S'><label>1</label></stream>"
+           "<participantstreamassoc participant_id='a'><send>s</send></participantstreamassoc>"
+           "<participantstreamassoc participant_id='b'><send>s</send></participantstreamassoc>"
+           "</recording>")
+    meta = parse_rs_metadata(doc.encode())
+    assert meta.sender_counts == {"1": 2} and meta.sender_of("1").aor == "sip:+15550001@x"
+    plan = plan_offer(parse_sdp(sdp_offer(labels=("1",))), codecs=["PCMU"], max_streams=4)
+    assert call_info("m@sbc", plan, ["caller"], meta)["mixed"] is True
+    two = plan_offer(parse_sdp(sdp_offer()), codecs=["PCMU"], max_streams=4)
+    assert "mixed" not in call_info("m@sbc", two, ["caller", "agent"],
+                                    parse_rs_metadata(rs_metadata().encode()))

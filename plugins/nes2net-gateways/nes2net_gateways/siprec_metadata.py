@@ -39,6 +39,8 @@ class RecordingMetadata:
     participants: dict[str, Participant] = field(default_factory=dict)
     stream_labels: dict[str, str] = field(default_factory=dict)
     senders: dict[str, str] = field(default_factory=dict)
+    #: label -> how many participants send on that stream (over 1: a mix of several)
+    sender_counts: dict[str, int] = field(default_factory=dict)
 
     def sender_of(self, label: str) -> Participant | None:
         """The participant sending on the stream with SDP ``a=label`` ``label``, if known.
@@ -156,5 +158,7 @@ def parse_rs_metadata(
     for participant_id, sends in assoc:
         for stream_id in sends:
             if stream_id in meta.stream_labels:
-                meta.senders[meta.stream_labels[stream_id]] = participant_id
+                label = meta.stream_labels[stream_id]
+                meta.senders.setdefault(label, participant_id)  # the first named sender
+                meta.sender_counts[label] = meta.sender_counts.get(label, 0) + 1
     return meta

@@ -171,7 +171,11 @@ def call_info(sip_call_id: str, plan: OfferPlan, roles: Sequence[str],
         custom["participants"] = participants
     if labels:
         custom["labels"] = labels
-    return call_metadata("siprec", recorded, ani=ani, dnis=dnis, custom=custom)
+    meta = call_metadata("siprec", recorded, ani=ani, dnis=dnis, custom=custom)
+    label = plan.streams[plan.customer].label
+    if metadata is not None and label is not None and metadata.sender_counts.get(label, 0) > 1:
+        meta["mixed"] = True  # the scored stream is a mix of several participants
+    return meta
 
 
 def _user(aor: str | None) -> str | None:
