@@ -17,6 +17,7 @@ from siprec_client import (
     sdp_offer,
     send_rtp,
 )
+from structlog.testing import capture_logs
 
 from nes2net_stream.client import encode_samples, stream_samples
 from nes2net_stream.errors import ConfigError
@@ -181,11 +182,14 @@ async def test_paused_recording_does_not_time_out(make_service, redis_client):
         assert (await src.invite(d)).status == 200
         ports = d.ports
         await send_rtp(ports[0], rtp_packets(encode_samples(real_speech(seconds=1.0), "mulaw")))
-        d.cseq += 1  # pause (RFC 7866 §8: a=inactive in a re-INVITE)
-        src.send(src.request("INVITE", d, body=sdp_offer(direction="inactive"),
-                             content_type="application/sdp"))
-        paused = await src.final(d)
+        d.cseq += 1  # pause (RFC 7866 §8: a=inactive in a re-INVITE, metadata updated)
+        with capture_logs() as logs:
+            src.send(src.invite_text(d, sdp=sdp_offer(direction="inactive"),
+                                     metadata=rs_metadata(aors=("sip:+1@a", "sip:+2@b"))))
+            paused = await src.final(d)
         assert paused.status == 200
+        (update,) = [e for e in logs if e["event"] == "recording metadata updated"]
+        assert update["participants"] == ["sip:+1@a", "sip:+2@b"]
         assert [m.port for m in parse_sdp(paused.body.decode()).media] == ports
         src.send(src.request("ACK", d))
         await asyncio.sleep(1.5)  # longer than idle_timeout_s: still recording

@@ -213,7 +213,12 @@ class InviteHandler:
 
     def _reinvite(self, msg: SipMessage, peer: Peer, call: RecordingCall) -> None:
         gw = self.gw
-        offer, _metadata = _offer(msg)
+        offer, metadata = _offer(msg)
+        if metadata is not None:  # e.g. a transfer: logged; the call's events keep its start's
+            gw.log.info("recording metadata updated", call_id=call.handle.call_id,
+                        datamode=metadata.datamode,
+                        participants=sorted(p.aor or p.participant_id
+                                            for p in metadata.participants.values()))
         if offer is None:  # a refresh without an offer: answer with the current SDP
             gw.reply(msg, peer, 200, to_tag=call.local_tag, body=call.answer_body,
                      headers=[("Content-Type", "application/sdp")])
