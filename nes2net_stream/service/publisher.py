@@ -197,6 +197,11 @@ class RedisPublisher:
             self.keeper.record(item, ev)
         self._enqueue(item)
 
+    @property
+    def journaling(self) -> bool:
+        """True when alerts (and open channels) go to the alert journal."""
+        return self.keeper is not None
+
     def channel_opened(self, event: OutputEvent) -> None:
         """A scored channel started: with the alert journal, remember it (nothing is sent)."""
         if self.keeper is not None:

@@ -114,8 +114,10 @@ class CallSession:
         self._restarts_seen = ctx.engine.restarts
         self.degraded: str | None = None
         self._block = max(1, int(COALESCE_S * start.sample_rate))
-        for ch in self._channels.values():  # a process that dies now still owes a summary
-            ctx.publisher.channel_opened(self._event("state", ch, {"running": self._running(ch)}))
+        if ctx.publisher.journaling:  # a process that dies now still owes a summary
+            for ch in self._channels.values():
+                ctx.publisher.channel_opened(
+                    self._event("state", ch, {"running": self._running(ch)}))
 
     @property
     def call_id(self) -> str:

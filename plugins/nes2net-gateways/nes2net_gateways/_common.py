@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ipaddress
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,6 +37,8 @@ from nes2net_stream.service.events import AudioChunk, CallEnd, CallStart, Output
 from nes2net_stream.service.protocol import CALL_ID_RE, ROLE_RE
 from nes2net_stream.service.ws_poll import Receiver
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
     from websockets.http11 import Request
@@ -46,7 +49,8 @@ AGENT_ROLE = "agent"
 DRAIN_POLL_S = 0.5
 
 __all__ = [
-    "AGENT_ROLE", "QueryTokenGateway", "RateGuard", "SequenceTracker", "StopCall", "b64decode",
+    "AGENT_ROLE", "QueryTokenGateway", "RateGuard", "SequenceTracker", "StopCall",
+    "address_in", "b64decode", "parse_networks",
     "call_metadata", "call_start", "check_call_id", "check_metadata_size", "check_roles",
     "close_ws", "discard_events", "feed", "format_remote", "parse_json_object", "pump_audio",
     "remote_of", "run_call", "score_roles", "serve_ws_call", "ws_receive",
@@ -170,6 +174,33 @@ def check_metadata_size(metadata: Mapping[str, Any], max_bytes: int) -> None:
     if size > max_bytes:
         raise ProtocolError("frame_too_large", f"call metadata of {size} bytes exceeds the "
                             f"{max_bytes}-byte limit (limits.max_metadata_bytes)")
+
+
+def parse_networks(key: str, nets: list[str]) -> list[IPNetwork]:
+    """``allowed_networks`` parsed; ConfigError naming ``key`` for an empty list or a typo."""
+    if not nets:
+        raise ConfigError(f"{key}: empty list (nobody could connect); leave it unset for "
+                          "loopback only")
+    try:
+        return [ipaddress.ip_network(n, strict=False) for n in nets]
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def address_in(ip: str | None, networks: list[IPNetwork]) -> bool:
+    """True when ``ip`` is in one of ``networks``.
+
+    IPv4-mapped IPv6 addresses count as their IPv4 address; zone ids are dropped.
+    """
+    if ip is None:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
 
 
 def check_call_id(value: Any, what: str = "call id") -> str:

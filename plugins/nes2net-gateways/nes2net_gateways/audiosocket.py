@@ -26,9 +26,11 @@ from pydantic import Field
 from nes2net_gateways._common import (
     RateGuard,
     StopCall,
+    address_in,
     check_roles,
     discard_events,
     feed,
+    parse_networks,
     remote_of,
     run_call,
     score_roles,
@@ -190,29 +192,13 @@ class AudioSocketGateway(Gateway):
                     "loopback (or auth = \"required\") and AudioSocket has no authentication: "
                     "list the networks of your Asterisk servers, e.g. [\"10.0.0.5/32\"]")
             nets = LOOPBACK
-        if not nets:
-            raise ConfigError("gateways.audiosocket.allowed_networks: empty list (nobody could "
-                              "connect); leave it unset for loopback only")
-        try:
-            self.networks = [ipaddress.ip_network(n, strict=False) for n in nets]
-        except ValueError as exc:
-            raise ConfigError(f"gateways.audiosocket.allowed_networks: {exc}") from None
+        self.networks = parse_networks("gateways.audiosocket.allowed_networks", nets)
         if not is_loopback(self.cfg.host) and self.cfg.auth == "off":
             self.log.warning("auth = \"off\": AudioSocket accepts connections from any address")
 
     def allowed(self, ip: str | None) -> bool:
         """True when ``ip`` may connect (always with ``auth = "off"``)."""
-        if self.cfg.auth == "off":
-            return True
-        if ip is None:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.networks)
+        return self.cfg.auth == "off" or address_in(ip, self.networks)
 
     async def serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                         ) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import re
 import socket
 import ssl
@@ -26,7 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from nes2net_gateways._common import check_roles, discard_events
+from nes2net_gateways._common import address_in, check_roles, discard_events
 from nes2net_gateways.sip_digest import DigestAuthenticator
 from nes2net_gateways.sip_message import (
     SipError,
@@ -106,13 +105,7 @@ class SiprecGateway(Gateway):
 
     def allowed(self, ip: str) -> bool:
         """True when ``ip`` may send requests (always with ``auth = "off"``)."""
-        if self.cfg.auth == "off":
-            return True
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        return any(addr in net for net in self.networks)
+        return self.cfg.auth == "off" or address_in(ip, self.networks)
 
     # ------------------------------------------------------------------ sockets
     async def start_serving(self) -> None:

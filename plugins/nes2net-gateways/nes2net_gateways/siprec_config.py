@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from nes2net_gateways._common import parse_networks
 from nes2net_gateways.srtp import available as srtp_available
 from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import GatewayConfig
@@ -106,13 +107,7 @@ def allowed_networks(cfg: SiprecConfig, auth_required: bool) -> list[Any]:
                 "[\"10.0.0.5/32\"], and/or set gateways.siprec.password for digest "
                 "authentication, or serve only TLS with tls_client_ca")
         nets = ANYWHERE if cfg.password or mutual_tls_only else LOOPBACK
-    if not nets:
-        raise ConfigError("gateways.siprec.allowed_networks: empty list (nobody could "
-                          "connect); leave it unset for loopback only")
-    try:
-        networks = [ipaddress.ip_network(n, strict=False) for n in nets]
-    except ValueError as exc:
-        raise ConfigError(f"gateways.siprec.allowed_networks: {exc}") from None
+    networks = parse_networks("gateways.siprec.allowed_networks", nets)
     lo, hi = cfg.rtp_port_min, cfg.rtp_port_max
     if lo and (hi - lo < 1 or lo < 1024):
         raise ConfigError("gateways.siprec.rtp_port_min: the RTP range must hold at least one "
