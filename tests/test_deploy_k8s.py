@@ -195,7 +195,7 @@ def _json_patch(doc: dict, ops: list[dict]) -> dict:
             if op["op"] == "replace":
                 assert last in target or isinstance(target, list)
             if isinstance(target, list) and op["op"] == "add":
-                target.insert(last, op["value"])
+                target.insert(len(target) if last == "-" else last, op["value"])
             else:
                 target[last] = op["value"]
         else:
@@ -244,18 +244,25 @@ def test_durable_variant_keeps_each_replicas_journal_on_its_own_claim():
     assert retain == {"whenDeleted": "Retain", "whenScaled": "Retain"}
 
 
-def test_durable_variant_builds_with_kustomize_when_installed():
+def _kustomize(directory: Path) -> list[dict]:
+    """``kubectl kustomize DIR`` (skips without kubectl or its kustomize)."""
     import shutil
     import subprocess
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
-    out = subprocess.run([kubectl, "kustomize", str(DURABLE)], capture_output=True, text=True,
+    out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
                          timeout=60)
     if out.returncode != 0 and "unknown command" in out.stderr:
         pytest.skip("this kubectl has no kustomize")
     assert out.returncode == 0, out.stderr
     built = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert all(d["metadata"].get("namespace") == "nes2net" for d in built)
+    return built
+
+
+def test_durable_variant_builds_with_kustomize_when_installed():
+    built = _kustomize(DURABLE)
     kinds = {(d["kind"], d["metadata"]["name"]) for d in built}
     assert ("StatefulSet", "nes2net") in kinds and ("Deployment", "nes2net") not in kinds
     sts = next(d for d in built if d["kind"] == "StatefulSet" and
@@ -266,6 +273,71 @@ def test_durable_variant_builds_with_kustomize_when_installed():
     assert sts["spec"]["template"]["spec"] == mine["spec"]["template"]["spec"]
     assert sts["spec"]["volumeClaimTemplates"] == mine["spec"]["volumeClaimTemplates"]
     assert all(d["metadata"].get("namespace") == "nes2net" for d in built)
+
+
+# --------------------------------------------------------------------------- SIPREC variant
+
+SIPREC = ROOT / "deploy" / "kubernetes-siprec"
+
+
+def _siprec() -> dict:
+    """The overlay's Deployment: the base Deployment with the SIPREC JSON patch applied."""
+    kust = yaml.safe_load((SIPREC / "kustomization.yaml").read_text())
+    assert kust["resources"] == ["../kubernetes"]
+    (patch,) = kust["patches"]
+    assert patch["target"]["kind"] == "Deployment" and patch["target"]["name"] == "nes2net"
+    ops = yaml.safe_load((SIPREC / patch["path"]).read_text())
+    return _json_patch(resource("Deployment", "nes2net"), ops)
+
+
+@pytest.mark.parametrize("version", ["1.28.0", "latest"])
+def test_siprec_variant_validates_against_kubernetes_schemas(version):
+    kv = pytest.importorskip("kubernetes_validate",
+                             reason="kubernetes-validate is not installed (pip)")
+    version = kv.latest_version() if version == "latest" else version
+    kv.validate(_siprec(), version, strict=True)
+
+
+def test_siprec_variant_serves_sip_on_the_nodes_address():
+    from nes2net_gateways.siprec_config import SiprecConfig, allowed_networks
+
+    dep = _siprec()
+    spec = dep["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    # one replica per node: the SIP port and RTP range are the node's
+    (term,) = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0  # no second pod per node
+    container = spec["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NES2NET_GATEWAYS__SIPREC__MEDIA_ADDRESS"]["valueFrom"]["fieldRef"][
+        "fieldPath"] == "status.hostIP"
+    password = env["NES2NET_GATEWAYS__SIPREC__PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert password["name"] == "nes2net-secrets" and password["optional"] is True
+    # the environment the pod gets is valid config, and the gateway accepts it beyond loopback
+    values = {name: e.get("value", "10.1.2.3") for name, e in env.items()}
+    values.pop("NES2NET_CONFIG")
+    config = resource("ConfigMap", "nes2net-config")["data"]["config.toml"]
+    path = Path(tempfile.mkdtemp()) / "config.toml"
+    path.write_text(config)
+    settings = load_settings(path, environ=values)
+    cfg = SiprecConfig(**settings.gateways["siprec"])
+    assert cfg.enabled and cfg.host == "0.0.0.0" and cfg.media_address == "10.1.2.3"
+    assert allowed_networks(cfg, auth_required=True)  # does not refuse the exposed gateway
+    ports = {(p["containerPort"], p["protocol"]) for p in container["ports"]}
+    assert {(cfg.port, "UDP"), (cfg.port, "TCP")} <= ports
+
+
+def test_siprec_variant_builds_with_kustomize_when_installed():
+    built = _kustomize(SIPREC)
+    (dep,) = [d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "nes2net"]
+    mine = _siprec()
+    for pod in (dep, mine):
+        assert pod["spec"]["template"]["spec"]["containers"][0].pop("image")
+    assert dep["spec"]["template"]["spec"] == mine["spec"]["template"]["spec"]
+    assert dep["spec"]["strategy"] == mine["spec"]["strategy"]
 
 
 # --------------------------------------------------------------------------- monitoring
