@@ -14,7 +14,12 @@ from nes2net_stream.data.protocols import Trial, write_protocol
 from nes2net_stream.errors import DataError
 from nes2net_stream.evaluation.metrics import CostModel, compute_eer, evaluate, min_dcf
 from nes2net_stream.evaluation.plots import plot_det, plot_histograms
-from nes2net_stream.evaluation.report import evaluate_score_file, format_report, per_system_eer
+from nes2net_stream.evaluation.report import (
+    evaluate_score_file,
+    format_report,
+    per_speaker,
+    per_system_eer,
+)
 from nes2net_stream.evaluation.scorefiles import write_scores
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -105,6 +110,35 @@ def test_per_system_eer_separates_easy_and_hard_attacks(tmp_path):
     a02 = [scores[t.utterance] for t in trials if t.system == "A02"]
     assert result["A02"] == compute_eer(bona, a02)[0]
     assert result["A01"] < 0.1 < result["A02"]
+
+
+def test_per_speaker_finds_the_flagged_speaker_and_the_missed_voice(tmp_path):
+    trials, scores, key = _corpus(tmp_path)
+    # one genuine speaker sounds "synthetic" to the detector, one attack voice passes
+    for t in trials:
+        if t.speaker == "S3" and not t.is_spoof:
+            scores[t.utterance] = -3.0
+        if t.speaker == "S1" and t.system == "A01":
+            scores[t.utterance] = 5.0
+    result = per_speaker(scores, trials, threshold=0.5)
+    bona, spoof = result["bonafide"], result["spoof"]
+    assert list(bona) == ["S0", "S1", "S2", "S3", "S4"] and bona["S3"]["trials"] == 12
+    assert bona["S3"]["false_alarm_rate"] == 1.0 and bona["S3"]["mean_score"] == -3.0
+    assert all(bona[s]["false_alarm_rate"] < 0.5 for s in ("S0", "S1", "S2", "S4"))
+    expected = np.mean([scores[t.utterance] >= 0.5 for t in trials
+                        if t.is_spoof and t.speaker == "S1"])
+    assert spoof["S1"]["miss_rate"] == pytest.approx(expected) and expected >= 0.5
+    assert spoof["S1"]["system"] == "mixed" and spoof["S1"]["trials"] == 16
+    # in the report, at the EER threshold, worst first
+    score_file = write_scores(tmp_path / "scores.txt", scores)
+    report = evaluate_score_file(score_file, key)
+    assert report["per_speaker"] == per_speaker(scores, trials,
+                                                report["metrics"]["eer_threshold"])
+    text = format_report(report)
+    assert "flagged genuine speakers: S3 100 % of 12" in text
+    assert "missed spoof voices: S1" in text
+    with pytest.raises(DataError, match="no score"):
+        per_speaker({}, trials, threshold=0.0)
 
 
 def test_evaluate_score_file_with_plots(tmp_path):

@@ -15,7 +15,7 @@ from nes2net_stream.evaluation.metrics import CostModel, check_scores, compute_e
 from nes2net_stream.evaluation.scorefiles import detect_layout, join_with_key, read_scores
 
 __all__ = ["compare_score_files", "evaluate_score_file", "format_comparison", "format_report",
-           "per_system_eer"]
+           "per_speaker", "per_system_eer"]
 
 
 def per_system_eer(scores: Mapping[str, float], trials: Iterable[Trial]) -> dict[str, float]:
@@ -48,6 +48,48 @@ def per_system_eer(scores: Mapping[str, float], trials: Iterable[Trial]) -> dict
     return result
 
 
+def per_speaker(scores: Mapping[str, float], trials: Iterable[Trial], threshold: float
+                ) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Error rates per speaker at one threshold: who is flagged, which voices get through.
+
+    Pooled metrics hide a detector that fails one kind of voice: a genuine speaker whose
+    every call raises an alarm, or an attack voice that is never caught. Scores are compared
+    with ``threshold`` (e.g. the EER threshold): a bona fide trial scoring below it is a
+    false alarm, a spoof trial scoring at or above it a miss.
+
+    Args:
+        scores: Scores by utterance id (higher = more bona fide).
+        trials: Key trials; the speaker is ``Trial.speaker`` (for spoofs, the voice).
+        threshold: Decision threshold on the scores.
+
+    Returns:
+        ``{"bonafide": {speaker: {"trials", "mean_score", "false_alarm_rate"}}, "spoof":
+        {voice: {"trials", "mean_score", "miss_rate", "system"}}}``, each sorted by speaker.
+        A spoof voice used by several systems gets ``system`` ``"mixed"``.
+    """
+    groups: dict[tuple[bool, str], list[float]] = {}
+    systems: dict[str, set[str]] = {}
+    for t in trials:
+        if t.utterance not in scores:
+            raise DataError(f"no score for key trial {t.utterance!r}")
+        groups.setdefault((t.is_spoof, t.speaker), []).append(scores[t.utterance])
+        if t.is_spoof:
+            systems.setdefault(t.speaker, set()).add(t.system)
+    out: dict[str, dict[str, dict[str, float | int]]] = {"bonafide": {}, "spoof": {}}
+    for (is_spoof, speaker), values in sorted(groups.items(), key=lambda kv: kv[0][1]):
+        arr = np.asarray(values, dtype=np.float64)
+        row: dict[str, Any] = {"trials": int(arr.size), "mean_score": float(arr.mean())}
+        if is_spoof:
+            row["miss_rate"] = float(np.count_nonzero(arr >= threshold) / arr.size)
+            found = systems[speaker]
+            row["system"] = next(iter(found)) if len(found) == 1 else "mixed"
+            out["spoof"][speaker] = row
+        else:
+            row["false_alarm_rate"] = float(np.count_nonzero(arr < threshold) / arr.size)
+            out["bonafide"][speaker] = row
+    return out
+
+
 def evaluate_score_file(score_path: str | Path, key_path: str | Path,
                         costs: CostModel | None = None,
                         plots_dir: str | Path | None = None, *,
@@ -76,7 +118,8 @@ def evaluate_score_file(score_path: str | Path, key_path: str | Path,
 
     Returns:
         A JSON-ready dictionary with ``metrics`` (see :class:`Metrics`), ``costs``,
-        ``per_system_eer``, ``score_file``, ``key_file``, ``layout``, ``extra_scores`` (ids not
+        ``per_system_eer``, ``per_speaker`` (:func:`per_speaker` at the EER threshold),
+        ``score_file``, ``key_file``, ``layout``, ``extra_scores`` (ids not
         in the key, ignored) and ``plots`` (paths, empty without ``plots_dir``); with
         ``bootstrap``, also ``bootstrap`` (intervals) and, with ``compare_path``,
         ``comparison``.
@@ -111,6 +154,7 @@ def evaluate_score_file(score_path: str | Path, key_path: str | Path,
         "metrics": metrics.to_dict(),
         "costs": asdict(costs),
         "per_system_eer": per_system_eer(scores, trials),
+        "per_speaker": per_speaker(scores, trials, metrics.eer_threshold),
         "extra_scores": n_extra,
         "plots": plots,
     }
@@ -178,10 +222,27 @@ def format_report(metrics: Mapping[str, Any]) -> str:
     if systems:
         lines.append("EER per attack: " + ", ".join(
             f"{k} {100 * v:.2f} %" for k, v in systems.items()))
+    lines.extend(_format_speakers(metrics.get("per_speaker") or {}))
     lines.extend(_format_bootstrap(metrics))
     if metrics.get("extra_scores"):
         lines.append(f"note        {metrics['extra_scores']} scores not in the key were ignored")
     return "\n".join(lines)
+
+
+def _format_speakers(per: Mapping[str, Mapping[str, Mapping[str, Any]]], most: int = 5
+                     ) -> list[str]:
+    """The genuine speakers most often flagged and the voices most often missed."""
+    lines = []
+    for kind, rate, label in (("bonafide", "false_alarm_rate", "flagged genuine speakers"),
+                              ("spoof", "miss_rate", "missed spoof voices")):
+        rows = [(r[rate], name, r["trials"]) for name, r in per.get(kind, {}).items()
+                if r[rate] > 0]
+        if rows:
+            rows.sort(key=lambda r: (-r[0], r[1]))
+            shown = ", ".join(f"{name} {100 * x:.0f} % of {n}" for x, name, n in rows[:most])
+            more = f" (+{len(rows) - most} more)" if len(rows) > most else ""
+            lines.append(f"at EER threshold, {label}: {shown}{more}")
+    return lines
 
 
 # metric, label, scale, unit (EER in percent, two decimals; the costs and Cllr, three)
