@@ -13,6 +13,10 @@ from pathlib import Path
 
 from nes2net_stream.audio.codecs import CODECS
 from nes2net_stream.bundle import load_model
+from nes2net_stream.data.corpus.sources import SPEAKERS
+from nes2net_stream.data.protocols import database_split, read_protocol
+from nes2net_stream.evaluation.report import per_speaker
+from nes2net_stream.evaluation.scorefiles import read_scores
 from nes2net_stream.models.nes2net import count_parameters
 from nes2net_stream.scoring.files import score_file
 
@@ -63,6 +67,22 @@ def per_system(rep: dict) -> str:
     rows = ["| system | description | EER vs bona fide |", "|---|---|---|"]
     for sys_id, eer in sorted(rep.get("per_system_eer", {}).items()):
         rows.append(f"| {sys_id} | {SYSTEMS.get(sys_id, '')} | {pct(eer)} |")
+    return "\n".join(rows)
+
+
+def speaker_table(run: Path, corpus: Path, rep: dict) -> str:
+    """Genuine speakers flagged at the EER threshold (``4s`` scores), one row each."""
+    scores_path = run / "eval-4s" / "scores.txt"
+    if not scores_path.is_file() or "metrics" not in rep:
+        return "(no `4s` scores in this run)"
+    trials = read_protocol(database_split(corpus, "eval")[0])
+    per = per_speaker(read_scores(scores_path), trials, rep["metrics"]["eer_threshold"])
+    rows = ["| speaker | sex | trials | flagged at the EER threshold | mean score (bona fide LLR: > 0 leans genuine) |",
+            "|---|---|---|---|---|"]
+    for name, r in per["bonafide"].items():
+        sex = SPEAKERS[name].sex if name in SPEAKERS else "?"
+        rows.append(f"| {name} | {sex} | {r['trials']} | {pct(r['false_alarm_rate'])} | "
+                    f"{r['mean_score']:+.2f} |")
     return "\n".join(rows)
 
 
@@ -250,6 +270,11 @@ ranked on this split.
 Per spoofing system (`4s` mode):
 
 {per_system(evals.get('4s', {}))}
+
+Per genuine eval speaker (`4s` mode; a trial is flagged when its score is on the spoof side
+of the EER threshold; [evaluation.md](evaluation.md#reports-and-plots)):
+
+{speaker_table(a.run, a.corpus, evals.get('4s', {}))}
 
 On codecs never used in training, applied on top of each eval trial's own channel
 (`nes2net-stream eval --channel`, `4s` mode):
