@@ -107,6 +107,15 @@ class CallHandle:
             raise RuntimeError("audio before start")
         self.session.feed(chunk)
 
+    def update_metadata(self, metadata: dict[str, Any]) -> None:
+        """Replace the call's metadata for the events still to come (e.g. after a transfer).
+
+        The events already published keep what they had; the calibration picked from the
+        start's metadata stays. A no-op before ``start`` or after the end.
+        """
+        if self.session is not None:
+            self.session.update_metadata(metadata)
+
     def discontinuity(self, gap_s: float) -> None:
         """Tell the pipeline that ``gap_s`` seconds of the provider's audio are missing.
 

@@ -89,6 +89,8 @@ class CallSession:
 
     def __init__(self, start: CallStart, ctx: Any, sink: EventSink | None = None):
         self.start = start
+        #: the call's metadata as of now (published with every event; see update_metadata)
+        self.metadata: dict[str, Any] = start.metadata
         self.ctx = ctx
         self.sink = sink
         self.started_at = time.monotonic()
@@ -123,6 +125,22 @@ class CallSession:
     def call_id(self) -> str:
         """The call's id."""
         return self.start.call_id
+
+    def update_metadata(self, metadata: dict[str, Any]) -> None:
+        """The platform's metadata of the call changed (e.g. a transfer): later events carry it.
+
+        Only what the events publish changes; the calibration picked at the start stays.
+        """
+        if self.ended is not None or metadata == self.metadata:
+            return
+        changed = sorted(k for k in metadata.keys() | self.metadata.keys()
+                         if metadata.get(k) != self.metadata.get(k))
+        self.metadata = dict(metadata)
+        self.log.info("call metadata updated", keys=changed)
+        if self.ctx.publisher.journaling:  # a lost summary must name the call as it is now
+            for ch in self._channels.values():
+                self.ctx.publisher.channel_opened(
+                    self._event("state", ch, {"running": self._running(ch)}))
 
     @property
     def scored_roles(self) -> list[str]:
@@ -273,7 +291,7 @@ class CallSession:
             body = {**body, "degraded": self.degraded}
         return OutputEvent(type=type_, call_id=self.call_id, channel=ch.role,  # type: ignore[arg-type]
                            source=self.start.source, model_id=self.ctx.engine.model_id,
-                           state=ch.policy.state, body=body, metadata=self.start.metadata)
+                           state=ch.policy.state, body=body, metadata=self.metadata)
 
     def _running(self, ch: _Channel) -> dict[str, Any]:
         llr = ch.policy.running_llr

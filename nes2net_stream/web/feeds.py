@@ -97,7 +97,7 @@ def active_calls(ctx: Any) -> list[dict[str, Any]]:
     """The calls open in this process (for the ``active`` messages)."""
     now_mono, now = time.monotonic(), time.time()
     return [{"call_id": s.call_id, "source": s.start.source.to_dict(),
-             "metadata": s.start.metadata, "channels": s.scored_roles,
+             "metadata": s.metadata, "channels": s.scored_roles,
              "started_unix": round(now - (now_mono - s.started_at), 3),
              "audio_s": round(s.audio_seconds, 2), "replica": REPLICA_ID}
             for s in list(ctx.calls.values())]

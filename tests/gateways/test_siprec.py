@@ -1,6 +1,7 @@
 """SIPREC gateway over real UDP/TCP sockets: INVITE with SDP + RFC 7865 metadata, RTP, BYE."""
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -21,11 +22,13 @@ from structlog.testing import capture_logs
 
 from nes2net_stream.client import encode_samples, stream_samples
 from nes2net_stream.errors import ConfigError
+from nes2net_stream.service import alert_journal
+from nes2net_stream.service.alert_journal import worker_dirs
 
 
-async def service(make_service, limits=None, **section):
+async def service(make_service, limits=None, redis=None, **section):
     cfg = {"enabled": True, "port": 0, "rtp_port_min": 0, **section}
-    svc = await make_service(gateways={"siprec": cfg}, limits=limits or {})
+    svc = await make_service(gateways={"siprec": cfg}, limits=limits or {}, redis=redis or {})
     (gw,) = svc.gateways
     svc.sip_port = gw.bound_port
     svc.gw = gw
@@ -197,6 +200,55 @@ async def test_paused_recording_does_not_time_out(make_service, redis_client):
         await src.bye(d)
     (s,) = await summaries(redis_client, d.call_id)
     assert s["summary"]["end_reason"] == "stop"
+
+
+async def test_a_transfer_in_a_reinvite_changes_the_participants_of_later_events(
+        make_service, redis_client, tmp_path):
+    """A partial metadata update (RFC 7865 §6) moves the agent's stream to a new participant:
+    the windows scored after it, and the summary, name the new agent; the caller stays. The
+    alert journal learns it too (a process dying now owes a summary naming the new agent)."""
+    svc = await service(make_service, redis={"alert_journal_dir": str(tmp_path)})
+    d = new_dialog()
+    audio = encode_samples(real_speech(seconds=12.0), "mulaw")
+    packets = rtp_packets(audio)
+    half = len(packets) // 2
+    transfer = "\r\n".join([
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>",
+        "<recording xmlns='urn:ietf:params:xml:ns:recording:1'>",
+        "<datamode>partial</datamode>",
+        "<participant participant_id=\"P2\"><nameID aor=\"sip:+18005550199@pbx.example\"/>"
+        "</participant>",
+        "<participantstreamassoc participant_id=\"P1\"></participantstreamassoc>",
+        "<participantstreamassoc participant_id=\"P2\"><send>ST1</send>"
+        "</participantstreamassoc>",
+        "</recording>"])
+    async with SiprecClient(svc.sip_port) as src:
+        assert (await src.invite(d)).status == 200
+        await send_rtp(d.ports[0], packets[:half])
+        await asyncio.sleep(0.5)  # the first half's windows are scored before the transfer
+        d.cseq += 1
+        with capture_logs() as logs:
+            src.send(src.invite_text(d, sdp=sdp_offer(), metadata=transfer))
+            assert (await src.final(d)).status == 200
+        src.send(src.request("ACK", d))
+        assert any(e["event"] == "call metadata updated" for e in logs)
+        (journal,) = worker_dirs(tmp_path).values()
+        (open_call,) = alert_journal._read(journal).open_calls.values()
+        assert json.loads(open_call)["metadata"]["dnis"] == "+18005550199"
+        await send_rtp(d.ports[0], packets[half:])
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    (s,) = await summaries(redis_client, d.call_id)
+    assert s["metadata"]["dnis"] == "+18005550199" and s["metadata"]["ani"] == "+15551230001"
+    assert s["metadata"]["custom"]["participants"] == {
+        "caller": "sip:+15551230001@carrier.example", "agent": "sip:+18005550199@pbx.example"}
+    await window_scores(redis_client, d.call_id)  # every window is in Redis
+    windows = sorted((json.loads(f["event"]) for _, f in redis_client.xrange("nes2net:scores")
+                      if json.loads(f["event"])["call_id"] == d.call_id),
+                     key=lambda w: w["window"]["index"])
+    dnis = [w["metadata"]["dnis"] for w in windows]
+    assert dnis[0] == "+18005550100" and dnis[-1] == "+18005550199"
+    assert dnis == sorted(dnis)  # one switch, from the old agent to the new
 
 
 async def test_a_reinvite_can_move_the_media_sender(make_service, redis_client):

@@ -221,3 +221,23 @@ def test_a_stream_two_participants_send_is_marked_mixed():
     two = plan_offer(parse_sdp(sdp_offer()), codecs=["PCMU"], max_streams=4)
     assert "mixed" not in call_info("m@sbc", two, ["caller", "agent"],
                                     parse_rs_metadata(rs_metadata().encode()))
+
+
+def test_metadata_updates_merge_partial_and_replace_complete():
+    """RFC 7865 §6: a partial update restates only what changed; a complete one replaces."""
+    start = parse_rs_metadata(rs_metadata().encode())
+    assert start.sender_of("2").aor == "sip:+18005550100@pbx.example"
+    partial = parse_rs_metadata(
+        b"<recording xmlns='urn:ietf:params:xml:ns:recording:1'><datamode>partial</datamode>"
+        b"<participant participant_id='P2'><nameID aor='sip:+18005550199@pbx.example'/>"
+        b"</participant><participantstreamassoc participant_id='P1'/>"
+        b"<participantstreamassoc participant_id='P2'><send>ST1</send>"
+        b"</participantstreamassoc></recording>")
+    assert partial.sender_of("2") is None  # alone it names no labelled stream
+    merged = start.merged(partial)
+    assert merged.sender_of("2").aor == "sip:+18005550199@pbx.example"
+    assert merged.sender_of("1").aor == start.sender_of("1").aor  # the caller stays
+    assert merged.sip_session_ids == start.sip_session_ids and merged.sender_counts["2"] == 1
+    assert start.sender_of("2").aor == "sip:+18005550100@pbx.example"  # not changed in place
+    complete = parse_rs_metadata(rs_metadata(aors=("sip:+1@a", "sip:+2@b")).encode())
+    assert start.merged(complete) is complete

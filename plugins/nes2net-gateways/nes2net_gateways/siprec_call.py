@@ -35,6 +35,7 @@ from nes2net_stream.service.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from nes2net_gateways.siprec import SiprecGateway
+    from nes2net_gateways.siprec_metadata import RecordingMetadata
 
 T1, T2, TIMER_B = 0.5, 4.0, 32.0  # RFC 3261 retransmission timers (seconds)
 TICK_S = 0.5
@@ -101,6 +102,10 @@ class RecordingCall:
         self.invite_key = (invite.cseq[0],
                            header_params(invite.get("Via") or "")[1].get("branch", ""))
         self.streams: list[MediaStream] = []
+        #: the recording metadata as last updated (re-INVITE/UPDATE), if the client sent any
+        self.metadata: RecordingMetadata | None = None
+        #: the event metadata of this call for given recording metadata (set at the start)
+        self.describe: Callable[[RecordingMetadata | None], dict[str, Any]] = lambda _: {}
         self.response: bytes | None = None  # the final answer to the INVITE (resent on demand)
         self.answer_body = b""  # the current SDP answer
         self.accepted: list[AcceptedStream | None] = []  # per offered m= line

@@ -159,8 +159,10 @@ class InviteHandler:
             gw.reply(msg, peer, 503, headers=[("Retry-After", "5")],
                      warning="no free RTP port")
             return
+        call.metadata = metadata
+        call.describe = lambda meta: call_info(msg.call_id, plan, roles, meta)
         try:
-            info = call_info(msg.call_id, plan, roles, metadata)
+            info = call.describe(metadata)
             handle.start(call_start(gw, call_id=call_id_for(msg.call_id),
                                     encoding=plan.encoding, sample_rate=plan.sample_rate,
                                     channels=_customer_first(roles, cfg.customer_role),
@@ -214,11 +216,13 @@ class InviteHandler:
     def _reinvite(self, msg: SipMessage, peer: Peer, call: RecordingCall) -> None:
         gw = self.gw
         offer, metadata = _offer(msg)
-        if metadata is not None:  # e.g. a transfer: logged; the call's events keep its start's
+        if metadata is not None:  # e.g. a transfer: the call's later events name who is on it
+            call.metadata = metadata if call.metadata is None else call.metadata.merged(metadata)
             gw.log.info("recording metadata updated", call_id=call.handle.call_id,
                         datamode=metadata.datamode,
                         participants=sorted(p.aor or p.participant_id
-                                            for p in metadata.participants.values()))
+                                            for p in call.metadata.participants.values()))
+            call.handle.update_metadata(call.describe(call.metadata))
         if offer is None:  # a refresh without an offer: answer with the current SDP
             gw.reply(msg, peer, 200, to_tag=call.local_tag, body=call.answer_body,
                      headers=[("Content-Type", "application/sdp")])

@@ -9,7 +9,7 @@ DTDs and entities, bounds sizes and counts, and raises only
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nes2net_gateways.sip_message import SipError
 
@@ -41,6 +41,36 @@ class RecordingMetadata:
     senders: dict[str, str] = field(default_factory=dict)
     #: label -> how many participants send on that stream (over 1: a mix of several)
     sender_counts: dict[str, int] = field(default_factory=dict)
+    #: participant id -> the stream ids it sends (its participantstreamassoc elements)
+    sends: dict[str, list[str]] = field(default_factory=dict)
+
+    def link(self) -> RecordingMetadata:
+        """Work out :attr:`senders` and :attr:`sender_counts` from the associations."""
+        self.senders, self.sender_counts = {}, {}
+        for participant_id, stream_ids in self.sends.items():
+            for stream_id in stream_ids:
+                if stream_id in self.stream_labels:
+                    label = self.stream_labels[stream_id]
+                    self.senders.setdefault(label, participant_id)  # the first named sender
+                    self.sender_counts[label] = self.sender_counts.get(label, 0) + 1
+        return self
+
+    def merged(self, update: RecordingMetadata) -> RecordingMetadata:
+        """This document with a later one applied (RFC 7865 section 6: ``partial`` updates).
+
+        A ``complete`` update replaces everything. A partial one restates what changed:
+        its participants, streams and each participant's associations replace the earlier
+        ones of the same id; sessions it does not name are kept.
+        """
+        if update.datamode != "partial":
+            return update
+        return replace(
+            self, datamode=self.datamode,
+            session_ids=update.session_ids or self.session_ids,
+            sip_session_ids=update.sip_session_ids or self.sip_session_ids,
+            participants={**self.participants, **update.participants},
+            stream_labels={**self.stream_labels, **update.stream_labels},
+            sends={**self.sends, **update.sends}).link()
 
     def sender_of(self, label: str) -> Participant | None:
         """The participant sending on the stream with SDP ``a=label`` ``label``, if known.
@@ -124,7 +154,6 @@ def parse_rs_metadata(
     if _local(root.tag) != "recording":
         raise SipError(400, "recording metadata root must be <recording>")
     meta = RecordingMetadata(datamode=_child_text(root, "datamode"))
-    assoc: list[tuple[str, list[str]]] = []
     for element in root:
         kind = _local(element.tag)
         if kind == "session":
@@ -154,11 +183,5 @@ def parse_rs_metadata(
             participant_id = _attr(element, "participant_id")
             if participant_id is not None:
                 sends = [t for c in _children(element, "send") if (t := _text(c.text))]
-                assoc.append((participant_id, sends))
-    for participant_id, sends in assoc:
-        for stream_id in sends:
-            if stream_id in meta.stream_labels:
-                label = meta.stream_labels[stream_id]
-                meta.senders.setdefault(label, participant_id)  # the first named sender
-                meta.sender_counts[label] = meta.sender_counts.get(label, 0) + 1
-    return meta
+                meta.sends.setdefault(participant_id, []).extend(sends)
+    return meta.link()
