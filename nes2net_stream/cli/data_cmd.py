@@ -30,3 +30,32 @@ def build_demo(out_dir: Path, seed: int, quick: bool, jobs: int, progress: bool)
     summary = build_demo_corpus(out_dir, seed=seed, quick=quick, jobs=jobs, progress=progress)
     click.echo(summary.describe())
     click.echo(f"summary: {out_dir / 'corpus.json'}")
+
+
+@data.command("merge")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--train", "train", multiple=True, metavar="DB[:SPLIT]",
+              help="A source of the train split (repeat); SPLIT defaults to train.")
+@click.option("--dev", "dev", multiple=True, metavar="DB[:SPLIT]",
+              help="A source of the dev split (repeat); SPLIT defaults to dev.")
+@click.option("--eval", "eval_", multiple=True, metavar="DB[:SPLIT]",
+              help="A source of the eval split (repeat); SPLIT defaults to eval.")
+@click.option("--copy", is_flag=True, help="Copy the audio instead of linking to it.")
+@click.option("--allow-shared-speakers", is_flag=True,
+              help="Accept bona fide speakers present in several of the output's splits.")
+def merge(out_dir: Path, train: tuple[str, ...], dev: tuple[str, ...], eval_: tuple[str, ...],
+          copy: bool, allow_shared_speakers: bool) -> None:
+    """Merge splits of ASVspoof-layout databases into OUT_DIR (e.g. the demo corpus + yours).
+
+    Example: data merge mixed --train corpus/demo --train my-calls:train --dev corpus/demo
+    --eval my-calls (see docs/training.md). Audio is linked, or copied with --copy.
+    """
+    from nes2net_stream.data.merge import merge_databases, parse_source
+
+    sources = {split: [parse_source(s, split) for s in given]
+               for split, given in (("train", train), ("dev", dev), ("eval", eval_)) if given}
+    counts = merge_databases(out_dir, sources, copy=copy,
+                             allow_shared_speakers=allow_shared_speakers)
+    for split, c in counts.items():
+        click.echo(f"{split}: {c['bonafide']} bona fide, {c['spoof']} spoof")
+    click.echo(f"merged database: {out_dir}")
