@@ -67,6 +67,23 @@ def rs_metadata(labels: tuple[str, ...] = ("1", "2"),
     return "\r\n".join(parts)
 
 
+def draft_metadata(labels: tuple[str, ...] = ("1", "2"),
+                   aors: tuple[str, ...] = ("sip:+15551230001@carrier.example",
+                                            "sip:+18005550100@pbx.example")) -> str:
+    """The same metadata in the layout of the SIPREC drafts that some SBCs still send:
+    ``id`` attributes, ``<send>`` in ``<participant>``, ``<dataMode>``."""
+    parts = ["<?xml version='1.0' encoding='UTF-8'?>",
+             "<recording xmlns='urn:ietf:params:xml:ns:recording'>",
+             "<dataMode>complete</dataMode>", "<session id=\"urn:uuid:s-1\"/>"]
+    for i, (label, aor) in enumerate(zip(labels, aors, strict=False)):
+        parts += [f"<participant id=\"urn:uuid:p-{i}\" session=\"urn:uuid:s-1\">"
+                  f"<aor>{aor}</aor><send>urn:uuid:st-{i}</send></participant>",
+                  f"<stream id=\"urn:uuid:st-{i}\" session=\"urn:uuid:s-1\">"
+                  f"<label>{label}</label></stream>"]
+    parts.append("</recording>")
+    return "\r\n".join(parts)
+
+
 @dataclass
 class Dialog:
     """What the client knows of one recording session."""

@@ -12,6 +12,7 @@ from siprec_client import (
     Dialog,
     RtpSender,
     SiprecClient,
+    draft_metadata,
     real_speech,
     rs_metadata,
     rtp_packets,
@@ -96,12 +97,14 @@ async def test_both_parties_scored_customer_by_label(make_service, redis_client)
     assert meta["ani"] == "+18005550100"  # the customer is the participant of label 2
 
 
-async def test_the_customer_found_by_its_address(make_service, redis_client):
-    """``customer_aor``: the E.164 participant is the customer, whatever its stream's order."""
+@pytest.mark.parametrize("layout", [rs_metadata, draft_metadata], ids=["rfc7865", "drafts"])
+async def test_the_customer_found_by_its_address(make_service, redis_client, layout):
+    """``customer_aor``: the E.164 participant is the customer, whatever its stream's order
+    (metadata in RFC 7865's layout or in the drafts' that some SBCs still send)."""
     svc = await service(make_service, customer_aor=r"^sip:\+")
     d = new_dialog()
     audio = encode_samples(real_speech(seconds=5.0), "mulaw")
-    meta = rs_metadata(aors=("sip:2001@pbx.example", "sip:+4930123456@carrier.example"))
+    meta = layout(aors=("sip:2001@pbx.example", "sip:+4930123456@carrier.example"))
     async with SiprecClient(svc.sip_port) as src:
         assert (await src.invite(d, metadata=meta)).status == 200
         await send_rtp(d.ports[1], rtp_packets(audio))

@@ -241,3 +241,44 @@ def test_metadata_updates_merge_partial_and_replace_complete():
     assert start.sender_of("2").aor == "sip:+18005550100@pbx.example"  # not changed in place
     complete = parse_rs_metadata(rs_metadata(aors=("sip:+1@a", "sip:+2@b")).encode())
     assert start.merged(complete) is complete
+
+
+# the layout of the SIPREC metadata drafts, as some deployed SBCs still send it: ``id``
+# attributes, <send> inside <participant>, <dataMode>, the namespace without ":1"
+DRAFT_LAYOUT = b"""<?xml version='1.0' encoding='UTF-8'?>
+<recording xmlns='urn:ietf:params:xml:ns:recording'>
+  <dataMode>complete</dataMode>
+  <session id="urn:uuid:5f1e0c1a-0000-4000-8000-000000000001"/>
+  <participant id="urn:uuid:aa01" session="urn:uuid:5f1e0c1a-0000-4000-8000-000000000001">
+    <aor>sip:+15557654321@carrier.example</aor><name>Caller</name>
+    <send>urn:uuid:st01</send><recv>urn:uuid:st02</recv>
+  </participant>
+  <participant id="urn:uuid:aa02" session="urn:uuid:5f1e0c1a-0000-4000-8000-000000000001">
+    <nameID aor="sip:4711@pbx.example"><name>Agent</name></nameID>
+    <send>urn:uuid:st02</send>
+  </participant>
+  <stream id="urn:uuid:st01" session="urn:uuid:5f1e0c1a-0000-4000-8000-000000000001">
+    <label>1</label><mode>separate</mode></stream>
+  <stream id="urn:uuid:st02" session="urn:uuid:5f1e0c1a-0000-4000-8000-000000000001">
+    <label>2</label></stream>
+</recording>"""
+
+
+def test_metadata_in_the_drafts_layout_names_the_senders():
+    meta = parse_rs_metadata(DRAFT_LAYOUT)
+    assert meta.datamode == "complete"
+    assert meta.session_ids == ["urn:uuid:5f1e0c1a-0000-4000-8000-000000000001"]
+    assert meta.sender_of("1").aor == "sip:+15557654321@carrier.example"
+    assert meta.sender_of("2").aor == "sip:4711@pbx.example"
+    assert meta.sender_of("2").name == "Agent" and meta.sender_counts == {"1": 1, "2": 1}
+    # a partial update in the same layout: the agent's stream now comes from a new agent
+    update = parse_rs_metadata(
+        b"<recording xmlns='urn:ietf:params:xml:ns:recording'><dataMode>partial</dataMode>"
+        b"<participant id='urn:uuid:aa03'><aor>sip:4712@pbx.example</aor>"
+        b"<send>urn:uuid:st02</send></participant>"
+        b"<participant id='urn:uuid:aa02'><send/></participant></recording>")
+    assert update.datamode == "partial"
+    merged = meta.merged(update)
+    assert merged.sender_of("1").aor == "sip:+15557654321@carrier.example"
+    assert merged.sender_of("2").aor == "sip:4712@pbx.example"
+    assert merged.participants["urn:uuid:aa02"].aor == "sip:4711@pbx.example"  # kept

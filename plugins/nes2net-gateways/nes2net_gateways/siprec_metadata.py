@@ -1,5 +1,11 @@
 """SIPREC recording metadata (RFC 7865): who is speaking on which labelled stream.
 
+Two layouts are read. RFC 7865's: ``participant_id``/``stream_id`` attributes and
+``<participantstreamassoc>`` elements naming what each participant sends. And the layout of
+the drafts before it, still sent by deployed SBCs (Oracle/Acme Packet's samples): ``id``
+attributes, ``<send>`` inside ``<participant>``, ``<dataMode>``, and the namespace without
+``:1``.
+
 Elements are matched by local name, so documents with or without the
 ``urn:ietf:params:xml:ns:recording:1`` namespace work. :func:`parse_rs_metadata` refuses
 DTDs and entities, bounds sizes and counts, and raises only
@@ -68,7 +74,10 @@ class RecordingMetadata:
             self, datamode=self.datamode,
             session_ids=update.session_ids or self.session_ids,
             sip_session_ids=update.sip_session_ids or self.sip_session_ids,
-            participants={**self.participants, **update.participants},
+            participants={**self.participants, **{
+                pid: Participant(pid, p.aor or old.aor, p.name or old.name)
+                if (old := self.participants.get(pid)) is not None else p
+                for pid, p in update.participants.items()}},
             stream_labels={**self.stream_labels, **update.stream_labels},
             sends={**self.sends, **update.sends}).link()
 
@@ -153,18 +162,24 @@ def parse_rs_metadata(
     root = _parse_tree(data, max_bytes, max_elements)
     if _local(root.tag) != "recording":
         raise SipError(400, "recording metadata root must be <recording>")
-    meta = RecordingMetadata(datamode=_child_text(root, "datamode"))
+    mode = next((t for c in root if _local(c.tag).lower() == "datamode"
+                 if (t := _text(c.text))), None)
+    meta = RecordingMetadata(datamode=mode.lower() if mode else None)
     for element in root:
         kind = _local(element.tag)
         if kind == "session":
-            if (session_id := _attr(element, "session_id")) is not None:
+            if (session_id := _attr(element, "session_id") or _attr(element, "id")) is not None:
                 meta.session_ids.append(session_id)
             meta.sip_session_ids += [
                 t for c in _children(element, "sipSessionID") if (t := _text(c.text))]
         elif kind == "participant":
-            participant_id = _attr(element, "participant_id")
+            participant_id = _attr(element, "participant_id") or _attr(element, "id")
             if participant_id is None:
                 continue
+            send = _children(element, "send")
+            if send:  # the drafts' layout: what a participant sends is listed in it
+                meta.sends.setdefault(participant_id, []).extend(
+                    t for c in send if (t := _text(c.text)))
             aor = _child_text(element, "aor")
             name = _child_text(element, "name")
             for name_id in _children(element, "nameID"):
@@ -175,7 +190,7 @@ def parse_rs_metadata(
                 aor, name = aor or old.aor, name or old.name
             meta.participants[participant_id] = Participant(participant_id, aor, name)
         elif kind == "stream":
-            stream_id = _attr(element, "stream_id")
+            stream_id = _attr(element, "stream_id") or _attr(element, "id")
             label = _child_text(element, "label")
             if stream_id is not None and label is not None:
                 meta.stream_labels[stream_id] = label
