@@ -116,6 +116,73 @@ async def test_the_customer_found_by_its_address(make_service, redis_client, lay
     assert s["summary"]["duration_s"] == pytest.approx(5.0, abs=0.03)
 
 
+async def test_the_customers_stream_offered_later_is_the_one_scored(make_service, redis_client):
+    """An outbound call on an SBC that records the calling party (the agent) first and adds
+    the called party's stream by re-INVITE once it answers: with ``customer_aor`` the session
+    waits for the customer's stream, then records the re-offer's streams."""
+    svc = await service(make_service, customer_aor=r"^sip:\+")
+    d = new_dialog()
+    agent = rtp_packets(encode_samples(real_speech("synthetic_call.wav", seconds=3.0), "mulaw"))
+    customer = encode_samples(real_speech(seconds=6.0), "mulaw")
+    aors = ("sip:2001@pbx.example", "sip:+4930123456@carrier.example")
+    async with SiprecClient(svc.sip_port) as src:
+        with capture_logs() as logs:
+            assert (await src.invite(d, sdp=sdp_offer(labels=("1",)),
+                                     metadata=rs_metadata(labels=("1",), aors=aors[:1]))
+                    ).status == 200
+        assert any(e["event"] == "recording session waits for the customer's stream"
+                   for e in logs)
+        await send_rtp(d.ports[0], agent)  # ringing: the agent's stream alone, not scored
+        d.cseq += 1
+        src.send(src.invite_text(d, sdp=sdp_offer(labels=("1", "2")),
+                                 metadata=rs_metadata(labels=("1", "2"), aors=aors)))
+        answer = await src.final(d)
+        assert answer.status == 200
+        src.send(src.request("ACK", d))
+        ports = [m.port for m in parse_sdp(answer.body.decode()).media]
+        assert len(ports) == 2 and all(ports)
+        await send_rtp(ports[1], rtp_packets(customer))
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    (s,) = await summaries(redis_client, d.call_id)
+    assert s["channel"] == "caller" and s["metadata"]["ani"] == "+4930123456"
+    assert s["metadata"]["custom"]["labels"] == {"agent": "1", "caller": "2"}
+    assert s["summary"]["duration_s"] == pytest.approx(6.0, abs=0.03)  # the customer's audio
+    assert s["summary"]["windows_scored"] >= 2
+
+
+async def test_without_the_customers_stream_the_offered_streams_are_scored_after_the_wait(
+        make_service, redis_client):
+    svc = await service(make_service, customer_aor=r"^sip:\+", customer_wait_s=0.5)
+    d = new_dialog()
+    audio = rtp_packets(encode_samples(real_speech(seconds=5.0), "mulaw"))
+    async with SiprecClient(svc.sip_port) as src:
+        meta = rs_metadata(labels=("1",), aors=("sip:2001@pbx.example",))
+        assert (await src.invite(d, sdp=sdp_offer(labels=("1",)), metadata=meta)).status == 200
+        with capture_logs() as logs:
+            await asyncio.sleep(1.2)  # the wait is over: the stream there is gets recorded
+        assert any("not offered in time" in e["event"] for e in logs)
+        await send_rtp(d.ports[0], audio)
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    (s,) = await summaries(redis_client, d.call_id)
+    assert s["metadata"]["custom"]["participants"] == {"caller": "sip:2001@pbx.example"}
+    assert s["summary"]["duration_s"] == pytest.approx(5.0, abs=0.03)
+
+
+async def test_a_session_ended_while_waiting_publishes_nothing(make_service, redis_client):
+    svc = await service(make_service, customer_aor=r"^sip:\+")
+    d = new_dialog()
+    async with SiprecClient(svc.sip_port) as src:
+        meta = rs_metadata(labels=("1",), aors=("sip:2001@pbx.example",))
+        assert (await src.invite(d, sdp=sdp_offer(labels=("1",)), metadata=meta)).status == 200
+        await send_rtp(d.ports[0], rtp_packets(encode_samples(real_speech(seconds=1.0),
+                                                              "mulaw")))
+        assert (await src.bye(d)).status == 200
+    await asyncio.sleep(0.5)
+    assert not svc.gw.calls and await summaries(redis_client, d.call_id, within=0.5) == []
+
+
 async def test_retransmitted_invite_gets_the_same_answer(make_service, redis_client):
     svc = await service(make_service)
     d = new_dialog()

@@ -102,10 +102,17 @@ class RecordingCall:
         self.invite_key = (invite.cseq[0],
                            header_params(invite.get("Via") or "")[1].get("branch", ""))
         self.streams: list[MediaStream] = []
+        self.encoding, self.sample_rate = "mulaw", 8000  # of the internal call (the plan's)
         #: the recording metadata as last updated (re-INVITE/UPDATE), if the client sent any
         self.metadata: RecordingMetadata | None = None
         #: the event metadata of this call for given recording metadata (set at the start)
         self.describe: Callable[[RecordingMetadata | None], dict[str, Any]] = lambda _: {}
+        #: waiting for the customer's stream (``customer_aor``): until this monotonic time,
+        #: then ``on_wait_over`` starts the call with the streams it has; None: not waiting
+        self.wait_until: float | None = None
+        self.on_wait_over: Callable[[], None] = lambda: None
+        #: (CSeq, branch) of a re-INVITE/UPDATE being answered asynchronously
+        self.pending: tuple[int, str] | None = None
         self.response: bytes | None = None  # the final answer to the INVITE (resent on demand)
         self.answer_body = b""  # the current SDP answer
         self.accepted: list[AcceptedStream | None] = []  # per offered m= line
@@ -132,7 +139,7 @@ class RecordingCall:
     # ------------------------------------------------------------------ RTP in
     def on_datagram(self, stream: MediaStream, data: bytes, addr: Any) -> None:
         """A datagram on ``stream``'s port: check its sender, order it, feed the call."""
-        if self._end is not None or not self.handle.started:
+        if self._end is not None or not (self.handle.started or self.wait_until is not None):
             return
         try:
             source = (addr[0], addr[1])
@@ -211,6 +218,12 @@ class RecordingCall:
             if not stream.paused and stream.last_packet is not None:
                 stream.last_packet = time.monotonic()  # idle time restarts on resume
 
+    def replace_streams(self) -> None:
+        """Drop the streams (counted, ports closed) before a new offer's are set up."""
+        self._count_rtp()
+        close_ports([s.port for s in self.streams if s.port is not None])
+        self.streams, self._counted = [], {}
+
     def finish(self, end: CallEnd) -> None:
         """End the call (first reason wins); :meth:`run` publishes the summary."""
         if self._end is None:
@@ -254,6 +267,9 @@ class RecordingCall:
                         self.peer.send(self.response)
                         self._resend_interval = min(self._resend_interval * 2, T2)
                         self._resend_at = now + self._resend_interval
+                if self.wait_until is not None and now >= self.wait_until:
+                    self.wait_until, self.started_at = None, now
+                    self.on_wait_over()
                 self._check_media(now, lim)
                 if now >= self._metrics_at:
                     self._count_rtp()
@@ -281,8 +297,8 @@ class RecordingCall:
         if not active:
             return
         heard = [s.last_packet for s in active if s.last_packet is not None]
-        if not heard:
-            if now - self.started_at > lim.start_timeout_s:
+        if not heard:  # (while waiting for the customer, the wait bounds the silence)
+            if self.wait_until is None and now - self.started_at > lim.start_timeout_s:
                 self.finish(CallEnd("timeout", "start_timeout"))
         elif now - max(heard) > lim.idle_timeout_s:
             self.finish(CallEnd("timeout", "idle_timeout"))

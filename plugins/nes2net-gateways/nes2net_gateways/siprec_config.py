@@ -41,6 +41,7 @@ class SiprecConfig(GatewayConfig):
     realm: str = "nes2net-stream"
     customer_label: str = ""
     customer_aor: str = ""
+    customer_wait_s: float = Field(60.0, ge=0.0, le=3600.0)
     codecs: list[Literal["PCMU", "PCMA", "G722", "OPUS", "L16"]] = Field(
         default_factory=lambda: ["PCMU", "PCMA", "G722", "OPUS", "L16"], min_length=1)
     max_streams: int = Field(4, ge=1, le=16)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import time
 from typing import TYPE_CHECKING
 
 from nes2net_gateways._common import call_start
@@ -35,6 +36,7 @@ from nes2net_gateways.siprec_offer import (
 )
 from nes2net_gateways.srtp import SrtpReceiver, answer_crypto
 from nes2net_stream.service.errors import ProtocolError
+from nes2net_stream.service.events import CallEnd
 
 if TYPE_CHECKING:
     from nes2net_gateways.siprec import SiprecGateway
@@ -110,14 +112,23 @@ class InviteHandler:
             raise SipError(488, "the INVITE carries no SDP offer (late offers are not "
                            "supported)")
         label = customer_label(offer, metadata, gw.cfg.customer_label, gw.customer_aor)
+        plan = self._plan(offer, label, peer)
+        # customer_aor names the customer, but no offered stream is theirs (yet): an SBC that
+        # adds the called party's stream by re-INVITE once it answers (an outbound call)
+        waiting = (gw.customer_aor is not None and not gw.cfg.customer_label and not label
+                   and gw.cfg.customer_wait_s > 0)
+        gw.reply(msg, peer, 100)
+        self._starting[msg.call_id] = key
+        gw.spawn(self._setup(msg, peer, offer, plan, metadata, waiting))
+
+    def _plan(self, offer: SessionDescription, label: str, peer: Peer) -> OfferPlan:
+        gw = self.gw
         plan = plan_offer(offer, codecs=gw.cfg.codecs, max_streams=gw.cfg.max_streams,
                           customer_label=label, srtp=gw.srtp_mode)
         if any(sp.crypto is not None for sp in plan.streams) and peer.kind != "TLS":
             gw.log.warning("SRTP keys received over unencrypted SIP (use transports = "
                            "[\"tls\"])", remote=f"{peer.addr[0]}:{peer.addr[1]}")
-        gw.reply(msg, peer, 100)
-        self._starting[msg.call_id] = key
-        gw.spawn(self._setup(msg, peer, offer, plan, metadata))
+        return plan
 
     def update(self, msg: SipMessage, peer: Peer, call: RecordingCall) -> None:
         """UPDATE inside the dialog: answered like a re-INVITE (no ACK follows)."""
@@ -125,10 +136,11 @@ class InviteHandler:
 
     # ------------------------------------------------------------------ new sessions
     async def _setup(self, msg: SipMessage, peer: Peer, offer: SessionDescription,
-                     plan: OfferPlan, metadata: RecordingMetadata | None) -> None:
+                     plan: OfferPlan, metadata: RecordingMetadata | None,
+                     waiting: bool) -> None:
         gw = self.gw
         try:
-            await self._start(msg, peer, offer, plan, metadata)
+            await self._start(msg, peer, offer, plan, metadata, waiting)
         except Exception as exc:  # never leave the client without a final answer
             gw.log.exception("SIPREC setup failed", error=repr(exc))
             gw.reply(msg, peer, 500)
@@ -136,17 +148,47 @@ class InviteHandler:
             self._starting.pop(msg.call_id, None)
 
     async def _start(self, msg: SipMessage, peer: Peer, offer: SessionDescription,
-                     plan: OfferPlan, metadata: RecordingMetadata | None) -> None:
+                     plan: OfferPlan, metadata: RecordingMetadata | None,
+                     waiting: bool) -> None:
+        gw = self.gw
+        call = RecordingCall(gw, msg, peer, new_tag(), gw.new_handle())
+        call.metadata = metadata
+        if not await self._bind(msg, peer, call, offer, plan):
+            return
+        if waiting:
+            call.wait_until = time.monotonic() + gw.cfg.customer_wait_s
+            call.on_wait_over = lambda: self._wait_over(call)
+            gw.log.info("recording session waits for the customer's stream",
+                        sip_call_id=msg.call_id, streams=[s.label for s in call.streams],
+                        wait_s=gw.cfg.customer_wait_s)
+        else:
+            err = self._start_call(call)
+            if err is not None:
+                close_ports([s.port for s in call.streams if s.port is not None])
+                status = STATUS_OF.get(err.code, 400)
+                extra = [("Retry-After", "5")] if status == 503 else []
+                gw.reply(msg, peer, status, headers=extra, warning=err.message)
+                return
+        call.session_id = next(_session_ids)
+        call.answered(self._answer(msg, peer, call, offer))
+        gw.register(call)
+        call.start()
+        gw.log.info("recording session started", call_id=call.handle.call_id,
+                    streams={s.role: s.label for s in call.streams}, encoding=plan.encoding,
+                    remote=f"{peer.addr[0]}:{peer.addr[1]}")
+
+    async def _bind(self, msg: SipMessage, peer: Peer, call: RecordingCall,
+                    offer: SessionDescription, plan: OfferPlan) -> bool:
+        """The streams of ``plan`` with their RTP ports (False: no port, 503 sent)."""
         gw, cfg = self.gw, self.gw.cfg
         roles = role_names(cfg.customer_role, len(plan.streams), plan.customer)
-        handle = gw.new_handle()
-        call = RecordingCall(gw, msg, peer, new_tag(), handle)
         for role, sp in zip(roles, plan.streams, strict=True):
             call.streams.append(MediaStream(
                 role, sp.index, sp.label, None,
                 RtpReceiver(sp.payload_type, sp.rtpmap.clock_rate,
                             CODECS[sp.rtpmap.encoding].decoder(sp.rtpmap.clock_rate)),
-                srtp=SrtpReceiver(sp.crypto) if sp.crypto is not None else None))
+                srtp=SrtpReceiver(sp.crypto) if sp.crypto is not None else None,
+                scored=False))
         call.update_media(offer)  # senders' addresses, paused streams
         try:
             for stream in call.streams:
@@ -158,38 +200,68 @@ class InviteHandler:
             gw.log.error("no RTP port for a recording session", error=str(exc))
             gw.reply(msg, peer, 503, headers=[("Retry-After", "5")],
                      warning="no free RTP port")
-            return
-        call.metadata = metadata
-        call.describe = lambda meta: call_info(msg.call_id, plan, roles, meta)
-        try:
-            info = call.describe(metadata)
-            handle.start(call_start(gw, call_id=call_id_for(msg.call_id),
-                                    encoding=plan.encoding, sample_rate=plan.sample_rate,
-                                    channels=_customer_first(roles, cfg.customer_role),
-                                    metadata=info,
-                                    remote=f"{peer.addr[0]}:{peer.addr[1]}"))
-        except ProtocolError as err:
-            close_ports([s.port for s in call.streams if s.port is not None])
-            status = STATUS_OF.get(err.code, 400)
-            extra = [("Retry-After", "5")] if status == 503 else []
-            gw.reply(msg, peer, status, headers=extra, warning=err.message)
-            return
-        scored = set(handle.session.scored_roles) if handle.session is not None else set()
-        for stream in call.streams:
-            stream.scored = stream.role in scored
+            return False
         call.accepted = [None] * len(offer.media)
         for stream, sp in zip(call.streams, plan.streams, strict=True):
             assert stream.port is not None
             crypto = answer_crypto(sp.crypto) if sp.crypto is not None else None
             call.accepted[sp.index] = AcceptedStream(stream.port.port, sp.payload_type,
                                                      sp.rtpmap, sp.telephone_event, crypto)
-        call.session_id = next(_session_ids)
-        call.answered(self._answer(msg, peer, call, offer))
-        gw.register(call)
-        call.start()
-        gw.log.info("recording session started", call_id=handle.call_id,
-                    streams={s.role: s.label for s in call.streams}, encoding=plan.encoding,
-                    remote=f"{peer.addr[0]}:{peer.addr[1]}")
+        sip_call_id = msg.call_id
+        call.describe = lambda meta: call_info(sip_call_id, plan, roles, meta)
+        call.encoding, call.sample_rate = plan.encoding, plan.sample_rate
+        return True
+
+    def _start_call(self, call: RecordingCall) -> ProtocolError | None:
+        """Start the internal call of ``call``'s streams (the error that refused it)."""
+        gw = self.gw
+        roles = [s.role for s in call.streams]
+        try:
+            call.handle.start(call_start(
+                gw, call_id=call_id_for(call.sip_call_id), encoding=call.encoding,
+                sample_rate=call.sample_rate,
+                channels=_customer_first(roles, gw.cfg.customer_role),
+                metadata=call.describe(call.metadata),
+                remote=f"{call.peer.addr[0]}:{call.peer.addr[1]}"))
+        except ProtocolError as err:
+            return err
+        scored = set(call.handle.session.scored_roles) if call.handle.session else set()
+        for stream in call.streams:
+            stream.scored = stream.role in scored
+        return None
+
+    def _wait_over(self, call: RecordingCall) -> None:
+        """No stream of the customer was offered in time: record the streams there are."""
+        call.log.warning("the customer's stream was not offered in time: scoring the streams "
+                         "offered", streams={s.role: s.label for s in call.streams})
+        err = self._start_call(call)
+        if err is not None:
+            call.finish(CallEnd("error", err.code))
+
+    async def _restart(self, msg: SipMessage, peer: Peer, call: RecordingCall,
+                       offer: SessionDescription, plan: OfferPlan) -> None:
+        """A re-INVITE/UPDATE offers the customer's stream: record from this offer on."""
+        try:
+            call.replace_streams()
+            if not await self._bind(msg, peer, call, offer, plan):
+                call.finish(CallEnd("error", "no_rtp_port"))
+                return
+            call.wait_until, call.started_at = None, time.monotonic()
+            err = self._start_call(call)
+            if err is not None:
+                self.gw.reply(msg, peer, STATUS_OF.get(err.code, 400), warning=err.message)
+                call.finish(CallEnd("error", err.code))
+                return
+            call.log.info("the customer's stream was offered: recording",
+                          call_id=call.handle.call_id,
+                          streams={s.role: s.label for s in call.streams})
+            self._answer_update(msg, peer, call, offer)
+        except Exception as exc:  # never leave the client without a final answer
+            self.gw.log.exception("SIPREC re-offer failed", error=repr(exc))
+            self.gw.reply(msg, peer, 500)
+            call.finish(CallEnd("error", "internal_error"))
+        finally:
+            call.pending = None
 
     # ------------------------------------------------------------------ answers
     def _answer(self, msg: SipMessage, peer: Peer, call: RecordingCall,
@@ -215,6 +287,12 @@ class InviteHandler:
 
     def _reinvite(self, msg: SipMessage, peer: Peer, call: RecordingCall) -> None:
         gw = self.gw
+        key = (msg.cseq[0], header_params(msg.get("Via") or "")[1].get("branch", ""))
+        if call.pending is not None:  # a re-offer is being set up
+            if key == call.pending:
+                gw.reply(msg, peer, 100)
+                return
+            raise SipError(491, "a re-offer is being answered")
         offer, metadata = _offer(msg)
         if metadata is not None:  # e.g. a transfer: the call's later events name who is on it
             call.metadata = metadata if call.metadata is None else call.metadata.merged(metadata)
@@ -227,7 +305,20 @@ class InviteHandler:
             gw.reply(msg, peer, 200, to_tag=call.local_tag, body=call.answer_body,
                      headers=[("Content-Type", "application/sdp")])
             return
+        if call.wait_until is not None:
+            label = customer_label(offer, call.metadata, gw.cfg.customer_label, gw.customer_aor)
+            if label:
+                plan = self._plan(offer, label, peer)
+                call.pending = key
+                if msg.method == "INVITE":
+                    gw.reply(msg, peer, 100)
+                gw.spawn(self._restart(msg, peer, call, offer, plan))
+                return
         call.update_media(offer)
+        self._answer_update(msg, peer, call, offer)
+
+    def _answer_update(self, msg: SipMessage, peer: Peer, call: RecordingCall,
+                       offer: SessionDescription) -> None:
         data = self._answer(msg, peer, call, offer)
         if msg.method == "INVITE":  # a 2xx to a re-INVITE is retransmitted until ACK too
             call.invite_key = (msg.cseq[0],
