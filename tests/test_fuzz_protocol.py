@@ -23,6 +23,7 @@ from nes2net_stream.service.protocol import (
     PROTOCOL_ENCODINGS,
     PROTOCOL_RATES,
     ROLE_RE,
+    apply_update,
     parse_json,
     parse_start,
 )
@@ -220,3 +221,31 @@ def test_decode_rejects_unknown_encodings_and_partial_frames(encoding, channels,
             pass
         else:
             raise AssertionError("partial frame accepted")
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                           max_leaves=12)
+
+
+@FUZZ
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+       st.dictionaries(st.sampled_from(["type", "metadata", "call_id", "x"]), json_values,
+                       max_size=3), st.integers(0, 200))
+def test_update_messages_merge_or_are_refused(current, msg, limit):
+    msg = {**msg, "type": "update"}
+    current = {k: v for k, v in current.items() if v is not None}
+    try:
+        merged = apply_update(msg, current, max_metadata_bytes=limit)
+    except ProtocolError as err:
+        _check_error(err, {"bad_message", "frame_too_large"})
+        return
+    changes = msg["metadata"]
+    assert set(msg) <= {"type", "metadata"} and isinstance(changes, dict)
+    assert len(json.dumps(merged)) <= limit and None not in merged.values()
+    for key in {*current, *changes}:
+        if changes.get(key, current.get(key)) is None:
+            assert key not in merged
+        else:
+            assert merged[key] == changes.get(key, current.get(key))

@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -154,3 +155,44 @@ async def test_listen_backlog_comes_from_config(make_service):
                                    capture_output=True, text=True, check=True)).stdout.split()
     assert out[0] == "LISTEN" and out[2] == "7"  # Send-Q of a listener: its backlog
     assert Settings().server.backlog == 1024
+
+
+async def test_metadata_update_during_a_call(make_service, redis_client):
+    """``{"type": "update"}`` merges into the call's metadata: later events carry the result
+    (the platform learned the customer's account after the IVR); a bad update is refused."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    svc = await make_service()
+    audio = encode_samples(tone_bursts(12.0, 8000), "mulaw")
+    half = len(audio) // 2
+    events = []
+    async with connect(svc.url) as ws:
+        await ws.send(json.dumps({"type": "start", "call_id": "upd-1", "encoding": "mulaw",
+                                  "sample_rate": 8000, "metadata": {"ani": "+15551234567"}}))
+        for i in range(0, half, 1600):
+            await ws.send(audio[i:i + 1600])
+        await asyncio.sleep(1.0)  # the first half's windows are scored before the update
+        await ws.send(json.dumps({"type": "update",
+                                  "metadata": {"account_id": "A-17", "ani": None}}))
+        for i in range(half, len(audio), 1600):
+            await ws.send(audio[i:i + 1600])
+        await ws.send(json.dumps({"type": "stop"}))
+        async for msg in ws:
+            events.append(json.loads(msg))
+    windows = [e for e in events if e["type"] == "window"]
+    assert windows[0]["metadata"] == {"ani": "+15551234567"}
+    assert windows[-1]["metadata"] == {"account_id": "A-17"}
+    (summary,) = [e for e in events if e["type"] == "summary"]
+    assert summary["metadata"] == {"account_id": "A-17"}
+    async with connect(svc.url) as ws:
+        await ws.send(json.dumps({"type": "start", "call_id": "upd-2", "encoding": "mulaw",
+                                  "sample_rate": 8000}))
+        await ws.send(json.dumps({"type": "update", "metadata": ["not", "an", "object"]}))
+        got = []
+        with contextlib.suppress(ConnectionClosed):
+            async for m in ws:
+                got.append(json.loads(m))
+        assert ws.close_code == 4400
+    (error,) = [e for e in got if e["type"] == "error"]
+    assert error["code"] == "bad_message" and "update" in error["message"]

@@ -106,3 +106,24 @@ def parse_start(msg: dict[str, Any], *, source: Source, max_metadata_bytes: int 
     return CallStart(call_id=call_id, encoding=encoding, sample_rate=rate,
                      channels=tuple(roles), score_channels=frozenset(score), source=source,
                      metadata=metadata)
+
+
+def apply_update(msg: dict[str, Any], current: dict[str, Any], *,
+                 max_metadata_bytes: int = 8192) -> dict[str, Any]:
+    """The call's metadata after an ``update`` message (``{"type": "update", "metadata": {}}``).
+
+    Top-level keys of ``metadata`` replace the call's; a ``null`` value removes the key. The
+    result obeys the start's size limit.
+    """
+    extra = set(msg) - {"type", "metadata"}
+    if extra:
+        raise ProtocolError("bad_message", f"update: unknown fields {sorted(extra)}")
+    changes = msg.get("metadata")
+    if not isinstance(changes, dict):
+        raise ProtocolError("bad_message", "update: metadata must be a JSON object")
+    merged = {**current, **changes}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    if len(json.dumps(merged)) > max_metadata_bytes:
+        raise ProtocolError("frame_too_large", f"update: metadata exceeds {max_metadata_bytes} "
+                            "bytes")
+    return merged
