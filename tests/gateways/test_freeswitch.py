@@ -47,7 +47,11 @@ async def test_audio_fork_stereo_16k_with_json_metadata(make_service, redis_clie
     meta = {"callId": UUID, "mixType": "stereo", "sampleRate": 16000, "from": "2061236666",
             "to": "6173333456", "agentId": "42"}
     audio = chunks(pcm16(np.stack([caller, callee], axis=1)), 1280)  # 20 ms stereo frames
-    msgs = [json.dumps(meta), *audio[:100], "dtmf 5", *audio[100:], json.dumps({"bye": 1})]
+    # send_text mid-call: an update of the custom metadata (the agent changed, an account
+    # was found), and text that is no update (ignored)
+    update = json.dumps({"type": "update", "metadata": {"agentId": "43", "account": "A-1"}})
+    msgs = [json.dumps(meta), *audio[:100], "dtmf 5", update, *audio[100:],
+            json.dumps({"bye": 1})]
     _, code, _ = await play(ws_url(svc, PATH), msgs, headers=basic(), subprotocols=FORK,
                             close=True)
     found = await summaries(redis_client, UUID, n=2)
@@ -59,7 +63,8 @@ async def test_audio_fork_stereo_16k_with_json_metadata(make_service, redis_clie
     assert by["caller"]["summary"]["end_reason"] == "stop"
     assert by["caller"]["metadata"] == {"provider": "freeswitch", "provider_call_id": UUID,
                                         "ani": "2061236666", "dnis": "6173333456",
-                                        "custom": {"callId": UUID, "agentId": "42"}}
+                                        "custom": {"callId": UUID, "agentId": "43",
+                                                   "account": "A-1"}}
 
 
 async def test_stereo_customer_on_the_right(make_service, redis_client):
@@ -129,7 +134,7 @@ async def test_basic_auth(make_service, redis_client):
 
 @pytest.mark.parametrize("case,close", [
     ("odd_stereo", 4400), ("bad_json", 4400), ("mix", 4415), ("rate", 4415),
-    ("huge", 4413), ("bad_call_id", 4400),
+    ("huge", 4413), ("bad_call_id", 4400), ("bad_update", 4400),
 ])
 async def test_bad_input(make_service, case, close):
     svc = await service(make_service)
@@ -140,6 +145,7 @@ async def test_bad_input(make_service, case, close):
         "rate": [json.dumps({"sampleRate": "fast"})],
         "huge": [UUID, b"\x00" * 70_000],
         "bad_call_id": [json.dumps({"callId": "has spaces in it"})],
+        "bad_update": [UUID, b"\x00" * 320, json.dumps({"type": "update", "metadata": 7})],
     }[case]
     _, code, reason = await play(ws_url(svc, PATH), bad, headers=basic(), subprotocols=FORK)
     assert code == close and reason

@@ -5,14 +5,16 @@ first text frame is the metadata given to ``uuid_audio_fork``/``uuid_audio_strea
 (JSON or plain text), then binary 16-bit little-endian PCM frames: ``mono`` (the caller),
 ``mixed`` (both parties in one channel) or ``stereo`` (caller and callee interleaved). The mix
 type and the rate are not in the stream: they come from this gateway's settings, overridden by
-the metadata keys ``mixType`` and ``sampleRate``. Text frames later in the stream (``send_text``,
-the optional last frame of ``stop``) are ignored. HTTP Basic auth (mod_audio_fork's
-``MOD_AUDIO_BASIC_AUTH_*`` channel variables) or a token in the URL query authenticate the
-upgrade. See docs/gateways/freeswitch.md.
+the metadata keys ``mixType`` and ``sampleRate``. A later text frame (``send_text``) of the form
+``{"type": "update", "metadata": {...}}`` updates the call's ``metadata.custom`` for the events
+still to come; other text frames (the optional last frame of ``stop``) are ignored. HTTP Basic
+auth (mod_audio_fork's ``MOD_AUDIO_BASIC_AUTH_*`` channel variables) or a token in the URL query
+authenticate the upgrade. See docs/gateways/freeswitch.md.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -39,7 +41,7 @@ from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
-from nes2net_stream.service.protocol import CALL_ID_RE
+from nes2net_stream.service.protocol import CALL_ID_RE, apply_update
 
 MixType = Literal["mono", "mixed", "stereo"]
 MIX_TYPES = ("mono", "mixed", "stereo")
@@ -138,6 +140,37 @@ def parse_metadata(text: str, max_bytes: int, *, mix_type: str, sample_rate: int
     return StreamInfo(call_id, mix, rate, obj.get("from"), obj.get("to"), custom)
 
 
+def custom_update(handle: CallHandle, text: str, max_text_bytes: int,
+                  max_metadata_bytes: int) -> bool:
+    """A text frame ``{"type": "update", "metadata": {...}}`` mid-call: merge into ``custom``.
+
+    The generic protocol's ``update`` for gateways whose platform can send text during a call
+    (FreeSWITCH ``uuid_audio_fork ... send_text``): top-level keys replace those of the call's
+    ``metadata.custom``, ``null`` removes one. Returns False (nothing done) for any other text;
+    raises ProtocolError for a malformed update.
+    """
+    if '"update"' not in text or handle.session is None:
+        return False
+    try:
+        msg = parse_json_object(text, max_text_bytes, "text frame")
+    except ProtocolError:
+        return False  # not JSON: other text is ignored, as before
+    if msg.get("type") != "update":
+        return False
+    meta = dict(handle.session.metadata)
+    custom = apply_update(msg, meta.get("custom") or {},
+                          max_metadata_bytes=max_metadata_bytes)
+    if custom:
+        meta["custom"] = custom
+    else:
+        meta.pop("custom", None)
+    if len(json.dumps(meta)) > max_metadata_bytes:
+        raise ProtocolError("frame_too_large", f"update: metadata exceeds {max_metadata_bytes} "
+                            "bytes")
+    handle.update_metadata(meta)
+    return True
+
+
 # --------------------------------------------------------------------------- the gateway
 
 class FreeSwitchGateway(Gateway):
@@ -225,4 +258,9 @@ class FreeSwitchGateway(Gateway):
                 first, self.limits.max_text_bytes, mix_type=cfg.mix_type,
                 sample_rate=cfg.sample_rate, call_id_keys=self.call_id_keys,
                 json_only=self.json_only), remote)
-        return await pump_audio(self, conn, handle, lambda _text: None)
+        lim = self.limits
+
+        def on_text(text: str) -> None:
+            custom_update(handle, text, lim.max_text_bytes, lim.max_metadata_bytes)
+
+        return await pump_audio(self, conn, handle, on_text)
