@@ -167,6 +167,7 @@ async def test_monitor_session_end_to_end(make_service, redis_client):
     assert meta["custom"]["organization_id"] == ORG
     assert meta["custom"]["custom_config"] == {"tenant": "acme"}
     assert meta["custom"]["media"] == STEREO_PCMU and meta["custom"]["ani_name"] == "John Doe"
+    assert meta["custom"]["language"] == "fr-FR"  # the update's, not the open's en-US
     # only the customer is scored by default
     assert {d["channel"] for d in alerts(redis_client)} == {"caller"}
 

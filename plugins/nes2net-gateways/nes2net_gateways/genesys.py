@@ -285,9 +285,13 @@ class GenesysGateway(Gateway):
             elif cm.type == "discarded":
                 self._gap(handle, st, "discarded", cm.position,
                           _seconds(cm.parameters["discarded"]))
-            elif cm.type == "update":
-                self.log.info("language update", session_id=st.proto.id,
-                              language=cm.parameters["language"])
+            elif cm.type == "update":  # the conversation's language changed
+                language = cm.parameters["language"]
+                self.log.info("language update", session_id=st.proto.id, language=language)
+                if handle.session is not None:
+                    meta = dict(handle.session.metadata)
+                    meta["custom"] = {**meta.get("custom", {}), "language": language}
+                    handle.update_metadata(meta)
             elif cm.type == "error":
                 self.log.warning("client error message", session_id=st.proto.id,
                                  code=cm.parameters["code"],
