@@ -43,6 +43,11 @@ METRICS_EVERY_S = 5.0
 DIALOG_REQUESTS_PER_S = 10.0
 
 
+def transaction_key(msg: SipMessage) -> tuple[int, str]:
+    """(CSeq number, top Via branch): a request and its retransmissions share it."""
+    return msg.cseq[0], header_params(msg.get("Via") or "")[1].get("branch", "")
+
+
 @dataclass
 class Peer:
     """Where a SIP request came from and how to answer it (one UDP address or TCP link)."""
@@ -99,8 +104,7 @@ class RecordingCall:
         self.local_tag = local_tag
         self.handle = handle
         self.sip_call_id = invite.call_id
-        self.invite_key = (invite.cseq[0],
-                           header_params(invite.get("Via") or "")[1].get("branch", ""))
+        self.invite_key = transaction_key(invite)
         self.streams: list[MediaStream] = []
         self.encoding, self.sample_rate = "mulaw", 8000  # of the internal call (the plan's)
         #: the recording metadata as last updated (re-INVITE/UPDATE), if the client sent any

@@ -25,7 +25,13 @@ from nes2net_gateways.sip_sdp import (
     message_bodies,
     parse_sdp,
 )
-from nes2net_gateways.siprec_call import MediaStream, Peer, RecordingCall, role_names
+from nes2net_gateways.siprec_call import (
+    MediaStream,
+    Peer,
+    RecordingCall,
+    role_names,
+    transaction_key,
+)
 from nes2net_gateways.siprec_metadata import RecordingMetadata, parse_rs_metadata
 from nes2net_gateways.siprec_offer import (
     OfferPlan,
@@ -72,7 +78,7 @@ class InviteHandler:
     def invite(self, msg: SipMessage, peer: Peer, call: RecordingCall | None) -> None:
         """A new INVITE, its retransmission, or a re-INVITE of ``call``'s dialog."""
         gw = self.gw
-        key = (msg.cseq[0], header_params(msg.get("Via") or "")[1].get("branch", ""))
+        key = transaction_key(msg)
         if call is not None:
             if key == call.invite_key and call.response is not None:
                 peer.send(call.response)  # a retransmission: the same final answer
@@ -173,9 +179,10 @@ class InviteHandler:
         call.answered(self._answer(msg, peer, call, offer))
         gw.register(call)
         call.start()
-        gw.log.info("recording session started", call_id=call.handle.call_id,
-                    streams={s.role: s.label for s in call.streams}, encoding=plan.encoding,
-                    remote=f"{peer.addr[0]}:{peer.addr[1]}")
+        if not waiting:
+            gw.log.info("recording session started", call_id=call.handle.call_id,
+                        streams={s.role: s.label for s in call.streams},
+                        encoding=plan.encoding, remote=f"{peer.addr[0]}:{peer.addr[1]}")
 
     async def _bind(self, msg: SipMessage, peer: Peer, call: RecordingCall,
                     offer: SessionDescription, plan: OfferPlan) -> bool:
@@ -246,7 +253,7 @@ class InviteHandler:
             if not await self._bind(msg, peer, call, offer, plan):
                 call.finish(CallEnd("error", "no_rtp_port"))
                 return
-            call.wait_until, call.started_at = None, time.monotonic()
+            call.started_at = time.monotonic()
             err = self._start_call(call)
             if err is not None:
                 self.gw.reply(msg, peer, STATUS_OF.get(err.code, 400), warning=err.message)
@@ -287,7 +294,7 @@ class InviteHandler:
 
     def _reinvite(self, msg: SipMessage, peer: Peer, call: RecordingCall) -> None:
         gw = self.gw
-        key = (msg.cseq[0], header_params(msg.get("Via") or "")[1].get("branch", ""))
+        key = transaction_key(msg)
         if call.pending is not None:  # a re-offer is being set up
             if key == call.pending:
                 gw.reply(msg, peer, 100)
@@ -309,7 +316,7 @@ class InviteHandler:
             label = customer_label(offer, call.metadata, gw.cfg.customer_label, gw.customer_aor)
             if label:
                 plan = self._plan(offer, label, peer)
-                call.pending = key
+                call.pending, call.wait_until = key, None  # the re-offer decides now
                 if msg.method == "INVITE":
                     gw.reply(msg, peer, 100)
                 gw.spawn(self._restart(msg, peer, call, offer, plan))
@@ -321,8 +328,7 @@ class InviteHandler:
                        offer: SessionDescription) -> None:
         data = self._answer(msg, peer, call, offer)
         if msg.method == "INVITE":  # a 2xx to a re-INVITE is retransmitted until ACK too
-            call.invite_key = (msg.cseq[0],
-                               header_params(msg.get("Via") or "")[1].get("branch", ""))
+            call.invite_key = transaction_key(msg)
             call.answered(data)
 
 
