@@ -170,6 +170,22 @@ async def test_without_the_customers_stream_the_offered_streams_are_scored_after
     assert s["summary"]["duration_s"] == pytest.approx(5.0, abs=0.03)
 
 
+async def test_without_metadata_nothing_is_waited_for(make_service, redis_client):
+    """``customer_aor`` needs metadata to match: an SBC that sends none is recorded at once."""
+    svc = await service(make_service, customer_aor=r"^sip:\+")
+    d = new_dialog()
+    audio = rtp_packets(encode_samples(real_speech(seconds=4.0), "mulaw"))
+    async with SiprecClient(svc.sip_port) as src:
+        with capture_logs() as logs:
+            assert (await src.invite(d, metadata=None)).status == 200
+        assert not any("waits" in e["event"] for e in logs)
+        await send_rtp(d.ports[0], audio)
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    (s,) = await summaries(redis_client, d.call_id)
+    assert s["summary"]["duration_s"] == pytest.approx(4.0, abs=0.03)
+
+
 async def test_a_session_ended_while_waiting_publishes_nothing(make_service, redis_client):
     svc = await service(make_service, customer_aor=r"^sip:\+")
     d = new_dialog()

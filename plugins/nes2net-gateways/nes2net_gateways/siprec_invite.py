@@ -121,8 +121,8 @@ class InviteHandler:
         plan = self._plan(offer, label, peer)
         # customer_aor names the customer, but no offered stream is theirs (yet): an SBC that
         # adds the called party's stream by re-INVITE once it answers (an outbound call)
-        waiting = (gw.customer_aor is not None and not gw.cfg.customer_label and not label
-                   and gw.cfg.customer_wait_s > 0)
+        waiting = (gw.customer_aor is not None and metadata is not None and not label
+                   and not gw.cfg.customer_label and gw.cfg.customer_wait_s > 0)
         gw.reply(msg, peer, 100)
         self._starting[msg.call_id] = key
         gw.spawn(self._setup(msg, peer, offer, plan, metadata, waiting))
