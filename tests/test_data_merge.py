@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,13 @@ def test_merged_database_trains_like_any_other(toy_corpus, tmp_path, capsys):
     assert not (out / "ASVspoof2019_LA_eval").exists()  # no source, no split
     link = out / "ASVspoof2019_LA_train" / "flac" / f"{train[-1].utterance}.flac"
     assert link.is_symlink()
+    # a corpus.json like the demo corpus's (what the model-card script reads)
+    summary = json.loads((out / "corpus.json").read_text())
+    train_summary = summary["splits"]["train"]
+    assert (train_summary["bonafide"], train_summary["spoof"]) == (24, 24)
+    assert train_summary["bonafide_seconds"] == pytest.approx(24 * 2.5, abs=0.5)
+    assert train_summary["bonafide_speakers"] == ["S0", "S1", "S2"]
+    assert train_summary["systems"] == {"A01": 24} and set(summary["splits"]) == {"train", "dev"}
     # the trainer's loader reads it (audio decoded through the links)
     trials, audio_dir = load_split(out, "train")
     assert len(trials) == 48 and audio_dir == out / "ASVspoof2019_LA_train" / "flac"

@@ -10,11 +10,16 @@ gives an optimistic figure (the demo corpus is speaker-disjoint for that reason)
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import soundfile as sf
+
+from nes2net_stream.data.corpus.summary import split_summary
 from nes2net_stream.data.protocols import (
     LA2019_PROTOCOLS,
     Trial,
@@ -57,6 +62,29 @@ def _shared_speakers(splits: Mapping[str, Sequence[Trial]]) -> list[str]:
                   for spk, where in seen.items() if len(where) > 1)
 
 
+def _write_summary(out: Path, merged: Mapping[str, Sequence[tuple[Trial, Path]]],
+                   sources: Mapping[str, Sequence[SplitSource]]) -> None:
+    """``corpus.json`` as the demo corpus writes it (counts, durations, speakers, systems)."""
+    seeds = set()
+    for parts in sources.values():
+        for src in parts:
+            try:
+                seeds.add(json.loads((src.root / "corpus.json").read_text()).get("seed"))
+            except (OSError, ValueError):
+                seeds.add(None)
+    splits = {}
+    for split, rows in merged.items():
+        seconds = {t.utterance: sf.info(str(path)).duration for t, path in rows}
+        splits[split] = asdict(split_summary([t for t, _ in rows], seconds,
+                                             defaultdict(lambda: "unknown")))
+    summary = {"format": "merged", "sources": {k: [str(s) for s in v] for k, v in
+                                                sources.items()}, "splits": splits}
+    if len(seeds) == 1 and None not in seeds:
+        summary["seed"] = seeds.pop()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
 def merge_databases(out: Path, sources: Mapping[str, Sequence[SplitSource]], *,
                     copy: bool = False, allow_shared_speakers: bool = False
                     ) -> dict[str, dict[str, int]]:
@@ -94,6 +122,7 @@ def merge_databases(out: Path, sources: Mapping[str, Sequence[SplitSource]], *,
         raise DataError("merge: bona fide speakers in several splits (an optimistic "
                         f"evaluation): {', '.join(shared[:10])}; pass "
                         "--allow-shared-speakers if that is intended")
+    _write_summary(out, merged, sources)
     counts: dict[str, dict[str, int]] = {}
     for split, rows in merged.items():
         folder = out / f"ASVspoof2019_LA_{split}" / "flac"
