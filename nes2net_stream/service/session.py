@@ -116,10 +116,7 @@ class CallSession:
         self._restarts_seen = ctx.engine.restarts
         self.degraded: str | None = None
         self._block = max(1, int(COALESCE_S * start.sample_rate))
-        if ctx.publisher.journaling:  # a process that dies now still owes a summary
-            for ch in self._channels.values():
-                ctx.publisher.channel_opened(
-                    self._event("state", ch, {"running": self._running(ch)}))
+        self._journal_channels()  # a process that dies now still owes a summary
 
     @property
     def call_id(self) -> str:
@@ -137,7 +134,11 @@ class CallSession:
                          if metadata.get(k) != self.metadata.get(k))
         self.metadata = dict(metadata)
         self.log.info("call metadata updated", keys=changed)
-        if self.ctx.publisher.journaling:  # a lost summary must name the call as it is now
+        self._journal_channels()  # a lost summary must name the call as it is now
+
+    def _journal_channels(self) -> None:
+        """With the alert journal, record each scored channel as it stands (no alert)."""
+        if self.ctx.publisher.journaling:
             for ch in self._channels.values():
                 self.ctx.publisher.channel_opened(
                     self._event("state", ch, {"running": self._running(ch)}))
