@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,11 @@ def start_message(call_id: str, encoding: str, sample_rate: int, channels: int =
             "metadata": metadata or {}}
 
 
+def update_message(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The generic protocol's ``update`` message: merge into the call's metadata (null removes)."""
+    return {"type": "update", "metadata": metadata}
+
+
 @dataclass
 class StreamResult:
     """What came back for one streamed call."""
@@ -76,12 +81,16 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
                          on_event: EventCallback | None = None, speed: float = 1.0,
                          extra_start: dict[str, Any] | None = None,
                          open_timeout: float = 10.0,
-                         send_log: list[tuple[float, float]] | None = None) -> StreamResult:
+                         send_log: list[tuple[float, float]] | None = None,
+                         updates: Sequence[tuple[float, dict[str, Any]]] = ()) -> StreamResult:
     """Stream samples (mono, or frames x channels) as one call and wait for its summary.
 
     ``send_log``, when given, gets one ``(seconds of audio sent so far, wall-clock time)`` pair
-    per audio message, right after it was handed to the socket.
+    per audio message, right after it was handed to the socket. ``updates`` are
+    ``(seconds into the audio, metadata)`` pairs: each is sent as an ``update`` message once
+    that much audio has been sent (e.g. the account the IVR identified).
     """
+    pending = sorted(updates, key=lambda u: u[0])
     call_id = call_id or f"call-{uuid.uuid4().hex[:12]}"
     x = samples if samples.ndim == 2 else samples[:, None]
     start = start_message(call_id, encoding, sample_rate, x.shape[1],
@@ -112,6 +121,8 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
         mono0 = time.monotonic()
         try:
             for k, i in enumerate(range(0, x.shape[0], step)):
+                while pending and pending[0][0] * sample_rate <= i:
+                    await ws.send(json.dumps(update_message(pending.pop(0)[1])))
                 await ws.send(payload[k * frame_bytes:(k + 1) * frame_bytes])
                 result.sent_seconds = min(i + step, x.shape[0]) / sample_rate
                 if send_log is not None:
@@ -123,6 +134,8 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
                         await asyncio.sleep(delay)
                 elif i % (step * 50) == 0:
                     await asyncio.sleep(0)
+            for _, late in pending:  # past the end of the audio: before the stop
+                await ws.send(json.dumps(update_message(late)))
             await ws.send(json.dumps({"type": "stop"}))
         except ConnectionClosed:
             pass

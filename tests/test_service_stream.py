@@ -196,3 +196,16 @@ async def test_metadata_update_during_a_call(make_service, redis_client):
         assert ws.close_code == 4400
     (error,) = [e for e in got if e["type"] == "error"]
     assert error["code"] == "bad_message" and "update" in error["message"]
+
+
+async def test_the_client_sends_updates_at_their_time_in_the_audio(make_service):
+    svc = await make_service()
+    res = await stream_samples(svc.url, tone_bursts(12.0, 8000), 8000, call_id="upd-3",
+                               encoding="mulaw", realtime=True, speed=4.0,
+                               metadata={"ani": "+15551234567"},
+                               updates=[(6.0, {"account_id": "A-17"}), (99.0, {"ani": None})])
+    windows = res.of_type("window")
+    assert windows[0]["metadata"] == {"ani": "+15551234567"}
+    assert {"ani": "+15551234567", "account_id": "A-17"} in [w["metadata"] for w in windows]
+    # the update after the audio's end still lands before the stop: the summary carries it
+    assert res.summary["metadata"] == {"account_id": "A-17"}
