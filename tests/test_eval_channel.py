@@ -63,6 +63,17 @@ def test_eval_reports_the_channel(capsys, tmp_path, toy_corpus):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["channel"].startswith(codec)
     assert metrics["metrics"]["n_bonafide"] == metrics["metrics"]["n_spoof"] == 12
+    # scores made elsewhere (e.g. pooled over models): --channel labels their report
+    key = database_split(toy_corpus, "eval")[0]
+    base = ["eval", "--scores", str(tmp_path / "ev" / "scores.txt"), "--key", str(key),
+            "--bootstrap", "0"]
+    assert main([*base, "--channel", metrics["channel"], "--out", str(tmp_path / "pooled")]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "metrics.json").read_text())
+    assert pooled["channel"] == metrics["channel"]
+    assert pooled["metrics"]["eer"] == metrics["metrics"]["eer"]
+    capsys.readouterr()
+    assert main([*base, "--channel", "nope"]) == 2
+    assert "unknown codec 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("value", "message"), [

@@ -70,6 +70,9 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
             raise click.UsageError("--scores needs --key")
         report = _evaluate(score_file, key_file, out_dir, n_boot, bootstrap_unit, confidence,
                            compare_file)
+        if channel:  # the channel these scores were made through: a label in the report
+            parse_channel(channel)
+            report["channel"] = channel
         _finish(report, out_dir)
         click.echo(format_report(report))
         return
