@@ -77,3 +77,20 @@ def test_copied_audio_outlives_the_source(toy_corpus, tmp_path):
     assert counts == {"dev": {"bonafide": 12, "spoof": 12}}
     files = list((tmp_path / "copy" / "ASVspoof2019_LA_dev" / "flac").iterdir())
     assert len(files) == 24 and not any(f.is_symlink() for f in files)
+
+
+def test_an_excluded_speaker_is_left_out_of_every_split(toy_corpus, tmp_path, capsys):
+    out = tmp_path / "held-out"
+    # without S0 (in every split of the toy corpus), S1 and S2 are still shared: allowed here
+    assert main(["data", "merge", str(out), "--train", str(toy_corpus), "--dev",
+                 str(toy_corpus), "--exclude-speaker", "S0", "--allow-shared-speakers"]) == 0
+    want = [t for t in _protocol(toy_corpus, "train") if t.speaker != "S0"]
+    assert _protocol(out, "train") == want and len(want) < len(_protocol(toy_corpus, "train"))
+    assert all(t.speaker != "S0" for t in _protocol(out, "dev"))
+    assert json.loads((out / "corpus.json").read_text())["splits"]["train"][
+        "bonafide_speakers"] == ["S1", "S2"]
+    # a speaker found nowhere is a typo, not a no-op
+    capsys.readouterr()
+    assert main(["data", "merge", str(tmp_path / "typo"), "--train", str(toy_corpus),
+                 "--exclude-speaker", "S9"]) != 0
+    assert "excluded speakers found in no source: S9" in capsys.readouterr().err

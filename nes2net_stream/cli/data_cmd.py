@@ -43,8 +43,10 @@ def build_demo(out_dir: Path, seed: int, quick: bool, jobs: int, progress: bool)
 @click.option("--copy", is_flag=True, help="Copy the audio instead of linking to it.")
 @click.option("--allow-shared-speakers", is_flag=True,
               help="Accept bona fide speakers present in several of the output's splits.")
+@click.option("--exclude-speaker", "exclude", multiple=True, metavar="SPEAKER",
+              help="Leave out this speaker's trials, bona fide and spoofed (repeat).")
 def merge(out_dir: Path, train: tuple[str, ...], dev: tuple[str, ...], eval_: tuple[str, ...],
-          copy: bool, allow_shared_speakers: bool) -> None:
+          copy: bool, allow_shared_speakers: bool, exclude: tuple[str, ...]) -> None:
     """Merge splits of ASVspoof-layout databases into OUT_DIR (e.g. the demo corpus + yours).
 
     Example: data merge mixed --train corpus/demo --train my-calls:train --dev corpus/demo
@@ -55,7 +57,8 @@ def merge(out_dir: Path, train: tuple[str, ...], dev: tuple[str, ...], eval_: tu
     sources = {split: [parse_source(s, split) for s in given]
                for split, given in (("train", train), ("dev", dev), ("eval", eval_)) if given}
     counts = merge_databases(out_dir, sources, copy=copy,
-                             allow_shared_speakers=allow_shared_speakers)
+                             allow_shared_speakers=allow_shared_speakers,
+                             exclude_speakers=exclude)
     for split, c in counts.items():
         click.echo(f"{split}: {c['bonafide']} bona fide, {c['spoof']} spoof")
     click.echo(f"merged database: {out_dir}")

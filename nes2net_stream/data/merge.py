@@ -5,7 +5,8 @@ database: this writes the ASVspoof 2019 LA layout (protocol files and ``flac`` f
 splits are the concatenation of the named source splits, with the audio as symbolic links (or
 copies). Utterance ids must be unique across the sources. Bona fide speakers shared between
 the output's splits are refused unless allowed: a speaker heard in training and evaluated on
-gives an optimistic figure (the demo corpus is speaker-disjoint for that reason).
+gives an optimistic figure (the demo corpus is speaker-disjoint for that reason). Speakers can
+be left out altogether (``exclude_speakers``: e.g. one kept for demos or a held-out check).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,8 +87,8 @@ def _write_summary(out: Path, merged: Mapping[str, Sequence[tuple[Trial, Path]]]
 
 
 def merge_databases(out: Path, sources: Mapping[str, Sequence[SplitSource]], *,
-                    copy: bool = False, allow_shared_speakers: bool = False
-                    ) -> dict[str, dict[str, int]]:
+                    copy: bool = False, allow_shared_speakers: bool = False,
+                    exclude_speakers: Collection[str] = ()) -> dict[str, dict[str, int]]:
     """Write the merged database to ``out``; returns trials per split and class.
 
     Args:
@@ -95,10 +96,13 @@ def merge_databases(out: Path, sources: Mapping[str, Sequence[SplitSource]], *,
         sources: Target split (``train``, ``dev``, ``eval``) -> the source splits it holds.
         copy: Copy the audio instead of linking to it (a database that outlives its sources).
         allow_shared_speakers: Accept bona fide speakers present in several target splits.
+        exclude_speakers: Leave out every trial whose SPEAKER is one of these (bona fide
+            speech and the spoofs made from or imitating it).
 
     Raises:
         DataError: A missing source, a duplicate utterance id, missing audio, a non-empty
-            ``out``, or bona fide speakers shared between splits (unless allowed).
+            ``out``, bona fide speakers shared between splits (unless allowed), or an
+            excluded speaker found in no source.
     """
     unknown = sorted(set(sources) - set(LA2019_PROTOCOLS))
     if unknown or not any(sources.values()):
@@ -107,16 +111,23 @@ def merge_databases(out: Path, sources: Mapping[str, Sequence[SplitSource]], *,
         raise DataError(f"merge: output folder is not empty: {out}")
     merged: dict[str, list[tuple[Trial, Path]]] = {}
     owner: dict[str, SplitSource] = {}
+    excluded = set(exclude_speakers)
+    found: set[str] = set()
     for split, parts in sources.items():
         for src in parts:
             protocol, audio_dir = database_split(src.root, src.split)
             for trial in read_protocol(protocol):
+                if trial.speaker in excluded:
+                    found.add(trial.speaker)
+                    continue
                 if trial.utterance in owner:
                     raise DataError(f"merge: utterance id {trial.utterance!r} is in both "
                                     f"{owner[trial.utterance]} and {src}")
                 owner[trial.utterance] = src
                 merged.setdefault(split, []).append((trial, audio_path(audio_dir,
                                                                        trial.utterance)))
+    if missing := sorted(excluded - found):
+        raise DataError(f"merge: excluded speakers found in no source: {', '.join(missing)}")
     shared = _shared_speakers({s: [t for t, _ in rows] for s, rows in merged.items()})
     if shared and not allow_shared_speakers:
         raise DataError("merge: bona fide speakers in several splits (an optimistic "
