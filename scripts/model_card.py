@@ -4,7 +4,7 @@ Usage: python scripts/model_card.py --run RUN --corpus CORPUS --bundle BUNDLE --
        [--database DB] [--held-out DIR]
 
 DB is the database the model trained on (default: CORPUS; e.g. a merged one). The evaluation
-comes from DIR when given (``eval-4s`` etc. and ``fold*/alerts``: scripts/build_demo_model.sh's
+comes from DIR when given (``eval-4s`` etc. and ``fold*/alerts``: scripts/exp_all_speakers.sh's
 speaker-fold estimate), otherwise from RUN (the model itself scored on CORPUS's eval split).
 """
 
@@ -256,20 +256,20 @@ training). Splits are speaker-disjoint on the bona fide side; A07 appears only i
     if a.held_out:
         evaluation_intro = f"""## Held-out estimate: two folds of the eval speakers
 
-The bundled model has heard every eval speaker but {', '.join(left_out) or 'none'}, so the
+This model has heard every eval speaker but {', '.join(left_out) or 'none'}, so the
 corpus's eval split cannot measure it; these figures measure its recipe on speakers it never
 heard. The eval speakers are cut into two halves (`scripts/speaker_folds.py`; bona fide
 speech and WORLD re-syntheses by speaker, espeak-ng by voice, the rest by utterance hash). For
-each half, three teachers and a distilled model are trained exactly as the bundled one, on
+each half, three teachers and a distilled model are trained exactly as this one, on
 train plus the *other* half, and that distilled model scores this half: the two halves'
 scores together cover the eval split once, every trial scored by a model that never heard its
-speaker or its espeak-ng voice. A03 and A07 stay out of the fold models' training (the bundled
+speaker or its espeak-ng voice. A03 and A07 stay out of the fold models' training (this
 model has trained on both), so their rows below are systems never seen. Eval trials whose own
 channel is G.726, G.723.1 or narrowband Opus are in the fold models' training halves too, so
 the codec table is of codecs absent from the augmentation, not wholly unseen ones. Each fold
-model heard half of the eval speakers, the bundled model all but one: more real speakers
-helped this recipe ([training.md](training.md), "More real speakers in training"), so read
-these figures as a conservative estimate."""
+model heard half of the eval speakers, this model all but one; whether more real speakers
+help this recipe is unsettled on this corpus ([training.md](training.md), "Bundling every
+eval speaker")."""
         sample_speaker = f"{', '.join(left_out)}, the speaker left out of training"
         alert_reports = {f"fold {p.parent.parent.name.removeprefix('fold')}": p
                          for p in sorted(a.held_out.glob("fold*/alerts/alerts.json"))}

@@ -1,5 +1,5 @@
 """scripts/model_card.py: the bundled model's card, from a merged training database and a
-held-out (speaker-fold) evaluation folder, as scripts/build_demo_model.sh writes them."""
+held-out (speaker-fold) evaluation folder, as scripts/exp_all_speakers.sh writes them."""
 
 from __future__ import annotations
 
@@ -30,9 +30,11 @@ def test_card_of_a_merged_database_reports_the_held_out_folds(toy_corpus, tmp_pa
     assert main(["eval", "--model", str(BUNDLE), "--database", str(corpus), "--split", "eval",
                  "--bootstrap", "0", "--out", str(tmp_path / "fold0")]) == 0
     for name, extra in (("4s", []), ("channel-g723_1", ["--channel", "g723_1"])):
-        assert main(["eval", "--scores", str(tmp_path / "fold0" / "scores.txt"), "--key",
-                     str(key), "--bootstrap", "50", *extra,
-                     "--out", str(held / f"eval-{name}")]) == 0
+        pooled = held / f"eval-{name}" / "scores.txt"
+        pooled.parent.mkdir(parents=True)
+        shutil.copyfile(tmp_path / "fold0" / "scores.txt", pooled)
+        assert main(["eval", "--scores", str(pooled), "--key", str(key), "--bootstrap", "50",
+                     *extra, "--out", str(pooled.parent)]) == 0
     assert main(["data", "build-calls", str(corpus), str(tmp_path / "calls"), "--split",
                  "eval"]) == 0
     assert main(["eval-alerts", "--model", str(BUNDLE), "--database", str(tmp_path / "calls"),
@@ -52,6 +54,7 @@ def test_card_of_a_merged_database_reports_the_held_out_folds(toy_corpus, tmp_pa
     assert "has heard every eval speaker but S2" in card
     assert f"| 4s | {metrics['n_bonafide']} / {metrics['n_spoof']} | " \
            f"{100 * metrics['eer']:.2f} % |" in card
+    assert "| S0 | ? | 4 | " in card  # per genuine speaker, from the pooled scores
     assert "| corpus eval (folds) | 12 / " in card  # what the estimate scored
     assert "| train | 16 / " in card  # S0 and S1 of train and eval: 8 + 8 bona fide
     assert "| G.723.1" in card  # the labelled channel condition
