@@ -40,3 +40,37 @@ def test_serve_refuses_invalid_config_naming_the_key(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "engine.max_batch_size" in proc.stderr
+
+
+async def test_stream_sends_timed_metadata_updates(make_service, tmp_path):
+    import json
+
+    svc = await make_service()
+    path = tmp_path / "call.wav"
+    sf.write(path, tone_bursts(6.0, 8000), 8000, subtype="PCM_16")
+    stream = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nes2net_stream", "stream", str(path), "--url", svc.url, "--fast",
+        "--json", "--metadata", '{"ani": "+15551234567"}',
+        "--update", '3:{"account_id": "A-17", "ani": null}',
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(stream.communicate(), 60)
+    assert stream.returncode == 0, err.decode()
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    (summary,) = [e for e in events if e["type"] == "summary"]
+    assert summary["metadata"] == {"account_id": "A-17"}
+
+
+def test_stream_refuses_malformed_metadata_and_updates(tmp_path):
+    from click.testing import CliRunner
+
+    from nes2net_stream.cli import cli
+
+    path = tmp_path / "call.wav"
+    sf.write(path, tone_bursts(1.0, 8000), 8000, subtype="PCM_16")
+    for args, message in ((["--metadata", "[1]"], "must be a JSON object"),
+                          (["--metadata", "{oops"], "not JSON"),
+                          (["--update", "soon:{}"], "is not SECONDS:JSON"),
+                          (["--update", "-1:{}"], "is not SECONDS:JSON"),
+                          (["--update", '2:"x"'], "must be a JSON object")):
+        out = CliRunner().invoke(cli, ["stream", str(path), *args])
+        assert out.exit_code == 2 and message in out.output, (args, out.output)

@@ -34,6 +34,30 @@ def _line(event: dict[str, Any]) -> str:
     return json.dumps(event)
 
 
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    """A JSON object from an option's value; anything else is a usage error naming it."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=option)
+    return value
+
+
+def _update(text: str) -> tuple[float, dict[str, Any]]:
+    """``SECONDS:JSON`` of ``--update``."""
+    at, sep, body = text.partition(":")
+    try:
+        seconds = float(at)
+    except ValueError:
+        seconds = -1.0
+    if not sep or not seconds >= 0:
+        raise click.BadParameter(f"{text!r} is not SECONDS:JSON, e.g. "
+                                 "'5:{\"account_id\": \"A-17\"}'", param_hint="--update")
+    return seconds, _json_object(body, "--update")
+
+
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--url", default="ws://127.0.0.1:8080/v1/stream", show_default=True)
@@ -47,13 +71,18 @@ def _line(event: dict[str, Any]) -> str:
 @click.option("--token", envvar="NES2NET_TOKEN", default=None, help="Bearer token "
               "[$NES2NET_TOKEN].")
 @click.option("--metadata", default=None, help="JSON object sent as the call's metadata.")
+@click.option("--update", "updates", multiple=True, metavar="SECONDS:JSON",
+              help="Merge this JSON object into the call's metadata once SECONDS of audio "
+                   "have been sent (an update message; repeat).")
 @click.option("--json", "as_json", is_flag=True, help="Print raw JSON events.")
 def stream(file: Path, url: str, realtime: bool, encoding: str, sample_rate: str,
-           call_id: str | None, token: str | None, metadata: str | None, as_json: bool) -> None:
+           call_id: str | None, token: str | None, metadata: str | None,
+           updates: tuple[str, ...], as_json: bool) -> None:
     """Stream an audio FILE to the service as one call and print the events it sends back."""
     from nes2net_stream.client import stream_file
 
-    meta = json.loads(metadata) if metadata else {"file": file.name}
+    meta = _json_object(metadata, "--metadata") if metadata else {"file": file.name}
+    timed = [_update(u) for u in updates]
 
     def show(event: dict[str, Any]) -> None:
         click.echo(json.dumps(event) if as_json else _line(event))
@@ -61,7 +90,7 @@ def stream(file: Path, url: str, realtime: bool, encoding: str, sample_rate: str
 
     result = asyncio.run(stream_file(url, file, sample_rate=int(sample_rate), call_id=call_id,
                                      encoding=encoding, realtime=realtime, token=token,
-                                     metadata=meta, on_event=show))
+                                     metadata=meta, on_event=show, updates=timed))
     if result.of_type("error"):
         raise SystemExit(1)
 
