@@ -176,7 +176,7 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--doc", type=Path, required=True)
     ap.add_argument("--database", type=Path, help="what the model trained on (default: corpus)")
-    ap.add_argument("--held-out", type=Path, help="speaker-fold evaluations (build script)")
+    ap.add_argument("--held-out", type=Path, help="speaker-fold evaluations (scripts/exp_all_speakers.sh)")
     a = ap.parse_args()
     database = a.database or a.corpus
     evals_dir = a.held_out or a.run
