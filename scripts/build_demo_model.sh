@@ -19,10 +19,7 @@ if [ ! -f "$CORPUS/corpus.json" ]; then
   "$PY" -m nes2net_stream data build-demo "$CORPUS" --seed "$SEED" --jobs 2 --no-progress
 fi
 
-RECIPE=(--augment-config scripts/demo_augment.json
-  --spectral-kind logspec --n-features 256 --n-fft 1024 --win-length 512
-  --outer-ratio 4 --inner-ratio 8 --se-ratio 2 --balance --class-weights 0.5 0.5
-  --epochs 18 --batch-size 32 --lr 2e-3 --average-best 5 --num-workers 2 --no-progress)
+source scripts/demo_recipe.sh  # RECIPE, DISTILL
 # three teachers: the same recipe with seeds 0, 1 and 2; the bundled model is distilled from
 # their averaged scores (docs/training.md, "Distilling the three seeds into one model")
 TEACHERS=()
@@ -34,8 +31,8 @@ for t in 0 1 2; do
   TEACHERS+=(--teacher "$RUN-teacher-s$t/model")
 done
 "$PY" -m nes2net_stream train --database "$CORPUS" --run-dir "$RUN" --out "$RUN/model" \
-  --model-id "$MODEL_ID" "${RECIPE[@]}" "${TEACHERS[@]}" --distill-weight 0.5 \
-  --distill-temperature 2.0 --seed "$SEED"
+  --model-id "$MODEL_ID" "${RECIPE[@]}" "${TEACHERS[@]}" "${DISTILL[@]}" \
+  --seed "$SEED"
 
 for mode in 4s windows; do
   "$PY" -m nes2net_stream eval --model "$RUN/model" --database "$CORPUS" --split eval \

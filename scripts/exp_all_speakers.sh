@@ -31,11 +31,7 @@ if [ ! -f "$DB/corpus.json" ]; then
     --dev "$CORPUS" --exclude-speaker "$HOLD_OUT_SPEAKER"
 fi
 
-RECIPE=(--augment-config scripts/demo_augment.json
-  --spectral-kind logspec --n-features 256 --n-fft 1024 --win-length 512
-  --outer-ratio 4 --inner-ratio 8 --se-ratio 2 --balance --class-weights 0.5 0.5
-  --epochs 18 --batch-size 32 --lr 2e-3 --average-best 5 --num-workers 2 --no-progress)
-DISTILL=(--distill-weight 0.5 --distill-temperature 2.0)
+source scripts/demo_recipe.sh  # RECIPE, DISTILL
 
 train() {  # run-dir database model-id seed [--teacher ...]
   local run=$1 db=$2 id=$3 seed=$4

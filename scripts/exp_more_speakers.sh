@@ -12,10 +12,7 @@ PY=${PY:-.venv/bin/python}
 CORPUS=${CORPUS:-corpus/demo}
 EXP=${EXP:-runs/exp-speakers}
 SEEDS=${SEEDS:-"0 1 2"}
-RECIPE=(--augment-config scripts/demo_augment.json
-  --spectral-kind logspec --n-features 256 --n-fft 1024 --win-length 512
-  --outer-ratio 4 --inner-ratio 8 --se-ratio 2 --balance --class-weights 0.5 0.5
-  --epochs 18 --batch-size 32 --lr 2e-3 --average-best 5 --num-workers 2 --no-progress)
+source scripts/demo_recipe.sh  # RECIPE, DISTILL
 CONDITIONS=("4s" "windows" "4s g723_1" "4s g726:16000" "4s opus_nb:8000")
 
 for f in 0 1; do

@@ -1,0 +1,11 @@
+# The bundled demo model's training recipe, sourced by scripts/build_demo_model.sh and the
+# experiments that compare against it (scripts/exp_*.sh), so that all of them train the same.
+# RECIPE: the `train` options of one run; DISTILL: what the distilled model adds to them
+# (with one --teacher per teacher bundle; docs/training.md).
+# shellcheck disable=SC2034  # used by the scripts that source this file
+RECIPE=(--augment-config scripts/demo_augment.json
+  --spectral-kind logspec --n-features 256 --n-fft 1024 --win-length 512
+  --outer-ratio 4 --inner-ratio 8 --se-ratio 2 --balance --class-weights 0.5 0.5
+  --epochs 18 --batch-size 32 --lr 2e-3 --average-best 5 --num-workers 2 --no-progress)
+# shellcheck disable=SC2034
+DISTILL=(--distill-weight 0.5 --distill-temperature 2.0)
