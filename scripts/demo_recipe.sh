@@ -9,3 +9,12 @@ RECIPE=(--augment-config scripts/demo_augment.json
   --epochs 18 --batch-size 32 --lr 2e-3 --average-best 5 --num-workers 2 --no-progress)
 # shellcheck disable=SC2034
 DISTILL=(--distill-weight 0.5 --distill-temperature 2.0)
+
+# train_run RUN-DIR DATABASE MODEL-ID SEED [more train options, e.g. --teacher ...]: one run
+# of the recipe with "$PY", skipped when RUN-DIR already holds its model
+train_run() {
+  local run=$1 db=$2 id=$3 seed=$4
+  shift 4
+  [ -f "$run/model/config.json" ] || "$PY" -m nes2net_stream train --database "$db" \
+    --run-dir "$run" --out "$run/model" --model-id "$id" "${RECIPE[@]}" --seed "$seed" "$@"
+}

@@ -31,23 +31,17 @@ if [ ! -f "$DB/corpus.json" ]; then
     --dev "$CORPUS" --exclude-speaker "$HOLD_OUT_SPEAKER"
 fi
 
-source scripts/demo_recipe.sh  # RECIPE, DISTILL
+source scripts/demo_recipe.sh  # RECIPE, DISTILL, train_run
 
-train() {  # run-dir database model-id seed [--teacher ...]
-  local run=$1 db=$2 id=$3 seed=$4
-  shift 4
-  [ -f "$run/model/config.json" ] || "$PY" -m nes2net_stream train --database "$db" \
-    --run-dir "$run" --out "$run/model" --model-id "$id" "${RECIPE[@]}" --seed "$seed" "$@"
-}
 # a distilled model from three teachers (seeds 0-2; docs/training.md, "Distilling the three
 # seeds into one model"): distilled run-dir, teacher run-dir prefix, database, model-id
 distilled() {
   local teachers=()
   for t in 0 1 2; do
-    train "$2-s$t" "$3" "$4-teacher-s$t" "$t"
+    train_run "$2-s$t" "$3" "$4-teacher-s$t" "$t"
     teachers+=(--teacher "$2-s$t/model")
   done
-  train "$1" "$3" "$4" "$SEED" "${teachers[@]}" "${DISTILL[@]}"
+  train_run "$1" "$3" "$4" "$SEED" "${teachers[@]}" "${DISTILL[@]}"
 }
 
 distilled "$RUN" "$RUN-teacher" "$DB" "$MODEL_ID"

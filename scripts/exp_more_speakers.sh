@@ -12,7 +12,7 @@ PY=${PY:-.venv/bin/python}
 CORPUS=${CORPUS:-corpus/demo}
 EXP=${EXP:-runs/exp-speakers}
 SEEDS=${SEEDS:-"0 1 2"}
-source scripts/demo_recipe.sh  # RECIPE, DISTILL
+source scripts/demo_recipe.sh  # RECIPE, DISTILL, train_run
 CONDITIONS=("4s" "windows" "4s g723_1" "4s g726:16000" "4s opus_nb:8000")
 
 for f in 0 1; do
@@ -21,8 +21,7 @@ for f in 0 1; do
 done
 
 train() {  # run-dir database seed
-  [ -f "$1/model/config.json" ] || "$PY" -m nes2net_stream train --database "$2" \
-    --run-dir "$1" --out "$1/model" --model-id "exp-$(basename "$1")" "${RECIPE[@]}" --seed "$3"
+  train_run "$1" "$2" "exp-$(basename "$1")" "$3"
 }
 evaluate() {  # run-dir database
   for cond in "${CONDITIONS[@]}"; do
