@@ -24,6 +24,8 @@ from gateway_fuzzing import (
 from hypothesis import example, given
 from hypothesis import strategies as st
 from nes2net_gateways import plivo, telnyx, twilio, vonage
+from nes2net_gateways.asterisk_rtp import parse_registration
+from nes2net_gateways.asterisk_rtp_call import FORMATS as RTP_FORMATS
 from nes2net_gateways.asterisk_ws import FORMATS, MediaStart, parse_control, parse_media_start
 from nes2net_gateways.audiosocket import (
     AUDIO_RATES,
@@ -338,3 +340,25 @@ def test_nasty_json_everywhere(text):
         expect(parse_control, text)
         expect(parse_metadata, text, 1 << 20, mix_type="mono", sample_rate=8000,
                call_id_keys=("callId",))
+
+
+def rtp_registrations():
+    """``POST /calls`` bodies of the Asterisk External Media gateway."""
+    return st.fixed_dictionaries(
+        {"call_id": ids},
+        optional={"format": st.sampled_from([*RTP_FORMATS, "g729", "", "SLIN16"]) | st.integers(),
+                  "channel_id": ids, "ani": st.from_regex(r"\+?[0-9]{3,15}", fullmatch=True),
+                  "dnis": st.integers(0, 10 ** 12),
+                  "custom": st.dictionaries(ids, st.text(max_size=20), max_size=4)})
+
+
+@FUZZ
+@given(inputs(rtp_registrations()) | st.sampled_from(NASTY_JSON))
+def test_asterisk_rtp_registration(body):
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    reg = expect(parse_registration, raw, 16_384, "ulaw")
+    if reg is not None:
+        assert reg.format is RTP_FORMATS[reg.format.name]
+        assert re.fullmatch(r"[A-Za-z0-9._:@+/=-]{1,128}", reg.call_id)
+        assert isinstance(reg.custom, dict)
+        assert reg.channel_id is None or isinstance(reg.channel_id, str)

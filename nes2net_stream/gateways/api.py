@@ -154,6 +154,8 @@ class Gateway:
         self.bound_port: int | None = None  # set by the service for TCP gateways
         #: listen with SO_REUSEPORT: set by the service when ingest processes share ports
         self.reuse_port = False
+        #: this ingest process's index when several share the ports (set with ``reuse_port``)
+        self.worker_index: int | None = None
         self.log = get_logger(f"nes2net.gateway.{self.name}")
 
     @property

@@ -287,6 +287,7 @@ class Service:
                          port=gw.bound_port)
             elif gw.transport == "custom":
                 gw.reuse_port = self.reuse_port
+                gw.worker_index = self.worker_index if self.reuse_port else None
                 await gw.start_serving()
                 self._custom_gateways.append(gw)
                 log.info("gateway listening", gateway=gw.name, host=gw.config.host,

@@ -1,4 +1,4 @@
-"""RTP (RFC 3550) for the SIPREC gateway: packet parsing, per-stream ordering, UDP ports.
+"""RTP (RFC 3550) for the SIPREC and Asterisk External Media gateways: parsing, ordering, ports.
 
 :func:`parse_rtp` and :class:`RtpReceiver` are pure: a receiver turns the packets of one
 stream into the payload bytes to feed, in order, filling short gaps (lost packets, or silence
@@ -82,6 +82,23 @@ class RtpStats:
     invalid: int = 0  # not RTP, or from an address that does not send this stream
     resyncs: int = 0  # new SSRC or a jump in the sequence: a new stream from here
     filled_s: float = 0.0  # silence inserted for gaps
+
+
+def count_rtp(now: RtpStats, was: RtpStats, packets: Any, filled: Any) -> RtpStats:
+    """Add what ``now`` counts beyond ``was`` to the Prometheus counters; return a snapshot.
+
+    ``packets`` is a counter labelled by ``result`` (received, lost, late, other, invalid),
+    ``filled`` one of seconds of silence inserted for gaps.
+    """
+    for result, value, old in (("received", now.packets, was.packets),
+                               ("lost", now.lost, was.lost), ("late", now.late, was.late),
+                               ("other", now.other, was.other),
+                               ("invalid", now.invalid, was.invalid)):
+        if value > old:
+            packets.labels(result=result).inc(value - old)
+    if now.filled_s > was.filled_s:
+        filled.inc(now.filled_s - was.filled_s)
+    return RtpStats(**vars(now))
 
 
 class RtpReceiver:

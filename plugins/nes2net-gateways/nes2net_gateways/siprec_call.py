@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nes2net_gateways._common import AGENT_ROLE, RateGuard, feed
+from nes2net_gateways.call_task import CallTask
 from nes2net_gateways.rtp import (
     RTCP_TYPES,
     RtpPort,
     RtpReceiver,
     RtpStats,
     close_ports,
+    count_rtp,
     parse_rtp,
 )
 from nes2net_gateways.sip_message import SipMessage, addr_uri, header_params, new_branch
@@ -93,16 +95,16 @@ def role_names(customer_role: str, count: int, customer_index: int) -> list[str]
     return roles
 
 
-class RecordingCall:
+class RecordingCall(CallTask):
     """The dialog and call of one accepted SIPREC INVITE (see the module docstring)."""
 
     def __init__(self, gateway: SiprecGateway, invite: SipMessage, peer: Peer, local_tag: str,
                  handle: CallHandle):
+        super().__init__(gateway.ctx, handle, f"siprec:{invite.call_id}")
         self.gw = gateway
         self.invite = invite
         self.peer = peer
         self.local_tag = local_tag
-        self.handle = handle
         self.sip_call_id = invite.call_id
         self.invite_key = transaction_key(invite)
         self.streams: list[MediaStream] = []
@@ -127,12 +129,9 @@ class RecordingCall:
         self.answered_at = self.started_at
         self._resend_at = self.started_at + T1
         self._resend_interval = T1
-        self._end: CallEnd | None = None
         self._bye_from_peer = False
-        self._wake = asyncio.Event()
         self._guard = RateGuard(gateway.limits)
         self._cseq = 1
-        self._task: asyncio.Task[None] | None = None
         self._counted: dict[int, RtpStats] = {}
         #: requests inside this dialog (ACK, BYE, re-INVITE...): their own limit, so that a
         #: busy client's new calls never crowd out the ACKs and BYEs of its running ones
@@ -143,7 +142,7 @@ class RecordingCall:
     # ------------------------------------------------------------------ RTP in
     def on_datagram(self, stream: MediaStream, data: bytes, addr: Any) -> None:
         """A datagram on ``stream``'s port: check its sender, order it, feed the call."""
-        if self._end is not None or not (self.handle.started or self.wait_until is not None):
+        if self.end is not None or not (self.handle.started or self.wait_until is not None):
             return
         try:
             source = (addr[0], addr[1])
@@ -228,70 +227,35 @@ class RecordingCall:
         close_ports([s.port for s in self.streams if s.port is not None])
         self.streams, self._counted = [], {}
 
-    def finish(self, end: CallEnd) -> None:
-        """End the call (first reason wins); :meth:`run` publishes the summary."""
-        if self._end is None:
-            self._end = end
-        self._wake.set()
-
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> None:
-        """Run :meth:`run` in the background."""
-        self._task = asyncio.create_task(self.run(), name=f"siprec:{self.sip_call_id}")
+    def tick(self, now: float) -> float:
+        """Retransmit the answer until ACK; end on timeouts and limits (BYE: :meth:`on_bye`).
 
-    async def wait(self) -> None:
-        """Wait until the call is over (summary published, BYE sent)."""
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._task)
-
-    async def run(self) -> None:
-        """Retransmit the answer until ACK; end on BYE, timeouts, limits or shutdown."""
-        lim = self.gw.limits
-        try:
-            while self._end is None:
-                now = time.monotonic()
-                session = self.handle.session
-                if self.gw.ctx.draining or (session is not None and session.ended):
-                    self.finish(CallEnd("shutdown"))
-                    break
-                if not self.acked:
-                    if now - self.answered_at > TIMER_B:
-                        if any(s.last_packet is not None for s in self.streams):
-                            # the client sends media, so it holds the session as established:
-                            # keep recording rather than tear down a call for a lost ACK
-                            self.log.warning("no ACK for the answer; media is flowing, so the "
-                                             "session continues", call_id=self.handle.call_id)
-                            self.acked = True
-                            continue
-                        self.log.warning("no ACK for the answer", call_id=self.handle.call_id)
-                        self.finish(CallEnd("error", "start_timeout"))
-                        break
-                    if now >= self._resend_at and self.response is not None:
-                        self.peer.send(self.response)
-                        self._resend_interval = min(self._resend_interval * 2, T2)
-                        self._resend_at = now + self._resend_interval
-                if self.wait_until is not None and now >= self.wait_until:
-                    self.wait_until, self.started_at = None, now
-                    self.on_wait_over()
-                self._check_media(now, lim)
-                if now >= self._metrics_at:
-                    self._count_rtp()
-                    self._metrics_at = now + METRICS_EVERY_S
-                if self._end is not None:
-                    break
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._tick(now)):
-                        await self._wake.wait()
-        except asyncio.CancelledError:
-            self.finish(CallEnd("shutdown"))
-            raise
-        finally:
-            await self._close()
-
-    def _tick(self, now: float) -> float:
-        """Sleep until the next retransmission is due, at most :data:`TICK_S`."""
+        Sleeps until the next retransmission is due, at most :data:`TICK_S`.
+        """
+        if not self.acked:
+            if now - self.answered_at > TIMER_B:
+                if any(s.last_packet is not None for s in self.streams):
+                    # the client sends media, so it holds the session as established:
+                    # keep recording rather than tear down a call for a lost ACK
+                    self.log.warning("no ACK for the answer; media is flowing, so the "
+                                     "session continues", call_id=self.handle.call_id)
+                    self.acked = True
+                else:
+                    self.log.warning("no ACK for the answer", call_id=self.handle.call_id)
+                    self.finish(CallEnd("error", "start_timeout"))
+                    return 0.0
+            elif now >= self._resend_at and self.response is not None:
+                self.peer.send(self.response)
+                self._resend_interval = min(self._resend_interval * 2, T2)
+                self._resend_at = now + self._resend_interval
+        if self.wait_until is not None and now >= self.wait_until:
+            self.wait_until, self.started_at = None, now
+            self.on_wait_over()
+        self._check_media(now, self.gw.limits)
+        if now >= self._metrics_at:
+            self._count_rtp()
+            self._metrics_at = now + METRICS_EVERY_S
         if self.acked:
             return TICK_S
         return max(0.01, min(TICK_S, self._resend_at - now))
@@ -314,21 +278,13 @@ class RecordingCall:
 
     def _count_rtp(self) -> None:
         """Add the streams' RTP counts since the last call to the gateway's metrics."""
-        gw = self.gw
         for i, stream in enumerate(self.streams):
-            now, was = stream.receiver.stats, self._counted.get(i, RtpStats())
-            for result, value, old in (("received", now.packets, was.packets),
-                                       ("lost", now.lost, was.lost), ("late", now.late, was.late),
-                                       ("other", now.other, was.other),
-                                       ("invalid", now.invalid, was.invalid)):
-                if value > old:
-                    gw.rtp_packets.labels(result=result).inc(value - old)
-            if now.filled_s > was.filled_s:
-                gw.rtp_filled.inc(now.filled_s - was.filled_s)
-            self._counted[i] = RtpStats(**vars(now))
+            self._counted[i] = count_rtp(stream.receiver.stats, self._counted.get(i, RtpStats()),
+                                         self.gw.rtp_packets, self.gw.rtp_filled)
 
-    async def _close(self) -> None:
-        end = self._end or CallEnd("shutdown")
+    async def close(self) -> None:
+        """Close the ports, publish the summary and send BYE unless the client did."""
+        end = self.end or CallEnd("shutdown")
         close_ports([s.port for s in self.streams if s.port is not None])
         self._count_rtp()
         try:
