@@ -190,6 +190,18 @@ def test_siprec_bench_smoke():
 
 
 @pytest.mark.timeout(300)
+def test_asterisk_rtp_bench_smoke():
+    """External Media calls (control API, RTP paced in real time) and generic calls against
+    one service: every packet received, every call ended by its DELETE."""
+    out = run_script("asterisk_rtp_bench.py")
+    ext = out["asterisk_rtp"]
+    assert ext["rtp_received"] == ext["rtp_packets_sent"] == 5 * 250 and ext["deletes_ok"] == 5
+    assert ext["calls_ended"] == {"stop": 5.0} and ext["windows_scored"] >= 5
+    assert ext["cpu_ms_per_call_second"] > 0 and out["generic"]["cpu_ms_per_call_second"] > 0
+    assert out["service_exit_code"] == 0
+
+
+@pytest.mark.timeout(300)
 def test_policy_bench_smoke():
     out = run_script("policy_bench.py")
     timings = out["us_per_window_at_call_length"]

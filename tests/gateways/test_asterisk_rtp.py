@@ -175,6 +175,10 @@ async def test_control_api_errors_are_clear(make_service):
     assert status == 409 and err["error"] == "duplicate_call_id"
     assert (await request("GET", f"{svc.api}/nothing"))[0] == 404
     assert (await request("DELETE", f"{calls}/dup"))[0] == 200
+    status, made = await request("POST", calls, {"call_id": "sip:a/b@pbx=1"})
+    assert status == 201 and made["call_url"] == f"{calls}/sip%3Aa%2Fb%40pbx%3D1"
+    status, ended = await request("DELETE", made["call_url"])
+    assert status == 200 and ended["call_id"] == "sip:a/b@pbx=1"
 
 
 async def test_control_requests_are_rate_limited(make_service):
@@ -194,6 +198,18 @@ async def test_a_draining_service_refuses_new_calls_and_ends_active_ones(make_se
     await svc.drain()
     (s,) = await summaries(redis_client, "drain-1")
     assert s["summary"]["end_reason"] == "shutdown"
+
+
+async def test_no_free_rtp_port_is_an_overload_and_the_call_ends(make_service,
+                                                                   redis_client):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:  # half of the one pair
+        taken.bind(("127.0.0.1", 0))
+        even = taken.getsockname()[1] & ~1
+        svc = await service(make_service, rtp_port_min=even, rtp_port_max=even + 1)
+        status, err = await request("POST", f"{svc.api}/calls", {"call_id": "full-1"})
+    assert status == 429 and "no free RTP port" in err["message"]
+    (s,) = await summaries(redis_client, "full-1")
+    assert (s["summary"]["end_reason"], s["summary"]["detail"]) == ("error", "too_many_calls")
 
 
 async def test_configuration_is_checked_naming_the_key(make_service):

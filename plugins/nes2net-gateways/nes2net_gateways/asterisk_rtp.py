@@ -213,15 +213,15 @@ class AsteriskRtpGateway(Gateway):
         url = request.url.with_port(self.call_port).with_path(
             f"{self.cfg.path.rstrip('/')}/calls/{quote(start.call_id, safe='')}", encoded=True)
         call = MediaCall(self, handle, fmt, str(url.with_query(None)))
+        self.calls[start.call_id] = call
+        call.start()  # from here the call's task ends it whatever happens to this request
         try:
             call.port = await bind_rtp_port(self.cfg.media_host or self.cfg.host,
                                             self.cfg.rtp_port_min, self.cfg.rtp_port_max,
                                             call.on_datagram)
         except OSError as exc:
-            await handle.end(CallEnd("error", "too_many_calls"))
+            call.finish(CallEnd("error", "too_many_calls"))
             raise ProtocolError("too_many_calls", f"no free RTP port: {exc}") from None
-        self.calls[start.call_id] = call
-        call.start()
         host = self.cfg.media_address or _local_address(request)
         external = f"[{host}]:{call.port.port}" if ":" in host else f"{host}:{call.port.port}"
         return web.json_response({"call_id": start.call_id, "format": fmt.name,
