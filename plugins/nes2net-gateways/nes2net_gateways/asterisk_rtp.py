@@ -30,7 +30,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import Field
 
-from nes2net_gateways._auth import bearer_token, require_secret, secret_equal
+from nes2net_gateways._auth import require_secret
 from nes2net_gateways._common import (
     address_in,
     call_metadata,
@@ -41,6 +41,7 @@ from nes2net_gateways._common import (
     parse_json_object,
     parse_networks,
 )
+from nes2net_gateways._control_api import ControlApi, local_address
 from nes2net_gateways.asterisk_rtp_call import FORMATS, MediaCall, MediaFormat
 from nes2net_gateways.rtp import bind_rtp_port
 from nes2net_gateways.rtp_payload import CODECS
@@ -48,7 +49,6 @@ from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import Gateway, GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
-from nes2net_stream.service.ratelimit import KeyedBuckets
 
 FIELDS = frozenset({"call_id", "format", "channel_id", "ani", "dnis", "custom"})
 DELETE_WAIT_S = 5.0
@@ -82,10 +82,6 @@ class AsteriskRtpGateway(Gateway):
         self.calls: dict[str, MediaCall] = {}
         self.accepting = True
         self.networks: list[Any] = []
-        self.call_port: int | None = None  # the port of this process's call URLs
-        self._runner: web.AppRunner | None = None
-        self._limit = KeyedBuckets(self.cfg.max_requests_per_s,
-                                   max(1.0, 2 * self.cfg.max_requests_per_s))
         registry: CollectorRegistry | None = getattr(getattr(ctx, "metrics", None),
                                                      "registry", None)
         self.rtp_packets = Counter(
@@ -95,9 +91,12 @@ class AsteriskRtpGateway(Gateway):
         self.rtp_filled = Counter(
             "nes2net_asterisk_rtp_gap_fill_seconds_total",
             "Seconds of silence inserted for RTP gaps of External Media calls", registry=registry)
-        self.requests = Counter("nes2net_asterisk_rtp_requests_total",
-                                "Control API requests, by HTTP status", ["status"],
-                                registry=registry)
+        requests = Counter("nes2net_asterisk_rtp_requests_total",
+                           "Control API requests, by HTTP status", ["status"], registry=registry)
+        self.api = ControlApi(self, self.cfg.api_token, self.cfg.max_requests_per_s, requests)
+        self.api.route("POST", "/calls", self._create)
+        self.api.route("GET", "/calls/{call_id:.+}", self._get)
+        self.api.route("DELETE", "/calls/{call_id:.+}", self._delete)
 
     # ------------------------------------------------------------------ configuration
     def check_config(self) -> None:
@@ -123,30 +122,9 @@ class AsteriskRtpGateway(Gateway):
 
     # ------------------------------------------------------------------ serving
     async def start_serving(self) -> None:
-        """Serve the control API on ``host:port``.
-
-        With several ingest processes (which share ``port``), each one also listens on
-        ``port + 1 + its index``: its calls' URLs point there, so that the process owning a
-        call's RTP port is the one that ends it.
-        """
-        if self.worker_index is not None and not self.cfg.port:
-            raise ConfigError(f"gateways.{self.name}.port: must be set (not 0) with several "
-                              "ingest workers, which also listen on port + 1 + their index")
-        prefix = self.cfg.path.rstrip("/")
-        app = web.Application(client_max_size=self.limits.max_text_bytes,
-                              middlewares=[self._guard])
-        app.router.add_post(f"{prefix}/calls", self._create)
-        app.router.add_get(prefix + "/calls/{call_id:.+}", self._get)
-        app.router.add_delete(prefix + "/calls/{call_id:.+}", self._delete)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.cfg.host, self.cfg.port,
-                          reuse_port=self.reuse_port or None).start()
-        self.bound_port = self.call_port = self._runner.addresses[-1][1]
-        if self.worker_index is not None:
-            own = self.cfg.port + 1 + self.worker_index
-            await web.TCPSite(self._runner, self.cfg.host, own).start()
-            self.call_port = own
+        """Serve the control API on ``host:port`` (see :class:`ControlApi` for workers)."""
+        await self.api.start()
+        self.bound_port = self.api.bound_port
 
     async def stop_serving(self) -> None:
         """Refuse new calls (503); the drain ends the active ones."""
@@ -160,9 +138,7 @@ class AsteriskRtpGateway(Gateway):
                 for call in calls:
                     call.finish(CallEnd("shutdown"))
                     await call.wait()
-        if self._runner is not None:
-            with contextlib.suppress(Exception):
-                await self._runner.cleanup()
+        await self.api.close()
 
     def forget(self, call: MediaCall) -> None:
         """Drop a finished call."""
@@ -170,30 +146,6 @@ class AsteriskRtpGateway(Gateway):
             del self.calls[call.call_id]
 
     # ------------------------------------------------------------------ control API
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Rate limit, authenticate and turn errors into JSON responses."""
-        try:
-            if not self._limit.take(request.remote or ""):
-                raise ProtocolError("rate_limited", "too many control requests from this "
-                                    "address")
-            token = self.cfg.api_token
-            if token and self.cfg.auth != "off" and \
-                    not secret_equal(bearer_token(request.headers), token):
-                raise ProtocolError("unauthorized", "missing or invalid bearer token")
-            response = await handler(request)
-        except ProtocolError as err:
-            self.ctx.metrics.protocol_errors.labels(code=err.code).inc()
-            response = _error(err.code, err.message, _status(err))
-        except web.HTTPException as exc:  # unknown path or method, body over the limit
-            code = {404: "not_found", 405: "method_not_allowed", 413: "frame_too_large"}
-            response = _error(code.get(exc.status, "bad_message"), exc.reason, exc.status)
-        except Exception as exc:  # never let one request break the service
-            self.log.exception("gateway failure", error=repr(exc))
-            response = _error("internal_error", "internal error", 500)
-        self.requests.labels(status=str(response.status)).inc()
-        return response
-
     async def _create(self, request: web.Request) -> web.Response:
         if not self.accepting or self.ctx.draining:
             raise ProtocolError("shutting_down", "the service is draining; retry elsewhere")
@@ -210,9 +162,8 @@ class AsteriskRtpGateway(Gateway):
                            metadata=meta, remote=request.remote)
         handle = self.new_call(discard_events)
         handle.start(start)  # ProtocolError: duplicate id, capacity, draining
-        url = request.url.with_port(self.call_port).with_path(
-            f"{self.cfg.path.rstrip('/')}/calls/{quote(start.call_id, safe='')}", encoded=True)
-        call = MediaCall(self, handle, fmt, str(url.with_query(None)))
+        call = MediaCall(self, handle, fmt,
+                         self.api.url(request, f"/calls/{quote(start.call_id, safe='')}"))
         self.calls[start.call_id] = call
         call.start()  # from here the call's task ends it whatever happens to this request
         try:
@@ -222,7 +173,7 @@ class AsteriskRtpGateway(Gateway):
         except OSError as exc:
             call.finish(CallEnd("error", "too_many_calls"))
             raise ProtocolError("too_many_calls", f"no free RTP port: {exc}") from None
-        host = self.cfg.media_address or _local_address(request)
+        host = self.cfg.media_address or local_address(request)
         external = f"[{host}]:{call.port.port}" if ":" in host else f"{host}:{call.port.port}"
         return web.json_response({"call_id": start.call_id, "format": fmt.name,
                                   "external_host": external, "host": host,
@@ -281,21 +232,3 @@ def parse_registration(body: bytes, max_bytes: int, default_format: str) -> Regi
             raise ProtocolError("bad_message", f"{key} must be a string or a number")
     return Registration(check_call_id(doc.get("call_id")), fmt, channel_id, doc.get("ani"),
                         doc.get("dnis"), custom)
-
-
-def _status(err: ProtocolError) -> int:
-    """HTTP status of a protocol error: its 44xx close code less 4000, else 503 or 500."""
-    code = err.close_code
-    if 4400 <= code < 4500:
-        return code - 4000
-    return 503 if err.code == "shutting_down" else 500
-
-
-def _error(code: str, message: str, status: int) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
-
-
-def _local_address(request: web.Request) -> str:
-    """The address of this host that the control request reached (for ``external_host``)."""
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    return str(sockname[0]) if sockname else "127.0.0.1"

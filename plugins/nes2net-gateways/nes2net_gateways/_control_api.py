@@ -1,0 +1,128 @@
+"""A small authenticated HTTP/JSON control API for gateways whose calls are registered first.
+
+Platforms that stream media without saying which call it belongs to (Asterisk External Media
+over RTP) or that keep the media where the service must fetch it (Amazon Connect's Kinesis
+Video streams) tell a gateway about each call with an HTTP request. :class:`ControlApi` serves
+those requests for a gateway: rate limit per client address, ``Authorization: Bearer`` token,
+bounded bodies, and every error as ``{"error": code, "message": text}`` with the HTTP status
+of the generic protocol's close code (4409 -> 409).
+
+With several ingest processes (which share the port through SO_REUSEPORT) each one also
+listens on ``port + 1 + its index``; :attr:`ControlApi.call_port` is the port whose URLs reach
+this process, for the per-call resources it creates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from nes2net_gateways._auth import bearer_token, secret_equal
+from nes2net_stream.errors import ConfigError
+from nes2net_stream.gateways.api import Gateway
+from nes2net_stream.service.errors import ProtocolError
+from nes2net_stream.service.ratelimit import KeyedBuckets
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "frame_too_large"}
+
+
+class ControlApi:
+    """The control API of one gateway (see the module docstring).
+
+    Args:
+        gateway: the gateway (its config's ``host``, ``port``, ``path``, ``auth`` and the
+            token given here; its ``limits``, ``reuse_port`` and ``worker_index``).
+        token: the bearer token ("" accepts any request; only where auth is not required).
+        max_requests_per_s: requests per client address (twice that in a burst).
+        counter: a Prometheus counter labelled ``status`` for the answers.
+    """
+
+    def __init__(self, gateway: Gateway, token: str, max_requests_per_s: float, counter: Any):
+        self.gw = gateway
+        self.token = token
+        self.counter = counter
+        self.prefix = gateway.config.path.rstrip("/")
+        self.bound_port: int | None = None
+        self.call_port: int | None = None
+        self._limit = KeyedBuckets(max_requests_per_s, max(1.0, 2 * max_requests_per_s))
+        self._app = web.Application(client_max_size=gateway.limits.max_text_bytes,
+                                    middlewares=[self._guard])
+        self._runner: web.AppRunner | None = None
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        """Serve ``method`` on ``prefix + path`` (aiohttp path syntax)."""
+        self._app.router.add_route(method, self.prefix + path, handler)
+
+    def url(self, request: web.Request, path: str) -> str:
+        """An absolute URL of ``prefix + path`` (already encoded) on :attr:`call_port`."""
+        return str(request.url.with_port(self.call_port)
+                   .with_path(self.prefix + path, encoded=True).with_query(None))
+
+    async def start(self) -> None:
+        """Listen on the gateway's ``host:port`` (and the process's own port, see above)."""
+        gw, cfg = self.gw, self.gw.config
+        if gw.worker_index is not None and not cfg.port:
+            raise ConfigError(f"gateways.{gw.name}.port: must be set (not 0) with several "
+                              "ingest workers, which also listen on port + 1 + their index")
+        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, cfg.host, cfg.port,
+                          reuse_port=gw.reuse_port or None).start()
+        self.bound_port = self.call_port = self._runner.addresses[-1][1]
+        if gw.worker_index is not None:
+            own = cfg.port + 1 + gw.worker_index
+            await web.TCPSite(self._runner, cfg.host, own).start()
+            self.call_port = own
+
+    async def close(self) -> None:
+        """Stop serving (never raises)."""
+        if self._runner is not None:
+            try:
+                await self._runner.cleanup()
+            except Exception as exc:  # closing must not fail the service's shutdown
+                self.gw.log.warning("control API did not close cleanly", error=repr(exc))
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Rate limit, authenticate and turn errors into JSON answers."""
+        try:
+            if not self._limit.take(request.remote or ""):
+                raise ProtocolError("rate_limited", "too many control requests from this "
+                                    "address")
+            if self.token and self.gw.config.auth != "off" and \
+                    not secret_equal(bearer_token(request.headers), self.token):
+                raise ProtocolError("unauthorized", "missing or invalid bearer token")
+            response = await handler(request)
+        except ProtocolError as err:
+            self.gw.ctx.metrics.protocol_errors.labels(code=err.code).inc()
+            response = error_response(err.code, err.message, http_status(err))
+        except web.HTTPException as exc:  # unknown path or method, body over the limit
+            response = error_response(HTTP_CODES.get(exc.status, "bad_message"), exc.reason,
+                                      exc.status)
+        except Exception as exc:  # never let one request break the service
+            self.gw.log.exception("gateway failure", error=repr(exc))
+            response = error_response("internal_error", "internal error", 500)
+        self.counter.labels(status=str(response.status)).inc()
+        return response
+
+
+def http_status(err: ProtocolError) -> int:
+    """HTTP status of a protocol error: its 44xx close code less 4000, else 503 or 500."""
+    code = err.close_code
+    if 4400 <= code < 4500:
+        return code - 4000
+    return 503 if err.code == "shutting_down" else 500
+
+
+def error_response(code: str, message: str, status: int) -> web.Response:
+    """The JSON answer of an error."""
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+def local_address(request: web.Request) -> str:
+    """The address of this host that ``request`` reached."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return str(sockname[0]) if sockname else "127.0.0.1"
