@@ -14,8 +14,11 @@ this process, for the per-call resources it creates.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -23,6 +26,7 @@ from nes2net_gateways._auth import bearer_token, secret_equal
 from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import Gateway
 from nes2net_stream.service.errors import ProtocolError
+from nes2net_stream.service.events import CallEnd
 from nes2net_stream.service.ratelimit import KeyedBuckets
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -126,3 +130,77 @@ def local_address(request: web.Request) -> str:
     """The address of this host that ``request`` reached."""
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     return str(sockname[0]) if sockname else "127.0.0.1"
+
+
+class RegisteredCallsGateway(Gateway):
+    """A ``custom`` gateway whose calls are registered through a :class:`ControlApi`.
+
+    Subclasses set :attr:`resource` (the collection's path segment), call
+    :meth:`setup_api` in ``__init__`` and route their ``POST``; this class serves ``GET`` and
+    ``DELETE`` of ``/<resource>/<call id>``, refuses registrations while draining and ends
+    the calls on close. A call object has ``call_id``, ``finish(end)``, ``wait()`` and
+    ``state()``, and calls :meth:`forget` when it is over.
+    """
+
+    resource: ClassVar[str] = "calls"
+    #: how long ``DELETE`` waits for the call's summary
+    delete_wait_s: ClassVar[float] = 5.0
+
+    def setup_api(self, token: str, max_requests_per_s: float, counter: Any) -> ControlApi:
+        """Create the control API with the ``GET``/``DELETE`` routes of one call."""
+        self.calls: dict[str, Any] = {}
+        self.accepting = True
+        self.api = ControlApi(self, token, max_requests_per_s, counter)
+        self.api.route("GET", f"/{self.resource}/{{call_id:.+}}", self._get)
+        self.api.route("DELETE", f"/{self.resource}/{{call_id:.+}}", self._delete)
+        return self.api
+
+    def call_url(self, request: web.Request, call_id: str) -> str:
+        """The URL of a call's resource, on the port of this process."""
+        return self.api.url(request, f"/{self.resource}/{quote(call_id, safe='')}")
+
+    def check_accepting(self) -> None:
+        """ProtocolError ``shutting_down`` while the service drains."""
+        if not self.accepting or self.ctx.draining:
+            raise ProtocolError("shutting_down", "the service is draining; retry elsewhere")
+
+    async def start_serving(self) -> None:
+        """Serve the control API on ``host:port``."""
+        await self.api.start()
+        self.bound_port = self.api.bound_port
+
+    async def stop_serving(self) -> None:
+        """Refuse new registrations (503); the drain ends the active calls."""
+        self.accepting = False
+
+    async def close(self) -> None:
+        """End the calls (their summaries published), then stop the control API."""
+        calls = list(self.calls.values())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                for call in calls:
+                    call.finish(CallEnd("shutdown"))
+                    await call.wait()
+        await self.api.close()
+
+    def forget(self, call: Any) -> None:
+        """Drop a finished call."""
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
+
+    def _call(self, request: web.Request) -> Any:
+        call = self.calls.get(request.match_info["call_id"])
+        if call is None:
+            raise web.HTTPNotFound(reason="no such call in this process")
+        return call
+
+    async def _get(self, request: web.Request) -> web.Response:
+        return web.json_response(self._call(request).state())
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        call = self._call(request)
+        call.finish(CallEnd("stop", "deleted"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.delete_wait_s):
+                await call.wait()
+        return web.json_response(call.state())

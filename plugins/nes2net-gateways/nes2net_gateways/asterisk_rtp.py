@@ -20,11 +20,8 @@ bounded by ``[limits] max_text_bytes``. RTP is accepted from the first sender of
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
@@ -41,17 +38,16 @@ from nes2net_gateways._common import (
     parse_json_object,
     parse_networks,
 )
-from nes2net_gateways._control_api import ControlApi, local_address
+from nes2net_gateways._control_api import RegisteredCallsGateway, local_address
 from nes2net_gateways.asterisk_rtp_call import FORMATS, MediaCall, MediaFormat
 from nes2net_gateways.rtp import bind_rtp_port
 from nes2net_gateways.rtp_payload import CODECS
 from nes2net_stream.errors import ConfigError
-from nes2net_stream.gateways.api import Gateway, GatewayConfig
+from nes2net_stream.gateways.api import GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
 
 FIELDS = frozenset({"call_id", "format", "channel_id", "ani", "dnis", "custom"})
-DELETE_WAIT_S = 5.0
 
 
 class AsteriskRtpConfig(GatewayConfig):
@@ -69,7 +65,7 @@ class AsteriskRtpConfig(GatewayConfig):
     max_requests_per_s: float = Field(50.0, gt=0)
 
 
-class AsteriskRtpGateway(Gateway):
+class AsteriskRtpGateway(RegisteredCallsGateway):
     """Asterisk External Media over RTP with an HTTP control API (see the module docstring)."""
 
     name = "asterisk_rtp"
@@ -79,8 +75,6 @@ class AsteriskRtpGateway(Gateway):
     def __init__(self, config: GatewayConfig, ctx: Any, *, auth_required: bool):
         super().__init__(config, ctx, auth_required=auth_required)
         self.cfg: AsteriskRtpConfig = config  # type: ignore[assignment]
-        self.calls: dict[str, MediaCall] = {}
-        self.accepting = True
         self.networks: list[Any] = []
         registry: CollectorRegistry | None = getattr(getattr(ctx, "metrics", None),
                                                      "registry", None)
@@ -93,10 +87,8 @@ class AsteriskRtpGateway(Gateway):
             "Seconds of silence inserted for RTP gaps of External Media calls", registry=registry)
         requests = Counter("nes2net_asterisk_rtp_requests_total",
                            "Control API requests, by HTTP status", ["status"], registry=registry)
-        self.api = ControlApi(self, self.cfg.api_token, self.cfg.max_requests_per_s, requests)
+        self.setup_api(self.cfg.api_token, self.cfg.max_requests_per_s, requests)
         self.api.route("POST", "/calls", self._create)
-        self.api.route("GET", "/calls/{call_id:.+}", self._get)
-        self.api.route("DELETE", "/calls/{call_id:.+}", self._delete)
 
     # ------------------------------------------------------------------ configuration
     def check_config(self) -> None:
@@ -120,35 +112,9 @@ class AsteriskRtpGateway(Gateway):
         """True when ``ip`` may send a call's RTP (always without ``media_networks``)."""
         return not self.networks or address_in(ip, self.networks)
 
-    # ------------------------------------------------------------------ serving
-    async def start_serving(self) -> None:
-        """Serve the control API on ``host:port`` (see :class:`ControlApi` for workers)."""
-        await self.api.start()
-        self.bound_port = self.api.bound_port
-
-    async def stop_serving(self) -> None:
-        """Refuse new calls (503); the drain ends the active ones."""
-        self.accepting = False
-
-    async def close(self) -> None:
-        """Wait for the calls' summaries, then stop the control API."""
-        calls = list(self.calls.values())
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(3.0):
-                for call in calls:
-                    call.finish(CallEnd("shutdown"))
-                    await call.wait()
-        await self.api.close()
-
-    def forget(self, call: MediaCall) -> None:
-        """Drop a finished call."""
-        if self.calls.get(call.call_id) is call:
-            del self.calls[call.call_id]
-
     # ------------------------------------------------------------------ control API
     async def _create(self, request: web.Request) -> web.Response:
-        if not self.accepting or self.ctx.draining:
-            raise ProtocolError("shutting_down", "the service is draining; retry elsewhere")
+        self.check_accepting()
         reg = parse_registration(await request.read(), self.limits.max_text_bytes,
                                  self.cfg.default_format)
         fmt = reg.format
@@ -162,8 +128,7 @@ class AsteriskRtpGateway(Gateway):
                            metadata=meta, remote=request.remote)
         handle = self.new_call(discard_events)
         handle.start(start)  # ProtocolError: duplicate id, capacity, draining
-        call = MediaCall(self, handle, fmt,
-                         self.api.url(request, f"/calls/{quote(start.call_id, safe='')}"))
+        call = MediaCall(self, handle, fmt, self.call_url(request, start.call_id))
         self.calls[start.call_id] = call
         call.start()  # from here the call's task ends it whatever happens to this request
         try:
@@ -179,24 +144,6 @@ class AsteriskRtpGateway(Gateway):
                                   "external_host": external, "host": host,
                                   "port": call.port.port, "call_url": call.call_url},
                                  status=201)
-
-    def _call(self, request: web.Request) -> MediaCall:
-        call = self.calls.get(request.match_info["call_id"])
-        if call is None:
-            raise web.HTTPNotFound(reason="no such call in this process")
-        return call
-
-    async def _get(self, request: web.Request) -> web.Response:
-        return web.json_response(self._call(request).state())
-
-    async def _delete(self, request: web.Request) -> web.Response:
-        call = self._call(request)
-        call.finish(CallEnd("stop", "deleted"))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(DELETE_WAIT_S):
-                await call.wait()
-        return web.json_response(call.state())
-
 
 @dataclass(frozen=True)
 class Registration:

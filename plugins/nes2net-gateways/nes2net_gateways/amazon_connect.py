@@ -1,0 +1,145 @@
+"""Amazon Connect live media streaming: contacts' audio read from Kinesis Video Streams.
+
+Connect's "Start media streaming" flow block puts a contact's audio (two tracks, customer and
+agent, 8 kHz 16-bit PCM) into a Kinesis Video stream; a Lambda function invoked next in the
+flow gets the stream's ARN and the contact's first fragment number. That function registers
+the contact here::
+
+    POST   /contacts   {"contact_id": ..., "stream_arn": ..., "start_fragment_number": ...}
+       -> 201 {"call_id": ..., "call_url": "http://.../contacts/<id>"}
+    GET    /contacts/<id>   the call's state
+    DELETE /contacts/<id>   stop reading (the summary is published)
+
+and the gateway reads the stream with GetMedia until the stream moves on to another contact
+(Connect reuses streams; each fragment carries a ``ContactId`` tag), the contact is deleted, no
+media arrives for ``media_timeout_s``, or a limit is passed. See docs/gateways/amazon_connect.md.
+
+Security: the control API takes ``Authorization: Bearer <api_token>``, required whenever the
+gateway listens beyond loopback; requests are rate limited per address and bounded in size;
+stream ARNs can be restricted to ``allowed_stream_arns`` (prefixes). AWS credentials come from
+the standard chain (botocore) and are never logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import Field
+
+from nes2net_gateways._auth import require_secret
+from nes2net_gateways._common import (
+    AGENT_ROLE,
+    call_metadata,
+    call_start,
+    check_call_id,
+    check_roles,
+    discard_events,
+    parse_json_object,
+)
+from nes2net_gateways._control_api import RegisteredCallsGateway
+from nes2net_gateways.amazon_connect_call import RATE, ContactCall
+from nes2net_gateways.kvs import KvsClient, region_of
+from nes2net_stream.errors import ConfigError
+from nes2net_stream.gateways.api import GatewayConfig
+from nes2net_stream.service.errors import ProtocolError
+
+FIELDS = frozenset({"contact_id", "stream_arn", "start_fragment_number", "ani", "dnis",
+                    "custom"})
+
+
+class AmazonConnectConfig(GatewayConfig):
+    """``[gateways.amazon_connect]`` settings (see docs/gateways/amazon_connect.md)."""
+
+    port: int = Field(9200, ge=0, le=65535)
+    api_token: str = ""
+    endpoint_url: str = ""
+    aws_profile: str = ""
+    allowed_stream_arns: list[str] = Field(default_factory=list)
+    media_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
+    max_reconnects: int = Field(3, ge=0, le=100)
+    max_requests_per_s: float = Field(50.0, gt=0)
+
+
+class AmazonConnectGateway(RegisteredCallsGateway):
+    """Amazon Connect contacts from Kinesis Video Streams (see the module docstring)."""
+
+    name = "amazon_connect"
+    transport = "custom"
+    Config = AmazonConnectConfig
+    resource = "contacts"
+
+    def __init__(self, config: GatewayConfig, ctx: Any, *, auth_required: bool):
+        super().__init__(config, ctx, auth_required=auth_required)
+        self.cfg: AmazonConnectConfig = config  # type: ignore[assignment]
+        self.kvs: Any = None
+        registry: CollectorRegistry | None = getattr(getattr(ctx, "metrics", None),
+                                                     "registry", None)
+        requests = Counter("nes2net_amazon_connect_requests_total",
+                           "Control API requests, by HTTP status", ["status"], registry=registry)
+        self.setup_api(self.cfg.api_token, self.cfg.max_requests_per_s, requests)
+        self.api.route("POST", "/contacts", self._create)
+
+    def check_config(self) -> None:
+        """Validate the token, the roles and the endpoint; load botocore."""
+        check_roles(self.cfg, self.name)
+        if self.cfg.auth != "off":
+            require_secret(self, "api_token", self.cfg.api_token)
+        url = self.cfg.endpoint_url
+        if url and not url.startswith(("https://", "http://")):
+            raise ConfigError(f"gateways.{self.name}.endpoint_url: must be an http(s) URL")
+        self.kvs = KvsClient(url, self.cfg.aws_profile)
+
+    async def close(self) -> None:
+        """End the contacts and stop the control API, then close the KVS client."""
+        await super().close()
+        if self.kvs is not None:
+            await self.kvs.close()
+
+    # ------------------------------------------------------------------ control API
+    async def _create(self, request: web.Request) -> web.Response:
+        self.check_accepting()
+        doc = parse_registration(await request.read(), self.limits.max_text_bytes)
+        arn = doc["stream_arn"]
+        allowed = self.cfg.allowed_stream_arns
+        if allowed and not any(arn.startswith(prefix) for prefix in allowed):
+            raise ProtocolError("unauthorized", "stream_arn is not in allowed_stream_arns")
+        contact = doc["contact_id"]
+        meta = call_metadata(self.name, contact, stream_id=arn, ani=doc.get("ani"),
+                             dnis=doc.get("dnis"), custom=doc.get("custom"))
+        start = call_start(self, call_id=contact, encoding="pcm_s16le", sample_rate=RATE,
+                           channels=(self.cfg.customer_role, AGENT_ROLE), metadata=meta,
+                           remote=request.remote)
+        handle = self.new_call(discard_events)
+        handle.start(start)  # ProtocolError: duplicate id, capacity, draining
+        call = ContactCall(self, handle, contact, arn, doc.get("start_fragment_number"),
+                           self.call_url(request, contact))
+        self.calls[call.call_id] = call
+        call.start()
+        return web.json_response({"call_id": call.call_id, "call_url": call.call_url},
+                                 status=201)
+
+
+def parse_registration(body: bytes, max_bytes: int) -> dict[str, Any]:
+    """A ``POST /contacts`` body, checked; ProtocolError (only) for anything malformed."""
+    doc = parse_json_object(body, max_bytes, "request")
+    unknown = sorted(set(doc) - FIELDS)
+    if unknown:
+        raise ProtocolError("bad_message", f"unknown field(s): {', '.join(unknown)}"[:200])
+    check_call_id(doc.get("contact_id"), "contact_id")
+    arn = doc.get("stream_arn")
+    try:
+        region_of(arn if isinstance(arn, str) else "")
+    except ValueError as exc:
+        raise ProtocolError("bad_message", f"stream_arn: {exc}") from None
+    fragment = doc.get("start_fragment_number")
+    if fragment is not None and not (isinstance(fragment, str) and fragment.isdigit()
+                                     and len(fragment) <= 64):
+        raise ProtocolError("bad_message", "start_fragment_number must be a string of digits")
+    if not isinstance(doc.get("custom", {}), dict):
+        raise ProtocolError("bad_message", "custom must be a JSON object")
+    for key in ("ani", "dnis"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise ProtocolError("bad_message", f"{key} must be a string")
+    return doc
