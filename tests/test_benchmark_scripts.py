@@ -202,6 +202,16 @@ def test_asterisk_rtp_bench_smoke():
 
 
 @pytest.mark.timeout(300)
+def test_amazon_connect_bench_smoke():
+    """Contacts read from the Kinesis Video stand-in in real time: every one registered,
+    scored and ended when its stream moves on; every request's signature accepted."""
+    out = run_script("amazon_connect_bench.py")
+    assert out["registered"] == 5 and out["calls_ended"] == {"stop": 5.0}
+    assert out["windows_scored"] >= 5 and out["signature_rejections"] == 0
+    assert out["cpu_ms_per_contact_second"] > 0 and out["service_exit_code"] == 0
+
+
+@pytest.mark.timeout(300)
 def test_policy_bench_smoke():
     out = run_script("policy_bench.py")
     timings = out["us_per_window_at_call_length"]

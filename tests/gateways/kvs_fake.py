@@ -166,9 +166,12 @@ class FakeKvs:
         broke = stream.break_after is not None and len(stream.requests) == 1
         end = min(len(stream.fragments), start + stream.break_after) if broke else \
             len(stream.fragments)
-        for k in range(start, end):
-            await resp.write(stream.fragments[k])
-            await asyncio.sleep(stream.pace_s)
+        try:
+            for k in range(start, end):
+                await resp.write(stream.fragments[k])
+                await asyncio.sleep(stream.pace_s)
+        except ConnectionResetError:  # the reader stopped (the contact is over)
+            return resp
         if broke:  # the continuation token ends the answer, then the connection breaks
             await resp.write(el(0x1254C367, el(0x7373, simple_tag(
                 "AWS_KINESISVIDEO_CONTINUATION_TOKEN", f"token-{end}"))))
