@@ -22,7 +22,6 @@ import os
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +33,12 @@ except ImportError:  # run from a source checkout without installing
 
 import aiohttp
 import numpy as np
-import torch
+from gateway_bench import cli, human_call, metrics, run, value
 from kvs_fake import ACCESS_KEY, REGION, SECRET_KEY, FakeKvs, Stream, mkv_fragment
-from siprec_bench import _metrics, _p99_bucket, _summary_windows, _value
 
 from nes2net_stream.audio.io import float_to_pcm16, load_audio
-from nes2net_stream.bench.engine import emit, environment
 from nes2net_stream.demo import sample_path
-from nes2net_stream.localstack import LocalRedis, ServiceProcess, free_port
-from nes2net_stream.service import event_loop
+from nes2net_stream.localstack import free_port
 
 TOKEN = "bench-token"
 
@@ -63,80 +59,54 @@ def _fragments(contact: str, customer: np.ndarray, agent: np.ndarray,
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    redis = None if os.environ.get("REDIS_URL") else LocalRedis()
-    redis_url = os.environ.get("REDIS_URL") or redis.url  # type: ignore[union-attr]
     kvs = await FakeKvs().start()
-    customer = load_audio(sample_path("human_call.wav"), sample_rate=8000).samples
+    customer = human_call()
     agent = load_audio(sample_path("synthetic_call.wav"), sample_rate=8000).samples
     n = min(len(customer), len(agent))
-    customer, agent = customer[:n], agent[:n]
     prefix = f"connect-bench-{uuid.uuid4().hex[:8]}-"
     seconds = int(args.duration_s)
-    arns = []
-    for k in range(args.contacts):
-        arn = f"arn:aws:kinesisvideo:{REGION}:123456789012:stream/bench-{k}/1"
-        kvs.streams[arn] = Stream(_fragments(f"{prefix}{k}", customer, agent, seconds),
+    arns = [f"arn:aws:kinesisvideo:{REGION}:123456789012:stream/bench-{k}/1"
+            for k in range(args.calls)]
+    for k, arn in enumerate(arns):
+        kvs.streams[arn] = Stream(_fragments(f"{prefix}{k}", customer[:n], agent[:n], seconds),
                                   pace_s=1.0)
-        arns.append(arn)
     port = free_port()
-    svc = ServiceProcess(redis_url, model=args.model, log_path=args.log, extra_env={
-        "NES2NET_HTTP__PORT": "0", "NES2NET_LIMITS__MAX_CALLS": "5000",
-        "NES2NET_GATEWAYS__AMAZON_CONNECT__ENABLED": "true",
-        "NES2NET_GATEWAYS__AMAZON_CONNECT__PORT": str(port),
-        "NES2NET_GATEWAYS__AMAZON_CONNECT__API_TOKEN": TOKEN,
-        "NES2NET_GATEWAYS__AMAZON_CONNECT__ENDPOINT_URL": kvs.url,
-        "NES2NET_GATEWAYS__AMAZON_CONNECT__MAX_REQUESTS_PER_S": "1000",
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull})
-    try:
-        await asyncio.to_thread(svc.wait_ready, 180)
-        await asyncio.sleep(1.0)
+
+    async def level(svc: Any, redis_url: str) -> dict[str, Any]:
         cpu0, t0 = svc.cpu_seconds(), time.monotonic()
-        async with aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             async def register(k: int) -> int:
                 await asyncio.sleep(k * 0.01)  # a ramp of 100 contacts per second
                 async with http.post(f"http://127.0.0.1:{port}/contacts", json={
                         "contact_id": f"{prefix}{k}", "stream_arn": arns[k]}) as r:
                     return r.status
 
-            statuses = await asyncio.gather(*(register(k) for k in range(args.contacts)))
-        for _ in range(int(seconds * 2 + 120)):  # until every contact has ended
-            m = _metrics(svc.http + "/metrics")
-            if _value(m, "nes2net_calls_ended_total") >= args.contacts:
+            statuses = await asyncio.gather(*(register(k) for k in range(args.calls)))
+        for _ in range(4 * seconds + 240):  # until every contact has ended
+            if value(metrics(svc.http + "/metrics"), "nes2net_calls_ended_total") >= args.calls:
                 break
             await asyncio.sleep(0.5)
         cpu_used, elapsed = svc.cpu_seconds() - cpu0, time.monotonic() - t0
-        result = {
-            "contacts": args.contacts, "duration_s": seconds,
-            "registered": sum(s == 201 for s in statuses), "elapsed_s": round(elapsed, 2),
-            "service_cpu_s": round(cpu_used, 2),
-            "cpu_ms_per_contact_second": round(1000 * cpu_used / (args.contacts * seconds), 3),
-            "windows_scored": _summary_windows(redis_url, prefix),
-            "window_latency_p99_s_bucket": _p99_bucket(m, "nes2net_window_latency_seconds"),
-            "calls_ended": {lab["reason"]: v for name, lab, v in m
-                            if name == "nes2net_calls_ended_total" and v},
-            "signature_rejections": kvs.rejected}
+        return {"contacts": args.calls, "duration_s": seconds,
+                "registered": sum(s == 201 for s in statuses), "elapsed_s": round(elapsed, 2),
+                "service_cpu_s": round(cpu_used, 2),
+                "cpu_ms_per_contact_second": round(1000 * cpu_used / (args.calls * seconds), 3),
+                "signature_rejections": kvs.rejected}
+
+    try:
+        return await run(args, "amazon_connect", {
+            "NES2NET_GATEWAYS__AMAZON_CONNECT__ENABLED": "true",
+            "NES2NET_GATEWAYS__AMAZON_CONNECT__PORT": str(port),
+            "NES2NET_GATEWAYS__AMAZON_CONNECT__API_TOKEN": TOKEN,
+            "NES2NET_GATEWAYS__AMAZON_CONNECT__ENDPOINT_URL": kvs.url,
+            "NES2NET_GATEWAYS__AMAZON_CONNECT__MAX_REQUESTS_PER_S": "1000",
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull}, level, calls=args.calls,
+            call_prefix=prefix, generic=False)
     finally:
-        code = await asyncio.to_thread(svc.stop, 60)
         await kvs.stop()
-        if redis is not None:
-            redis.stop()
-    return {"benchmark": "amazon_connect_ingest", "model": args.model, **result,
-            "service_exit_code": code, "environment": environment(torch.device("cpu")),
-            "date": datetime.now(UTC).date().isoformat()}
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--contacts", type=int, default=100)
-    ap.add_argument("--duration-s", type=float, default=30.0)
-    ap.add_argument("--model", default="builtin:demo")
-    ap.add_argument("--smoke", action="store_true", help="5 contacts of 5 s")
-    ap.add_argument("--out", type=Path, help="also write the JSON here")
-    ap.add_argument("--log", type=Path, help="write the service's log here")
-    a = ap.parse_args()
-    if a.smoke:
-        a.contacts, a.duration_s = 5, 5.0
-    emit(event_loop.run(main(a), "auto"), a.out)
+    cli(__doc__, main, unit="contacts", workers=False)

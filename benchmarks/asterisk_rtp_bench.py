@@ -17,42 +17,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import struct
-import sys
 import time
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-try:
-    import nes2net_stream  # noqa: F401
-except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import aiohttp
-import torch
-from siprec_bench import _metrics, _p99_bucket, _summary_windows, _value
+from gateway_bench import cli, human_call, run
 
-from nes2net_stream.audio.io import load_audio
-from nes2net_stream.bench.e2e import run_level
-from nes2net_stream.bench.engine import emit, environment
 from nes2net_stream.client import encode_samples
-from nes2net_stream.demo import sample_path
-from nes2net_stream.localstack import LocalRedis, ServiceProcess, free_port
-from nes2net_stream.service import event_loop
+from nes2net_stream.localstack import free_port
 
 PACKET = 160  # bytes of 20 ms PCMU
 TOKEN = "bench-token"
 
 
 async def external_media_level(api: str, mulaw: bytes, calls: int, duration_s: float,
-                               cpu: Any) -> dict[str, Any]:
+                               cpu: Any, prefix: str) -> dict[str, Any]:
     """Run ``calls`` real-time External Media calls; service CPU measured over their RTP."""
     loop = asyncio.get_running_loop()
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    prefix = f"ast-bench-{uuid.uuid4().hex[:8]}-"
     async with aiohttp.ClientSession(headers=auth) as http:
         async def register(k: int) -> dict[str, Any]:
             await asyncio.sleep(k * 0.01)  # a ramp of 100 calls per second
@@ -90,68 +74,27 @@ async def external_media_level(api: str, mulaw: bytes, calls: int, duration_s: f
     return {"calls": calls, "duration_s": duration_s, "elapsed_s": round(elapsed, 2),
             "service_cpu_s": round(cpu_used, 2),
             "cpu_ms_per_call_second": round(1000 * cpu_used / (calls * duration_s), 3),
-            "rtp_packets_sent": calls * n, "prefix": prefix,
+            "rtp_packets_sent": calls * n,
             "deletes_ok": sum(s == 200 for s in statuses)}
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    redis = None if os.environ.get("REDIS_URL") else LocalRedis()
-    redis_url = os.environ.get("REDIS_URL") or redis.url  # type: ignore[union-attr]
     port = free_port()
-    svc = ServiceProcess(redis_url, model=args.model, log_path=args.log, extra_env={
-        "NES2NET_SERVER__WORKERS": str(args.workers), "NES2NET_HTTP__PORT": "0",
+    prefix = f"ast-bench-{uuid.uuid4().hex[:8]}-"
+    mulaw = encode_samples(human_call(), "mulaw")
+
+    async def level(svc: Any, redis_url: str) -> dict[str, Any]:
+        return await external_media_level(f"http://127.0.0.1:{port}", mulaw, args.calls,
+                                          args.duration_s, svc.cpu_seconds, prefix)
+
+    return await run(args, "asterisk_rtp", {
         "NES2NET_GATEWAYS__ASTERISK_RTP__ENABLED": "true",
         "NES2NET_GATEWAYS__ASTERISK_RTP__PORT": str(port),
         "NES2NET_GATEWAYS__ASTERISK_RTP__API_TOKEN": TOKEN,
         "NES2NET_GATEWAYS__ASTERISK_RTP__RTP_PORT_MIN": "0",
-        "NES2NET_GATEWAYS__ASTERISK_RTP__MAX_REQUESTS_PER_S": "1000",
-        "NES2NET_LIMITS__MAX_CALLS": "5000"})
-    audio = load_audio(sample_path("human_call.wav"), sample_rate=8000).samples
-    try:
-        await asyncio.to_thread(svc.wait_ready, 180)
-        await asyncio.sleep(1.0)
-        ext = await external_media_level(f"http://127.0.0.1:{port}",
-                                         encode_samples(audio, "mulaw"), args.calls,
-                                         args.duration_s, svc.cpu_seconds)
-        for _ in range(60):  # until every call has ended (its last windows scored)
-            m = _metrics(svc.http + "/metrics")
-            if _value(m, "nes2net_calls_ended_total") >= args.calls:
-                break
-            await asyncio.sleep(0.5)
-        rtp = "nes2net_asterisk_rtp_packets_total"
-        ext.update({
-            "rtp_received": _value(m, rtp, result="received"),
-            "rtp_lost": _value(m, rtp, result="lost"),
-            "windows_scored": _summary_windows(redis_url, ext.pop("prefix")),
-            "window_latency_p99_s_bucket": _p99_bucket(m, "nes2net_window_latency_seconds"),
-            "calls_ended": {lab["reason"]: v for n, lab, v in m
-                            if n == "nes2net_calls_ended_total" and v}})
-        generic = await run_level(svc.url, redis_url, audio, 8000, args.calls, args.duration_s,
-                                  cpu=svc.cpu_seconds)
-    finally:
-        code = await asyncio.to_thread(svc.stop, 60)
-        if redis is not None:
-            redis.stop()
-    return {"benchmark": "asterisk_rtp_ingest", "workers": args.workers, "model": args.model,
-            "asterisk_rtp": ext,
-            "generic": {"calls": generic.calls,
-                        "cpu_ms_per_call_second": generic.cpu_ms_per_call_second,
-                        "windows": generic.windows, "latency_p99_ms": generic.latency_p99_ms,
-                        "sustained": generic.sustained},
-            "service_exit_code": code, "environment": environment(torch.device("cpu")),
-            "date": datetime.now(UTC).date().isoformat()}
+        "NES2NET_GATEWAYS__ASTERISK_RTP__MAX_REQUESTS_PER_S": "1000"}, level,
+        calls=args.calls, call_prefix=prefix, rtp_metric="nes2net_asterisk_rtp_packets_total")
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", type=int, default=100)
-    ap.add_argument("--duration-s", type=float, default=30.0)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--model", default="builtin:demo")
-    ap.add_argument("--smoke", action="store_true", help="5 calls of 5 s")
-    ap.add_argument("--out", type=Path, help="also write the JSON here")
-    ap.add_argument("--log", type=Path, help="write the service's log here")
-    a = ap.parse_args()
-    if a.smoke:
-        a.calls, a.duration_s = 5, 5.0
-    emit(event_loop.run(main(a), "auto"), a.out)
+    cli(__doc__, main)

@@ -18,33 +18,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import struct
-import sys
 import time
-import urllib.request
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-try:
-    import nes2net_stream  # noqa: F401
-except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch
+from gateway_bench import cli, human_call, run
 from nes2net_gateways.sip_message import SipMessage, parse_message
 from nes2net_gateways.sip_sdp import parse_sdp
-from prometheus_client.parser import text_string_to_metric_families
 
-from nes2net_stream.audio.io import load_audio
-from nes2net_stream.bench.e2e import run_level
-from nes2net_stream.bench.engine import emit, environment
 from nes2net_stream.client import encode_samples
-from nes2net_stream.demo import sample_path
-from nes2net_stream.localstack import LocalRedis, ServiceProcess, free_port
-from nes2net_stream.service import event_loop
+from nes2net_stream.localstack import free_port
 
 PACKET = 160  # bytes of 20 ms PCMU
 
@@ -155,98 +139,18 @@ async def siprec_level(sip_port: int, mulaw: bytes, calls: int, duration_s: floa
             "rtp_packets_sent": 2 * calls * n}
 
 
-def _metrics(url: str) -> list[tuple[str, dict[str, str], float]]:
-    """Samples of a ``/metrics`` page: (name, labels, value)."""
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
-    return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text)
-            for s in fam.samples]
-
-
-def _value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(v for n, lab, v in samples
-               if n == name and all(lab.get(k) == x for k, x in labels.items()))
-
-
-def _p99_bucket(samples: list[tuple[str, dict[str, str], float]], name: str) -> float | None:
-    """The upper bound of the histogram bucket holding the 99th percentile."""
-    buckets: dict[float, float] = {}
-    for n, lab, v in samples:
-        if n == name + "_bucket":
-            le = float(lab["le"])
-            buckets[le] = buckets.get(le, 0.0) + v
-    total = buckets.get(float("inf"), 0.0)
-    return next((le for le, v in sorted(buckets.items()) if v >= 0.99 * total),
-                None) if total else None
-
-
-def _summary_windows(redis_url: str, prefix: str) -> int:
-    """Windows scored in the calls whose summaries (in Redis) have ids starting ``prefix``."""
-    import json
-
-    import redis
-
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    docs = [json.loads(f["event"]) for _, f in client.xrange("nes2net:alerts")
-            if f.get("type") == "summary"]
-    return sum(d["summary"]["windows_scored"] or 0 for d in docs
-               if d["call_id"].startswith(prefix))
-
-
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    redis = None if os.environ.get("REDIS_URL") else LocalRedis()
-    redis_url = os.environ.get("REDIS_URL") or redis.url  # type: ignore[union-attr]
     sip = free_port()
-    svc = ServiceProcess(redis_url, model=args.model, log_path=args.log, extra_env={
-        "NES2NET_SERVER__WORKERS": str(args.workers), "NES2NET_HTTP__PORT": "0",
+    mulaw = encode_samples(human_call(), "mulaw")
+
+    async def level(svc: Any, redis_url: str) -> dict[str, Any]:
+        return await siprec_level(sip, mulaw, args.calls, args.duration_s, svc.cpu_seconds)
+
+    return await run(args, "siprec", {
         "NES2NET_GATEWAYS__SIPREC__ENABLED": "true", "NES2NET_GATEWAYS__SIPREC__PORT": str(sip),
-        "NES2NET_GATEWAYS__SIPREC__RTP_PORT_MIN": "0", "NES2NET_LIMITS__MAX_CALLS": "5000"})
-    audio = load_audio(sample_path("human_call.wav"), sample_rate=8000).samples
-    try:
-        await asyncio.to_thread(svc.wait_ready, 180)
-        await asyncio.sleep(1.0)
-        siprec = await siprec_level(sip, encode_samples(audio, "mulaw"), args.calls,
-                                    args.duration_s, svc.cpu_seconds)
-        for _ in range(60):  # until every call has ended (its last windows scored)
-            m = _metrics(svc.http + "/metrics")
-            if _value(m, "nes2net_calls_ended_total") >= args.calls:
-                break
-            await asyncio.sleep(0.5)
-        rtp = "nes2net_siprec_rtp_packets_total"
-        siprec.update({
-            "rtp_received": _value(m, rtp, result="received"),
-            "rtp_lost": _value(m, rtp, result="lost"),
-            "windows_scored": _summary_windows(redis_url, "siprec-bench-"),
-            "window_latency_p99_s_bucket": _p99_bucket(m, "nes2net_window_latency_seconds"),
-            "calls_ended": {lab["reason"]: v for n, lab, v in m
-                            if n == "nes2net_calls_ended_total" and v}})
-        generic = await run_level(svc.url, redis_url, audio, 8000, args.calls, args.duration_s,
-                                  cpu=svc.cpu_seconds)
-    finally:
-        code = await asyncio.to_thread(svc.stop, 60)
-        if redis is not None:
-            redis.stop()
-    return {"benchmark": "siprec_ingest", "workers": args.workers, "model": args.model,
-            "siprec": siprec,
-            "generic": {"calls": generic.calls,
-                        "cpu_ms_per_call_second": generic.cpu_ms_per_call_second,
-                        "windows": generic.windows, "latency_p99_ms": generic.latency_p99_ms,
-                        "sustained": generic.sustained},
-            "service_exit_code": code, "environment": environment(torch.device("cpu")),
-            "date": datetime.now(UTC).date().isoformat()}
+        "NES2NET_GATEWAYS__SIPREC__RTP_PORT_MIN": "0"}, level, calls=args.calls,
+        call_prefix="siprec-bench-", rtp_metric="nes2net_siprec_rtp_packets_total")
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", type=int, default=100)
-    ap.add_argument("--duration-s", type=float, default=30.0)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--model", default="builtin:demo")
-    ap.add_argument("--smoke", action="store_true", help="5 calls of 5 s")
-    ap.add_argument("--out", type=Path, help="also write the JSON here")
-    ap.add_argument("--log", type=Path, help="write the service's log here")
-    a = ap.parse_args()
-    if a.smoke:
-        a.calls, a.duration_s = 5, 5.0
-    emit(event_loop.run(main(a), "auto"), a.out)
+    cli(__doc__, main)

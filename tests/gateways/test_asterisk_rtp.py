@@ -292,3 +292,32 @@ async def test_two_ingest_workers_each_own_their_calls(small_bundle, redis_serve
         (s,) = await summaries(redis_client, f"mw-{k}")
         assert s["summary"]["end_reason"] == "stop"
         assert s["summary"]["duration_s"] == pytest.approx(5.0, abs=0.03)
+
+
+async def test_the_control_api_over_tls(make_service, redis_client, tmp_path):
+    import ssl
+
+    from pki import make_pki
+
+    pki = make_pki(tmp_path)
+    svc = await service(make_service, tls_cert=str(pki["cert"]), tls_key=str(pki["key"]))
+    ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+    api = f"https://127.0.0.1:{svc.gw.bound_port}"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(f"{api}/calls", json={"call_id": "tls-1"}, ssl=ctx) as r:
+            assert r.status == 201
+            made = await r.json()
+        assert made["call_url"] == f"{api}/calls/tls-1"
+        await send_rtp(made["port"], rtp_packets(encode_samples(real_speech(seconds=2.0),
+                                                                "mulaw")))
+        await asyncio.sleep(0.3)
+        async with http.delete(made["call_url"], ssl=ctx) as r:
+            assert r.status == 200
+    (s,) = await summaries(redis_client, "tls-1")
+    assert s["summary"]["duration_s"] == pytest.approx(2.0, abs=0.03)
+    with pytest.raises(ConfigError, match=r"gateways\.asterisk_rtp\.tls_cert"):
+        await service(make_service, tls_cert=str(tmp_path / "missing.pem"),
+                      tls_key=str(pki["key"]))
+    with pytest.raises(ConfigError, match=r"gateways\.asterisk_rtp\.tls_cert"):
+        await service(make_service, tls_cert=str(pki["cert"]))

@@ -1,10 +1,14 @@
-"""Authentication helpers shared by the built-in gateway plugins (no I/O, constant-time)."""
+"""Authentication helpers shared by the built-in gateway plugins.
+
+Secrets are compared in constant time; TLS server contexts come from the configured PEM files.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hmac
+import ssl
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlsplit
 
@@ -13,7 +17,7 @@ from nes2net_stream.gateways.api import Gateway
 
 __all__ = [
     "basic_auth_ok", "bearer_token", "parse_basic_auth", "query_params", "require_secret",
-    "secret_equal",
+    "secret_equal", "server_tls_context",
 ]
 
 
@@ -69,3 +73,14 @@ def require_secret(gateway: Gateway, key: str, value: str) -> None:
             f"gateways.{gateway.name}.{key}: authentication is required (the service listens "
             "beyond loopback or auth = \"required\") but no secret is configured; set it, or "
             "auth = \"off\" on a trusted network only")
+
+
+def server_tls_context(section: str, cert: str, key: str) -> ssl.SSLContext:
+    """A TLS server context from PEM files; ConfigError naming ``<section>.tls_cert``."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{section}.tls_cert: cannot load the certificate or key ({exc})"
+                          ) from None
+    return ctx

@@ -16,20 +16,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from aiohttp import web
+from pydantic import Field
 
-from nes2net_gateways._auth import bearer_token, secret_equal
+from nes2net_gateways._auth import (
+    bearer_token,
+    require_secret,
+    secret_equal,
+    server_tls_context,
+)
 from nes2net_stream.errors import ConfigError
-from nes2net_stream.gateways.api import Gateway
+from nes2net_stream.gateways.api import Gateway, GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
 from nes2net_stream.service.ratelimit import KeyedBuckets
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ControlApiConfig(GatewayConfig):
+    """Settings of a gateway with a control API (beside the common ``host``, ``port``, ...).
+
+    Attributes:
+        api_token: the bearer token of every request; required beyond loopback (``auth``).
+        tls_cert / tls_key: PEM certificate chain and key: serve HTTPS instead of HTTP.
+        max_requests_per_s: requests per client address (twice that in a burst).
+    """
+
+    api_token: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_requests_per_s: float = Field(50.0, gt=0)
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "frame_too_large"}
 
 
@@ -37,24 +59,36 @@ class ControlApi:
     """The control API of one gateway (see the module docstring).
 
     Args:
-        gateway: the gateway (its config's ``host``, ``port``, ``path``, ``auth`` and the
-            token given here; its ``limits``, ``reuse_port`` and ``worker_index``).
-        token: the bearer token ("" accepts any request; only where auth is not required).
-        max_requests_per_s: requests per client address (twice that in a burst).
+        gateway: the gateway (its :class:`ControlApiConfig` and ``limits``, ``reuse_port``,
+            ``worker_index``).
         counter: a Prometheus counter labelled ``status`` for the answers.
     """
 
-    def __init__(self, gateway: Gateway, token: str, max_requests_per_s: float, counter: Any):
+    def __init__(self, gateway: Gateway, counter: Any):
+        cfg: ControlApiConfig = gateway.config  # type: ignore[assignment]
         self.gw = gateway
-        self.token = token
+        self.cfg = cfg
+        self.token = cfg.api_token
         self.counter = counter
+        self.ssl: ssl.SSLContext | None = None
         self.prefix = gateway.config.path.rstrip("/")
         self.bound_port: int | None = None
         self.call_port: int | None = None
-        self._limit = KeyedBuckets(max_requests_per_s, max(1.0, 2 * max_requests_per_s))
+        rate = cfg.max_requests_per_s
+        self._limit = KeyedBuckets(rate, max(1.0, 2 * rate))
         self._app = web.Application(client_max_size=gateway.limits.max_text_bytes,
                                     middlewares=[self._guard])
         self._runner: web.AppRunner | None = None
+
+    def check(self) -> None:
+        """Fail fast (ConfigError naming the key): a token where required, TLS files."""
+        name, cfg = self.gw.name, self.cfg
+        if cfg.auth != "off":
+            require_secret(self.gw, "api_token", cfg.api_token)
+        if bool(cfg.tls_cert) != bool(cfg.tls_key):
+            raise ConfigError(f"gateways.{name}.tls_cert: set both tls_cert and tls_key (PEM)")
+        if cfg.tls_cert:
+            self.ssl = server_tls_context(f"gateways.{name}", cfg.tls_cert, cfg.tls_key)
 
     def route(self, method: str, path: str, handler: Handler) -> None:
         """Serve ``method`` on ``prefix + path`` (aiohttp path syntax)."""
@@ -73,12 +107,12 @@ class ControlApi:
                               "ingest workers, which also listen on port + 1 + their index")
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, cfg.host, cfg.port,
+        await web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=self.ssl,
                           reuse_port=gw.reuse_port or None).start()
         self.bound_port = self.call_port = self._runner.addresses[-1][1]
         if gw.worker_index is not None:
             own = cfg.port + 1 + gw.worker_index
-            await web.TCPSite(self._runner, cfg.host, own).start()
+            await web.TCPSite(self._runner, cfg.host, own, ssl_context=self.ssl).start()
             self.call_port = own
 
     async def close(self) -> None:
@@ -146,11 +180,11 @@ class RegisteredCallsGateway(Gateway):
     #: how long ``DELETE`` waits for the call's summary
     delete_wait_s: ClassVar[float] = 5.0
 
-    def setup_api(self, token: str, max_requests_per_s: float, counter: Any) -> ControlApi:
+    def setup_api(self, counter: Any) -> ControlApi:
         """Create the control API with the ``GET``/``DELETE`` routes of one call."""
         self.calls: dict[str, Any] = {}
         self.accepting = True
-        self.api = ControlApi(self, token, max_requests_per_s, counter)
+        self.api = ControlApi(self, counter)
         self.api.route("GET", f"/{self.resource}/{{call_id:.+}}", self._get)
         self.api.route("DELETE", f"/{self.resource}/{{call_id:.+}}", self._delete)
         return self.api

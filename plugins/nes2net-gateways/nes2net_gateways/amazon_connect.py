@@ -28,7 +28,6 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import Field
 
-from nes2net_gateways._auth import require_secret
 from nes2net_gateways._common import (
     AGENT_ROLE,
     call_metadata,
@@ -38,7 +37,7 @@ from nes2net_gateways._common import (
     discard_events,
     parse_json_object,
 )
-from nes2net_gateways._control_api import RegisteredCallsGateway
+from nes2net_gateways._control_api import ControlApiConfig, RegisteredCallsGateway
 from nes2net_gateways.amazon_connect_call import RATE, ContactCall
 from nes2net_gateways.kvs import KvsClient, region_of
 from nes2net_stream.errors import ConfigError
@@ -49,17 +48,15 @@ FIELDS = frozenset({"contact_id", "stream_arn", "start_fragment_number", "ani", 
                     "custom"})
 
 
-class AmazonConnectConfig(GatewayConfig):
+class AmazonConnectConfig(ControlApiConfig):
     """``[gateways.amazon_connect]`` settings (see docs/gateways/amazon_connect.md)."""
 
     port: int = Field(9200, ge=0, le=65535)
-    api_token: str = ""
     endpoint_url: str = ""
     aws_profile: str = ""
     allowed_stream_arns: list[str] = Field(default_factory=list)
     media_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
     max_reconnects: int = Field(3, ge=0, le=100)
-    max_requests_per_s: float = Field(50.0, gt=0)
 
 
 class AmazonConnectGateway(RegisteredCallsGateway):
@@ -78,14 +75,13 @@ class AmazonConnectGateway(RegisteredCallsGateway):
                                                      "registry", None)
         requests = Counter("nes2net_amazon_connect_requests_total",
                            "Control API requests, by HTTP status", ["status"], registry=registry)
-        self.setup_api(self.cfg.api_token, self.cfg.max_requests_per_s, requests)
+        self.setup_api(requests)
         self.api.route("POST", "/contacts", self._create)
 
     def check_config(self) -> None:
         """Validate the token, the roles and the endpoint; load botocore."""
         check_roles(self.cfg, self.name)
-        if self.cfg.auth != "off":
-            require_secret(self, "api_token", self.cfg.api_token)
+        self.api.check()
         url = self.cfg.endpoint_url
         if url and not url.startswith(("https://", "http://")):
             raise ConfigError(f"gateways.{self.name}.endpoint_url: must be an http(s) URL")

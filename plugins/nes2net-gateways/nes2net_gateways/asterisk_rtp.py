@@ -27,7 +27,6 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import Field
 
-from nes2net_gateways._auth import require_secret
 from nes2net_gateways._common import (
     address_in,
     call_metadata,
@@ -38,7 +37,11 @@ from nes2net_gateways._common import (
     parse_json_object,
     parse_networks,
 )
-from nes2net_gateways._control_api import RegisteredCallsGateway, local_address
+from nes2net_gateways._control_api import (
+    ControlApiConfig,
+    RegisteredCallsGateway,
+    local_address,
+)
 from nes2net_gateways.asterisk_rtp_call import FORMATS, MediaCall, MediaFormat
 from nes2net_gateways.rtp import bind_rtp_port
 from nes2net_gateways.rtp_payload import CODECS
@@ -50,11 +53,10 @@ from nes2net_stream.service.events import CallEnd
 FIELDS = frozenset({"call_id", "format", "channel_id", "ani", "dnis", "custom"})
 
 
-class AsteriskRtpConfig(GatewayConfig):
+class AsteriskRtpConfig(ControlApiConfig):
     """``[gateways.asterisk_rtp]`` settings (see docs/gateways/asterisk_rtp.md)."""
 
     port: int = Field(9093, ge=0, le=65535)
-    api_token: str = ""
     media_host: str = ""
     media_address: str = ""
     rtp_port_min: int = Field(30000, ge=0, le=65535)
@@ -62,7 +64,6 @@ class AsteriskRtpConfig(GatewayConfig):
     media_networks: list[str] | None = None
     media_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
     default_format: str = "ulaw"
-    max_requests_per_s: float = Field(50.0, gt=0)
 
 
 class AsteriskRtpGateway(RegisteredCallsGateway):
@@ -87,7 +88,7 @@ class AsteriskRtpGateway(RegisteredCallsGateway):
             "Seconds of silence inserted for RTP gaps of External Media calls", registry=registry)
         requests = Counter("nes2net_asterisk_rtp_requests_total",
                            "Control API requests, by HTTP status", ["status"], registry=registry)
-        self.setup_api(self.cfg.api_token, self.cfg.max_requests_per_s, requests)
+        self.setup_api(requests)
         self.api.route("POST", "/calls", self._create)
 
     # ------------------------------------------------------------------ configuration
@@ -95,8 +96,7 @@ class AsteriskRtpGateway(RegisteredCallsGateway):
         """Validate the token, the RTP range, the networks and the default format."""
         key = f"gateways.{self.name}"
         check_roles(self.cfg, self.name)
-        if self.cfg.auth != "off":
-            require_secret(self, "api_token", self.cfg.api_token)
+        self.api.check()
         c = self.cfg
         if c.rtp_port_min and c.rtp_port_max - c.rtp_port_min < 1:
             raise ConfigError(f"{key}.rtp_port_max: must be above rtp_port_min "

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from nes2net_gateways._auth import server_tls_context
 from nes2net_gateways._common import parse_networks
 from nes2net_gateways.srtp import available as srtp_available
 from nes2net_stream.errors import ConfigError
@@ -66,12 +67,7 @@ def tls_context(cfg: SiprecConfig) -> ssl.SSLContext | None:
     if not cfg.tls_cert or not cfg.tls_key:
         raise ConfigError("gateways.siprec.tls_cert: transports include \"tls\": set tls_cert "
                           "and tls_key (PEM files)")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"gateways.siprec.tls_cert: cannot load the certificate or key "
-                          f"({exc})") from None
+    ctx = server_tls_context("gateways.siprec", cfg.tls_cert, cfg.tls_key)
     if cfg.tls_client_ca:
         try:
             ctx.load_verify_locations(cfg.tls_client_ca)
