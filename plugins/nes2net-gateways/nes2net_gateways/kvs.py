@@ -60,7 +60,7 @@ class KvsClient:
         self._credentials: Any = None
         self._http: aiohttp.ClientSession | None = None
 
-    async def _signed(self, url: str, region: str, body: dict[str, Any]) -> dict[str, str]:
+    async def _signed(self, url: str, region: str, data: bytes) -> dict[str, str]:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
@@ -69,7 +69,7 @@ class KvsClient:
             if self._credentials is None:
                 raise KvsError(401, "no AWS credentials found (environment, profile, role)")
         frozen = await asyncio.to_thread(self._credentials.get_frozen_credentials)
-        request = AWSRequest(method="POST", url=url, data=json.dumps(body).encode(),
+        request = AWSRequest(method="POST", url=url, data=data,
                              headers={"Content-Type": "application/json"})
         SigV4Auth(frozen, SERVICE, region).add_auth(request)
         return dict(request.headers.items())
@@ -78,8 +78,9 @@ class KvsClient:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
                 total=None, connect=10, sock_connect=10))
-        headers = await self._signed(url, region, body)
-        resp = await self._http.post(url, data=json.dumps(body).encode(), headers=headers)
+        data = json.dumps(body).encode()
+        resp = await self._http.post(url, data=data,
+                                     headers=await self._signed(url, region, data))
         if resp.status != 200:
             text = (await resp.text())[:300]
             resp.release()
