@@ -1,6 +1,7 @@
 """Asterisk External Media over RTP: the control API over real HTTP, RTP over real UDP."""
 
 import asyncio
+import json
 import socket
 import struct
 
@@ -66,7 +67,7 @@ async def test_an_external_media_call_end_to_end(make_service, redis_client):
     assert s["metadata"] == {
         "provider": "asterisk_rtp", "provider_call_id": "1700000000.42",
         "provider_stream_id": "em-1700000000.42", "ani": "+15551230001",
-        "dnis": "+18005550100", "custom": {"queue": "billing", "format": "ulaw"}}
+        "dnis": "+18005550100", "custom": {"codec": "pcmu", "queue": "billing", "format": "ulaw"}}
     # scored exactly as the same bytes over the generic protocol
     got = await window_scores(redis_client, "1700000000.42")
     ref = await stream_samples(svc.url, real_speech(), 8000, encoding="mulaw", realtime=False)
@@ -321,3 +322,29 @@ async def test_the_control_api_over_tls(make_service, redis_client, tmp_path):
                       tls_key=str(pki["key"]))
     with pytest.raises(ConfigError, match=r"gateways\.asterisk_rtp\.tls_cert"):
         await service(make_service, tls_cert=str(pki["cert"]))
+
+
+async def test_the_codec_picks_the_calibration_and_the_application_may_name_it(
+        make_service, redis_client, tmp_path):
+    """``custom.codec`` is the format's codec unless the registration names the trunk's."""
+    from nes2net_stream.models.detector import Calibration
+
+    cal = Calibration(scale=1.0, offset=-6.0, fitted=True).write(tmp_path / "g729.json")
+    svc = await make_service(
+        scoring={"calibrations": {"g729": str(cal)}, "calibration_key": "custom.codec"},
+        gateways={"asterisk_rtp": {"enabled": True, "port": 0, "rtp_port_min": 0,
+                                   "api_token": TOKEN}})
+    api = f"http://127.0.0.1:{svc.gateways[0].bound_port}/calls"
+    audio = rtp_packets(encode_samples(real_speech(seconds=6.0), "mulaw"))
+    for call_id, custom in (("trunk-g729", {"codec": "g729"}), ("plain-ulaw", {})):
+        _, made = await request("POST", api, {"call_id": call_id, "custom": custom})
+        await send_rtp(made["port"], audio)
+        await asyncio.sleep(0.3)
+        await request("DELETE", made["call_url"])
+    docs = [json.loads(f["event"]) for _, f in redis_client.xrange("nes2net:scores")]
+    g729 = [w for w in docs if w["call_id"] == "trunk-g729"]
+    ulaw = [w for w in docs if w["call_id"] == "plain-ulaw"]
+    assert g729 and all(w["score"]["calibration"] == "g729" for w in g729)
+    assert ulaw and all(w["score"].get("calibration") is None for w in ulaw)
+    (s,) = await summaries(redis_client, "plain-ulaw")
+    assert s["metadata"]["custom"] == {"codec": "pcmu", "format": "ulaw"}

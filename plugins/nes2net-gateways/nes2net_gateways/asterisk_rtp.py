@@ -122,7 +122,8 @@ class AsteriskRtpGateway(RegisteredCallsGateway):
             raise ProtocolError("unsupported_format", f"format {fmt.name} needs PyAV (install "
                                 "nes2net-stream[webrtc])")
         meta = call_metadata(self.name, reg.call_id, stream_id=reg.channel_id, ani=reg.ani,
-                             dnis=reg.dnis, custom={**reg.custom, "format": fmt.name})
+                             dnis=reg.dnis, custom={"codec": fmt.codec.lower(), **reg.custom,
+                                                    "format": fmt.name})
         start = call_start(self, call_id=reg.call_id, encoding=fmt.encoding,
                            sample_rate=fmt.sample_rate, channels=(self.cfg.customer_role,),
                            metadata=meta, remote=request.remote)
