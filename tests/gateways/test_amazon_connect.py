@@ -200,3 +200,12 @@ async def test_a_draining_service_ends_the_contacts(make_service, redis_client, 
     await svc.drain()
     (s,) = await summaries(redis_client, CONTACT)
     assert s["summary"]["end_reason"] == "shutdown"
+
+
+async def test_control_requests_are_counted_by_status(make_service, kvs):
+    svc = await service(make_service, kvs)
+    await request("GET", f"{svc.api}/contacts/nobody")
+    await request("POST", f"{svc.api}/contacts", {"contact_id": CONTACT}, token=None)
+    reg = svc.ctx.metrics.registry
+    assert reg.get_sample_value("nes2net_amazon_connect_requests_total", {"status": "404"}) == 1
+    assert reg.get_sample_value("nes2net_amazon_connect_requests_total", {"status": "401"}) == 1

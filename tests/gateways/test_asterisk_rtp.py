@@ -348,3 +348,17 @@ async def test_the_codec_picks_the_calibration_and_the_application_may_name_it(
     assert ulaw and all(w["score"].get("calibration") is None for w in ulaw)
     (s,) = await summaries(redis_client, "plain-ulaw")
     assert s["metadata"]["custom"] == {"codec": "pcmu", "format": "ulaw"}
+
+
+async def test_the_documented_metrics_count_packets_and_requests(make_service, redis_client):
+    svc = await service(make_service)
+    _, made = await request("POST", f"{svc.api}/calls", {"call_id": "metrics-1"})
+    await send_rtp(made["port"], rtp_packets(encode_samples(real_speech(seconds=1.0), "mulaw")))
+    await asyncio.sleep(0.3)
+    await request("DELETE", made["call_url"])
+    await request("GET", made["call_url"])
+    reg = svc.ctx.metrics.registry
+    assert reg.get_sample_value("nes2net_asterisk_rtp_packets_total",
+                                {"result": "received"}) == 50
+    assert reg.get_sample_value("nes2net_asterisk_rtp_requests_total", {"status": "201"}) == 1
+    assert reg.get_sample_value("nes2net_asterisk_rtp_requests_total", {"status": "404"}) == 1

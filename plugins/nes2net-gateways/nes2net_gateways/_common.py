@@ -126,6 +126,11 @@ class QueryTokenGateway(Gateway):
 
 # --------------------------------------------------------------------------- roles
 
+def metrics_registry(ctx: Any) -> Any:
+    """The registry of the service's metrics (None: the process's default one)."""
+    return getattr(getattr(ctx, "metrics", None), "registry", None)
+
+
 def check_roles(config: GatewayConfig, section: str) -> None:
     """Refuse a customer role that is malformed or collides with the other party's role."""
     role = config.customer_role

@@ -30,6 +30,7 @@ from nes2net_gateways._auth import (
     secret_equal,
     server_tls_context,
 )
+from nes2net_gateways._common import metrics_registry
 from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import Gateway, GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
@@ -180,10 +181,18 @@ class RegisteredCallsGateway(Gateway):
     #: how long ``DELETE`` waits for the call's summary
     delete_wait_s: ClassVar[float] = 5.0
 
-    def setup_api(self, counter: Any) -> ControlApi:
-        """Create the control API with the ``GET``/``DELETE`` routes of one call."""
+    def setup_api(self) -> ControlApi:
+        """Create the control API with the ``GET``/``DELETE`` routes of one call.
+
+        Its answers are counted in ``nes2net_<name>_requests_total{status}``.
+        """
+        from prometheus_client import Counter
+
         self.calls: dict[str, Any] = {}
         self.accepting = True
+        counter = Counter(f"nes2net_{self.name}_requests_total",
+                          "Control API requests, by HTTP status", ["status"],
+                          registry=metrics_registry(self.ctx))
         self.api = ControlApi(self, counter)
         self.api.route("GET", f"/{self.resource}/{{call_id:.+}}", self._get)
         self.api.route("DELETE", f"/{self.resource}/{{call_id:.+}}", self._delete)

@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
 from pydantic import Field
 
 from nes2net_gateways._common import (
@@ -71,11 +70,7 @@ class AmazonConnectGateway(RegisteredCallsGateway):
         super().__init__(config, ctx, auth_required=auth_required)
         self.cfg: AmazonConnectConfig = config  # type: ignore[assignment]
         self.kvs: Any = None
-        registry: CollectorRegistry | None = getattr(getattr(ctx, "metrics", None),
-                                                     "registry", None)
-        requests = Counter("nes2net_amazon_connect_requests_total",
-                           "Control API requests, by HTTP status", ["status"], registry=registry)
-        self.setup_api(requests)
+        self.setup_api()
         self.api.route("POST", "/contacts", self._create)
 
     def check_config(self) -> None:

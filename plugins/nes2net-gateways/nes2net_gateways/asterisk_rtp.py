@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
 from pydantic import Field
 
 from nes2net_gateways._common import (
@@ -34,6 +33,7 @@ from nes2net_gateways._common import (
     check_call_id,
     check_roles,
     discard_events,
+    metrics_registry,
     parse_json_object,
     parse_networks,
 )
@@ -43,7 +43,7 @@ from nes2net_gateways._control_api import (
     local_address,
 )
 from nes2net_gateways.asterisk_rtp_call import FORMATS, MediaCall, MediaFormat
-from nes2net_gateways.rtp import bind_rtp_port
+from nes2net_gateways.rtp import bind_rtp_port, rtp_counters
 from nes2net_gateways.rtp_payload import CODECS
 from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import GatewayConfig
@@ -77,18 +77,10 @@ class AsteriskRtpGateway(RegisteredCallsGateway):
         super().__init__(config, ctx, auth_required=auth_required)
         self.cfg: AsteriskRtpConfig = config  # type: ignore[assignment]
         self.networks: list[Any] = []
-        registry: CollectorRegistry | None = getattr(getattr(ctx, "metrics", None),
-                                                     "registry", None)
-        self.rtp_packets = Counter(
-            "nes2net_asterisk_rtp_packets_total", "RTP packets of External Media calls, by "
-            "outcome (received, lost, late, other payload types, invalid or foreign)",
-            ["result"], registry=registry)
-        self.rtp_filled = Counter(
-            "nes2net_asterisk_rtp_gap_fill_seconds_total",
-            "Seconds of silence inserted for RTP gaps of External Media calls", registry=registry)
-        requests = Counter("nes2net_asterisk_rtp_requests_total",
-                           "Control API requests, by HTTP status", ["status"], registry=registry)
-        self.setup_api(requests)
+        self.rtp_packets, self.rtp_filled = rtp_counters("nes2net_asterisk_rtp",
+                                                         "External Media calls",
+                                                         metrics_registry(ctx))
+        self.setup_api()
         self.api.route("POST", "/calls", self._create)
 
     # ------------------------------------------------------------------ configuration

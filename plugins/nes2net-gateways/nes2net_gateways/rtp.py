@@ -84,6 +84,24 @@ class RtpStats:
     filled_s: float = 0.0  # silence inserted for gaps
 
 
+def rtp_counters(prefix: str, streams: str, registry: Any) -> tuple[Any, Any]:
+    """The RTP counters of a gateway: packets by result and seconds of gap fill.
+
+    ``<prefix>_packets_total{result}`` and ``<prefix>_gap_fill_seconds_total`` (prefix
+    ``nes2net_siprec_rtp``, for instance); ``streams`` names the streams in their help texts.
+    """
+    from prometheus_client import Counter
+
+    packets = Counter(
+        f"{prefix}_packets_total", f"RTP packets of {streams}, by outcome "
+        "(received, lost, late, other payload types, invalid or from a foreign address)",
+        ["result"], registry=registry)
+    filled = Counter(f"{prefix}_gap_fill_seconds_total",
+                     f"Seconds of silence inserted for RTP gaps of {streams} (loss or silence "
+                     "suppression)", registry=registry)
+    return packets, filled
+
+
 def count_rtp(now: RtpStats, was: RtpStats, packets: Any, filled: Any) -> RtpStats:
     """Add what ``now`` counts beyond ``was`` to the Prometheus counters; return a snapshot.
 

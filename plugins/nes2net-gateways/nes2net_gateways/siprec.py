@@ -25,7 +25,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from nes2net_gateways._common import address_in, check_roles, discard_events
+from nes2net_gateways._common import address_in, check_roles, discard_events, metrics_registry
+from nes2net_gateways.rtp import rtp_counters
 from nes2net_gateways.sip_digest import DigestAuthenticator
 from nes2net_gateways.sip_message import (
     SipError,
@@ -84,7 +85,7 @@ class SiprecGateway(Gateway):
         self._routes: dict[str, str] = {}  # client address -> our address towards it
         self._connections = 0  # SIP over TCP/TLS
         self.invites = InviteHandler(self)
-        metrics = SiprecMetrics(getattr(getattr(ctx, "metrics", None), "registry", None))
+        metrics = SiprecMetrics(metrics_registry(ctx))
         self.rtp_packets = metrics.rtp_packets
         self.rtp_filled = metrics.rtp_filled
         self.responses = metrics.responses
@@ -359,14 +360,8 @@ class SiprecMetrics:
     """The gateway's Prometheus counters (base units, no per-call labels)."""
 
     def __init__(self, registry: CollectorRegistry | None):
-        self.rtp_packets = Counter(
-            "nes2net_siprec_rtp_packets_total", "RTP packets of recorded streams, by outcome "
-            "(received, lost, late, other payload types, invalid or from a foreign address)",
-            ["result"], registry=registry)
-        self.rtp_filled = Counter(
-            "nes2net_siprec_rtp_gap_fill_seconds_total",
-            "Seconds of silence inserted for RTP gaps (loss or silence suppression)",
-            registry=registry)
+        self.rtp_packets, self.rtp_filled = rtp_counters("nes2net_siprec_rtp", "recorded streams",
+                                                         registry)
         self.responses = Counter("nes2net_siprec_responses_total",
                                  "SIP responses sent, by status code", ["status"],
                                  registry=registry)
