@@ -289,3 +289,15 @@ def test_gpu_run_stage_rehearses_on_the_cpu(stage, tmp_path):
     assert "e2e" in ran and "e2e_workers.json" in names
     summary = (out / "summary.md").read_text()
     assert "Engine target (3,000 windows/s)" in summary
+
+
+@pytest.mark.timeout(300)
+def test_acs_bench_smoke():
+    """Unmixed Call Automation streams with signed tokens (keys from a loopback JWKS) and
+    generic calls against one service: every stream accepted, scored and ended."""
+    out = run_script("acs_bench.py")
+    acs = out["acs"]
+    assert acs["streams_failed"] == 0 and acs["messages_sent"] == 5 * 2 * 250
+    assert acs["calls_ended"] == {"stop": 5.0} and acs["windows_scored"] >= 5
+    assert acs["cpu_ms_per_call_second"] > 0 and out["generic"]["cpu_ms_per_call_second"] > 0
+    assert out["service_exit_code"] == 0

@@ -1,4 +1,5 @@
-"""Fuzzing the media-stream gateways' parsers: Twilio, Telnyx, Plivo, Vonage, FreeSWITCH, jambonz.
+"""Fuzzing the media-stream gateways' parsers: Twilio, Telnyx, Plivo, Vonage, FreeSWITCH, jambonz,
+Azure Communication Services.
 
 Property: valid provider messages parse to the expected result; mutated, corrupted or random
 ones either parse to a well-formed result or raise ProtocolError (which the gateway turns into
@@ -23,7 +24,7 @@ from gateway_fuzzing import (
 )
 from hypothesis import example, given
 from hypothesis import strategies as st
-from nes2net_gateways import plivo, telnyx, twilio, vonage
+from nes2net_gateways import acs, plivo, telnyx, twilio, vonage
 from nes2net_gateways.freeswitch import MIX_TYPES, FreeSwitchGateway, parse_metadata, parse_rate
 from nes2net_gateways.jambonz import JambonzGateway
 
@@ -268,3 +269,59 @@ def test_freeswitch_plain_text_size_limit(word, pad):
     info = expect(parse_metadata, text, MAX_TEXT, mix_type="mono", sample_rate=8000,
                   call_id_keys=FreeSwitchGateway.call_id_keys)
     assert info is None
+
+
+# --------------------------------------------------------------------------- ACS
+
+participants = st.sampled_from(["4:+14255550123", "8:acs:3d20e1de-0f28", "28:bot", ""]) | ids
+
+
+@st.composite
+def acs_messages(draw):
+    kind = draw(st.sampled_from(["AudioMetadata", "AudioData", "DtmfData",
+                                 "TranscriptionData"]))
+    msg = {"kind": kind}
+    if kind == "AudioMetadata":
+        msg["audioMetadata"] = {"subscriptionId": draw(uuids),
+                                "encoding": draw(st.sampled_from(["PCM", "pcm"])),
+                                "sampleRate": draw(st.sampled_from([16000, 24000])),
+                                "channels": draw(st.sampled_from([1, "mono"])), "length": 640}
+    elif kind == "AudioData":
+        msg["audioData"] = {"timestamp": "2024-11-15T19:16:12.925Z",
+                            "participantRawID": draw(participants),
+                            "data": base64.b64encode(draw(payloads)).decode(),
+                            "silent": draw(st.booleans())}
+    else:
+        msg[kind[0].lower() + kind[1:]] = {"data": draw(st.text(max_size=6))}
+    return msg
+
+
+def check_acs(m):
+    if isinstance(m, acs.AcsAudioMetadata):
+        assert type(m.sample_rate) is int
+        assert m.subscription_id is None or isinstance(m.subscription_id, str)
+    elif isinstance(m, acs.AcsAudio):
+        assert isinstance(m.payload, bytes) and isinstance(m.silent, bool)
+        assert m.participant is None or (isinstance(m.participant, str) and m.participant
+                                         and len(m.participant) <= acs.MAX_PARTICIPANT_ID)
+    else:
+        assert isinstance(m.kind, str) and 0 < len(m.kind) <= 40
+
+
+@FUZZ
+@given(acs_messages())
+def test_acs_valid(msg):
+    m = acs.parse_message(dumps(msg), MAX_TEXT)
+    check_acs(m)
+    if msg["kind"] == "AudioData":
+        assert m.payload == base64.b64decode(msg["audioData"]["data"])
+        assert m.participant == (msg["audioData"]["participantRawID"] or None)
+    size_limit_holds(acs.parse_message, dumps(msg))
+
+
+@FUZZ
+@given(inputs(acs_messages()))
+def test_acs_fuzz(text):
+    m = expect(acs.parse_message, text, MAX_TEXT)
+    if m is not None:
+        check_acs(m)

@@ -24,6 +24,7 @@ See docs/gateways/plugin-api.md.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -170,8 +171,13 @@ class Gateway:
     def check_config(self) -> None:
         """Validate settings that depend on each other (raise ConfigError naming the key)."""
 
-    def check_handshake(self, request: Request, remote: str | None) -> None:
-        """Authenticate the HTTP upgrade request; raise HandshakeRejected to refuse it."""
+    def check_handshake(self, request: Request, remote: str | None
+                        ) -> None | Awaitable[None]:
+        """Authenticate the HTTP upgrade request; raise HandshakeRejected to refuse it.
+
+        May be a coroutine function (``async def``) when checking needs I/O, such as fetching
+        the keys that verify a signed token; the service awaits it before the upgrade.
+        """
 
     async def serve_websocket(self, conn: ServerConnection) -> None:
         """Serve one provider WebSocket connection (websocket gateways)."""
@@ -193,7 +199,7 @@ class Gateway:
         """
 
     async def close(self) -> None:
-        """Close this gateway's own sockets once the drain has ended every call.
+        """Close this gateway's own sockets and clients once the drain has ended every call.
 
         For custom gateways, e.g. after telling each provider that its call is over. Must not
         raise.

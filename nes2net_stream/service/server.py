@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import inspect
 import json
 import os
 import signal
@@ -209,9 +210,13 @@ class Service:
         gateway = self._ws_gateways.get(path)
         if gateway is not None:
             try:
-                gateway.check_handshake(request, _remote(conn))
+                checked = gateway.check_handshake(request, _remote(conn))
+                if inspect.isawaitable(checked):  # e.g. a JWT whose keys may need fetching
+                    await checked
             except HandshakeRejected as rej:
-                self.ctx.metrics.calls_rejected.labels(reason="unauthorized").inc()
+                # 5xx: the gateway cannot check credentials now (e.g. no signing keys yet)
+                why = "unavailable" if rej.status >= 500 else "unauthorized"
+                self.ctx.metrics.calls_rejected.labels(reason=why).inc()
                 gateway.log.warning("handshake refused", status=rej.status, reason=rej.reason,
                                     remote=_remote(conn))
                 return _text(conn, HTTPStatus(rej.status), rej.reason + "\n")
@@ -344,7 +349,7 @@ class Service:
                                        left(1.0))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), left(1.0))
-        for gw in self._custom_gateways:
+        for gw in self.gateways:  # custom gateways' sockets, any gateway's clients
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(gw.close(), left(1.0))
         await asyncio.to_thread(self.ctx.engine.stop, drain=True, timeout=left(0.5))
