@@ -10,7 +10,6 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from gwsupport import (
-    FUZZ_EXAMPLES,
     alerts,
     chunks,
     handshake_status,
@@ -22,9 +21,7 @@ from gwsupport import (
     window_scores,
     ws_url,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from nes2net_gateways.acs import ISSUER, parse_message
+from nes2net_gateways.acs import ISSUER
 from nes2net_gateways.acs_participants import ParticipantChannels
 from nes2net_gateways.jwks import parse_jwks
 
@@ -287,28 +284,3 @@ async def test_bad_input(make_service, case, close):
     headers = {} if case == "no_call" else HEADERS
     _, code, reason = await play(ws_url(svc, PATH), bad, headers=headers)
     assert code == close and reason
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=3), max_leaves=8)
-messages = st.fixed_dictionaries(
-    {"kind": st.sampled_from(["AudioMetadata", "AudioData", "DtmfData", "", None, 3])},
-    optional={"audioMetadata": st.fixed_dictionaries({}, optional={
-                  "encoding": st.sampled_from(["PCM", "pcm", "OPUS", 1]),
-                  "sampleRate": json_values, "channels": json_values,
-                  "subscriptionId": json_values}),
-              "audioData": st.fixed_dictionaries({}, optional={
-                  "participantRawID": json_values, "silent": json_values,
-                  "data": st.text(max_size=12) | json_values})})
-
-
-@settings(derandomize=True, max_examples=FUZZ_EXAMPLES, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(messages.map(json.dumps), st.text(max_size=40), st.binary(max_size=40)))
-def test_parser_fuzz_raises_only_protocol_errors(text):
-    try:
-        parse_message(text, 4096)
-    except ProtocolError as err:
-        assert err.code in ("bad_json", "bad_message", "unsupported_format", "frame_too_large")
