@@ -1,5 +1,5 @@
 """Fuzzing the media-stream gateways' parsers: Twilio, Telnyx, Plivo, Vonage, FreeSWITCH, jambonz,
-Azure Communication Services.
+Azure Communication Services, Exotel.
 
 Property: valid provider messages parse to the expected result; mutated, corrupted or random
 ones either parse to a well-formed result or raise ProtocolError (which the gateway turns into
@@ -24,7 +24,7 @@ from gateway_fuzzing import (
 )
 from hypothesis import example, given
 from hypothesis import strategies as st
-from nes2net_gateways import acs, plivo, telnyx, twilio, vonage
+from nes2net_gateways import acs, exotel, plivo, telnyx, twilio, vonage
 from nes2net_gateways.freeswitch import MIX_TYPES, FreeSwitchGateway, parse_metadata, parse_rate
 from nes2net_gateways.jambonz import JambonzGateway
 
@@ -325,3 +325,59 @@ def test_acs_fuzz(text):
     m = expect(acs.parse_message, text, MAX_TEXT)
     if m is not None:
         check_acs(m)
+
+
+# --------------------------------------------------------------------------- Exotel
+
+@st.composite
+def exotel_messages(draw):
+    sid = draw(ids)
+    kind = draw(st.sampled_from(["connected", "start", "media", "dtmf", "mark", "stop"]))
+    msg = {"event": kind, "sequence_number": draw(st.integers(1, 10 ** 6).map(str)),
+           "stream_sid": sid}
+    if kind == "start":
+        msg["start"] = {"stream_sid": sid, "call_sid": draw(ids), "account_sid": draw(ids),
+                        "from": "09876543210", "to": "08012345678",
+                        "custom_parameters": draw(st.dictionaries(ids, st.text(max_size=6),
+                                                                  max_size=3)),
+                        "media_format": draw(st.sampled_from([
+                            {"encoding": "base64", "sample_rate": "8000",
+                             "bit_rate": "128kbps"},
+                            {"encoding": "base64", "sample_rate": 16000},
+                            {"encoding": "audio/x-mulaw;rate=8000"},
+                            {"encoding": "audio/L16;rate=24000"}]))}
+    elif kind == "media":
+        msg["media"] = {"chunk": draw(st.integers(1, 999)), "timestamp": "100",
+                        "payload": base64.b64encode(draw(payloads)).decode(),
+                        "track": draw(st.sampled_from(exotel.TRACKS))}
+    return msg
+
+
+def check_exotel(m):
+    if isinstance(m, exotel.ExotelStart):
+        assert m.call_sid and m.stream_sid and isinstance(m.custom, dict)
+        assert m.encoding in ("pcm_s16le", "mulaw")
+        assert m.sample_rate is None or m.sample_rate in exotel.RATES
+    elif isinstance(m, exotel.ExotelMedia):
+        assert m.track in exotel.TRACKS and isinstance(m.payload, bytes)
+    else:
+        assert isinstance(m.event, str) and 0 < len(m.event) <= 40
+    assert m.sequence is None or (type(m.sequence) is int and m.sequence >= 0)
+
+
+@FUZZ
+@given(exotel_messages())
+def test_exotel_valid(msg):
+    m = exotel.parse_message(dumps(msg), MAX_TEXT)
+    check_exotel(m)
+    if msg["event"] == "media":
+        assert m.payload == base64.b64decode(msg["media"]["payload"])
+    size_limit_holds(exotel.parse_message, dumps(msg))
+
+
+@FUZZ
+@given(inputs(exotel_messages()))
+def test_exotel_fuzz(text):
+    m = expect(exotel.parse_message, text, MAX_TEXT)
+    if m is not None:
+        check_exotel(m)

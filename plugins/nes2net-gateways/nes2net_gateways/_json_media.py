@@ -1,12 +1,13 @@
 """Loop pieces shared by the JSON-over-WebSocket media providers (Twilio, Plivo, Telnyx).
 
 These providers send only JSON text messages: a ``start``, base64 ``media`` per track
-(``inbound``/``outbound``), ``stop``, and a few events the service ignores.
+(``inbound``/``outbound``), ``stop``, and a few events the service ignores. Twilio, Plivo
+and Exotel share the whole loop (:func:`serve_tracks`); Telnyx re-orders its frames first.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosedOK
@@ -14,6 +15,7 @@ from websockets.exceptions import ConnectionClosedOK
 from nes2net_gateways._common import AGENT_ROLE, RateGuard, SequenceTracker, feed, ws_receive
 from nes2net_stream.gateways.api import CallHandle, Gateway
 from nes2net_stream.service.errors import ProtocolError
+from nes2net_stream.service.events import CallEnd
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -82,3 +84,37 @@ def json_object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError("bad_message", f"{what} must be a JSON object")
     return value
+
+
+async def serve_tracks(gateway: Gateway, conn: ServerConnection, handle: CallHandle, *,
+                       provider: str, parse: Callable[[str | bytes, int], Any],
+                       start_type: type, media_type: type, on_start: Callable[[Any], str],
+                       id_attr: str, id_name: str, closed: CallEnd | None = None) -> CallEnd:
+    """One stream of a provider whose messages are ``start``, per-track ``media``, ``stop``.
+
+    ``parse`` turns a message into an instance of ``start_type``, ``media_type`` (with
+    ``sequence``, ``track``, ``payload`` and the stream id in ``id_attr``) or an event with
+    ``event`` and ``sequence``; ``on_start`` starts the call and returns the stream id that
+    later media must carry (``id_name`` in errors). Late or repeated media are dropped,
+    sequence anomalies logged at the end; ``stop`` ends the call as ``stop``, and so does a
+    clean close unless ``closed`` says otherwise.
+    """
+    seq = SequenceTracker()
+    guard = RateGuard(gateway.limits)
+    stream_id: str | None = None
+    try:
+        async for raw in json_messages(gateway, conn, handle, provider):
+            msg = parse(raw, gateway.limits.max_text_bytes)
+            in_order = seq.see(msg.sequence)
+            if isinstance(msg, start_type):
+                check_first_start(handle)
+                stream_id = on_start(msg)
+            elif isinstance(msg, media_type):
+                check_media(handle, getattr(msg, id_attr), stream_id, id_name)
+                if in_order and msg.payload:
+                    feed_track(handle, gateway.config, msg.track, msg.payload, guard)
+            elif msg.event == "stop":
+                return CallEnd("stop")
+        return closed or CallEnd("stop", f"stream closed by {provider}")
+    finally:
+        log_sequence(gateway, handle, seq)

@@ -20,8 +20,6 @@ from nes2net_gateways._auth import secret_equal
 from nes2net_gateways._common import (
     AGENT_ROLE,
     QueryTokenGateway,
-    RateGuard,
-    SequenceTracker,
     b64decode,
     call_metadata,
     call_start,
@@ -30,13 +28,9 @@ from nes2net_gateways._common import (
     serve_ws_call,
 )
 from nes2net_gateways._json_media import (
-    check_first_start,
-    check_media,
-    feed_track,
-    json_messages,
     json_object,
     json_uint,
-    log_sequence,
+    serve_tracks,
 )
 from nes2net_stream.gateways.api import CallHandle, GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
@@ -209,25 +203,12 @@ class PlivoGateway(QueryTokenGateway):
 
     async def _stream(self, conn: ServerConnection, handle: CallHandle, authed: bool
                       ) -> CallEnd:
-        cfg: PlivoConfig = self.config  # type: ignore[assignment]
         remote = remote_of(conn)
-        seq = SequenceTracker()
-        guard = RateGuard(self.limits)
-        stream_id: str | None = None
-        try:
-            async for raw in json_messages(self, conn, handle, "Plivo"):
-                msg = parse_message(raw, self.limits.max_text_bytes)
-                in_order = seq.see(msg.sequence)
-                if isinstance(msg, PlivoStart):
-                    check_first_start(handle)
-                    self._start(handle, msg, remote, authed)
-                    stream_id = msg.stream_id
-                elif isinstance(msg, PlivoMedia):
-                    check_media(handle, msg.stream_id, stream_id, "streamId")
-                    if in_order and msg.payload:
-                        feed_track(handle, cfg, msg.track, msg.payload, guard)
-                elif msg.event == "stop":
-                    return CallEnd("stop")
-            return CallEnd("stop", "stream closed by Plivo")
-        finally:
-            log_sequence(self, handle, seq)
+
+        def start(msg: PlivoStart) -> str:
+            self._start(handle, msg, remote, authed)
+            return msg.stream_id
+
+        return await serve_tracks(self, conn, handle, provider="Plivo", parse=parse_message,
+                                  start_type=PlivoStart, media_type=PlivoMedia,
+                                  on_start=start, id_attr="stream_id", id_name="streamId")

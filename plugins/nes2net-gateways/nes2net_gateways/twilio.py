@@ -23,8 +23,6 @@ from websockets.http11 import Request
 from nes2net_gateways._auth import require_secret
 from nes2net_gateways._common import (
     AGENT_ROLE,
-    RateGuard,
-    SequenceTracker,
     b64decode,
     call_metadata,
     call_start,
@@ -34,13 +32,9 @@ from nes2net_gateways._common import (
     serve_ws_call,
 )
 from nes2net_gateways._json_media import (
-    check_first_start,
-    check_media,
-    feed_track,
-    json_messages,
     json_object,
     json_uint,
-    log_sequence,
+    serve_tracks,
 )
 from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
@@ -266,26 +260,13 @@ class TwilioGateway(Gateway):
                                 channels=self._roles(), metadata=meta, remote=remote))
 
     async def _stream(self, conn: ServerConnection, handle: CallHandle) -> CallEnd:
-        cfg: TwilioConfig = self.config  # type: ignore[assignment]
         remote = remote_of(conn)
-        seq = SequenceTracker()
-        guard = RateGuard(self.limits)
-        stream_sid: str | None = None
-        try:
-            async for raw in json_messages(self, conn, handle, "Twilio"):
-                msg = parse_message(raw, self.limits.max_text_bytes)
-                in_order = seq.see(msg.sequence)
-                if isinstance(msg, TwilioStart):
-                    check_first_start(handle)
-                    self._start(handle, msg, remote)
-                    stream_sid = msg.stream_sid
-                elif isinstance(msg, TwilioMedia):
-                    check_media(handle, msg.stream_sid, stream_sid, "streamSid")
-                    if in_order and msg.payload:
-                        feed_track(handle, cfg, msg.track, msg.payload, guard)
-                elif msg.event == "stop":
-                    return CallEnd("stop")
-            return CallEnd("disconnect", "closed without a stop message")
-        finally:
-            log_sequence(self, handle, seq)
 
+        def start(msg: TwilioStart) -> str:
+            self._start(handle, msg, remote)
+            return msg.stream_sid
+
+        return await serve_tracks(self, conn, handle, provider="Twilio", parse=parse_message,
+                                  start_type=TwilioStart, media_type=TwilioMedia,
+                                  on_start=start, id_attr="stream_sid", id_name="streamSid",
+                                  closed=CallEnd("disconnect", "closed without a stop message"))
