@@ -61,7 +61,7 @@ def conversation(payloads, *, media_format=None, outbound=None, stop=True, call=
 
 
 def slin_chunks(x, rate):
-    """Base64 chunks of 100 ms of 16-bit little-endian PCM (Exotel's minimum chunk)."""
+    """Base64 chunks of 100 ms of 16-bit little-endian PCM (Exotel streams about every 100 ms)."""
     return [base64.b64encode(c).decode() for c in chunks(pcm16(x), rate // 10 * 2)]
 
 
