@@ -179,6 +179,13 @@ class Gateway:
         the keys that verify a signed token; the service awaits it before the upgrade.
         """
 
+    async def prepare(self) -> None:
+        """Get ready for the first call once the service listens (every transport).
+
+        Optional; must not raise (log what failed). The ``acs`` gateway fetches its key set
+        here so that the first call does not wait for it.
+        """
+
     async def serve_websocket(self, conn: ServerConnection) -> None:
         """Serve one provider WebSocket connection (websocket gateways)."""
         raise NotImplementedError

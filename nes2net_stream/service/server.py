@@ -297,6 +297,8 @@ class Service:
                 self._custom_gateways.append(gw)
                 log.info("gateway listening", gateway=gw.name, host=gw.config.host,
                          port=gw.bound_port)
+        for gw in self.gateways:  # e.g. fetch the keys that verify providers' tokens
+            await gw.prepare()
         if self.settings.http.enabled and not self.worker_index:
             from nes2net_stream.web.app import start_http
 

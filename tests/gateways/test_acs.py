@@ -23,7 +23,7 @@ from gwsupport import (
 )
 from nes2net_gateways.acs import ISSUER
 from nes2net_gateways.acs_participants import ParticipantChannels
-from nes2net_gateways.jwks import parse_jwks
+from nes2net_gateways.jwks import JwksKeys, parse_jwks
 
 from nes2net_stream.errors import ConfigError
 from nes2net_stream.service.errors import ProtocolError
@@ -224,13 +224,24 @@ async def test_key_rotation_and_unavailable_keys(make_service, jwks_server):
     assert await handshake_status(url, bearer(token(key1, "old"))) == 101
 
 
-async def test_concurrent_first_handshakes_share_one_fetch(make_service, jwks_server):
+async def test_key_set_loaded_at_start(make_service, jwks_server):
     key, jwk = make_key("k1")
-    jwks_server["keys"], jwks_server["delay"] = [jwk], 0.3
+    jwks_server["keys"] = [jwk]
     svc = await service(make_service, audience=AUDIENCE, jwks_url=jwks_server["url"])
-    url, tok = ws_url(svc, PATH), token(key, "k1")
-    statuses = await asyncio.gather(*(handshake_status(url, bearer(tok)) for _ in range(8)))
-    assert statuses == [101] * 8 and jwks_server["hits"] == 1
+    assert jwks_server["hits"] == 1  # loaded when the service started, before any call
+    assert await handshake_status(ws_url(svc, PATH), bearer(token(key, "k1"))) == 101
+    assert jwks_server["hits"] == 1
+
+
+async def test_concurrent_first_lookups_share_one_fetch(jwks_server):
+    _, jwk = make_key("k1")
+    jwks_server["keys"], jwks_server["delay"] = [jwk], 0.3
+    keys = JwksKeys(url=jwks_server["url"])
+    try:
+        found = await asyncio.gather(*(keys.key_for("k1") for _ in range(8)))
+    finally:
+        await keys.close()
+    assert all(len(k) == 1 for k in found) and jwks_server["hits"] == 1
 
 
 async def test_jwks_file(make_service, tmp_path):

@@ -208,6 +208,18 @@ class AcsGateway(Gateway):
             self.log.error("Call Automation signing keys unavailable", error=str(exc))
             raise HandshakeRejected(503, "signing keys unavailable") from None
 
+    async def prepare(self) -> None:
+        """Load the key set before the first call (a failure is logged; upgrades retry)."""
+        if self._verifier is None:
+            return
+        try:
+            keys = await self._verifier.keys.key_for(None)
+        except KeysUnavailable as exc:
+            self.log.error("Call Automation signing keys unavailable at start: upgrades get "
+                           "503 until they load", error=str(exc))
+        else:
+            self.log.info("Call Automation signing keys loaded", keys=len(keys))
+
     async def serve_websocket(self, conn: ServerConnection) -> None:
         """Serve one Call Automation audio stream."""
         await serve_ws_call(self, conn, lambda handle: self._stream(conn, handle))
