@@ -16,8 +16,8 @@ from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import Gateway
 
 __all__ = [
-    "basic_auth_ok", "bearer_token", "parse_basic_auth", "query_params", "require_secret",
-    "secret_equal", "server_tls_context",
+    "basic_auth_ok", "bearer_token", "check_basic_pair", "parse_basic_auth", "query_params",
+    "require_secret", "secret_equal", "server_tls_context",
 ]
 
 
@@ -52,9 +52,9 @@ def basic_auth_ok(headers: Mapping[str, str], username: str, password: str) -> b
     return user_ok and pass_ok
 
 
-def bearer_token(headers: Mapping[str, str]) -> str | None:
-    """The token of an ``Authorization: Bearer ...`` header, if any."""
-    value = headers.get("Authorization") or ""
+def bearer_token(headers: Mapping[str, str], header: str = "Authorization") -> str | None:
+    """The token of a ``<header>: Bearer ...`` header (``Authorization``), if any."""
+    value = headers.get(header) or ""
     return (value[7:].strip() or None) if value[:7].lower() == "bearer " else None
 
 
@@ -64,6 +64,12 @@ def query_params(path: str) -> dict[str, str]:
     for key, value in parse_qsl(urlsplit(path).query, keep_blank_values=True):
         out.setdefault(key, value)
     return out
+
+
+def check_basic_pair(gateway: Gateway, username: str, password: str) -> None:
+    """ConfigError naming ``gateways.<name>.username/password`` unless both or neither are set."""
+    if bool(username) != bool(password):
+        raise ConfigError(f"gateways.{gateway.name}.username/password: set both or neither")
 
 
 def require_secret(gateway: Gateway, key: str, value: str) -> None:

@@ -198,8 +198,7 @@ class AcsGateway(Gateway):
         if self._verifier is None:
             return
         headers = request.headers
-        token = bearer_token(headers) or bearer_token({"Authorization":
-                                                       headers.get("Authentication", "")})
+        token = bearer_token(headers) or bearer_token(headers, "Authentication")
         try:
             await self._verifier.verify(token)
         except TokenRejected as exc:
@@ -230,12 +229,10 @@ class AcsGateway(Gateway):
             await self._verifier.keys.close()
 
     def _start(self, conn: ServerConnection, handle: CallHandle, msg: AcsAudioMetadata,
-               roles: tuple[str, ...]) -> dict[str, Any]:
+               roles: tuple[str, ...], params: dict[str, str]) -> dict[str, Any]:
+        """Start the call; ``params``: the URL's query without the customer parameter."""
         cfg: AcsConfig = self.config  # type: ignore[assignment]
-        request = conn.request
-        headers = request.headers if request is not None else {}
-        params = query_params(request.path if request is not None else "")
-        params.pop(cfg.customer_param, None)
+        headers = conn.request.headers if conn.request is not None else {}
         connection = headers.get(CONNECTION_HEADER) or params.pop("call_id", None) or \
             msg.subscription_id
         if connection is None:
@@ -257,16 +254,16 @@ class AcsGateway(Gateway):
 
     async def _stream(self, conn: ServerConnection, handle: CallHandle) -> CallEnd:
         cfg: AcsConfig = self.config  # type: ignore[assignment]
-        path = conn.request.path if conn.request is not None else ""
+        params = query_params(conn.request.path if conn.request is not None else "")
         parties = ParticipantChannels(cfg.customer_role, cfg.customer_id_prefixes,
-                                      query_params(path).get(cfg.customer_param))
+                                      params.pop(cfg.customer_param, None))
         guard = RateGuard(self.limits)
         async for raw in json_messages(self, conn, handle, "Call Automation"):
             msg = parse_message(raw, self.limits.max_text_bytes)
             if isinstance(msg, AcsAudioMetadata):
                 if handle.started:
                     raise ProtocolError("bad_message", "AudioMetadata sent twice")
-                parties.metadata = self._start(conn, handle, msg, parties.roles)
+                parties.metadata = self._start(conn, handle, msg, parties.roles, params)
             elif isinstance(msg, AcsAudio):
                 if not handle.started:
                     raise ProtocolError("audio_before_start", "AudioData before AudioMetadata")

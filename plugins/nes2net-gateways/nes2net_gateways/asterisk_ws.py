@@ -28,6 +28,7 @@ from websockets.http11 import Request
 from nes2net_gateways._auth import (
     basic_auth_ok,
     bearer_token,
+    check_basic_pair,
     query_params,
     require_secret,
     secret_equal,
@@ -184,8 +185,7 @@ class AsteriskWebSocketGateway(Gateway):
     def check_config(self) -> None:
         """Basic credentials come in pairs; a secret is required when auth is."""
         check_roles(self.cfg, self.name)
-        if bool(self.cfg.username) != bool(self.cfg.password):
-            raise ConfigError("gateways.asterisk_ws.username/password: set both or neither")
+        check_basic_pair(self, self.cfg.username, self.cfg.password)
         if self.cfg.token and len(self.cfg.token) < 16:
             raise ConfigError("gateways.asterisk_ws.token: must be at least 16 characters")
         require_secret(self, "password", self.cfg.password or self.cfg.token)

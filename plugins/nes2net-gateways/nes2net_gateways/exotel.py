@@ -18,7 +18,12 @@ from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
-from nes2net_gateways._auth import basic_auth_ok, query_params, require_secret
+from nes2net_gateways._auth import (
+    basic_auth_ok,
+    check_basic_pair,
+    query_params,
+    require_secret,
+)
 from nes2net_gateways._common import (
     AGENT_ROLE,
     b64decode,
@@ -34,7 +39,6 @@ from nes2net_gateways._json_media import (
     json_uint,
     serve_tracks,
 )
-from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
@@ -186,8 +190,7 @@ class ExotelGateway(Gateway):
         """Require Basic credentials when authentication is enforced."""
         cfg: ExotelConfig = self.config  # type: ignore[assignment]
         check_roles(cfg, self.name)
-        if bool(cfg.username) != bool(cfg.password.get_secret_value()):
-            raise ConfigError("gateways.exotel.username/password: set both or neither")
+        check_basic_pair(self, cfg.username, cfg.password.get_secret_value())
         require_secret(self, "password", cfg.password.get_secret_value())
         if not cfg.username or cfg.auth == "off":
             self.log.warning("Exotel stream authentication is off (no username/password or "
@@ -210,7 +213,7 @@ class ExotelGateway(Gateway):
         rate = msg.sample_rate
         if rate is None:  # the applet's ?sample-rate= (Exotel's own parameter) or 8 kHz
             given = query_params(conn.request.path if conn.request else "").get(RATE_PARAM)
-            rate = int(given) if given in ("8000", "16000", "24000") else 8000
+            rate = next((r for r in RATES if str(r) == given), RATES[0])
         if msg.encoding == "mulaw":
             rate = 8000
         call_id = f"{msg.call_sid}:{msg.stream_sid}" if cfg.stream_in_call_id else msg.call_sid

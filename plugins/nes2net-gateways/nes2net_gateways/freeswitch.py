@@ -24,7 +24,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosedOK
 from websockets.http11 import Request
 
-from nes2net_gateways._auth import basic_auth_ok, bearer_token, query_params, secret_equal
+from nes2net_gateways._auth import (
+    basic_auth_ok,
+    bearer_token,
+    check_basic_pair,
+    query_params,
+    secret_equal,
+)
 from nes2net_gateways._common import (
     AGENT_ROLE,
     call_metadata,
@@ -194,8 +200,7 @@ class FreeSwitchGateway(Gateway):
         """Require Basic credentials or a token when authentication is enforced."""
         cfg: FreeSwitchConfig = self.config  # type: ignore[assignment]
         check_roles(cfg, self.name)
-        if bool(cfg.username) != bool(cfg.password.get_secret_value()):
-            raise ConfigError(f"gateways.{self.name}.username/password: set both or neither")
+        check_basic_pair(self, cfg.username, cfg.password.get_secret_value())
         if self.auth_required and not (cfg.username or cfg.token.get_secret_value()):
             raise ConfigError(
                 f"gateways.{self.name}.username/password (or token): authentication is "
