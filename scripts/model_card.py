@@ -36,6 +36,20 @@ SYSTEMS = {
 }
 
 
+def frontend_summary(front: dict) -> str:
+    """One line on the bundle's front-end."""
+    if front["type"] == "speaker":
+        return (f"frozen pre-trained GE2E speaker encoder ({front['num_layers']}-layer LSTM, "
+                f"{front['hidden_size']} units, on {front['n_mels']} mel bands, "
+                f"{front['n_fft'] / 16:g} ms window / {front['hop_length'] / 16:g} ms hop; "
+                f"weights: {front['source']}), "
+                + (f"layer {front['layer']}'s states" if front.get("layer")
+                   else "its layers mixed by learnt weights"))
+    return (f"spectral front-end ({front['kind']}, {front['n_features']} linear-frequency bins "
+            f"up to {front['max_freq_hz']:.0f} Hz, {front['win_length'] / 16:g} ms window / "
+            f"{front['hop_length'] / 16:g} ms hop)")
+
+
 def codec_name(codec: str) -> str:
     """A codec's description (``audio.codecs``), or its key if unknown."""
     spec = CODECS.get(codec)
@@ -297,7 +311,7 @@ calibrated on your own telephone audio.
 | | |
 |---|---|
 | model id | `{config['model_id']}` |
-| architecture | spectral front-end ({front['kind']}, {front['n_features']} linear-frequency bins up to {front['max_freq_hz']:.0f} Hz, {front['win_length'] / 16:g} ms window / {front['hop_length'] / 16:g} ms hop) + {back['variant'].replace('_', '-')} back-end (outer {back['outer_ratio']}, inner {back['inner_ratio']}, SE ratio {back['se_ratio']}, dilation {back['dilation']}, {back['pooling']} pooling, {back['n_logits']} logits) |
+| architecture | {frontend_summary(front)} + {back['variant'].replace('_', '-')} back-end (outer {back['outer_ratio']}, inner {back['inner_ratio']}, SE ratio {back['se_ratio']}, dilation {back['dilation']}, {back['pooling']} pooling, {back['n_logits']} logits) |
 | parameters | {count_parameters(det, trainable_only=False):,} |
 | bundle size | {size_mb:.2f} MB |
 | input | 16 kHz mono; 4 s speech windows (telephone band only, so 8 kHz and wideband calls look alike) |

@@ -61,3 +61,26 @@ def test_card_of_a_merged_database_reports_the_held_out_folds(toy_corpus, tmp_pa
     assert "GSM 06.10." in card  # no eval-only codec in the toy corpus
     assert "| fold 0 | 1 |" not in card  # one report: no fold column
     assert "## Whole calls" in card and "S2, the speaker left out of training" in card
+
+
+def test_architecture_line_names_either_front_end():
+    import importlib.util
+
+    from nes2net_stream.models.config import (
+        SpeakerEncoderConfig,
+        SpectralConfig,
+        frontend_to_dict,
+    )
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "model_card.py"
+    spec = importlib.util.spec_from_file_location("model_card", script)
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    speaker = card.frontend_summary(frontend_to_dict(SpeakerEncoderConfig(source="w.pt")))
+    assert "GE2E speaker encoder (3-layer LSTM, 256 units, on 40 mel bands" in speaker
+    assert "weights: w.pt), its layers mixed by learnt weights" in speaker
+    one = card.frontend_summary(frontend_to_dict(SpeakerEncoderConfig(layer=2)))
+    assert one.endswith("layer 2's states")
+    spectral = card.frontend_summary(frontend_to_dict(SpectralConfig(kind="logspec",
+                                                                     n_features=256)))
+    assert spectral.startswith("spectral front-end (logspec, 256 linear-frequency bins")

@@ -31,6 +31,9 @@ def build_model(opts: dict[str, Any]) -> Any:
                                projection_dim=opts["projection_dim"])
         module = None
         dim = front.projection_dim or front.n_features
+    elif opts["frontend"] == "speaker":
+        module = _speaker_frontend(opts["speaker_weights"], opts["speaker_layer"])
+        front, dim = module.cfg, module.output_dim
     else:
         if not opts["ssl_path"]:
             raise click.UsageError("--frontend ssl needs --ssl-path (a local transformers folder)")
@@ -49,6 +52,30 @@ def build_model(opts: dict[str, Any]) -> Any:
                     frontend_module=module)
 
 
+def _speaker_frontend(weights: Path | None, layer: int) -> Any:
+    """A speaker-encoder front-end initialised from a local GE2E ``pretrained.pt``."""
+    from nes2net_stream.errors import BundleError
+    from nes2net_stream.models.config import SpeakerEncoderConfig
+    from nes2net_stream.models.speaker_frontend import (
+        SpeakerFrontend,
+        installed_resemblyzer_weights,
+        read_ge2e_weights,
+    )
+
+    path = weights or installed_resemblyzer_weights()
+    if path is None:
+        raise click.UsageError("--frontend speaker needs --speaker-weights (a GE2E "
+                               "pretrained.pt), or the Resemblyzer package installed: "
+                               "pip install --no-deps resemblyzer==0.1.4")
+    try:
+        module = SpeakerFrontend(SpeakerEncoderConfig(
+            layer=layer, source=f"GE2E LSTM from {Path(path).name}"))
+        module.load_encoder(read_ge2e_weights(path))
+    except (BundleError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    return module
+
+
 @click.command()
 @click.option("--database", required=True, type=click.Path(exists=True, file_okay=False,
               path_type=Path), help="ASVspoof 2019 LA layout root (also the demo corpus).")
@@ -58,8 +85,16 @@ def build_model(opts: dict[str, Any]) -> Any:
               help="Where to write the final model bundle [RUN_DIR/model].")
 @click.option("--model-id", default=None, help="Model id stored in the bundle.")
 @click.option("--init-model", default=None, help="Fine-tune this bundle instead of a new model.")
-@click.option("--frontend", type=click.Choice(["spectral", "ssl"]), default="spectral",
-              show_default=True)
+@click.option("--frontend", type=click.Choice(["spectral", "ssl", "speaker"]),
+              default="spectral", show_default=True,
+              help="spectral: log spectra; ssl: a transformers speech model; speaker: a frozen "
+                   "pre-trained GE2E speaker encoder.")
+@click.option("--speaker-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="GE2E pretrained.pt for --frontend speaker [the installed "
+                                 "Resemblyzer package's].")
+@click.option("--speaker-layer", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --frontend speaker: 0 mixes all LSTM layers (learnt weights), "
+                   "k uses layer k alone.")
 @click.option("--spectral-kind", type=click.Choice(["lfb", "lfcc", "logspec"]), default="lfb",
               show_default=True)
 @click.option("--n-features", type=int, default=128, show_default=True)

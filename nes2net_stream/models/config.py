@@ -214,22 +214,73 @@ class SSLConfig:
         return dataclasses.asdict(self)
 
 
-FrontendConfig = SpectralConfig | SSLConfig
+@dataclass(frozen=True)
+class SpeakerEncoderConfig:
+    """Frozen pre-trained speaker-encoder front-end (see :mod:`~.speaker_frontend`).
+
+    A GE2E-style LSTM speaker encoder (Wan et al., arXiv 1710.10467) turned into a frame-level
+    feature extractor: its recurrent layers' outputs, mixed by learnt layer weights.
+
+    Attributes:
+        n_mels: mel bands of its input (power mel spectrogram, Slaney scale and norm).
+        n_fft / hop_length: STFT size and frame step in samples at 16 kHz (Hann window of
+            ``n_fft`` samples).
+        hidden_size: width of each LSTM layer, the feature dimension D given to the back-end.
+        num_layers: stacked LSTM layers.
+        target_dbfs: each window is scaled to this RMS level before analysis (the encoder was
+            trained on volume-normalised speech).
+        layer: 0 mixes every layer's states with learnt softmax weights; k (1-based) takes
+            layer k's states alone (the layers above it are not computed).
+        source: where the pre-trained weights came from (provenance only).
+    """
+
+    n_mels: int = 40
+    n_fft: int = 400
+    hop_length: int = 160
+    hidden_size: int = 256
+    num_layers: int = 3
+    target_dbfs: float = -30.0
+    layer: int = 0
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.n_mels < 2 or self.n_fft < 16 or self.hop_length < 1:
+            raise ValueError("need n_mels >= 2, n_fft >= 16 and hop_length >= 1")
+        if self.hidden_size < 2 or self.num_layers < 1:
+            raise ValueError("need hidden_size >= 2 and num_layers >= 1")
+        if not -80.0 <= self.target_dbfs <= 0.0:
+            raise ValueError("target_dbfs must be in [-80, 0]")
+        if not 0 <= self.layer <= self.num_layers:
+            raise ValueError(f"layer must be 0 (a learnt mix) or 1..{self.num_layers}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpeakerEncoderConfig:
+        """Validate and build from a bundle dictionary."""
+        return config_from_dict(cls, data, owner="frontend.speaker")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary for JSON."""
+        return dataclasses.asdict(self)
+
+
+FrontendConfig = SpectralConfig | SSLConfig | SpeakerEncoderConfig
+_FRONTEND_TYPES: dict[str, Any] = {"spectral": SpectralConfig, "ssl": SSLConfig,
+                                   "speaker": SpeakerEncoderConfig}
 
 
 def frontend_from_dict(data: dict[str, Any]) -> FrontendConfig:
-    """Build a front-end configuration from ``{"type": "spectral"|"ssl", ...}``."""
+    """Build a front-end configuration from ``{"type": "spectral"|"ssl"|"speaker", ...}``."""
     if not isinstance(data, dict) or "type" not in data:
         raise BundleError("frontend: expected an object with a 'type' key")
     body = {k: v for k, v in data.items() if k != "type"}
-    if data["type"] == "spectral":
-        return SpectralConfig.from_dict(body)
-    if data["type"] == "ssl":
-        return SSLConfig.from_dict(body)
-    raise BundleError(f"frontend.type: {data['type']!r} is not one of ['spectral', 'ssl']")
+    cls = _FRONTEND_TYPES.get(data["type"])
+    if cls is None:
+        raise BundleError(f"frontend.type: {data['type']!r} is not one of "
+                          f"{sorted(_FRONTEND_TYPES)}")
+    return cls.from_dict(body)  # type: ignore[no-any-return]
 
 
 def frontend_to_dict(cfg: FrontendConfig) -> dict[str, Any]:
     """Inverse of :func:`frontend_from_dict`."""
-    kind = "spectral" if isinstance(cfg, SpectralConfig) else "ssl"
+    kind = next(name for name, cls in _FRONTEND_TYPES.items() if isinstance(cfg, cls))
     return {"type": kind, **cfg.to_dict()}

@@ -30,6 +30,7 @@ from nes2net_stream.errors import BundleError
 from nes2net_stream.models.config import (
     BackendConfig,
     FrontendConfig,
+    SpeakerEncoderConfig,
     SpectralConfig,
     SSLConfig,
     frontend_from_dict,
@@ -37,6 +38,7 @@ from nes2net_stream.models.config import (
 )
 from nes2net_stream.models.fused_norms import NormKernels
 from nes2net_stream.models.nes2net import Nes2Net
+from nes2net_stream.models.speaker_frontend import SpeakerFrontend
 from nes2net_stream.models.spectral import SpectralFrontend
 from nes2net_stream.models.ssl_frontend import SSLFrontend
 from nes2net_stream.scoring.aggregate import llr_probability
@@ -131,6 +133,8 @@ def build_frontend(cfg: FrontendConfig) -> nn.Module:
         return SpectralFrontend(cfg)
     if isinstance(cfg, SSLConfig):
         return SSLFrontend(cfg)
+    if isinstance(cfg, SpeakerEncoderConfig):
+        return SpeakerFrontend(cfg)
     raise BundleError(f"unsupported front-end configuration {type(cfg).__name__}")
 
 

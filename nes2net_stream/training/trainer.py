@@ -139,8 +139,12 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def _param_groups(model: Detector, cfg: TrainConfig) -> list[dict[str, Any]]:
-    front = [p for p in model.frontend.parameters() if p.requires_grad]
-    back = [p for p in model.backend.parameters() if p.requires_grad]
+    # a front-end's small trainable head (e.g. a frozen encoder's layer mix) learns at the
+    # back-end's rate; the rest of a front-end at frontend_lr
+    head = [p for p in getattr(model.frontend, "head_parameters", list)() if p.requires_grad]
+    head_ids = {id(p) for p in head}
+    front = [p for p in model.frontend.parameters() if p.requires_grad and id(p) not in head_ids]
+    back = [p for p in model.backend.parameters() if p.requires_grad] + head
     groups = [{"params": back, "lr": cfg.lr}]
     if front and cfg.frontend_lr > 0:
         groups.append({"params": front, "lr": cfg.frontend_lr})
