@@ -18,3 +18,21 @@ train_run() {
   [ -f "$run/model/config.json" ] || "$PY" -m nes2net_stream train --database "$db" \
     --run-dir "$run" --out "$run/model" --model-id "$id" "${RECIPE[@]}" --seed "$seed" "$@"
 }
+
+# The five conditions of the model card: the official 4-second crop, speech windows as the
+# service scores, and the crop through three codecs never used in training.
+# shellcheck disable=SC2034
+CONDITIONS=("4s" "windows" "4s g723_1" "4s g726:16000" "4s opus_nb:8000")
+
+# eval_conditions MODEL-DIR OUT-DIR DATABASE: score the eval split in every condition into
+# OUT-DIR/eval-<condition>/ with "$PY", skipping conditions already scored
+eval_conditions() {
+  local model=$1 out=$2 db=$3 cond mode channel name
+  for cond in "${CONDITIONS[@]}"; do
+    read -r mode channel <<<"$cond"
+    name="$mode${channel:+-${channel//:/-}}"
+    [ -f "$out/eval-$name/scores.txt" ] && continue
+    "$PY" -m nes2net_stream eval --model "$model" --database "$db" --split eval --mode "$mode" \
+      ${channel:+--channel "$channel"} --bootstrap 0 --out "$out/eval-$name" > /dev/null
+  done
+}

@@ -12,8 +12,7 @@ PY=${PY:-.venv/bin/python}
 CORPUS=${CORPUS:-corpus/demo}
 EXP=${EXP:-runs/exp-speakers}
 SEEDS=${SEEDS:-"0 1 2"}
-source scripts/demo_recipe.sh  # RECIPE, DISTILL, train_run
-CONDITIONS=("4s" "windows" "4s g723_1" "4s g726:16000" "4s opus_nb:8000")
+source scripts/demo_recipe.sh  # RECIPE, DISTILL, train_run, CONDITIONS, eval_conditions
 
 for f in 0 1; do
   [ -f "$EXP/db-fold$f/ASVspoof2019_LA_cm_protocols/ASVspoof2019.LA.cm.eval.trl.txt" ] ||
@@ -24,13 +23,7 @@ train() {  # run-dir database seed
   train_run "$1" "$2" "exp-$(basename "$1")" "$3"
 }
 evaluate() {  # run-dir database
-  for cond in "${CONDITIONS[@]}"; do
-    read -r mode channel <<<"$cond"
-    name="$mode${channel:+-${channel//:/-}}"
-    [ -f "$1/eval-$name/scores.txt" ] && continue
-    "$PY" -m nes2net_stream eval --model "$1/model" --database "$2" --split eval --mode "$mode" \
-      ${channel:+--channel "$channel"} --bootstrap 0 --out "$1/eval-$name" > /dev/null
-  done
+  eval_conditions "$1/model" "$1" "$2"
 }
 
 for s in $SEEDS; do

@@ -17,8 +17,7 @@ EXP=${EXP:-runs/exp-speaker-frontend}
 VARIANTS=${VARIANTS:-"S S2 S3"}
 SEEDS=${SEEDS:-"0 1"}
 BUNDLED=${BUNDLED:-nes2net_stream/assets/demo-model}
-source scripts/demo_recipe.sh  # RECIPE, train_run
-CONDITIONS=("4s" "windows" "4s g723_1" "4s g726:16000" "4s opus_nb:8000")
+source scripts/demo_recipe.sh  # RECIPE, train_run, CONDITIONS, eval_conditions
 
 options() {  # variant -> extra train options
   case $1 in
@@ -29,23 +28,13 @@ options() {  # variant -> extra train options
   esac
 }
 
-evaluate() {  # model-dir out-dir
-  for cond in "${CONDITIONS[@]}"; do
-    read -r mode channel <<<"$cond"
-    name="$mode${channel:+-${channel//:/-}}"
-    [ -f "$2/eval-$name/scores.txt" ] && continue
-    "$PY" -m nes2net_stream eval --model "$1" --database "$CORPUS" --split eval --mode "$mode" \
-      ${channel:+--channel "$channel"} --bootstrap 0 --out "$2/eval-$name" > /dev/null
-  done
-}
-
-evaluate "$BUNDLED" "$EXP/bundled"
+eval_conditions "$BUNDLED" "$EXP/bundled" "$CORPUS"
 KEY="$CORPUS/ASVspoof2019_LA_cm_protocols/ASVspoof2019.LA.cm.eval.trl.txt"
 for v in $VARIANTS; do
   read -r -a extra <<<"$(options "$v")"
   for s in $SEEDS; do
     train_run "$EXP/$v-s$s" "$CORPUS" "exp-speaker-$v-s$s" "$s" "${extra[@]}"
-    evaluate "$EXP/$v-s$s/model" "$EXP/$v-s$s"
+    eval_conditions "$EXP/$v-s$s/model" "$EXP/$v-s$s" "$CORPUS"
   done
   for cond in "${CONDITIONS[@]}"; do
     read -r mode channel <<<"$cond"
