@@ -29,19 +29,20 @@ SAMPLE_RATE = 16_000
 _RMS_FLOOR = 1e-4  # -80 dBFS: silence is not amplified without bound
 
 
+_MEL_LIN_STEP = 200.0 / 3.0  # Hz per mel below 1 kHz (Slaney scale)
+_MEL_LOG_STEP = math.log(6.4) / 27.0  # log-Hz per mel above 1 kHz
+
+
 def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
     """Slaney mel scale: linear below 1 kHz, logarithmic above."""
-    step = 200.0 / 3.0
-    log_step = math.log(6.4) / 27.0
-    lin = f / step
-    return torch.where(f >= 1000.0, 15.0 + torch.log(f.clamp_min(1e-10) / 1000.0) / log_step,
-                       lin)
+    return torch.where(f >= 1000.0,
+                       15.0 + torch.log(f.clamp_min(1e-10) / 1000.0) / _MEL_LOG_STEP,
+                       f / _MEL_LIN_STEP)
 
 
 def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
-    step = 200.0 / 3.0
-    log_step = math.log(6.4) / 27.0
-    return torch.where(m >= 15.0, 1000.0 * torch.exp(log_step * (m - 15.0)), step * m)
+    return torch.where(m >= 15.0, 1000.0 * torch.exp(_MEL_LOG_STEP * (m - 15.0)),
+                       _MEL_LIN_STEP * m)
 
 
 def slaney_mel_filterbank(n_mels: int, n_fft: int, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
