@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args, get_type_hints
+from typing import Any, ClassVar, Literal, Self, TypeVar, get_args, get_type_hints
 
 from nes2net_stream.errors import BundleError
 
@@ -59,8 +59,23 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, owner: str) -> T:
     return obj
 
 
+class _DictConfig:
+    """JSON round trip of a frozen config dataclass; ``_owner`` names it in errors."""
+
+    _owner: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Validate and build from a bundle dictionary."""
+        return config_from_dict(cls, data, owner=cls._owner)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary for JSON."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
-class BackendConfig:
+class BackendConfig(_DictConfig):
     """Nes2Net / Nes2Net-X back-end (the official modules' arguments).
 
     Attributes:
@@ -79,6 +94,7 @@ class BackendConfig:
         n_logits: 2 (index 1 = bona fide) or 1 (a single bona fide logit).
     """
 
+    _owner: ClassVar[str] = "backend"
     variant: Variant = "nes2net_x"
     input_dim: int = 1024
     outer_ratio: int = 8
@@ -109,18 +125,10 @@ class BackendConfig:
         if self.n_logits not in (1, 2):
             raise ValueError(f"n_logits must be 1 or 2, got {self.n_logits}")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BackendConfig:
-        """Validate and build from a bundle dictionary."""
-        return config_from_dict(cls, data, owner="backend")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary for JSON."""
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
-class SpectralConfig:
+class SpectralConfig(_DictConfig):
     """Fast spectral front-end for CPU use (see :mod:`nes2net_stream.models.spectral`).
 
     Attributes:
@@ -137,6 +145,7 @@ class SpectralConfig:
             full-size Nes2Net back-end (D = 1024) can sit on a spectral front-end.
     """
 
+    _owner: ClassVar[str] = "frontend.spectral"
     kind: SpectralKind = "lfb"
     n_features: int = 64
     n_fft: int = 512
@@ -161,18 +170,10 @@ class SpectralConfig:
         if self.projection_dim < 0 or self.projection_kernel < 1 or self.projection_kernel % 2 == 0:
             raise ValueError("projection_dim must be >= 0 and projection_kernel odd")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SpectralConfig:
-        """Validate and build from a bundle dictionary."""
-        return config_from_dict(cls, data, owner="frontend.spectral")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary for JSON."""
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
-class SSLConfig:
+class SSLConfig(_DictConfig):
     """Speech foundation-model front-end built with Hugging Face transformers.
 
     Attributes:
@@ -194,6 +195,7 @@ class SSLConfig:
             published WavLM Nes2Net checkpoints were trained with). Unused by ``last``.
     """
 
+    _owner: ClassVar[str] = "frontend.ssl"
     family: SSLFamily = "wav2vec2"
     aggregation: LayerAggregation = "last"
     hf_config: dict[str, Any] = field(default_factory=dict)
@@ -202,20 +204,16 @@ class SSLConfig:
     last_hidden_state: LastHiddenState = "layer_output"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SSLConfig:
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         """Validate and build from a bundle dictionary."""
-        cfg = config_from_dict(cls, data, owner="frontend.ssl")
+        cfg = super().from_dict(data)
         if not isinstance(cfg.hf_config, dict) or not cfg.hf_config:
             raise BundleError("frontend.ssl.hf_config: missing transformers configuration")
         return cfg
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary for JSON."""
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
-class SpeakerEncoderConfig:
+class SpeakerEncoderConfig(_DictConfig):
     """Frozen pre-trained speaker-encoder front-end (see :mod:`~.speaker_frontend`).
 
     A GE2E-style LSTM speaker encoder (Wan et al., arXiv 1710.10467) turned into a frame-level
@@ -234,6 +232,7 @@ class SpeakerEncoderConfig:
         source: where the pre-trained weights came from (provenance only).
     """
 
+    _owner: ClassVar[str] = "frontend.speaker"
     n_mels: int = 40
     n_fft: int = 400
     hop_length: int = 160
@@ -253,14 +252,6 @@ class SpeakerEncoderConfig:
         if not 0 <= self.layer <= self.num_layers:
             raise ValueError(f"layer must be 0 (a learnt mix) or 1..{self.num_layers}")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SpeakerEncoderConfig:
-        """Validate and build from a bundle dictionary."""
-        return config_from_dict(cls, data, owner="frontend.speaker")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary for JSON."""
-        return dataclasses.asdict(self)
 
 
 FrontendConfig = SpectralConfig | SSLConfig | SpeakerEncoderConfig
