@@ -43,6 +43,8 @@ from nes2net_stream.service.events import CallEnd
 
 TRACKS = ("inbound", "outbound")
 SIGNATURE_HEADER = "X-Twilio-Signature"
+#: (mediaFormat.encoding lower-cased, sampleRate) -> internal encoding; Twilio sends only μ-law
+FORMATS: dict[tuple[str, int], str] = {("audio/x-mulaw", 8000): "mulaw"}
 
 
 class TwilioConfig(GatewayConfig):
@@ -77,6 +79,8 @@ class TwilioStart:
     account_sid: str | None
     tracks: tuple[str, ...]
     custom: dict[str, Any] = field(default_factory=dict)
+    encoding: str = "mulaw"  # "mulaw" or "l16" (byte order set by the gateway)
+    sample_rate: int = 8000
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,24 @@ def _str(obj: dict[str, Any], key: str, what: str, *, required: bool = True) -> 
 
 
 
-def _parse_start(msg: dict[str, Any], seq: int | None) -> TwilioStart:
+def _media_format(start: dict[str, Any], formats: dict[tuple[str, int], str]
+                  ) -> tuple[str, int]:
+    fmt = start.get("mediaFormat")
+    if fmt is None:
+        return "mulaw", 8000
+    fmt = json_object(fmt, "start.mediaFormat")
+    enc, rate, ch = fmt.get("encoding"), fmt.get("sampleRate"), fmt.get("channels", 1)
+    rate = json_uint(rate, "start.mediaFormat.sampleRate") if rate is not None else None
+    kind = formats.get((enc.lower() if isinstance(enc, str) else "", rate or 0))
+    if kind is None or ch not in (1, "1"):
+        allowed = ", ".join(f"{e} {r} Hz" for e, r in formats)
+        raise ProtocolError("unsupported_format", f"mediaFormat {enc!r}/{rate!r} Hz/{ch!r} "
+                            f"channel(s): expected mono {allowed}")
+    return kind, rate or 8000
+
+
+def _parse_start(msg: dict[str, Any], seq: int | None,
+                 formats: dict[tuple[str, int], str]) -> TwilioStart:
     start = json_object(msg.get("start"), "start.start")
     call_sid = _str(start, "callSid", "start")
     stream_sid = _str(start, "streamSid", "start", required=False) or \
@@ -121,31 +142,25 @@ def _parse_start(msg: dict[str, Any], seq: int | None) -> TwilioStart:
         raise ProtocolError("bad_message", "start: 'tracks' must list 'inbound'/'outbound'")
     custom = start.get("customParameters") or {}
     custom = json_object(custom, "start.customParameters")
-    fmt = start.get("mediaFormat")
-    if fmt is not None:
-        fmt = json_object(fmt, "start.mediaFormat")
-        enc, rate, ch = fmt.get("encoding"), fmt.get("sampleRate"), fmt.get("channels", 1)
-        if enc != "audio/x-mulaw" or rate != 8000 or ch != 1:
-            raise ProtocolError("unsupported_format", f"mediaFormat {enc!r}/{rate!r} Hz/{ch!r} "
-                                "channel(s): Twilio Media Streams send audio/x-mulaw 8000 Hz "
-                                "mono")
+    encoding, rate = _media_format(start, formats)
     account = start.get("accountSid")
     return TwilioStart(seq, call_sid or "", stream_sid or "",
-                       account if isinstance(account, str) else None, tuple(tracks_raw), custom)
+                       account if isinstance(account, str) else None, tuple(tracks_raw), custom,
+                       encoding, rate)
 
 
-def parse_message(text: str | bytes, max_bytes: int) -> TwilioMessage:
-    """Parse one Twilio Media Streams message; raises only ProtocolError."""
-    msg = parse_json_object(text, max_bytes, "Twilio message")
+def parse_object(msg: dict[str, Any], formats: dict[tuple[str, int], str] = FORMATS
+                 ) -> TwilioMessage:
+    """One decoded Media Streams message (Twilio's layout; ``formats`` accepted on start)."""
     event = msg.get("event")
     if not isinstance(event, str) or not event:
-        raise ProtocolError("bad_message", "a Twilio message needs a string 'event'")
+        raise ProtocolError("bad_message", "a Media Streams message needs a string 'event'")
     seq = json_uint(msg.get("sequenceNumber"), "sequenceNumber")
     stream_sid = msg.get("streamSid")
     if stream_sid is not None and not isinstance(stream_sid, str):
         raise ProtocolError("bad_message", "'streamSid' must be a string")
     if event == "start":
-        return _parse_start(msg, seq)
+        return _parse_start(msg, seq, formats)
     if event == "media":
         media = json_object(msg.get("media"), "media.media")
         track = media.get("track", "inbound")
@@ -155,6 +170,11 @@ def parse_message(text: str | bytes, max_bytes: int) -> TwilioMessage:
         payload = b64decode(media.get("payload"), "media.payload")
         return TwilioMedia(seq, stream_sid, track, payload)
     return TwilioEvent(event, seq, stream_sid)
+
+
+def parse_message(text: str | bytes, max_bytes: int) -> TwilioMessage:
+    """Parse one Twilio Media Streams message; raises only ProtocolError."""
+    return parse_object(parse_json_object(text, max_bytes, "Twilio message"))
 
 
 # --------------------------------------------------------------------------- signatures (pure)
@@ -197,6 +217,7 @@ class TwilioGateway(Gateway):
     """Twilio Media Streams (listen only; marks and DTMF are ignored)."""
 
     name = "twilio"
+    provider = "Twilio"
     transport = "websocket"
     Config = TwilioConfig
 
@@ -246,6 +267,13 @@ class TwilioGateway(Gateway):
     def _roles(self) -> tuple[str, ...]:
         return (self.config.customer_role, AGENT_ROLE)
 
+    def _parse(self, text: str | bytes, max_bytes: int) -> TwilioMessage:
+        return parse_message(text, max_bytes)
+
+    def _encoding(self, msg: TwilioStart) -> str:
+        """The internal encoding of a started stream (Twilio: always μ-law)."""
+        return msg.encoding
+
     def _start(self, handle: CallHandle, msg: TwilioStart, remote: str | None) -> None:
         cfg: TwilioConfig = self.config  # type: ignore[assignment]
         call_id = f"{msg.call_sid}:{msg.stream_sid}" if cfg.stream_in_call_id else msg.call_sid
@@ -256,8 +284,9 @@ class TwilioGateway(Gateway):
         if cfg.customer_track not in msg.tracks:
             self.log.warning("the customer's track is not streamed", tracks=list(msg.tracks),
                              customer_track=cfg.customer_track, call_id=call_id)
-        handle.start(call_start(self, call_id=call_id, encoding="mulaw", sample_rate=8000,
-                                channels=self._roles(), metadata=meta, remote=remote))
+        handle.start(call_start(self, call_id=call_id, encoding=self._encoding(msg),
+                                sample_rate=msg.sample_rate, channels=self._roles(),
+                                metadata=meta, remote=remote))
 
     async def _stream(self, conn: ServerConnection, handle: CallHandle) -> CallEnd:
         remote = remote_of(conn)
@@ -266,7 +295,8 @@ class TwilioGateway(Gateway):
             self._start(handle, msg, remote)
             return msg.stream_sid
 
-        return await serve_tracks(self, conn, handle, provider="Twilio", parse=parse_message,
-                                  start_type=TwilioStart, media_type=TwilioMedia,
-                                  on_start=start, id_attr="stream_sid", id_name="streamSid",
+        return await serve_tracks(self, conn, handle, provider=self.provider,
+                                  parse=self._parse, start_type=TwilioStart,
+                                  media_type=TwilioMedia, on_start=start, id_attr="stream_sid",
+                                  id_name="streamSid",
                                   closed=CallEnd("disconnect", "closed without a stop message"))
