@@ -49,7 +49,8 @@ def acme_installed(tmp_path, monkeypatch):
 def test_discovery_loads_plugins_and_skips_broken_ones(acme_installed):
     found = discover()
     assert found["acme"].__name__ == "AcmeGateway"
-    assert {"twilio", "freeswitch", "jambonz", "vonage", "telnyx", "plivo"} <= set(found)
+    assert {"twilio", "freeswitch", "jambonz", "vonage", "telnyx", "plivo", "signalwire",
+            "bandwidth"} <= set(found)
     assert "broken" not in found and "thing" not in found
 
 
