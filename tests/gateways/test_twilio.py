@@ -18,7 +18,7 @@ from gwsupport import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nes2net_gateways.twilio import parse_message, signature_urls
+from nes2net_gateways.twilio import parse_message, parse_signature_settings, signature_urls
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -30,9 +30,9 @@ TOKEN = "twilio-auth-token-0123456789abcdef"
 ACCOUNT = "AC" + "a" * 32
 
 
-def sign(token: str, url: str) -> str:
+def sign(token: str, url: str, digest=hashlib.sha1) -> str:
     """Twilio's documented scheme: base64 of HMAC-SHA1 over the full URL (no POST params)."""
-    return base64.b64encode(hmac.new(token.encode(), url.encode(), hashlib.sha1).digest()).decode()
+    return base64.b64encode(hmac.new(token.encode(), url.encode(), digest).digest()).decode()
 
 
 def conversation(call_sid, stream_sid, *, inbound, outbound=None, custom=None,
@@ -232,6 +232,59 @@ async def test_auth_required_without_token_fails_at_start(make_service):
         await service(make_service, auth="required")
     with pytest.raises(ConfigError, match="public_url"):
         await service(make_service, public_url="https://example.com/x")
+
+
+async def test_webhooks_shared_key_signatures(make_service, redis_client):
+    """A Webhooks Rule signs with a shared key and says so in a settings header."""
+    key = "shared-key-secret-0f1e2d3c4b5a6978"
+    svc = await service(make_service, auth_token=TOKEN, shared_key_secret=key,
+                        secondary_shared_key_secret="old-" + key)
+    url = ws_url(svc, PATH)
+    signed_url = f"wss://127.0.0.1:{svc.port}{PATH}"
+
+    def headers(secret, algorithm="HMAC_SHA256", digest=hashlib.sha256, settings=True):
+        h = {"X-Twilio-Signature": sign(secret, signed_url, digest)}
+        if settings:
+            h["X-Twilio-Webhooks-Signature-Settings"] = f"key=KS0123,algorithm={algorithm}"
+        return h
+
+    assert await handshake_status(url, headers(key)) == 101
+    assert await handshake_status(url, headers("old-" + key)) == 101
+    assert await handshake_status(url, headers(key, "hmac_sha1", hashlib.sha1)) == 101
+    # the settings header decides the secret: the auth token does not sign shared-key upgrades
+    assert await handshake_status(url, headers(TOKEN)) == 403
+    assert await handshake_status(url, headers(key, settings=False)) == 403
+    assert await handshake_status(url, headers(key, "HMAC_SHA1")) == 403  # wrong algorithm
+    assert await handshake_status(url, headers(key, "HMAC_MD5", hashlib.md5)) == 403
+    # no settings header: the auth token and HMAC-SHA1, as before
+    assert await handshake_status(url, headers(TOKEN, digest=hashlib.sha1,
+                                               settings=False)) == 101
+    call, stream = sid("CA", 8), sid("MZ", 8)
+    _, code, _ = await play(url, conversation(call, stream, inbound=mulaw_b64_frames(3.0)),
+                            headers=headers(key))
+    assert code == 1000 and await summaries(redis_client, f"{call}:{stream}")
+
+
+async def test_shared_key_alone_or_auth_token_alone(make_service):
+    key = "shared-key-secret-0f1e2d3c4b5a6978"
+    svc = await service(make_service, auth="required", shared_key_secret=key)
+    url, signed_url = ws_url(svc, PATH), f"wss://127.0.0.1:{svc.port}{PATH}"
+    settings = {"X-Twilio-Webhooks-Signature-Settings": "key=KS1,algorithm=HMAC_SHA256"}
+    assert await handshake_status(url, {"X-Twilio-Signature": sign(
+        key, signed_url, hashlib.sha256), **settings}) == 101
+    # an auth-token signature cannot be checked without the auth token
+    assert await handshake_status(url, {"X-Twilio-Signature": sign(TOKEN, signed_url)}) == 403
+    svc2 = await service(make_service, auth_token=TOKEN)
+    assert await handshake_status(ws_url(svc2, PATH), {"X-Twilio-Signature": sign(
+        key, f"wss://127.0.0.1:{svc2.port}{PATH}", hashlib.sha256), **settings}) == 403
+
+
+def test_signature_settings_header_parsing():
+    assert parse_signature_settings("key=KS1,algorithm=HMAC_SHA256") == ("KS1", "HMAC_SHA256")
+    assert parse_signature_settings(" algorithm = hmac_sha256 , key = KS2 ") == (
+        "KS2", "HMAC_SHA256")
+    assert parse_signature_settings("key=") == (None, "HMAC_SHA1")
+    assert parse_signature_settings("") == (None, "HMAC_SHA1")
 
 
 def test_signature_url_variants():

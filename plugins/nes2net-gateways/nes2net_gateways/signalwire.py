@@ -85,11 +85,11 @@ class SignalWireGateway(TwilioGateway):
 
     @property
     def _tokens(self) -> list[str]:
-        cfg: SignalWireConfig = self.config  # type: ignore[assignment]
-        if cfg.auth == "off":
-            return []
-        return [t.get_secret_value() for t in (cfg.bearer_token, cfg.secondary_bearer_token)
-                if t.get_secret_value()]
+        return self._secrets("bearer_token", "secondary_bearer_token")
+
+    @property
+    def _shared_keys(self) -> list[str]:
+        return []
 
     def check_handshake(self, request: Request, remote: str | None) -> None:
         """Refuse upgrades without a configured Bearer token (HTTP 401)."""

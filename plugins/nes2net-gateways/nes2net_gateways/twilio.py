@@ -43,6 +43,9 @@ from nes2net_stream.service.events import CallEnd
 
 TRACKS = ("inbound", "outbound")
 SIGNATURE_HEADER = "X-Twilio-Signature"
+#: present when a Webhooks Rule signs with a shared key: ``key=<id>,algorithm=HMAC_SHA256``
+SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+ALGORITHMS = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
 #: (mediaFormat.encoding lower-cased, sampleRate) -> internal encoding; Twilio sends only μ-law
 FORMATS: dict[tuple[str, int], str] = {("audio/x-mulaw", 8000): "mulaw"}
 
@@ -53,6 +56,9 @@ class TwilioConfig(GatewayConfig):
     Attributes:
         auth_token: the account's auth token (validates ``X-Twilio-Signature``).
         secondary_auth_token: a second accepted token while rotating the primary one.
+        shared_key_secret: the secret of a Webhooks shared key, for upgrades that a Webhooks
+            Rule signs with it (they carry ``X-Twilio-Webhooks-Signature-Settings``).
+        secondary_shared_key_secret: a second accepted shared-key secret while rotating.
         public_url: the ``wss://`` URL exactly as written in the TwiML ``<Stream url>``; when
             empty it is ``wss://<Host header><request path>``.
         customer_track: the track carrying the customer (``inbound`` for inbound calls).
@@ -62,6 +68,8 @@ class TwilioConfig(GatewayConfig):
     path: str = "/v1/gateways/twilio"
     auth_token: SecretStr = SecretStr("")
     secondary_auth_token: SecretStr = SecretStr("")
+    shared_key_secret: SecretStr = SecretStr("")
+    secondary_shared_key_secret: SecretStr = SecretStr("")
     public_url: str = ""
     customer_track: Literal["inbound", "outbound"] = "inbound"
     stream_in_call_id: bool = True
@@ -179,10 +187,27 @@ def parse_message(text: str | bytes, max_bytes: int) -> TwilioMessage:
 
 # --------------------------------------------------------------------------- signatures (pure)
 
-def compute_signature(token: str, url: str) -> str:
-    """``X-Twilio-Signature`` of a WebSocket upgrade: base64(HMAC-SHA1(token, url))."""
-    digest = hmac.new(token.encode(), url.encode(), hashlib.sha1).digest()
+def compute_signature(token: str, url: str, algorithm: str = "HMAC_SHA1") -> str:
+    """``X-Twilio-Signature`` of a WebSocket upgrade: base64(HMAC(token, url)).
+
+    SHA-1 unless a Webhooks shared key's settings name ``HMAC_SHA256``.
+    """
+    digest = hmac.new(token.encode(), url.encode(), ALGORITHMS[algorithm]).digest()
     return base64.b64encode(digest).decode()
+
+
+def parse_signature_settings(value: str) -> tuple[str | None, str]:
+    """``(key, algorithm)`` of an ``X-Twilio-Webhooks-Signature-Settings`` value.
+
+    The value is ``key=<id>,algorithm=<HMAC_SHA1|HMAC_SHA256>``; a missing algorithm is
+    HMAC_SHA1. The algorithm is returned upper-cased and may be one Twilio adds later.
+    """
+    fields: dict[str, str] = {}
+    for item in value.split(","):
+        name, sep, val = item.partition("=")
+        if sep:
+            fields[name.strip().lower()] = val.strip()
+    return fields.get("key") or None, (fields.get("algorithm") or "HMAC_SHA1").upper()
 
 
 def signature_urls(url: str) -> list[str]:
@@ -201,12 +226,13 @@ def signature_urls(url: str) -> list[str]:
     return out
 
 
-def signature_valid(tokens: list[str], url: str, signature: str) -> bool:
+def signature_valid(tokens: list[str], url: str, signature: str,
+                    algorithm: str = "HMAC_SHA1") -> bool:
     """Constant-time check of ``signature`` against every token and URL variant."""
     ok = False
     for token in tokens:
         for candidate in signature_urls(url):
-            ok |= hmac.compare_digest(compute_signature(token, candidate).encode(),
+            ok |= hmac.compare_digest(compute_signature(token, candidate, algorithm).encode(),
                                       signature.encode())
     return ok
 
@@ -222,23 +248,30 @@ class TwilioGateway(Gateway):
     Config = TwilioConfig
 
     def check_config(self) -> None:
-        """Require an auth token when authentication is enforced."""
+        """Require an auth token (or a shared-key secret) when authentication is enforced."""
         cfg: TwilioConfig = self.config  # type: ignore[assignment]
         check_roles(cfg, self.name)
         if cfg.public_url and urlsplit(cfg.public_url).scheme != "wss":
             raise ConfigError("gateways.twilio.public_url: must be the wss:// URL given to "
                               f"<Stream url> (got {cfg.public_url!r})")
-        require_secret(self, "auth_token", cfg.auth_token.get_secret_value())
-        if not self._tokens:
+        if not cfg.shared_key_secret.get_secret_value():
+            require_secret(self, "auth_token", cfg.auth_token.get_secret_value())
+        if not self._tokens and not self._shared_keys:
             self.log.warning("Twilio signature validation is off (no auth_token or auth=off)")
+
+    def _secrets(self, *names: str) -> list[str]:
+        if self.config.auth == "off":
+            return []
+        values = (getattr(self.config, n).get_secret_value() for n in names)
+        return [v for v in values if v]
 
     @property
     def _tokens(self) -> list[str]:
-        cfg: TwilioConfig = self.config  # type: ignore[assignment]
-        if cfg.auth == "off":
-            return []
-        return [t.get_secret_value() for t in (cfg.auth_token, cfg.secondary_auth_token)
-                if t.get_secret_value()]
+        return self._secrets("auth_token", "secondary_auth_token")
+
+    @property
+    def _shared_keys(self) -> list[str]:
+        return self._secrets("shared_key_secret", "secondary_shared_key_secret")
 
     def _url(self, request: Request) -> str:
         cfg: TwilioConfig = self.config  # type: ignore[assignment]
@@ -250,15 +283,32 @@ class TwilioGateway(Gateway):
         return f"wss://{host}{request.path}"
 
     def check_handshake(self, request: Request, remote: str | None) -> None:
-        """Refuse upgrades without a valid ``X-Twilio-Signature`` (HTTP 403)."""
-        tokens = self._tokens
-        if not tokens:
+        """Refuse upgrades without a valid ``X-Twilio-Signature`` (HTTP 403).
+
+        Signed with the auth token (HMAC-SHA1), or, when the upgrade carries
+        ``X-Twilio-Webhooks-Signature-Settings``, with a Webhooks shared key and the algorithm
+        that header names.
+        """
+        tokens, keys = self._tokens, self._shared_keys
+        if not tokens and not keys:
             return
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
             raise HandshakeRejected(403, f"missing {SIGNATURE_HEADER} header")
-        if not signature_valid(tokens, self._url(request), signature):
-            raise HandshakeRejected(403, f"invalid {SIGNATURE_HEADER} (wrong auth token or URL)")
+        settings = request.headers.get(SETTINGS_HEADER)
+        if settings is None:
+            secrets, algorithm, what = tokens, "HMAC_SHA1", "auth token"
+        else:
+            key, algorithm = parse_signature_settings(settings)
+            if algorithm not in ALGORITHMS:
+                raise HandshakeRejected(403, f"{SETTINGS_HEADER}: unsupported algorithm "
+                                        f"{algorithm[:40]!r}")
+            secrets, what = keys, f"shared key {(key or '?')[:64]}"
+        if not secrets:
+            raise HandshakeRejected(403, f"{SIGNATURE_HEADER} signed with the {what}, which "
+                                    "is not configured (auth_token / shared_key_secret)")
+        if not signature_valid(secrets, self._url(request), signature, algorithm):
+            raise HandshakeRejected(403, f"invalid {SIGNATURE_HEADER} (wrong {what} or URL)")
 
     async def serve_websocket(self, conn: ServerConnection) -> None:
         """Serve one Twilio stream."""
