@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from nes2net_stream.audio.io import load_audio, resample
+from nes2net_stream.audio.vad import VADConfig, speech_stream
 from nes2net_stream.data.protocols import audio_path, database_split, read_protocol
 from nes2net_stream.evaluation.metrics import compute_eer
 from nes2net_stream.evaluation.protocol_scoring import codec_channel
@@ -51,9 +52,13 @@ def trial_features(encoder: SpeakerFrontend, wave: np.ndarray) -> dict[str, np.n
     return feats
 
 
-def split_features(encoder: SpeakerFrontend, root: Path, split: str, channel: str | None
-                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Features and spoof labels (1 = spoof) of every trial of a split."""
+def split_features(encoder: SpeakerFrontend, root: Path, split: str, channel: str | None,
+                   speech_only: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Features and spoof labels (1 = spoof) of every trial of a split.
+
+    ``speech_only``: from the first 4 s of the trial's VAD speech stream (silence dropped, as
+    the live service scores) instead of its first 4 s.
+    """
     protocol, audio_dir = database_split(root, split)
     transmit = None
     if channel:
@@ -65,6 +70,9 @@ def split_features(encoder: SpeakerFrontend, root: Path, split: str, channel: st
         clip = load_audio(audio_path(audio_dir, trial.utterance), sample_rate=None)
         raw = clip.samples if transmit is None else transmit(clip.samples, clip.sample_rate)
         wave = resample(raw.astype(np.float32), clip.sample_rate, 16_000)
+        if speech_only:
+            speech = speech_stream(wave, VADConfig())
+            wave = speech if speech.shape[0] >= 16_000 else wave  # under 1 s: keep it all
         for key, value in trial_features(encoder, wave).items():
             rows.setdefault(key, []).append(value)
         labels.append(trial.is_spoof)
@@ -100,6 +108,15 @@ def main() -> None:
     ap.add_argument("database", type=Path)
     ap.add_argument("--channel", default=None, help="codec[:bitrate] applied to eval trials")
     ap.add_argument("--speaker-weights", type=Path, default=None)
+    ap.add_argument("--features", nargs="+", default=None,
+                    help="only these feature sets (logmel, layer1.., all_layers)")
+    ap.add_argument("--c", nargs="+", type=float, default=[0.01, 0.1, 1.0],
+                    help="regularisation strengths to fit")
+    ap.add_argument("--speech-only", action="store_true",
+                    help="features of the first 4 s of VAD speech (no leading silence)")
+    ap.add_argument("--scores-out", type=Path, default=None,
+                    help="also write each setting's eval scores (<features>-C<c>.txt, "
+                    "higher = more bona fide) here, for compare")
     args = ap.parse_args()
     path = args.speaker_weights or installed_resemblyzer_weights()
     if path is None:
@@ -107,17 +124,26 @@ def main() -> None:
     torch.manual_seed(0)
     encoder = SpeakerFrontend(SpeakerEncoderConfig()).eval()
     encoder.load_encoder(read_ge2e_weights(path))
-    train_x, train_y = split_features(encoder, args.database, "train", None)
-    eval_x, eval_y = split_features(encoder, args.database, "eval", args.channel)
-    for key in train_x:
+    train_x, train_y = split_features(encoder, args.database, "train", None, args.speech_only)
+    eval_x, eval_y = split_features(encoder, args.database, "eval", args.channel,
+                                    args.speech_only)
+    protocol, _ = database_split(args.database, "eval")
+    ids = [t.utterance for t in read_protocol(protocol)]
+    for key in args.features or list(train_x):
         mean, std = train_x[key].mean(0), train_x[key].std(0) + 1e-8
         xs, es = (train_x[key] - mean) / std, (eval_x[key] - mean) / std
-        for c in (0.01, 0.1, 1.0):
+        for c in args.c:
             w, b = fit_logistic(xs, train_y, c)
             spoof_score = es @ w + b
             bona_score = -spoof_score  # EER convention: higher = more bona fide
             eer, _ = compute_eer(bona_score[eval_y == 0], bona_score[eval_y == 1])
+            if args.scores_out is not None:
+                args.scores_out.mkdir(parents=True, exist_ok=True)
+                (args.scores_out / f"{key}-C{c:g}.txt").write_text(
+                    "".join(f"{u} {s!r}\n" for u, s in zip(ids, bona_score.tolist(),
+                                                           strict=True)))
             print(json.dumps({"features": key, "C": c, "channel": args.channel,
+                              "speech_only": args.speech_only,
                               "eval_eer_pct": round(100 * eer, 2)}), flush=True)
 
 

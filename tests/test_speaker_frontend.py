@@ -187,6 +187,17 @@ def test_layer_probe_script(toy_corpus, tmp_path):
         (f, c) for f in ("logmel", "layer1", "layer2", "layer3", "all_layers")
         for c in (0.01, 0.1, 1.0)}
     assert all(0.0 <= r["eval_eer_pct"] <= 100.0 for r in rows)
+    # one setting, its eval scores written for compare: one line per eval trial
+    scores = tmp_path / "probe-scores"
+    out = subprocess.run([sys.executable, str(script), str(toy_corpus), "--speaker-weights",
+                          str(weights), "--features", "layer2", "--c", "0.1", "--scores-out",
+                          str(scores)], capture_output=True, text=True, timeout=300, check=True)
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert (row["features"], row["C"]) == ("layer2", 0.1)
+    lines = (scores / "layer2-C0.1.txt").read_text().splitlines()
+    key = next(toy_corpus.glob("ASVspoof2019_LA_cm_protocols/*eval*"))
+    assert [ln.split()[0] for ln in lines] == [ln.split()[1] for ln in
+                                              key.read_text().splitlines()]
     # the classifier itself: separable data is separated, balanced weights centre the bias
     spec = importlib.util.spec_from_file_location("probe", script)
     probe = importlib.util.module_from_spec(spec)

@@ -123,6 +123,32 @@ class QueryTokenGateway(Gateway):
         path = conn.request.path if conn.request else ""
         return not self._token or secret_equal(self._query_token(path), self._token)
 
+    async def serve_websocket(self, conn: ServerConnection) -> None:
+        """Serve one stream with ``_stream(conn, handle, authed)``.
+
+        ``authed``: the URL carried the right token (or none is needed); otherwise the first
+        message must (:meth:`_take_token`).
+        """
+        authed = self._query_authed(conn)
+        await serve_ws_call(self, conn, lambda handle: self._stream(conn, handle, authed))
+
+    async def _stream(self, conn: ServerConnection, handle: CallHandle, authed: bool
+                      ) -> CallEnd:
+        raise NotImplementedError
+
+    def _take_token(self, fields: dict[str, Any], authed: bool, where: str) -> None:
+        """Remove the token from the first message's ``fields`` (it is never published).
+
+        Unless the URL already carried the right one, it must be there and right: otherwise
+        ProtocolError ``unauthorized`` (close 4401) before any audio. ``where`` names the
+        message's field for the error.
+        """
+        key = self.config.token_key  # type: ignore[attr-defined]
+        given = fields.pop(key, None)
+        if not authed and not (isinstance(given, str) and secret_equal(given, self._token)):
+            raise ProtocolError("unauthorized", f"missing or invalid token (URL query or "
+                                f"{where} {key!r})")
+
 
 # --------------------------------------------------------------------------- roles
 

@@ -17,7 +17,6 @@ from typing import Any, Literal
 from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection
 
-from nes2net_gateways._auth import secret_equal
 from nes2net_gateways._common import (
     AGENT_ROLE,
     QueryTokenGateway,
@@ -26,7 +25,6 @@ from nes2net_gateways._common import (
     call_start,
     parse_json_object,
     remote_of,
-    serve_ws_call,
 )
 from nes2net_gateways._json_media import json_object, json_uint, serve_tracks
 from nes2net_stream.gateways.api import CallHandle, GatewayConfig
@@ -164,19 +162,11 @@ class BandwidthGateway(QueryTokenGateway):
     transport = "websocket"
     Config = BandwidthConfig
 
-    async def serve_websocket(self, conn: ServerConnection) -> None:
-        """Serve one Bandwidth stream."""
-        authed = self._query_authed(conn)
-        await serve_ws_call(self, conn, lambda handle: self._stream(conn, handle, authed))
-
     def _start(self, handle: CallHandle, msg: BandwidthStart, remote: str | None,
                authed: bool) -> None:
         cfg: BandwidthConfig = self.config  # type: ignore[assignment]
         custom = dict(msg.params)
-        given = custom.pop(cfg.token_key, None)  # never published
-        if not authed and not secret_equal(given, self._token):
-            raise ProtocolError("unauthorized", "missing or invalid token (destination URL "
-                                f"query or <StreamParam name={cfg.token_key!r}>)")
+        self._take_token(custom, authed, "<StreamParam> named")
         call_id = f"{msg.call_id}:{msg.stream_id}" if cfg.stream_in_call_id else msg.call_id
         if msg.stream_name and msg.stream_name != msg.stream_id:
             custom.setdefault("streamName", msg.stream_name)

@@ -16,7 +16,6 @@ from typing import Any, Literal
 from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection
 
-from nes2net_gateways._auth import secret_equal
 from nes2net_gateways._common import (
     AGENT_ROLE,
     QueryTokenGateway,
@@ -25,7 +24,6 @@ from nes2net_gateways._common import (
     call_start,
     parse_json_object,
     remote_of,
-    serve_ws_call,
 )
 from nes2net_gateways._json_media import (
     json_object,
@@ -176,19 +174,11 @@ class PlivoGateway(QueryTokenGateway):
     transport = "websocket"
     Config = PlivoConfig
 
-    async def serve_websocket(self, conn: ServerConnection) -> None:
-        """Serve one Plivo stream."""
-        authed = self._query_authed(conn)
-        await serve_ws_call(self, conn, lambda handle: self._stream(conn, handle, authed))
-
     def _start(self, handle: CallHandle, msg: PlivoStart, remote: str | None,
                authed: bool) -> None:
         cfg: PlivoConfig = self.config  # type: ignore[assignment]
         custom = dict(msg.extra_headers)
-        given = custom.pop(cfg.token_key, None)  # never published
-        if not authed and not secret_equal(given, self._token):
-            raise ProtocolError("unauthorized", "missing or invalid token (URL query or "
-                                f"extraHeaders key {cfg.token_key!r})")
+        self._take_token(custom, authed, "extraHeaders key")
         call_id = f"{msg.call_id}:{msg.stream_id}" if cfg.stream_in_call_id else msg.call_id
         meta = call_metadata(self.name, msg.call_id, stream_id=msg.stream_id, custom=custom)
         if msg.account_id:

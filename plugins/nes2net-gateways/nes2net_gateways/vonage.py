@@ -19,7 +19,6 @@ from pydantic import Field, SecretStr
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosedOK
 
-from nes2net_gateways._auth import secret_equal
 from nes2net_gateways._common import (
     QueryTokenGateway,
     call_metadata,
@@ -27,7 +26,6 @@ from nes2net_gateways._common import (
     parse_json_object,
     pump_audio,
     remote_of,
-    serve_ws_call,
     ws_receive,
 )
 from nes2net_stream.gateways.api import CallHandle, GatewayConfig
@@ -97,19 +95,11 @@ class VonageGateway(QueryTokenGateway):
     transport = "websocket"
     Config = VonageConfig
 
-    async def serve_websocket(self, conn: ServerConnection) -> None:
-        """Serve one Vonage call leg."""
-        authed = self._query_authed(conn)
-        await serve_ws_call(self, conn, lambda handle: self._stream(conn, handle, authed))
-
     def _start(self, handle: CallHandle, first: VonageConnected, remote: str | None,
                authed: bool) -> None:
         cfg: VonageConfig = self.config  # type: ignore[assignment]
         headers = dict(first.headers)
-        given = headers.pop(cfg.token_key, None)  # never published
-        if not authed and not (isinstance(given, str) and secret_equal(given, self._token)):
-            raise ProtocolError("unauthorized", "missing or invalid token (URI query or NCCO "
-                                f"header {cfg.token_key!r})")
+        self._take_token(headers, authed, "NCCO header")
         provider_id = next((headers[k] for k in cfg.call_id_keys
                             if isinstance(headers.get(k), str) and headers[k]), None)
         call_id = provider_id or f"vonage-{uuid.uuid4()}"
