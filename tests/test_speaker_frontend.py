@@ -55,6 +55,17 @@ def test_features_shape_and_gain_invariance():
     assert torch.isfinite(silent).all()
 
 
+def test_lstm_keeps_float32_under_autocast():
+    """The service's bf16 autocast does not reach the frozen recurrent layers."""
+    fe = SpeakerFrontend(SMALL).eval()
+    x = torch.randn(2, 16000) * 0.05
+    with torch.no_grad():
+        ref = fe(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = fe(x)
+    assert got.dtype == torch.float32 and torch.equal(got, ref)
+
+
 def test_loaded_layers_reproduce_the_stacked_encoder(tmp_path):
     path, lstm = ge2e_file(tmp_path)
     fe = SpeakerFrontend(SMALL)

@@ -107,8 +107,16 @@ class SpeakerFrontend(nn.Module):
         return torch.einsum("bft,fn->btn", power, self.mel.float())
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """Compute (B, D, frames) features of (B, S) float waveforms."""
-        h = self.mel_frames(wave).to(self.window.dtype)
+        """Compute (B, D, frames) features of (B, S) float waveforms.
+
+        Autocast is off inside: the frozen LSTM runs in its weights' dtype (float32 unless the
+        whole model was cast), never in a lower precision picked per op (the service's CUDA
+        default, bf16 autocast, would otherwise hand the recurrent cells bf16 inputs).
+        """
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            return self._features(self.mel_frames(wave).to(self.window.dtype))
+
+    def _features(self, h: torch.Tensor) -> torch.Tensor:
         if self.cfg.layer:
             for lstm in self.layers[:self.cfg.layer]:
                 h, _ = lstm(h)
