@@ -2,8 +2,11 @@
 # Rebuild the bundled demo model from scratch, offline:
 #   demo corpus -> training (with dev calibration) -> evaluation on the held-out eval split
 #   -> bundle in nes2net_stream/assets/demo-model with its model card.
-# Takes about 70 minutes on 2 CPU cores (three teachers and the distilled model, about 16
-# minutes each, then the evaluations; plus about 5 for the corpus).
+# The recipe (since nes2net-demo-ge2e-v3): the demo recipe on the frozen GE2E speaker
+# encoder's second layer (RECIPE + SPEAKER of scripts/demo_recipe.sh; docs/training.md, "A
+# frozen speaker encoder as front-end"); it needs the Resemblyzer package's encoder weights
+# (`make corpus-extras`), which the bundle then carries. About 25 minutes on 2 CPU cores (12
+# for the training, the rest evaluations; plus about 6 for the corpus).
 # Paths can be overridden with CORPUS, RUN and SEED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,26 +16,17 @@ CORPUS=${CORPUS:-corpus/demo}
 RUN=${RUN:-runs/demo-model}
 SEED=${SEED:-0}
 OUT=nes2net_stream/assets/demo-model
-MODEL_ID=${MODEL_ID:-nes2net-demo-logspec-v2}
+MODEL_ID=${MODEL_ID:-nes2net-demo-ge2e-v3}
 
 if [ ! -f "$CORPUS/corpus.json" ]; then
   "$PY" -m nes2net_stream data build-demo "$CORPUS" --seed "$SEED" --jobs 2 --no-progress
 fi
 
-source scripts/demo_recipe.sh  # RECIPE, DISTILL
-# three teachers: the same recipe with seeds 0, 1 and 2; the bundled model is distilled from
-# their averaged scores (docs/training.md, "Distilling the three seeds into one model")
-TEACHERS=()
-for t in 0 1 2; do
-  if [ ! -f "$RUN-teacher-s$t/model/config.json" ]; then
-    "$PY" -m nes2net_stream train --database "$CORPUS" --run-dir "$RUN-teacher-s$t" \
-      --out "$RUN-teacher-s$t/model" --model-id "$MODEL_ID-teacher-s$t" "${RECIPE[@]}" --seed "$t"
-  fi
-  TEACHERS+=(--teacher "$RUN-teacher-s$t/model")
-done
-"$PY" -m nes2net_stream train --database "$CORPUS" --run-dir "$RUN" --out "$RUN/model" \
-  --model-id "$MODEL_ID" "${RECIPE[@]}" "${TEACHERS[@]}" "${DISTILL[@]}" \
-  --seed "$SEED"
+source scripts/demo_recipe.sh  # RECIPE, SPEAKER
+if [ ! -f "$RUN/model/config.json" ]; then
+  "$PY" -m nes2net_stream train --database "$CORPUS" --run-dir "$RUN" --out "$RUN/model" \
+    --model-id "$MODEL_ID" "${RECIPE[@]}" "${SPEAKER[@]}" --seed "$SEED"
+fi
 
 for mode in 4s windows; do
   "$PY" -m nes2net_stream eval --model "$RUN/model" --database "$CORPUS" --split eval \

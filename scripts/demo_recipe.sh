@@ -1,7 +1,8 @@
 # The bundled demo model's training recipe, sourced by scripts/build_demo_model.sh and the
 # experiments that compare against it (scripts/exp_*.sh), so that all of them train the same.
-# RECIPE: the `train` options of one run; DISTILL: what the distilled model adds to them
-# (with one --teacher per teacher bundle; docs/training.md).
+# RECIPE: the `train` options of one run; DISTILL: what the distilled model (up to -v2) added
+# to them (with one --teacher per teacher bundle); SPEAKER: what the bundled model adds to them
+# (docs/training.md).
 # shellcheck disable=SC2034  # used by the scripts that source this file
 RECIPE=(--augment-config scripts/demo_augment.json
   --spectral-kind logspec --n-features 256 --n-fft 1024 --win-length 512
@@ -9,6 +10,12 @@ RECIPE=(--augment-config scripts/demo_augment.json
   --epochs 18 --batch-size 32 --lr 2e-3 --average-best 5 --num-workers 2 --no-progress)
 # shellcheck disable=SC2034
 DISTILL=(--distill-weight 0.5 --distill-temperature 2.0)
+# SPEAKER: what the bundled model (since nes2net-demo-ge2e-v3) adds to RECIPE: the frozen GE2E
+# speaker encoder's second layer as front-end, the smallest Nes2Net-X with attentive statistics
+# pooling and strong weight decay (variant S4 of scripts/exp_speaker_frontend.sh; training.md)
+# shellcheck disable=SC2034
+SPEAKER=(--frontend speaker --speaker-layer 2 --pooling astp --outer-ratio 2 --inner-ratio 2
+  --weight-decay 0.01)
 
 # train_run RUN-DIR DATABASE MODEL-ID SEED [more train options, e.g. --teacher ...]: one run
 # of the recipe with "$PY", skipped when RUN-DIR already holds its model

