@@ -243,8 +243,8 @@ def check_call_id(value: Any, what: str = "call id") -> str:
 
 
 def call_metadata(provider: str, call_id: str | None, *, stream_id: str | None = None,
-                  ani: Any = None, dnis: Any = None, custom: Mapping[str, Any] | None = None
-                  ) -> dict[str, Any]:
+                  ani: Any = None, dnis: Any = None, custom: Mapping[str, Any] | None = None,
+                  account_id: str | None = None) -> dict[str, Any]:
     """The documented ``metadata`` shape (docs/gateways/README.md), omitting absent keys."""
     meta: dict[str, Any] = {"provider": provider}
     if call_id is not None:
@@ -257,6 +257,8 @@ def call_metadata(provider: str, call_id: str | None, *, stream_id: str | None =
         meta["dnis"] = dnis
     if custom:
         meta["custom"] = dict(custom)
+    if account_id:
+        meta["account_id"] = account_id
     return meta
 
 

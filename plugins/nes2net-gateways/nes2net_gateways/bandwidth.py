@@ -170,9 +170,8 @@ class BandwidthGateway(QueryTokenGateway):
         call_id = f"{msg.call_id}:{msg.stream_id}" if cfg.stream_in_call_id else msg.call_id
         if msg.stream_name and msg.stream_name != msg.stream_id:
             custom.setdefault("streamName", msg.stream_name)
-        meta = call_metadata(self.name, msg.call_id, stream_id=msg.stream_id, custom=custom)
-        if msg.account_id:
-            meta["account_id"] = msg.account_id
+        meta = call_metadata(self.name, msg.call_id, stream_id=msg.stream_id, custom=custom,
+                             account_id=msg.account_id)
         if cfg.customer_track not in msg.tracks:
             self.log.warning("the customer's track is not streamed", tracks=list(msg.tracks),
                              customer_track=cfg.customer_track, call_id=call_id)

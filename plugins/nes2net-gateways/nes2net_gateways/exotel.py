@@ -218,9 +218,8 @@ class ExotelGateway(Gateway):
             rate = 8000
         call_id = f"{msg.call_sid}:{msg.stream_sid}" if cfg.stream_in_call_id else msg.call_sid
         meta = call_metadata(self.name, msg.call_sid, stream_id=msg.stream_sid,
-                             ani=msg.caller, dnis=msg.called, custom=msg.custom)
-        if msg.account_sid:
-            meta["account_id"] = msg.account_sid
+                             ani=msg.caller, dnis=msg.called, custom=msg.custom,
+                             account_id=msg.account_sid)
         handle.start(call_start(self, call_id=call_id, encoding=msg.encoding, sample_rate=rate,
                                 channels=(cfg.customer_role, AGENT_ROLE), metadata=meta,
                                 remote=remote_of(conn)))

@@ -180,9 +180,8 @@ class PlivoGateway(QueryTokenGateway):
         custom = dict(msg.extra_headers)
         self._take_token(custom, authed, "extraHeaders key")
         call_id = f"{msg.call_id}:{msg.stream_id}" if cfg.stream_in_call_id else msg.call_id
-        meta = call_metadata(self.name, msg.call_id, stream_id=msg.stream_id, custom=custom)
-        if msg.account_id:
-            meta["account_id"] = msg.account_id
+        meta = call_metadata(self.name, msg.call_id, stream_id=msg.stream_id, custom=custom,
+                             account_id=msg.account_id)
         encoding = msg.encoding
         if encoding == "l16":
             encoding = "pcm_s16le" if cfg.l16_byte_order == "le" else "pcm_s16be"

@@ -282,9 +282,8 @@ class TelnyxGateway(Gateway):
         call_id = f"{msg.call_control_id}:{msg.stream_id}" if cfg.stream_in_call_id \
             else msg.call_control_id
         meta = call_metadata(self.name, msg.call_control_id, stream_id=msg.stream_id,
-                             ani=msg.ani, dnis=msg.dnis, custom=msg.custom)
-        if msg.account_id:
-            meta["account_id"] = msg.account_id
+                             ani=msg.ani, dnis=msg.dnis, custom=msg.custom,
+                             account_id=msg.account_id)
         encoding = msg.encoding
         if encoding == "l16":
             encoding = "pcm_s16be" if cfg.l16_byte_order == "be" else "pcm_s16le"

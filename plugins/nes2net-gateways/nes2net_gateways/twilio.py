@@ -328,9 +328,7 @@ class TwilioGateway(Gateway):
         cfg: TwilioConfig = self.config  # type: ignore[assignment]
         call_id = f"{msg.call_sid}:{msg.stream_sid}" if cfg.stream_in_call_id else msg.call_sid
         meta = call_metadata(self.name, msg.call_sid, stream_id=msg.stream_sid,
-                             custom=msg.custom)
-        if msg.account_sid:
-            meta["account_id"] = msg.account_sid
+                             custom=msg.custom, account_id=msg.account_sid)
         if cfg.customer_track not in msg.tracks:
             self.log.warning("the customer's track is not streamed", tracks=list(msg.tracks),
                              customer_track=cfg.customer_track, call_id=call_id)
