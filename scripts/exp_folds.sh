@@ -4,7 +4,7 @@
 # the eval speakers and scores the other half; the two halves' score files, pooled, cover the
 # eval split once, every trial scored by a model that never heard its speaker.
 #   NAME   run-directory prefix (default S4)
-#   EXTRA  `train` options added to the demo recipe (default: S4 of exp_speaker_frontend.sh)
+#   EXTRA  `train` options added to the demo recipe (default: SPEAKER, the bundled model's)
 #   SEEDS  seeds to run (default 0)
 #   CONDS  conditions to score (default the `4s` crop and speech `windows`)
 #   ONLY   train and score one fold only (0 or 1, e.g. to run the folds in parallel); the
@@ -17,9 +17,9 @@ CORPUS=${CORPUS:-corpus/demo}
 EXP=${EXP:-runs/exp-folds}
 FOLDS_DIR=${FOLDS_DIR:-runs/exp-speakers}
 NAME=${NAME:-S4}
-EXTRA=${EXTRA:-"--frontend speaker --speaker-layer 2 --pooling astp --outer-ratio 2 --inner-ratio 2 --weight-decay 0.01"}
 SEEDS=${SEEDS:-0}
-source scripts/demo_recipe.sh  # RECIPE, train_run, CONDITIONS, eval_conditions
+source scripts/demo_recipe.sh  # RECIPE, SPEAKER, train_run, CONDITIONS, eval_conditions
+EXTRA=${EXTRA:-"${SPEAKER[*]}"}
 read -r -a CONDITIONS <<<"${CONDS:-}"
 [ ${#CONDITIONS[@]} -gt 0 ] || CONDITIONS=("4s" "windows")
 read -r -a extra <<<"$EXTRA"

@@ -27,7 +27,7 @@ options() {  # variant -> extra train options
     S) echo "--frontend speaker" ;;
     S2) echo "--frontend speaker --speaker-layer 2 --pooling astp" ;;
     S3) echo "--frontend speaker --speaker-layer 2 --pooling astp --no-augment" ;;
-    S4) echo "--frontend speaker --speaker-layer 2 --pooling astp --outer-ratio 2 --inner-ratio 2 --weight-decay 0.01" ;;
+    S4) echo "${SPEAKER[*]}" ;;  # the bundled model's recipe since -ge2e-v3
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
