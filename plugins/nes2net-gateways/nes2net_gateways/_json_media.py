@@ -61,6 +61,19 @@ def feed_track(handle: CallHandle, config: Any, track: str, payload: bytes,
     guard.check(handle)
 
 
+def stream_call_id(config: Any, call_id: str, stream_id: str) -> str:
+    """``<call id>:<stream id>`` with ``stream_in_call_id``, else the provider's call id."""
+    return f"{call_id}:{stream_id}" if config.stream_in_call_id else call_id
+
+
+def warn_untracked_customer(gateway: Gateway, tracks: tuple[str, ...], call_id: str) -> None:
+    """Log when a stream's ``start`` does not list the configured customer track."""
+    wanted = gateway.config.customer_track  # type: ignore[attr-defined]
+    if wanted not in tracks:
+        gateway.log.warning("the customer's track is not streamed", tracks=list(tracks),
+                            customer_track=wanted, call_id=call_id)
+
+
 def log_sequence(gateway: Gateway, handle: CallHandle, seq: SequenceTracker) -> None:
     """Log sequence-number gaps and late or duplicate messages of a call, if any."""
     if seq.gaps or seq.late:

@@ -26,7 +26,13 @@ from nes2net_gateways._common import (
     parse_json_object,
     remote_of,
 )
-from nes2net_gateways._json_media import json_object, json_uint, serve_tracks
+from nes2net_gateways._json_media import (
+    json_object,
+    json_uint,
+    serve_tracks,
+    stream_call_id,
+    warn_untracked_customer,
+)
 from nes2net_stream.gateways.api import CallHandle, GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
@@ -167,14 +173,12 @@ class BandwidthGateway(QueryTokenGateway):
         cfg: BandwidthConfig = self.config  # type: ignore[assignment]
         custom = dict(msg.params)
         self._take_token(custom, authed, "<StreamParam> named")
-        call_id = f"{msg.call_id}:{msg.stream_id}" if cfg.stream_in_call_id else msg.call_id
+        call_id = stream_call_id(cfg, msg.call_id, msg.stream_id)
         if msg.stream_name and msg.stream_name != msg.stream_id:
             custom.setdefault("streamName", msg.stream_name)
         meta = call_metadata(self.name, msg.call_id, stream_id=msg.stream_id, custom=custom,
                              account_id=msg.account_id)
-        if cfg.customer_track not in msg.tracks:
-            self.log.warning("the customer's track is not streamed", tracks=list(msg.tracks),
-                             customer_track=cfg.customer_track, call_id=call_id)
+        warn_untracked_customer(self, msg.tracks, call_id)
         handle.start(call_start(self, call_id=call_id, encoding="mulaw", sample_rate=8000,
                                 channels=(cfg.customer_role, AGENT_ROLE), metadata=meta,
                                 remote=remote))

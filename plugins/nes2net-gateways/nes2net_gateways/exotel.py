@@ -38,6 +38,7 @@ from nes2net_gateways._json_media import (
     json_object,
     json_uint,
     serve_tracks,
+    stream_call_id,
 )
 from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
 from nes2net_stream.service.errors import ProtocolError
@@ -216,7 +217,7 @@ class ExotelGateway(Gateway):
             rate = next((r for r in RATES if str(r) == given), RATES[0])
         if msg.encoding == "mulaw":
             rate = 8000
-        call_id = f"{msg.call_sid}:{msg.stream_sid}" if cfg.stream_in_call_id else msg.call_sid
+        call_id = stream_call_id(cfg, msg.call_sid, msg.stream_sid)
         meta = call_metadata(self.name, msg.call_sid, stream_id=msg.stream_sid,
                              ani=msg.caller, dnis=msg.called, custom=msg.custom,
                              account_id=msg.account_sid)

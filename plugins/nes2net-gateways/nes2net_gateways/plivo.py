@@ -29,6 +29,7 @@ from nes2net_gateways._json_media import (
     json_object,
     json_uint,
     serve_tracks,
+    stream_call_id,
 )
 from nes2net_stream.gateways.api import CallHandle, GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
@@ -179,7 +180,7 @@ class PlivoGateway(QueryTokenGateway):
         cfg: PlivoConfig = self.config  # type: ignore[assignment]
         custom = dict(msg.extra_headers)
         self._take_token(custom, authed, "extraHeaders key")
-        call_id = f"{msg.call_id}:{msg.stream_id}" if cfg.stream_in_call_id else msg.call_id
+        call_id = stream_call_id(cfg, msg.call_id, msg.stream_id)
         meta = call_metadata(self.name, msg.call_id, stream_id=msg.stream_id, custom=custom,
                              account_id=msg.account_id)
         encoding = msg.encoding

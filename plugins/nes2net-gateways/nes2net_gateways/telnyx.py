@@ -37,6 +37,7 @@ from nes2net_gateways._json_media import (
     json_messages,
     json_object,
     json_uint,
+    stream_call_id,
 )
 from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
 from nes2net_stream.service.errors import ProtocolError
@@ -279,8 +280,7 @@ class TelnyxGateway(Gateway):
 
     def _start(self, handle: CallHandle, msg: TelnyxStart, remote: str | None) -> str:
         cfg: TelnyxConfig = self.config  # type: ignore[assignment]
-        call_id = f"{msg.call_control_id}:{msg.stream_id}" if cfg.stream_in_call_id \
-            else msg.call_control_id
+        call_id = stream_call_id(cfg, msg.call_control_id, msg.stream_id)
         meta = call_metadata(self.name, msg.call_control_id, stream_id=msg.stream_id,
                              ani=msg.ani, dnis=msg.dnis, custom=msg.custom,
                              account_id=msg.account_id)

@@ -35,6 +35,8 @@ from nes2net_gateways._json_media import (
     json_object,
     json_uint,
     serve_tracks,
+    stream_call_id,
+    warn_untracked_customer,
 )
 from nes2net_stream.errors import ConfigError
 from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
@@ -326,12 +328,10 @@ class TwilioGateway(Gateway):
 
     def _start(self, handle: CallHandle, msg: TwilioStart, remote: str | None) -> None:
         cfg: TwilioConfig = self.config  # type: ignore[assignment]
-        call_id = f"{msg.call_sid}:{msg.stream_sid}" if cfg.stream_in_call_id else msg.call_sid
+        call_id = stream_call_id(cfg, msg.call_sid, msg.stream_sid)
         meta = call_metadata(self.name, msg.call_sid, stream_id=msg.stream_sid,
                              custom=msg.custom, account_id=msg.account_sid)
-        if cfg.customer_track not in msg.tracks:
-            self.log.warning("the customer's track is not streamed", tracks=list(msg.tracks),
-                             customer_track=cfg.customer_track, call_id=call_id)
+        warn_untracked_customer(self, msg.tracks, call_id)
         handle.start(call_start(self, call_id=call_id, encoding=self._encoding(msg),
                                 sample_rate=msg.sample_rate, channels=self._roles(),
                                 metadata=meta, remote=remote))
