@@ -216,7 +216,7 @@ def _load_dir(folder: Path, device: str | torch.device) -> Detector:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{folder / WEIGHTS}: unreadable weights ({exc})") from exc
-    load_state_strict(detector, state, str(folder))
+    load_state_strict(detector, detector.compatible_state(state), str(folder))
     return detector.to(device).eval()
 
 

@@ -45,8 +45,8 @@ def frontend_summary(front: dict) -> str:
                 f"{front['hidden_size']} units, on {front['n_mels']} mel bands, "
                 f"{front['n_fft'] / 16:g} ms window / {front['hop_length'] / 16:g} ms hop; "
                 f"weights: {front['source']}), "
-                + (f"layer {front['layer']}'s states" if front.get("layer")
-                   else "its layers mixed by learnt weights"))
+                + (f"layer {front['layer']}'s states (the layers above it are neither computed "
+                   "nor stored)" if front.get("layer") else "its layers mixed by learnt weights"))
     return (f"spectral front-end ({front['kind']}, {front['n_features']} linear-frequency bins "
             f"up to {front['max_freq_hz']:.0f} Hz, {front['win_length'] / 16:g} ms window / "
             f"{front['hop_length'] / 16:g} ms hop)")

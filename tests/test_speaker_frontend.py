@@ -229,12 +229,58 @@ def test_single_layer_option(tmp_path):
     x = torch.randn(1, 8000) * 0.1
     with torch.no_grad():
         h = fe.mel_frames(x)
-        for layer in fe.layers[:2]:
-            h, _ = layer(h)
-        assert torch.allclose(fe(x), h.transpose(1, 2))
+        for i in range(2):  # the file's first two layers, stacked
+            h, _ = lstm_layer(lstm, i)(h)
+        assert torch.allclose(fe(x), h.transpose(1, 2), atol=1e-6)
+    assert len(fe.layers) == 2  # the third is neither built nor stored
+    assert not any(k.startswith("layers.2.") for k in fe.state_dict())
     assert fe.head_parameters() == [] and not fe.layer_logits.requires_grad
     det = Detector(cfg, BackendConfig(input_dim=16, outer_ratio=4, inner_ratio=2, se_ratio=2))
     groups = _param_groups(det, TrainConfig(lr=1e-2))
     assert not any(p is det.frontend.layer_logits for g in groups for p in g["params"])
     with pytest.raises(BundleError, match="layer must be"):
         frontend_from_dict({"type": "speaker", "layer": 4})
+
+
+def lstm_layer(lstm: torch.nn.LSTM, i: int) -> torch.nn.LSTM:
+    """Layer ``i`` of a stacked LSTM as a one-layer LSTM."""
+    one = torch.nn.LSTM(lstm.input_size if i == 0 else lstm.hidden_size, lstm.hidden_size, 1,
+                        batch_first=True)
+    one.load_state_dict({k[:-1] + "0": v for k, v in lstm.state_dict().items()
+                         if k.endswith(f"_l{i}")})
+    return one
+
+
+def test_bundle_storing_unused_layers_still_loads(tmp_path):
+    """A layer-k bundle written when every encoder layer was stored loads to the same scores."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from nes2net_stream.bundle import _sha256
+
+    path, lstm = ge2e_file(tmp_path)
+    cfg = SpeakerEncoderConfig(hidden_size=16, layer=2)
+    det = Detector(cfg, BackendConfig(input_dim=16, outer_ratio=4, inner_ratio=2, se_ratio=2))
+    det.frontend.load_encoder(read_ge2e_weights(path))
+    bundle = save_model(det.eval(), tmp_path / "bundle")
+    weights = bundle / "model.safetensors"
+    state = load_file(str(weights))
+    third = lstm_layer(lstm, 2).state_dict()
+    state.update({f"frontend.layers.2.{k}": v for k, v in third.items()})
+    save_file(state, str(weights), metadata={"format": "nes2net-stream-bundle"})
+    config = json.loads((bundle / "config.json").read_text())
+    config["sha256"]["model.safetensors"] = _sha256(weights)
+    (bundle / "config.json").write_text(json.dumps(config))
+    again = load_model(bundle)
+    assert len(again.frontend.layers) == 2
+    wave = torch.randn(2, 16000) * 0.1
+    with torch.no_grad():
+        assert torch.equal(det(wave), again(wave))
+    # a tensor the network never had is still refused
+    state["frontend.extra"] = torch.zeros(1)
+    save_file(state, str(weights), metadata={"format": "nes2net-stream-bundle"})
+    config["sha256"]["model.safetensors"] = _sha256(weights)
+    (bundle / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="unexpected: frontend.extra"):
+        load_model(bundle)

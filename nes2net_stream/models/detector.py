@@ -162,6 +162,11 @@ class Detector(nn.Module):
         """(B, S) float waveforms at 16 kHz -> (B, n_logits) logits."""
         return self.backend(self.frontend(wave))
 
+    def compatible_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A stored state dict adapted to this network (tensors older bundles kept unused)."""
+        fn = getattr(self.frontend, "compatible_state", None)
+        return fn(state, "frontend.") if fn is not None else state
+
     def conv_geometry(self) -> Any:
         """The front-end's reusable convolutional geometry (see ``ConvGeometry``), or None."""
         fn = getattr(self.frontend, "conv_geometry", None)

@@ -72,10 +72,11 @@ class SpeakerFrontend(nn.Module):
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
         self.register_buffer("mel", slaney_mel_filterbank(cfg.n_mels, cfg.n_fft),
                              persistent=False)
+        # with one layer chosen, the layers above it are neither computed nor stored
         self.layers = nn.ModuleList(
             nn.LSTM(cfg.n_mels if i == 0 else cfg.hidden_size, cfg.hidden_size, 1,
                     batch_first=True)
-            for i in range(cfg.num_layers))
+            for i in range(cfg.layer or cfg.num_layers))
         for p in self.layers.parameters():
             p.requires_grad_(False)
         self.layer_logits = nn.Parameter(torch.zeros(cfg.num_layers),
@@ -118,7 +119,7 @@ class SpeakerFrontend(nn.Module):
 
     def _features(self, h: torch.Tensor) -> torch.Tensor:
         if self.cfg.layer:
-            for lstm in self.layers[:self.cfg.layer]:
+            for lstm in self.layers:
                 h, _ = lstm(h)
             return h.transpose(1, 2)
         mix = self.layer_weights().to(h.dtype)
@@ -129,8 +130,19 @@ class SpeakerFrontend(nn.Module):
         assert out is not None
         return out.transpose(1, 2)
 
+    def compatible_state(self, state: dict[str, torch.Tensor],
+                         prefix: str) -> dict[str, torch.Tensor]:
+        """``state`` without the layers this front-end does not build.
+
+        Bundles written before only the used layers were stored (``nes2net-demo-ge2e-v3`` as
+        first released) hold every layer of the encoder; the unused ones are dropped on load.
+        """
+        built = len(self.layers)
+        unused = tuple(f"{prefix}layers.{i}." for i in range(built, self.cfg.num_layers))
+        return {k: v for k, v in state.items() if not k.startswith(unused)} if unused else state
+
     def load_encoder(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy a GE2E LSTM state (``lstm.weight_ih_l0`` ... keys) into the layers."""
+        """Copy a GE2E LSTM state (``lstm.weight_ih_l0`` ... keys) into the built layers."""
         for i, lstm in enumerate(self.layers):
             for name, param in lstm.named_parameters():
                 key = f"lstm.{name[:-1]}{i}"  # weight_ih_l0 of layer i <- lstm.weight_ih_l<i>

@@ -218,7 +218,7 @@ class Trainer:
             return 1
         last = self.history[-1].epoch
         ckpt = load_checkpoint(self._ckpt(last))
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(self.model.compatible_state(ckpt["model"]))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler"):
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -331,7 +331,8 @@ class Trainer:
             self.log(f"epoch {epoch}: train loss {train_loss:.4f}  dev loss {dev_loss:.4f}  "
                      f"dev EER {100 * dev_eer:.2f}%  ({result.seconds:.0f} s)")
         best = self.best_epochs()
-        states = [load_checkpoint(self._ckpt(e))["model"] for e in best]
+        states = [self.model.compatible_state(load_checkpoint(self._ckpt(e))["model"])
+                  for e in best]
         self.model.load_state_dict(average_state_dicts(states))
         if self.cfg.bn_recalibration_batches:
             self.recalibrate_batchnorm(self.cfg.bn_recalibration_batches)
