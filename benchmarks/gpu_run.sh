@@ -58,10 +58,13 @@ step() {
   tail -3 "$OUT/$name.log"
 }
 
+# the bundled demo model (GE2E LSTM front-end) on CUDA as the service runs it, against the CPU
+DEMO_CUDA_TEST=tests/test_speaker_frontend.py::test_bundled_model_on_cuda_in_bf16_matches_the_cpu
+
 cuda_tests() {
   step cuda_tests 80 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py \
     tests/test_engine_pipeline.py tests/test_feature_cache.py tests/test_checkpoints.py \
-    tests/test_conv_gemm.py tests/test_pos_conv_fft.py
+    tests/test_conv_gemm.py tests/test_pos_conv_fft.py "$DEMO_CUDA_TEST"
 }
 
 # the engine with the feature cache: the best earlier configuration, the service's defaults,
@@ -131,7 +134,8 @@ profile_batch() {
 norms_tests() {
   step cuda_tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_fused_norms.py \
     tests/test_conv_gemm.py tests/test_fused_layers.py tests/test_feature_cache.py \
-    tests/test_pos_conv_fft.py tests/test_engine_pipeline.py tests/test_service_exit.py
+    tests/test_pos_conv_fft.py tests/test_engine_pipeline.py tests/test_service_exit.py \
+    "$DEMO_CUDA_TEST"
 }
 
 norms_engine() {

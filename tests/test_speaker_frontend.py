@@ -66,6 +66,44 @@ def test_lstm_keeps_float32_under_autocast():
     assert got.dtype == torch.float32 and torch.equal(got, ref)
 
 
+def test_a_cast_of_the_model_leaves_the_encoder_in_float32():
+    """The service's default bf16 cast (dtype_mode = "weights"): the encoder keeps its exact
+    float32 weights, the back-end is cast, features come out in the waveform's dtype."""
+    det = small_detector().eval()
+    weights = {k: v.clone() for k, v in det.frontend.layers.state_dict().items()}
+    x = torch.randn(2, 16000) * 0.05
+    with torch.no_grad():
+        ref = det.frontend(x.bfloat16().float())
+        det.to(torch.bfloat16)
+        assert all(torch.equal(v, weights[k])
+                   for k, v in det.frontend.layers.state_dict().items())
+        assert next(det.backend.parameters()).dtype == torch.bfloat16
+        got = det.frontend(x.bfloat16())
+        assert got.dtype == torch.bfloat16 and torch.equal(got, ref.bfloat16())
+        assert det(x.bfloat16()).dtype == torch.bfloat16
+        det.float()
+        assert torch.equal(det.frontend(x.bfloat16().float()), ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bundled_model_on_cuda_in_bf16_matches_the_cpu():
+    """The bundled demo model as the service runs it on a GPU (whole model cast to bf16, the
+    speaker encoder kept in float32) scores the sample calls' windows like the CPU."""
+    from nes2net_stream.audio.io import load_audio
+    from nes2net_stream.demo import sample_path
+
+    cpu = load_model("builtin:demo")
+    gpu = load_model("builtin:demo", device="cuda").to(torch.bfloat16)
+    for name in ("human_call.wav", "synthetic_call.wav"):
+        wave = torch.from_numpy(load_audio(sample_path(name)).samples)
+        windows = wave[: wave.numel() // 16_000 * 16_000].unfold(0, 64_000, 16_000)
+        with torch.no_grad():
+            ref = cpu.score(windows).llr
+            got = gpu.score(windows.to("cuda", torch.bfloat16)).llr.float().cpu()
+        assert (got - ref).abs().max() < 0.25, name
+        assert ((got > 0) == (ref > 0)).float().mean() > 0.9, name
+
+
 def test_loaded_layers_reproduce_the_stacked_encoder(tmp_path):
     path, lstm = ge2e_file(tmp_path)
     fe = SpeakerFrontend(SMALL)

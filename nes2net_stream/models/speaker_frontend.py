@@ -108,14 +108,42 @@ class SpeakerFrontend(nn.Module):
         return torch.einsum("bft,fn->btn", power, self.mel.float())
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """Compute (B, D, frames) features of (B, S) float waveforms.
+        """Compute (B, D, frames) features of (B, S) float waveforms, in the waveform's dtype.
 
-        Autocast is off inside: the frozen LSTM runs in its weights' dtype (float32 unless the
-        whole model was cast), never in a lower precision picked per op (the service's CUDA
-        default, bf16 autocast, would otherwise hand the recurrent cells bf16 inputs).
+        The frozen encoder always runs in float32: autocast is off inside (the service's
+        CUDA autocast would hand the recurrent cells bf16 inputs) and a cast of the whole
+        model (the service's default ``dtype_mode = "weights"``) leaves its layers in float32
+        (:meth:`_apply`); only its output takes the waveform's dtype for the back-end. A
+        recurrent state carried through 400 steps in bf16 would drift from what the model
+        was trained on.
         """
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            return self._features(self.mel_frames(wave).to(self.window.dtype))
+            out = self._features(self.mel_frames(wave))
+        return out.to(wave.dtype) if wave.is_floating_point() else out
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module's signature)
+        """Apply ``fn`` (a device move or cast), keeping the encoder in float32.
+
+        Dtype casts leave the LSTM weights, the analysis window and the filterbank as they were
+        (cast there and back, they would be rounded to the lower precision).
+        """
+        before = {id(p): p.data for p in self.layers.parameters()}
+        buffers = {"window": self.window, "mel": self.mel}
+        super()._apply(fn, recurse)
+        for name, old in buffers.items():
+            now = getattr(self, name)
+            if now.dtype != old.dtype:
+                setattr(self, name, old.to(now.device))
+        cast = False
+        for p in self.layers.parameters():
+            old = before.get(id(p))
+            if old is not None and p.dtype != old.dtype:
+                p.data = old.to(p.device)
+                cast = True
+        if cast:
+            for lstm in self.layers:
+                lstm.flatten_parameters()  # one contiguous block again for cuDNN
+        return self
 
     def _features(self, h: torch.Tensor) -> torch.Tensor:
         if self.cfg.layer:
