@@ -63,6 +63,10 @@ class CallStart:
         score_channels: roles whose audio is scored (``caller`` by default).
         source: provider/transport information.
         metadata: provider ids (call SID, ANI/DNIS...) and free client metadata.
+        open_on_audio: scored roles whose channel opens with its first audio rather than at
+            the start (a party who may never be heard, e.g. a third conference participant):
+            until then it has no state and gets no summary; once open, its clock starts at
+            the call's audio position, so its window times are call times.
     """
 
     call_id: str
@@ -72,6 +76,7 @@ class CallStart:
     score_channels: frozenset[str]
     source: Source
     metadata: dict[str, Any] = field(default_factory=dict)
+    open_on_audio: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

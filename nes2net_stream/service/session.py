@@ -100,13 +100,18 @@ class CallSession:
         picked = pick_calibration(ctx.calibrations, ctx.calibration_key, start.source.gateway,
                                   start.metadata)
         self.calibration_name, self.calibration = picked if picked else (None, None)
-        alerts = ctx.alerts if self.calibration is None else dataclasses.replace(
+        self._alerts = ctx.alerts if self.calibration is None else dataclasses.replace(
             ctx.alerts, spoof_prior=self.calibration.spoof_prior)
+        #: scored roles whose channel opens with its first audio: role -> interleaved index
+        self._unopened: dict[str, int] = {}
+        self._gaps_s = 0.0  # seconds of the provider's audio reported missing (discontinuity)
         for i, role in enumerate(start.channels):
-            if role in start.score_channels:
-                self._channels[role] = _Channel(
-                    role, i, ChannelPipeline(start.sample_rate, ctx.vad, ctx.windows),
-                    ChannelPolicy(alerts))
+            if role not in start.score_channels:
+                continue
+            if role in start.open_on_audio:
+                self._unopened[role] = i
+            else:
+                self._channels[role] = self._new_channel(role, i)
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._consumer = asyncio.create_task(self._consume(), name=f"call-{start.call_id}")
         self.audio_seconds = 0.0
@@ -143,10 +148,28 @@ class CallSession:
                 self.ctx.publisher.channel_opened(
                     self._event("state", ch, {"running": self._running(ch)}))
 
+    def _new_channel(self, role: str, index: int) -> _Channel:
+        start = self.start
+        return _Channel(role, index, ChannelPipeline(start.sample_rate, self.ctx.vad,
+                                                     self.ctx.windows),
+                        ChannelPolicy(self._alerts))
+
+    def _open(self, role: str) -> _Channel:
+        """Open a channel of ``open_on_audio`` at its first audio, on the call's clock."""
+        ch = self._new_channel(role, self._unopened.pop(role))
+        at = self.audio_seconds + self._gaps_s
+        ch.pipeline.advance(at)
+        self._channels[role] = ch
+        self.log.info("channel opened", role=role, at_s=round(at, 3))
+        if self.ctx.publisher.journaling:  # from now on the process owes it a summary
+            self.ctx.publisher.channel_opened(
+                self._event("state", ch, {"running": self._running(ch)}))
+        return ch
+
     @property
     def scored_roles(self) -> list[str]:
-        """Roles being scored."""
-        return list(self._channels)
+        """Roles scored (those of ``open_on_audio`` included, opened or not)."""
+        return [r for r in self.start.channels if r in self._channels or r in self._unopened]
 
     def feed(self, chunk: AudioChunk) -> None:
         """Decode and process audio; raises AudioFormatError on malformed bytes."""
@@ -156,6 +179,10 @@ class CallSession:
         n_channels = 1 if chunk.channel is not None else len(self.start.channels)
         frames = decode(chunk.data, self.start.encoding, n_channels)
         seconds = frames.shape[0] / self.start.sample_rate
+        if self._unopened:  # opened at the call's position before this chunk
+            for role in ([chunk.channel] if chunk.channel is not None else list(self._unopened)):
+                if role in self._unopened:  # interleaved audio opens every channel
+                    self._open(role)
         if chunk.channel is None or chunk.channel == self.start.channels[0]:
             self.audio_seconds += seconds
             self._audio_unreported += seconds
@@ -177,6 +204,7 @@ class CallSession:
         """A gap of ``gap_s`` seconds in the provider's audio (pause, discard, packet loss)."""
         if self.ended is not None:
             return
+        self._gaps_s += max(0.0, gap_s)
         for ch in self._channels.values():
             self._flush(ch, time.monotonic())
             ch.pipeline.advance(gap_s)

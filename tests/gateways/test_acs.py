@@ -119,15 +119,52 @@ async def test_customer_named_in_url(make_service, redis_client):
     assert got == pytest.approx(ref, abs=1e-4)
 
 
+async def test_third_participant_opens_its_channel_when_heard(make_service, redis_client):
+    """A supervisor joining 3 s in gets a channel of its own from then on, on the call's clock;
+    the fourth role, never heard, gets no summary."""
+    svc = await service(make_service, score_agent=True)
+    rate = 16000
+    x, y, z = (speech(s, rate, seed=k) for s, k in ((8.0, 11), (8.0, 12), (5.0, 13)))
+    caller, agent, third = (audio_msgs(x, rate, CUSTOMER), audio_msgs(y, rate, AGENT),
+                            audio_msgs(z, rate, "8:orgid:supervisor"))
+    msgs = [metadata_msg(rate)]
+    for i, pair in enumerate(zip(caller, agent, strict=True)):
+        msgs.extend(pair)
+        if i >= 150 and i - 150 < len(third):  # from 3 s on (20 ms packets)
+            msgs.append(third[i - 150])
+    await play(ws_url(svc, PATH), msgs, headers=HEADERS, close=True)
+    call_id = f"{CONNECTION}:{SUBSCRIPTION}"
+    await summaries(redis_client, call_id, n=3)
+    await asyncio.sleep(0.3)  # no fourth summary follows
+    found = await summaries(redis_client, call_id, n=3)
+    assert sorted(d["channel"] for d in found) == ["agent", "caller", "participant_3"]
+    s3 = next(d for d in found if d["channel"] == "participant_3")
+    assert s3["metadata"]["custom"]["participants"]["participant_3"] == "8:orgid:supervisor"
+    assert s3["summary"]["windows_scored"] >= 1
+    assert s3["summary"]["duration_s"] == pytest.approx(8.0, abs=0.05)  # 3 s + its 5 s
+    # its windows score like the same audio over the generic protocol, at call times
+    ref = await reference_scores(svc, z, rate)
+    got = await window_scores(redis_client, call_id, channel="participant_3")
+    assert got == pytest.approx(ref, abs=1e-4)
+    windows = [json.loads(f["event"]) for _, f in redis_client.xrange("nes2net:scores")]
+    starts = [d["window"]["start_s"] for d in windows
+              if d["call_id"] == call_id and d["channel"] == "participant_3"]
+    assert starts and min(starts) >= 3.0 - 0.05
+
+
 def test_participant_channels():
     p = ParticipantChannels("caller", ["4:"], None)
     assert p.channel_of("8:acs:a") == ("agent", True)
     assert p.channel_of("8:acs:a") == ("agent", False)
     assert p.channel_of("4:+1555") == ("caller", True)
-    assert p.channel_of("4:+1666") == (None, False)  # a third party (a second number)
-    assert p.channel_of("28:bot") == (None, False) and p.dropped == 2
-    assert p.channel_of("28:bot") == (None, False) and p.dropped == 2
+    assert p.channel_of("4:+1666") == ("participant_3", True)  # a second number
+    assert p.channel_of("8:orgid:sup") == ("participant_4", True)
+    assert p.channel_of("28:bot") == (None, False) and p.dropped == 1  # a fifth
+    assert p.channel_of("28:bot") == (None, False) and p.dropped == 1
     assert p.metadata["ani"] == "+1555"
+    assert p.metadata["custom"]["participants"] == {
+        "agent": "8:acs:a", "caller": "4:+1555", "participant_3": "4:+1666",
+        "participant_4": "8:orgid:sup"}
     with pytest.raises(ProtocolError, match="mixed and unmixed"):
         p.channel_of(None)
     m = ParticipantChannels("caller", ["4:"], None)

@@ -263,9 +263,11 @@ def call_metadata(provider: str, call_id: str | None, *, stream_id: str | None =
 
 
 def call_start(gateway: Gateway, *, call_id: str, encoding: str, sample_rate: int,
-               channels: tuple[str, ...], metadata: dict[str, Any], remote: str | None
-               ) -> CallStart:
+               channels: tuple[str, ...], metadata: dict[str, Any], remote: str | None,
+               open_on_audio: frozenset[str] = frozenset()) -> CallStart:
     """Build a :class:`CallStart` for a gateway call (roles scored per its config).
+
+    ``open_on_audio``: roles whose channels open at their first audio (see CallStart).
 
     Raises ProtocolError for a bad call id, an unusable sample rate or oversized metadata.
     """
@@ -278,7 +280,8 @@ def call_start(gateway: Gateway, *, call_id: str, encoding: str, sample_rate: in
     return CallStart(call_id=call_id, encoding=encoding,  # type: ignore[arg-type]
                      sample_rate=sample_rate, channels=channels,
                      score_channels=score_roles(gateway.config, channels),
-                     source=Source("gateway", gateway.name, remote), metadata=metadata)
+                     source=Source("gateway", gateway.name, remote), metadata=metadata,
+                     open_on_audio=open_on_audio)
 
 
 class SequenceTracker:

@@ -32,7 +32,7 @@ from nes2net_gateways._common import (
     serve_ws_call,
 )
 from nes2net_gateways._json_media import json_messages, json_object
-from nes2net_gateways.acs_participants import ParticipantChannels
+from nes2net_gateways.acs_participants import LATE_ROLES, ParticipantChannels
 from nes2net_gateways.jwks import (
     JwksKeys,
     JwtVerifier,
@@ -249,7 +249,7 @@ class AcsGateway(Gateway):
                              custom=custom)
         handle.start(call_start(self, call_id=call_id, encoding="pcm_s16le",
                                 sample_rate=msg.sample_rate, channels=roles, metadata=meta,
-                                remote=remote_of(conn)))
+                                remote=remote_of(conn), open_on_audio=LATE_ROLES))
         return meta
 
     async def _stream(self, conn: ServerConnection, handle: CallHandle) -> CallEnd:
@@ -271,7 +271,7 @@ class AcsGateway(Gateway):
                 if changed:
                     handle.update_metadata(parties.metadata)
                 if channel is None:
-                    continue  # a third party: counted, logged when the stream ends
+                    continue  # a fifth party: counted, logged when the stream ends
                 if msg.payload:
                     feed(handle, msg.payload, channel)
                     guard.check(handle)

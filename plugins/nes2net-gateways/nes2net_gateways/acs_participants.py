@@ -5,7 +5,9 @@ An *unmixed* stream carries up to four participants' audio, each ``AudioData`` n
 ``8:orgid:...`` a Teams user, ``28:...`` a bot). One channel holds one voice: the customer
 (the participant the URL's ``customer`` parameter names, else the first whose raw id starts
 with one of ``customer_id_prefixes``) gets the customer role, the first other participant
-heard ``agent``; a third (a supervisor, a consulted party) is not scored. A *mixed*
+heard ``agent``, a third and a fourth (a supervisor, a consulted party) ``participant_3`` and
+``participant_4``: channels opened only when such a participant is heard
+(``CallStart.open_on_audio``), so a two-party call has no summaries for them. A *mixed*
 stream (no participant) is one mix of everyone, scored as the customer with
 ``metadata.mixed``.
 """
@@ -16,7 +18,10 @@ from typing import Any
 
 from nes2net_stream.service.errors import ProtocolError
 
-OTHER_ROLES = ("agent",)
+#: roles of the participants other than the customer, in the order they are first heard
+OTHER_ROLES = ("agent", "participant_3", "participant_4")
+#: roles whose channels open at their first audio (a party who may never be heard)
+LATE_ROLES = frozenset({"participant_3", "participant_4"})
 PSTN_PREFIX = "4:"
 
 
@@ -26,7 +31,7 @@ class ParticipantChannels:
     Attributes:
         roles: every channel role of the call, the customer's first.
         metadata: the call's metadata (set at the start; updated as participants appear).
-        dropped: participants heard after every channel was taken.
+        dropped: participants heard after every channel was taken (more than four).
         unknown_kinds: message kinds seen that the gateway does not know.
     """
 

@@ -1,0 +1,91 @@
+"""Channels opened at their first audio (``CallStart.open_on_audio``): a party who may never
+be heard gets no state and no summary until it is, then a channel on the call's clock."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from helpers import tone_bursts
+
+from nes2net_stream.audio.io import float_to_pcm16
+from nes2net_stream.service.alert_journal import describe, worker_dirs
+from nes2net_stream.service.events import AudioChunk, CallEnd, CallStart, Source
+
+
+def start(call_id: str, **kw) -> CallStart:
+    return CallStart(call_id=call_id, encoding="pcm_s16le", sample_rate=8000,
+                     channels=("caller", "agent", "third"),
+                     score_channels=frozenset({"caller", "agent", "third"}),
+                     source=Source("gateway", "test"), **kw)
+
+
+def pcm(x: np.ndarray) -> bytes:
+    return float_to_pcm16(x).tobytes()
+
+
+async def feed(session, audio: dict[str, np.ndarray], seconds: float, *, gap_at: float = -1.0,
+               gap_s: float = 0.0, third_from: float | None = None) -> None:
+    """Per-channel 20 ms packets; ``third`` only from ``third_from`` seconds on."""
+    step = 160
+    for i in range(int(seconds * 8000) // step):
+        t = i * step / 8000
+        if gap_at >= 0 and abs(t - gap_at) < 1e-9:
+            session.discontinuity(gap_s)
+        for role, x in audio.items():
+            if role == "third" and (third_from is None or t < third_from):
+                continue
+            offset = i * step - (int(third_from * 8000) if role == "third" and third_from else 0)
+            session.feed(AudioChunk(pcm(x[offset:offset + step]), channel=role))
+        if i % 50 == 0:
+            await asyncio.sleep(0)
+
+
+@pytest.fixture
+def audio():
+    return {role: tone_bursts(12.0, 8000, seed=k)
+            for k, role in enumerate(("caller", "agent", "third"))}
+
+
+async def test_a_party_never_heard_has_no_summary(make_service, audio):
+    svc = await make_service()
+    events = []
+    session = svc.ctx.open_call(start("two-party", open_on_audio=frozenset({"third"})),
+                                sink=events.append)
+    assert session.scored_roles == ["caller", "agent", "third"]
+    await feed(session, {k: audio[k] for k in ("caller", "agent")}, 6.0)
+    summaries = await svc.ctx.end_call(session, CallEnd())
+    assert sorted(s.channel for s in summaries) == ["agent", "caller"]
+    assert all(e.channel != "third" for e in events)
+
+
+async def test_a_late_party_is_scored_on_the_call_clock(make_service, redis_server, audio,
+                                                        tmp_path):
+    journal = tmp_path / "journal"
+    svc = await make_service(redis={"alert_journal_dir": str(journal)})
+    session = svc.ctx.open_call(start("late", open_on_audio=frozenset({"third"})))
+    # 1 s of the provider's audio missing at 2 s; the third party speaks from 4 s
+    await feed(session, audio, 9.0, gap_at=2.0, gap_s=1.0, third_from=4.0)
+    await asyncio.sleep(0.2)
+    (wdir,) = worker_dirs(journal).values()
+    assert ["late", "third"] in describe(wdir)["open_calls"]  # a lost summary is owed now
+    summaries = {s.channel: s.to_dict() for s in await svc.ctx.end_call(session, CallEnd())}
+    assert set(summaries) == {"caller", "agent", "third"}
+    third = summaries["third"]["summary"]
+    # opened at 4 s of audio plus the 1 s gap; its own 5 s of audio after that
+    assert third["duration_s"] == pytest.approx(10.0, abs=0.03)
+    assert third["windows_scored"] >= 1
+    assert summaries["caller"]["summary"]["duration_s"] == pytest.approx(10.0, abs=0.03)
+
+
+async def test_interleaved_audio_opens_every_such_channel_at_once(make_service, audio):
+    svc = await make_service()
+    events = []
+    session = svc.ctx.open_call(start("interleaved", open_on_audio=frozenset({"third"})),
+                                sink=events.append)
+    frames = np.stack([audio["caller"], audio["agent"], audio["third"]], axis=1)[:5 * 8000]
+    for block in np.array_split(frames, 25):
+        session.feed(AudioChunk(pcm(block.reshape(-1))))
+        await asyncio.sleep(0)
+    summaries = await svc.ctx.end_call(session, CallEnd())
+    assert sorted(s.channel for s in summaries) == ["agent", "caller", "third"]
+    assert {s.to_dict()["summary"]["duration_s"] for s in summaries} == {5.0}
