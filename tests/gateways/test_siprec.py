@@ -337,6 +337,50 @@ async def test_a_transfer_in_a_reinvite_changes_the_participants_of_later_events
     assert dnis == sorted(dnis)  # one switch, from the old agent to the new
 
 
+async def test_a_stream_added_by_a_reinvite_is_scored_on_a_spare_channel(make_service,
+                                                                        redis_client):
+    """A third participant joins (a conference): the re-INVITE adds a stream, answered with a
+    port of its own; it is scored as ``agent2`` from its first packet, on the call's clock,
+    and the metadata names it. A stream added in another codec stays rejected (port 0)."""
+    svc = await service(make_service, score_agent=True)
+    d = new_dialog()
+    packets = rtp_packets(encode_samples(real_speech(seconds=9.0), "mulaw"))
+    third = rtp_packets(encode_samples(real_speech("synthetic_call.wav", 5.0), "mulaw"))
+    labels = ("1", "2", "3")
+    aors = ("sip:+15551230001@carrier.example", "sip:+18005550100@pbx.example",
+            "sip:+18005550177@pbx.example")
+    pcma_only = ("m=audio 49180 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=label:4\r\n"
+                 "a=sendonly\r\n")
+    async with SiprecClient(svc.sip_port) as src:
+        assert (await src.invite(d)).status == 200
+        assert len(d.ports) == 2
+        await asyncio.gather(*(send_rtp(p, packets[:200]) for p in d.ports))  # 4 s each
+        await asyncio.sleep(0.2)
+        d.cseq += 1
+        src.send(src.invite_text(d, sdp=sdp_offer(labels=labels) + pcma_only,
+                                 metadata=rs_metadata(labels, aors)))
+        resp = await src.final(d)
+        assert resp.status == 200
+        ports = [m.port for m in parse_sdp(resp.body.decode()).media]
+        assert ports[:2] == d.ports and ports[2] > 0 and ports[3] == 0
+        src.send(src.request("ACK", d))
+        await asyncio.gather(*(send_rtp(p, packets[200:]) for p in ports[:2]),
+                             send_rtp(ports[2], third))
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    found = await summaries(redis_client, d.call_id, n=3)
+    assert sorted(s["channel"] for s in found) == ["agent", "agent2", "caller"]
+    added = next(s for s in found if s["channel"] == "agent2")
+    assert added["metadata"]["custom"]["participants"]["agent2"] == aors[2]
+    assert added["metadata"]["custom"]["labels"]["agent2"] == "3"
+    assert added["summary"]["windows_scored"] >= 1
+    await window_scores(redis_client, d.call_id, channel="agent2")
+    starts = [w["window"]["start_s"] for w in (json.loads(f["event"]) for _, f in
+                                               redis_client.xrange("nes2net:scores"))
+              if w["call_id"] == d.call_id and w["channel"] == "agent2"]
+    assert starts and min(starts) >= 4.0 - 0.05  # its audio began 4 s into the call
+
+
 async def test_a_reinvite_can_move_the_media_sender(make_service, redis_client):
     """An SBC pair fails over: the re-INVITE names a new media address, accepted from then on
     (before it, packets from there are foreign)."""

@@ -14,7 +14,13 @@ from nes2net_gateways.sip_message import SipError
 from nes2net_gateways.sip_sdp import parse_sdp
 from nes2net_gateways.siprec_call import role_names
 from nes2net_gateways.siprec_metadata import parse_rs_metadata
-from nes2net_gateways.siprec_offer import call_id_for, call_info, customer_label, plan_offer
+from nes2net_gateways.siprec_offer import (
+    call_id_for,
+    call_info,
+    customer_label,
+    plan_added,
+    plan_offer,
+)
 from siprec_client import rs_metadata, sdp_offer
 
 
@@ -154,6 +160,23 @@ def test_offer_planning_raises_only_sip_errors(lines):
     except SipError:
         return
     assert 1 <= len(plan.streams) <= 3 and 0 <= plan.customer < len(plan.streams)
+    known = {sp.index for sp in plan.streams}
+    added = plan_added(parse_sdp(text), plan, known, room=2)  # a re-offer of the same SDP
+    assert len(added) <= 2 and not known & {sp.index for sp in added}
+    assert all(sp.rtpmap.encoding == plan.codec for sp in added)
+
+
+def test_added_streams_join_in_the_sessions_codec_only():
+    plan = plan_offer(parse_sdp(sdp_offer()), codecs=["PCMU", "PCMA"], max_streams=4)
+    re_offer = parse_sdp(sdp_offer(labels=("1", "2", "3", "4", "5")) +
+                         "m=audio 4000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+                         "m=audio 4002 RTP/AVP 96\r\na=rtpmap:96 PCMU/16000\r\n"
+                         "m=audio 0 RTP/AVP 0\r\n")
+    added = plan_added(re_offer, plan, {0, 1}, room=2)
+    assert [(sp.index, sp.label, sp.payload_type) for sp in added] == [(2, "3", 0), (3, "4", 0)]
+    assert [sp.index for sp in plan_added(re_offer, plan, {0, 1}, room=9)] == [2, 3, 4]
+    assert plan_added(re_offer, plan, {0, 1}, room=0) == ()
+    assert plan_added(parse_sdp(sdp_offer()), plan, {0, 1}, room=2) == ()  # a refresh
 
 
 def test_wideband_plans_use_the_decoded_rate():

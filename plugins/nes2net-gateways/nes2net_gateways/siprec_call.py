@@ -2,7 +2,8 @@
 
 A :class:`RecordingCall` is created for an accepted INVITE. It binds one RTP port per
 recorded stream, starts the internal call (one channel per stream: the customer's role for
-the customer's stream, ``agent``, ``agent2``, ... for the others), answers, and then runs
+the customer's stream, ``agent``, ``agent2``, ... for the others, and spare channels up to
+``max_streams`` that streams added by a re-offer take, opened when heard), answers, and then runs
 until the recording client sends BYE or the call ends here (timeout, limit, bad input,
 shutdown), in which case the gateway sends BYE itself. The summary is published either way.
 """
@@ -38,6 +39,7 @@ from nes2net_stream.service.ratelimit import TokenBucket
 if TYPE_CHECKING:
     from nes2net_gateways.siprec import SiprecGateway
     from nes2net_gateways.siprec_metadata import RecordingMetadata
+    from nes2net_gateways.siprec_offer import OfferPlan
 
 T1, T2, TIMER_B = 0.5, 4.0, 32.0  # RFC 3261 retransmission timers (seconds)
 TICK_S = 0.5
@@ -109,6 +111,8 @@ class RecordingCall(CallTask):
         self.invite_key = transaction_key(invite)
         self.streams: list[MediaStream] = []
         self.encoding, self.sample_rate = "mulaw", 8000  # of the internal call (the plan's)
+        #: the recorded streams' plan (streams a re-offer added appended; None before a bind)
+        self.plan: OfferPlan | None = None
         #: the recording metadata as last updated (re-INVITE/UPDATE), if the client sent any
         self.metadata: RecordingMetadata | None = None
         #: the event metadata of this call for given recording metadata (set at the start)

@@ -9,6 +9,7 @@ pause/resume, metadata update) gets an answer with the ports already in use.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import secrets
 import time
@@ -35,9 +36,11 @@ from nes2net_gateways.siprec_call import (
 from nes2net_gateways.siprec_metadata import RecordingMetadata, parse_rs_metadata
 from nes2net_gateways.siprec_offer import (
     OfferPlan,
+    StreamPlan,
     call_id_for,
     call_info,
     customer_label,
+    plan_added,
     plan_offer,
 )
 from nes2net_gateways.srtp import SrtpReceiver, answer_crypto
@@ -190,18 +193,11 @@ class InviteHandler:
         gw, cfg = self.gw, self.gw.cfg
         roles = role_names(cfg.customer_role, len(plan.streams), plan.customer)
         for role, sp in zip(roles, plan.streams, strict=True):
-            call.streams.append(MediaStream(
-                role, sp.index, sp.label, None,
-                RtpReceiver(sp.payload_type, sp.rtpmap.clock_rate,
-                            CODECS[sp.rtpmap.encoding].decoder(sp.rtpmap.clock_rate)),
-                srtp=SrtpReceiver(sp.crypto) if sp.crypto is not None else None,
-                scored=False))
+            call.streams.append(_media_stream(role, sp))
         call.update_media(offer)  # senders' addresses, paused streams
         try:
             for stream in call.streams:
-                stream.port = await bind_rtp_port(
-                    cfg.host, cfg.rtp_port_min, cfg.rtp_port_max,
-                    lambda d, a, s=stream: call.on_datagram(s, d, a))
+                await self._bind_port(call, stream)
         except OSError as exc:
             close_ports([s.port for s in call.streams if s.port is not None])
             gw.log.error("no RTP port for a recording session", error=str(exc))
@@ -210,26 +206,92 @@ class InviteHandler:
             return False
         call.accepted = [None] * len(offer.media)
         for stream, sp in zip(call.streams, plan.streams, strict=True):
-            assert stream.port is not None
-            crypto = answer_crypto(sp.crypto) if sp.crypto is not None else None
-            call.accepted[sp.index] = AcceptedStream(stream.port.port, sp.payload_type,
-                                                     sp.rtpmap, sp.telephone_event, crypto)
+            call.accepted[sp.index] = _accepted(stream, sp)
         sip_call_id = msg.call_id
-        call.describe = lambda meta: call_info(sip_call_id, plan, roles, meta)
+        call.plan = plan  # streams added by a re-offer are appended to it and to call.streams
+        call.describe = lambda meta: call_info(sip_call_id, call.plan,  # type: ignore[arg-type]
+                                               [s.role for s in call.streams], meta)
         call.encoding, call.sample_rate = plan.encoding, plan.sample_rate
         return True
+
+    async def _bind_port(self, call: RecordingCall, stream: MediaStream) -> None:
+        """Bind an RTP port for ``stream`` (OSError: none free)."""
+        cfg = self.gw.cfg
+        stream.port = await bind_rtp_port(cfg.host, cfg.rtp_port_min, cfg.rtp_port_max,
+                                          lambda d, a, s=stream: call.on_datagram(s, d, a))
+
+    # ------------------------------------------------------------------ added streams
+    def _added(self, call: RecordingCall, offer: SessionDescription) -> tuple[StreamPlan, ...]:
+        """Streams of a re-offer that join the running call (a conference participant)."""
+        session = call.handle.session
+        if session is None or call.plan is None:
+            return ()
+        taken = {s.role for s in call.streams}
+        room = sum(1 for r in session.start.channels if r not in taken)
+        return plan_added(offer, call.plan, {s.index for s in call.streams}, room=room,
+                          srtp=self.gw.srtp_mode)
+
+    async def _add_streams(self, msg: SipMessage, peer: Peer, call: RecordingCall,
+                           offer: SessionDescription, added: tuple[StreamPlan, ...]) -> None:
+        """Record the streams a re-offer adds, each on a spare channel, then answer."""
+        gw = self.gw
+        try:
+            session = call.handle.session
+            assert session is not None and call.plan is not None
+            taken = {s.role for s in call.streams}
+            spare = [r for r in session.start.channels if r not in taken]
+            scored = set(session.scored_roles)
+            new: list[tuple[MediaStream, StreamPlan]] = []
+            for role, sp in zip(spare, added, strict=False):
+                stream = _media_stream(role, sp, scored=role in scored)
+                try:
+                    await self._bind_port(call, stream)
+                except OSError as exc:  # that stream stays rejected; the call goes on
+                    call.log.warning("no RTP port for an added stream", label=sp.label,
+                                     error=str(exc))
+                    continue
+                new.append((stream, sp))
+            if call.end is not None:  # ended (BYE) while the ports were bound
+                close_ports([s.port for s, _ in new if s.port is not None])
+                gw.reply(msg, peer, 481, warning="the recording session has ended")
+                return
+            call.accepted += [None] * (len(offer.media) - len(call.accepted))
+            for stream, sp in new:
+                call.streams.append(stream)
+                call.accepted[sp.index] = _accepted(stream, sp)
+            if new:
+                call.plan = dataclasses.replace(
+                    call.plan, streams=call.plan.streams + tuple(sp for _, sp in new))
+                call.update_media(offer)
+                call.handle.update_metadata(call.describe(call.metadata))
+                call.log.info("streams added to the recording", call_id=call.handle.call_id,
+                              streams={s.role: s.label for s, _ in new})
+            else:
+                call.update_media(offer)
+            self._answer_update(msg, peer, call, offer)
+        except Exception as exc:  # never leave the client without a final answer
+            gw.log.exception("SIPREC added streams failed", error=repr(exc))
+            gw.reply(msg, peer, 500)
+        finally:
+            call.pending = None
 
     def _start_call(self, call: RecordingCall) -> ProtocolError | None:
         """Start the internal call of ``call``'s streams (the error that refused it)."""
         gw = self.gw
         roles = [s.role for s in call.streams]
+        # channels for streams a re-offer may add (up to max_streams): opened when heard
+        customer = call.plan.customer if call.plan is not None else 0
+        spare = tuple(r for r in role_names(gw.cfg.customer_role,
+                                            max(gw.cfg.max_streams, len(roles)), customer)
+                      if r not in roles)
         try:
             call.handle.start(call_start(
                 gw, call_id=call_id_for(call.sip_call_id), encoding=call.encoding,
                 sample_rate=call.sample_rate,
-                channels=_customer_first(roles, gw.cfg.customer_role),
+                channels=_customer_first(roles, gw.cfg.customer_role) + spare,
                 metadata=call.describe(call.metadata),
-                remote=f"{call.peer.addr[0]}:{call.peer.addr[1]}"))
+                remote=f"{call.peer.addr[0]}:{call.peer.addr[1]}",
+                open_on_audio=frozenset(spare)))
         except ProtocolError as err:
             return err
         scored = set(call.handle.session.scored_roles) if call.handle.session else set()
@@ -321,6 +383,13 @@ class InviteHandler:
                     gw.reply(msg, peer, 100)
                 gw.spawn(self._restart(msg, peer, call, offer, plan))
                 return
+        added = self._added(call, offer)
+        if added:  # ports to bind first: answered when they are
+            call.pending = key
+            if msg.method == "INVITE":
+                gw.reply(msg, peer, 100)
+            gw.spawn(self._add_streams(msg, peer, call, offer, added))
+            return
         call.update_media(offer)
         self._answer_update(msg, peer, call, offer)
 
@@ -330,6 +399,23 @@ class InviteHandler:
         if msg.method == "INVITE":  # a 2xx to a re-INVITE is retransmitted until ACK too
             call.invite_key = transaction_key(msg)
             call.answered(data)
+
+
+def _media_stream(role: str, sp: StreamPlan, *, scored: bool = False) -> MediaStream:
+    """The receiving side of one planned stream (its port bound later)."""
+    return MediaStream(role, sp.index, sp.label, None,
+                       RtpReceiver(sp.payload_type, sp.rtpmap.clock_rate,
+                                   CODECS[sp.rtpmap.encoding].decoder(sp.rtpmap.clock_rate)),
+                       srtp=SrtpReceiver(sp.crypto) if sp.crypto is not None else None,
+                       scored=scored)
+
+
+def _accepted(stream: MediaStream, sp: StreamPlan) -> AcceptedStream:
+    """What the answer says of a recorded stream: its port, codec and SDES key."""
+    assert stream.port is not None
+    crypto = answer_crypto(sp.crypto) if sp.crypto is not None else None
+    return AcceptedStream(stream.port.port, sp.payload_type, sp.rtpmap, sp.telephone_event,
+                          crypto)
 
 
 def _customer_first(roles: list[str], customer: str) -> tuple[str, ...]:

@@ -118,6 +118,28 @@ def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams:
     return OfferPlan(codec.encoding, codec.rate(rate), tuple(plans), chosen.index(wanted), best)
 
 
+def plan_added(offer: SessionDescription, plan: OfferPlan, known: set[int], *, room: int,
+               srtp: str = "off") -> tuple[StreamPlan, ...]:
+    """Streams a re-offer adds to a running session that can join it (at most ``room``).
+
+    An added stream (an m= line at an index not in ``known``, e.g. a participant joining a
+    conference) is recordable as in :func:`plan_offer` and must offer the session's codec at
+    its clock rate: one call has one audio format. The others stay rejected (port 0).
+    """
+    rate = plan.streams[0].rtpmap.clock_rate
+    added: list[StreamPlan] = []
+    for i, media in enumerate(offer.media):
+        if len(added) >= room or i in known or not _recordable(media, srtp):
+            continue
+        found = _codec_of(media, plan.codec)
+        if found is None or found[1].clock_rate != rate:
+            continue
+        crypto = pick_crypto(media.crypto) if media.proto.upper() in SECURE_RTP else None
+        added.append(StreamPlan(i, found[0], found[1], _telephone_event(media, rate),
+                                media.label, crypto))
+    return tuple(added)
+
+
 def customer_label(offer: SessionDescription, metadata: RecordingMetadata | None,
                    label: str = "", aor: re.Pattern[str] | None = None) -> str:
     """The ``a=label`` of the customer's stream ("": the first stream).
