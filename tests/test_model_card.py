@@ -80,7 +80,7 @@ def test_architecture_line_names_either_front_end():
     assert "GE2E speaker encoder (3-layer LSTM, 256 units, on 40 mel bands" in speaker
     assert "weights: w.pt), its layers mixed by learnt weights" in speaker
     one = card.frontend_summary(frontend_to_dict(SpeakerEncoderConfig(layer=2)))
-    assert one.endswith("layer 2's states")
+    assert one.endswith("layer 2's states (the layers above it are neither computed nor stored)")
     spectral = card.frontend_summary(frontend_to_dict(SpectralConfig(kind="logspec",
                                                                      n_features=256)))
     assert spectral.startswith("spectral front-end (logspec, 256 linear-frequency bins")
