@@ -152,6 +152,23 @@ async def test_third_participant_opens_its_channel_when_heard(make_service, redi
     assert starts and min(starts) >= 3.0 - 0.05
 
 
+async def test_a_fifth_participant_and_unknown_kinds_are_counted(make_service, redis_client):
+    svc = await service(make_service, score_agent=True)
+    rate = 16000
+    ids = [CUSTOMER, AGENT, "8:orgid:a", "8:orgid:b", "28:bot"]
+    msgs = [metadata_msg(rate)]
+    for k, who in enumerate(ids):
+        msgs += audio_msgs(speech(1.0, rate, seed=20 + k), rate, who)
+    msgs.append(json.dumps({"kind": "SomethingNew", "somethingNew": {}}))
+    await play(ws_url(svc, PATH), msgs, headers=HEADERS, close=True)
+    found = await summaries(redis_client, f"{CONNECTION}:{SUBSCRIPTION}", n=4)
+    assert sorted(s["channel"] for s in found) == ["agent", "caller", "participant_3",
+                                                   "participant_4"]
+    value = svc.ctx.metrics.registry.get_sample_value
+    assert value("nes2net_acs_ignored_total", {"reason": "participant"}) == 1
+    assert value("nes2net_acs_ignored_total", {"reason": "unknown_kind"}) == 1
+
+
 def test_participant_channels():
     p = ParticipantChannels("caller", ["4:"], None)
     assert p.channel_of("8:acs:a") == ("agent", True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
 from pydantic import Field
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
@@ -27,6 +28,7 @@ from nes2net_gateways._common import (
     check_call_id,
     check_roles,
     feed,
+    metrics_registry,
     parse_json_object,
     remote_of,
     serve_ws_call,
@@ -168,6 +170,11 @@ class AcsGateway(Gateway):
     def __init__(self, config: GatewayConfig, ctx: Any, *, auth_required: bool):
         super().__init__(config, ctx, auth_required=auth_required)
         self._verifier: JwtVerifier | None = None
+        #: audio and messages received but not scored, by reason (no per-call labels)
+        self.ignored = Counter("nes2net_acs_ignored_total",
+                               "Call Automation input not scored: participants beyond the "
+                               "fourth (participant), message kinds not known (unknown_kind)",
+                               ["reason"], registry=metrics_registry(ctx))
 
     def check_config(self) -> None:
         """Require the audience when authentication is enforced; check the key source."""
@@ -267,16 +274,20 @@ class AcsGateway(Gateway):
             elif isinstance(msg, AcsAudio):
                 if not handle.started:
                     raise ProtocolError("audio_before_start", "AudioData before AudioMetadata")
+                dropped = parties.dropped
                 channel, changed = parties.channel_of(msg.participant)
                 if changed:
                     handle.update_metadata(parties.metadata)
-                if channel is None:
-                    continue  # a fifth party: counted, logged when the stream ends
+                if channel is None:  # a fifth party: counted, logged when the stream ends
+                    if parties.dropped > dropped:
+                        self.ignored.labels(reason="participant").inc()
+                    continue
                 if msg.payload:
                     feed(handle, msg.payload, channel)
                     guard.check(handle)
             elif msg.kind not in IGNORED_KINDS:
                 parties.unknown_kinds.add(msg.kind)
+                self.ignored.labels(reason="unknown_kind").inc()
         if parties.dropped or parties.unknown_kinds:
             self.log.warning("stream ended with audio or messages not scored",
                              call_id=handle.call_id, participants_ignored=parties.dropped,
