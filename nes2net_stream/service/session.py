@@ -145,8 +145,10 @@ class CallSession:
         """With the alert journal, record each scored channel as it stands (no alert)."""
         if self.ctx.publisher.journaling:
             for ch in self._channels.values():
-                self.ctx.publisher.channel_opened(
-                    self._event("state", ch, {"running": self._running(ch)}))
+                self._journal_channel(ch)
+
+    def _journal_channel(self, ch: _Channel) -> None:
+        self.ctx.publisher.channel_opened(self._event("state", ch, {"running": self._running(ch)}))
 
     def _new_channel(self, role: str, index: int) -> _Channel:
         start = self.start
@@ -162,8 +164,7 @@ class CallSession:
         self._channels[role] = ch
         self.log.info("channel opened", role=role, at_s=round(at, 3))
         if self.ctx.publisher.journaling:  # from now on the process owes it a summary
-            self.ctx.publisher.channel_opened(
-                self._event("state", ch, {"running": self._running(ch)}))
+            self._journal_channel(ch)
         return ch
 
     @property

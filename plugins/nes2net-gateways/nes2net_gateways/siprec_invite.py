@@ -223,13 +223,10 @@ class InviteHandler:
     # ------------------------------------------------------------------ added streams
     def _added(self, call: RecordingCall, offer: SessionDescription) -> tuple[StreamPlan, ...]:
         """Streams of a re-offer that join the running call (a conference participant)."""
-        session = call.handle.session
-        if session is None or call.plan is None:
+        if call.handle.session is None or call.plan is None:
             return ()
-        taken = {s.role for s in call.streams}
-        room = sum(1 for r in session.start.channels if r not in taken)
-        return plan_added(offer, call.plan, {s.index for s in call.streams}, room=room,
-                          srtp=self.gw.srtp_mode)
+        return plan_added(offer, call.plan, {s.index for s in call.streams},
+                          room=len(_spare_roles(call)), srtp=self.gw.srtp_mode)
 
     async def _add_streams(self, msg: SipMessage, peer: Peer, call: RecordingCall,
                            offer: SessionDescription, added: tuple[StreamPlan, ...]) -> None:
@@ -238,11 +235,9 @@ class InviteHandler:
         try:
             session = call.handle.session
             assert session is not None and call.plan is not None
-            taken = {s.role for s in call.streams}
-            spare = [r for r in session.start.channels if r not in taken]
             scored = set(session.scored_roles)
             new: list[tuple[MediaStream, StreamPlan]] = []
-            for role, sp in zip(spare, added, strict=False):
+            for role, sp in zip(_spare_roles(call), added, strict=False):
                 stream = _media_stream(role, sp, scored=role in scored)
                 try:
                     await self._bind_port(call, stream)
@@ -259,15 +254,13 @@ class InviteHandler:
             for stream, sp in new:
                 call.streams.append(stream)
                 call.accepted[sp.index] = _accepted(stream, sp)
+            call.update_media(offer)  # the new streams' senders too
             if new:
                 call.plan = dataclasses.replace(
                     call.plan, streams=call.plan.streams + tuple(sp for _, sp in new))
-                call.update_media(offer)
                 call.handle.update_metadata(call.describe(call.metadata))
                 call.log.info("streams added to the recording", call_id=call.handle.call_id,
                               streams={s.role: s.label for s, _ in new})
-            else:
-                call.update_media(offer)
             self._answer_update(msg, peer, call, offer)
         except Exception as exc:  # never leave the client without a final answer
             gw.log.exception("SIPREC added streams failed", error=repr(exc))
@@ -399,6 +392,13 @@ class InviteHandler:
         if msg.method == "INVITE":  # a 2xx to a re-INVITE is retransmitted until ACK too
             call.invite_key = transaction_key(msg)
             call.answered(data)
+
+
+def _spare_roles(call: RecordingCall) -> list[str]:
+    """The started call's channels no stream has taken yet (for streams a re-offer adds)."""
+    taken = {s.role for s in call.streams}
+    session = call.handle.session
+    return [r for r in session.start.channels if r not in taken] if session else []
 
 
 def _media_stream(role: str, sp: StreamPlan, *, scored: bool = False) -> MediaStream:
