@@ -176,7 +176,7 @@ def test_participant_channels():
     assert p.channel_of("4:+1555") == ("caller", True)
     assert p.channel_of("4:+1666") == ("participant_3", True)  # a second number
     assert p.channel_of("8:orgid:sup") == ("participant_4", True)
-    assert p.channel_of("28:bot") == (None, False) and p.dropped == 1  # a fifth
+    assert p.channel_of("28:bot") == (None, True) and p.dropped == 1  # a fifth
     assert p.channel_of("28:bot") == (None, False) and p.dropped == 1
     assert p.metadata["ani"] == "+1555"
     assert p.metadata["custom"]["participants"] == {

@@ -274,14 +274,13 @@ class AcsGateway(Gateway):
             elif isinstance(msg, AcsAudio):
                 if not handle.started:
                     raise ProtocolError("audio_before_start", "AudioData before AudioMetadata")
-                dropped = parties.dropped
-                channel, changed = parties.channel_of(msg.participant)
-                if changed:
-                    handle.update_metadata(parties.metadata)
+                channel, new = parties.channel_of(msg.participant)
                 if channel is None:  # a fifth party: counted, logged when the stream ends
-                    if parties.dropped > dropped:
+                    if new:
                         self.ignored.labels(reason="participant").inc()
                     continue
+                if new:
+                    handle.update_metadata(parties.metadata)
                 if msg.payload:
                     feed(handle, msg.payload, channel)
                     guard.check(handle)

@@ -67,7 +67,8 @@ class ParticipantChannels:
     def channel_of(self, raw_id: str | None) -> tuple[str | None, bool]:
         """The channel of a participant's audio (None: not scored) and whether it is new.
 
-        A new participant changes :attr:`metadata` (it is named in it); a mixed/unmixed mix-up
+        A new participant with a channel changes :attr:`metadata` (it is named in it); a new
+        one without (a fifth) is counted in :attr:`dropped`; a mixed/unmixed mix-up
         raises ProtocolError ``bad_message``.
         """
         if raw_id in self._assigned:
@@ -81,7 +82,7 @@ class ParticipantChannels:
         self._assigned[raw_id] = role
         if role is None:
             self.dropped += 1
-            return None, False
+            return None, True
         custom = dict(self.metadata.get("custom") or {})
         custom["participants"] = {**custom.get("participants", {}), role: raw_id}
         meta = {**self.metadata, "custom": custom}
