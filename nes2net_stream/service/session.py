@@ -180,10 +180,9 @@ class CallSession:
         n_channels = 1 if chunk.channel is not None else len(self.start.channels)
         frames = decode(chunk.data, self.start.encoding, n_channels)
         seconds = frames.shape[0] / self.start.sample_rate
-        if self._unopened:  # opened at the call's position before this chunk
-            for role in ([chunk.channel] if chunk.channel is not None else list(self._unopened)):
-                if role in self._unopened:  # interleaved audio opens every channel
-                    self._open(role)
+        # opened at the call's position before this chunk (interleaved audio opens them all)
+        for role in [r for r in self._unopened if chunk.channel in (None, r)]:
+            self._open(role)
         if chunk.channel is None or chunk.channel == self.start.channels[0]:
             self.audio_seconds += seconds
             self._audio_unreported += seconds

@@ -107,13 +107,7 @@ def plan_offer(offer: SessionDescription, *, codecs: Sequence[str], max_streams:
     others = [i for i in offered[best] if i != wanted
               and _codec_of(offer.media[i], best)[1].clock_rate == rate]  # type: ignore[index]
     chosen = sorted([wanted, *others[:max_streams - 1]])
-    plans = []
-    for i in chosen:
-        media = offer.media[i]
-        pt, rtpmap = _codec_of(media, best)  # type: ignore[misc]
-        crypto = pick_crypto(media.crypto) if media.proto.upper() in SECURE_RTP else None
-        plans.append(StreamPlan(i, pt, rtpmap, _telephone_event(media, rate), media.label,
-                                crypto))
+    plans = [_stream_plan(i, offer.media[i], best) for i in chosen]
     codec = CODECS[best]
     return OfferPlan(codec.encoding, codec.rate(rate), tuple(plans), chosen.index(wanted), best)
 
@@ -132,12 +126,17 @@ def plan_added(offer: SessionDescription, plan: OfferPlan, known: set[int], *, r
         if len(added) >= room or i in known or not _recordable(media, srtp):
             continue
         found = _codec_of(media, plan.codec)
-        if found is None or found[1].clock_rate != rate:
-            continue
-        crypto = pick_crypto(media.crypto) if media.proto.upper() in SECURE_RTP else None
-        added.append(StreamPlan(i, found[0], found[1], _telephone_event(media, rate),
-                                media.label, crypto))
+        if found is not None and found[1].clock_rate == rate:
+            added.append(_stream_plan(i, media, plan.codec))
     return tuple(added)
+
+
+def _stream_plan(index: int, media: MediaDescription, codec: str) -> StreamPlan:
+    """The plan of the ``index``-th m= line in ``codec`` (which it offers)."""
+    pt, rtpmap = _codec_of(media, codec)  # type: ignore[misc]
+    crypto = pick_crypto(media.crypto) if media.proto.upper() in SECURE_RTP else None
+    return StreamPlan(index, pt, rtpmap, _telephone_event(media, rtpmap.clock_rate),
+                      media.label, crypto)
 
 
 def customer_label(offer: SessionDescription, metadata: RecordingMetadata | None,
