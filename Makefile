@@ -11,21 +11,33 @@ TORCH_SPEC ?= torch==2.13.0
 SYSTEM_PACKAGES := redis-server sox libsox-fmt-all ffmpeg espeak-ng flite festival \
 	festvox-kallpc16k asterisk-core-sounds-en-wav asterisk-prompt-fr-armelle codec2-examples \
 	pocketsphinx-testdata alsa-utils chromium docker-compose haproxy sip-tester
+# the held-out corpus (data build-heldout): five more real voices in four languages and
+# festival's Italian, Russian and HTS voices; the tests build a small one
+HELDOUT_PACKAGES := asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav \
+	asterisk-prompt-it-menardi-wav asterisk-core-sounds-ru-wav asterisk-prompt-es-co \
+	festvox-italp16k festvox-itapc16k festvox-ru festvox-ca-ona-hts festvox-us-slt-hts
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup system-deps venv lint fuzz bench clean corpus corpus-extras demo-model \
-	docs-images
+.PHONY: demo test setup system-deps heldout-deps venv lint fuzz bench clean corpus corpus-extras \
+	corpus-heldout demo-model docs-images
 
 demo: setup
 	$(PY) -m nes2net_stream.demo
 
-test: setup
+test: setup heldout-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 setup: system-deps $(VENV)/.installed
 
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	@$(call install_debs,$(SYSTEM_PACKAGES))
+
+heldout-deps:
+	@$(call install_debs,$(HELDOUT_PACKAGES))
+
+# install_debs PACKAGES: apt-get install those of PACKAGES not installed yet
+define install_debs
+	missing=""; for p in $(1); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -34,6 +46,7 @@ system-deps:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
 
 $(VENV)/.installed: pyproject.toml plugins/nes2net-gateways/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +73,9 @@ corpus-extras: setup
 
 corpus: corpus-extras
 	$(PY) -m nes2net_stream data build-demo corpus/demo --jobs 2
+
+corpus-heldout: corpus-extras heldout-deps
+	$(PY) -m nes2net_stream data build-heldout corpus/heldout --jobs 2
 
 demo-model: corpus-extras
 	bash scripts/build_demo_model.sh

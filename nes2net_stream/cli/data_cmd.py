@@ -32,6 +32,33 @@ def build_demo(out_dir: Path, seed: int, quick: bool, jobs: int, progress: bool)
     click.echo(f"summary: {out_dir / 'corpus.json'}")
 
 
+@data.command("build-heldout")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="A tiny corpus (for tests and smoke runs).")
+@click.option("--per-speaker", type=click.IntRange(min=1), default=None,
+              help="Bona fide utterances per speaker [default: 40, quick: 3].")
+@click.option("--jobs", type=int, default=2, show_default=True, help="Worker processes.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def build_heldout(out_dir: Path, seed: int, quick: bool, per_speaker: int | None, jobs: int,
+                  progress: bool) -> None:
+    """Build the held-out eval database in OUT_DIR: new speakers, languages and synthesisers.
+
+    Five real IVR voices in French-Canadian, Italian, Russian and Spanish against espeak-ng in
+    those languages, festival's Italian, Russian and HTS voices, and WORLD resynthesis of the
+    same speakers, through the demo corpus's eval channel; only the eval split (docs/corpus.md).
+    """
+    from nes2net_stream.data.corpus.heldout import build_heldout_corpus
+
+    data = build_heldout_corpus(out_dir, seed=seed, quick=quick, jobs=jobs,
+                                per_speaker=per_speaker, progress=progress)
+    split = data["splits"]["eval"]
+    click.echo(f"held-out corpus in {out_dir}: {split['bonafide']} bona fide "
+               f"({len(split['bonafide_speakers'])} speakers), {split['spoof']} spoof "
+               f"(systems {', '.join(split['systems'])}), built in {data['build_seconds']:.0f} s")
+    click.echo(f"summary: {out_dir / 'corpus.json'}")
+
+
 @data.command("merge")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--train", "train", multiple=True, metavar="DB[:SPLIT]",

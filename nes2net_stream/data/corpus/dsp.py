@@ -55,8 +55,11 @@ def _active(db: np.ndarray) -> np.ndarray:
 def trim_bounds(x: np.ndarray, rate: int) -> tuple[int, int] | None:
     """Sample range of ``x`` without leading and trailing silence; None when all silent.
 
-    Silence is judged in the telephone band (:func:`speech_band`).
+    Silence is judged in the telephone band (:func:`speech_band`); an empty recording (one
+    ships in a Debian sounds package) counts as silent.
     """
+    if len(x) < int(rate * FRAME_S):
+        return None
     db = frame_db(speech_band(x, rate), rate)
     active = np.flatnonzero(_active(db))
     if active.size == 0 or db.max() <= TRIM_FLOOR_DB:

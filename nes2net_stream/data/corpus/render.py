@@ -20,7 +20,7 @@ from nes2net_stream.audio.io import resample, write_audio
 from nes2net_stream.data.corpus import dsp
 from nes2net_stream.data.corpus.channel import ChannelParams, apply_channel
 from nes2net_stream.data.corpus.sources import Recording, read_recording
-from nes2net_stream.data.corpus.synthesis import TTS_ENGINES, world
+from nes2net_stream.data.corpus.synthesis import TTS_ENGINES, WORLD_SYSTEMS, world
 from nes2net_stream.errors import AudioError
 
 #: A piece of a recording: (recording, first sample, end sample).
@@ -84,7 +84,7 @@ def _stream(job: UtteranceJob, workdir: Path) -> Iterator[tuple[np.ndarray, int]
         for rec, a, b in job.clips:
             x, rate = _read(rec)
             yield x[a:b], rate
-    elif job.system in ("A05", "A06"):
+    elif job.system in WORLD_SYSTEMS:
         for rec, a, b in job.clips:
             x, rate = _read(rec)
             pad = int(0.05 * rate)  # analysis context around the clip

@@ -110,7 +110,7 @@ def _first_line(cmd: list[str]) -> str:
     return lines[0].strip() if lines else ""
 
 
-def collect_versions() -> dict[str, str]:
+def collect_versions(debian: Sequence[str] = DEBIAN_PACKAGES) -> dict[str, str]:
     """Versions of the Python and Debian packages and programs used by the build."""
     versions: dict[str, str] = {}
     for dist in PYTHON_PACKAGES:
@@ -118,7 +118,7 @@ def collect_versions() -> dict[str, str]:
             versions[f"python:{dist}"] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
-    for pkg in DEBIAN_PACKAGES:
+    for pkg in debian:
         v = _first_line(["dpkg-query", "-W", "-f", "${Version}\\n", pkg])
         if v:
             versions[f"debian:{pkg}"] = v

@@ -62,6 +62,31 @@ def festival(text: str, params: dict[str, Any], workdir: Path) -> tuple[np.ndarr
     return _run(["text2wave", "-eval", setup, "-o", str(out)], out, stdin=text)
 
 
+def festival_voice(text: str, params: dict[str, Any], workdir: Path) -> tuple[np.ndarray, int]:
+    """Festival with any installed voice (held-out systems H02-H04), text in the voice's encoding.
+
+    ``params``: ``voice`` (name after ``voice_``), ``encoding`` of the text the voice's lexicon
+    reads (the Italian and Catalan voices read Latin-1, the Russian one UTF-8) and ``stretch``.
+    """
+    out = workdir / "festival.wav"
+    setup = (f"(begin (voice_{params['voice']}) "
+             f"(Parameter.set 'Duration_Stretch {float(params['stretch'])}))")
+    encoded = text.encode(str(params.get("encoding", "utf-8")), errors="replace")
+    try:
+        proc = subprocess.run(["text2wave", "-eval", setup, "-o", str(out)], input=encoded,
+                              capture_output=True, check=False, timeout=_TIMEOUT_S)
+    except FileNotFoundError as exc:
+        raise DependencyError("text2wave is not installed: apt-get install festival") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise AudioError(f"text2wave timed out after {_TIMEOUT_S:.0f} s") from exc
+    if proc.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no audio"]
+        raise AudioError(f"festival voice {params['voice']} failed: {err[0]}")
+    data, rate = sf.read(str(out), dtype="float32", always_2d=True)
+    out.unlink()
+    return data.mean(axis=1), int(rate)
+
+
 def flite(text: str, params: dict[str, Any], workdir: Path) -> tuple[np.ndarray, int]:
     """Flite synthesis: ``kal`` diphones (A03) or a clustergen voice (A07)."""
     out = workdir / "flite.wav"
@@ -188,4 +213,9 @@ def world(x: np.ndarray, rate: int, params: dict[str, Any]) -> tuple[np.ndarray,
     return y[: len(x)].astype(np.float32), rate
 
 
-TTS_ENGINES = {"A01": espeak, "A02": festival, "A03": flite, "A04": piper, "A07": flite}
+#: Engines of the text-to-speech systems: the demo corpus's A-ids, the held-out corpus's H-ids.
+TTS_ENGINES = {"A01": espeak, "A02": festival, "A03": flite, "A04": piper, "A07": flite,
+               "H01": espeak, "H02": festival_voice, "H03": festival_voice,
+               "H04": festival_voice}
+#: Systems that resynthesise real speech with WORLD (copy-synthesis and voice conversion).
+WORLD_SYSTEMS = frozenset({"A05", "A06", "H05", "H06"})
