@@ -84,3 +84,29 @@ def test_architecture_line_names_either_front_end():
     spectral = card.frontend_summary(frontend_to_dict(SpectralConfig(kind="logspec",
                                                                      n_features=256)))
     assert spectral.startswith("spectral front-end (logspec, 256 linear-frequency bins")
+
+
+def test_heldout_section_shows_this_models_runs_only(tmp_path):
+    import importlib.util
+
+    import pytest
+
+    script = REPO / "scripts" / "model_card.py"
+    spec = importlib.util.spec_from_file_location("model_card_h", script)
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    run = {"model_id": "m1", "mode": "4s", "eer": 0.195, "eer_ci95": [0.12, 0.266],
+           "per_system_eer": {"H01": 0.1138, "H03": 0.25},
+           "false_alarms": {"es": {"trials": 40, "called_spoof": 0.225},
+                            "ru": {"trials": 40, "called_spoof": 0.0}}}
+    other = {**run, "model_id": "m2", "eer": 0.3}
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"4s": run, "m2-4s": other}))
+    text = card.heldout_section(report, "m1")
+    assert "## New speakers, languages and synthesisers: the held-out corpus" in text
+    assert ("| 4s | 19.50 % (12.0-26.6 %) | 11.38 % | 25.00 % | 22 % of 40 | 0 % of 40 |"
+            in text)
+    assert "30.00 %" not in text  # another model's run is not this model's figure
+    assert card.heldout_section(None, "m1") == ""
+    with pytest.raises(SystemExit, match="no run of m3"):
+        card.heldout_section(report, "m3")
