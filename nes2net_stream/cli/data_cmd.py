@@ -38,10 +38,17 @@ def build_demo(out_dir: Path, seed: int, quick: bool, jobs: int, progress: bool)
 @click.option("--quick", is_flag=True, help="A tiny corpus (for tests and smoke runs).")
 @click.option("--per-speaker", type=click.IntRange(min=1), default=None,
               help="Bona fide utterances per speaker [default: 40, quick: 3].")
+@click.option("--speakers", default="", metavar="ID,...",
+              help="Build only these voices (and their WORLD resyntheses) [default: all].")
+@click.option("--systems", default="", metavar="ID,...",
+              help="Build only these spoofing systems, e.g. H01,H05,H06 [default: all].")
+@click.option("--channel", type=click.Choice(["eval", "train"]), default="eval",
+              show_default=True,
+              help="Channel mix: the demo eval split's (half unseen codecs) or train's.")
 @click.option("--jobs", type=int, default=2, show_default=True, help="Worker processes.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def build_heldout(out_dir: Path, seed: int, quick: bool, per_speaker: int | None, jobs: int,
-                  progress: bool) -> None:
+def build_heldout(out_dir: Path, seed: int, quick: bool, per_speaker: int | None,
+                  speakers: str, systems: str, channel: str, jobs: int, progress: bool) -> None:
     """Build the held-out eval database in OUT_DIR: new speakers, languages and synthesisers.
 
     Five real IVR voices in French-Canadian, Italian, Russian and Spanish against espeak-ng in
@@ -50,8 +57,12 @@ def build_heldout(out_dir: Path, seed: int, quick: bool, per_speaker: int | None
     """
     from nes2net_stream.data.corpus.heldout import build_heldout_corpus
 
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(n.strip() for n in text.split(",") if n.strip())
+
     data = build_heldout_corpus(out_dir, seed=seed, quick=quick, jobs=jobs,
-                                per_speaker=per_speaker, progress=progress)
+                                per_speaker=per_speaker, speakers=names(speakers),
+                                systems=names(systems), channel=channel, progress=progress)
     split = data["splits"]["eval"]
     click.echo(f"held-out corpus in {out_dir}: {split['bonafide']} bona fide "
                f"({len(split['bonafide_speakers'])} speakers), {split['spoof']} spoof "

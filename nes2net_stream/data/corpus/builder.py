@@ -36,7 +36,8 @@ QUICK_RECORDINGS = 4
 #: Checksums of every audio file of a build, ``sha256sum -c`` format.
 CHECKSUMS = "SHA256SUMS"
 _OWNED = ("ASVspoof2019_LA_train", "ASVspoof2019_LA_dev", "ASVspoof2019_LA_eval",
-          "ASVspoof2019_LA_cm_protocols", "corpus.json", "LICENSES.md", CHECKSUMS)
+          "ASVspoof2019_LA_cm_protocols", "corpus.json", "LICENSES.md", CHECKSUMS,
+          "languages.txt")
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -17,6 +17,7 @@ import json
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ PER_SPEAKER = 40
 QUICK_PER_SPEAKER = 3
 #: Spoof utterances per bona fide utterance.
 SPOOF_PER_BONAFIDE = 2.0
+#: ``UTTERANCE LANGUAGE`` lines: the language each utterance is spoken in.
+LANGUAGES = "languages.txt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,25 +184,26 @@ def _spoof(system: str, k: int, bona: list[tuple], clips: dict[str, list], seed:
     return (SPOOF, system, voice, lang, (), tuple(pools[lang].draw(rng, 20)), params, target)
 
 
-def plan_heldout(clips: dict[str, list], out_dir: Path, seed: int,
-                 per_speaker: int) -> list[tuple[Trial, UtteranceJob, str]]:
+def plan_heldout(clips: dict[str, list], out_dir: Path, seed: int, per_speaker: int,
+                 systems: Sequence[str] = tuple(SYSTEMS),
+                 channel: str = "eval") -> list[tuple[Trial, UtteranceJob, str]]:
     """Every utterance of the held-out corpus: its protocol line, render job and language."""
     bona = _bonafide(clips, seed, per_speaker)
     if not bona:
         raise DataError("no held-out bona fide speech found; check the recording packages")
     n_spoof = round(SPOOF_PER_BONAFIDE * len(bona))
-    weights = np.array([s[2] for s in SYSTEMS.values()])
+    weights = np.array([SYSTEMS[s][2] for s in systems])
     counts = np.floor(weights / weights.sum() * n_spoof).astype(int)
     counts[: n_spoof - int(counts.sum())] += 1
     pools = heldout_pools()
     rows = list(bona)
-    for system, count in zip(SYSTEMS, counts, strict=True):
+    for system, count in zip(systems, counts, strict=True):
         rows.extend(_spoof(system, k, bona, clips, seed, pools) for k in range(int(count)))
     channels = {}
     for key in (BONAFIDE, SPOOF):
         idx = [i for i, r in enumerate(rows) if r[0] == key]
         rng = np.random.default_rng(stable_seed(seed, "heldout", "channels", key))
-        channels.update(zip(idx, draw_channels("eval", len(idx), rng), strict=True))
+        channels.update(zip(idx, draw_channels(channel, len(idx), rng), strict=True))
     coded = Counter(r[3] for r in bona if r[4][0][0].source_codec)
     total = Counter(r[3] for r in bona)
     order = np.random.default_rng(stable_seed(seed, "heldout", "order")).permutation(len(rows))
@@ -232,9 +236,16 @@ def _licences(path: Path) -> None:
 
 
 def build_heldout_corpus(out_dir: Path, *, seed: int = 0, quick: bool = False, jobs: int = 2,
-                         per_speaker: int | None = None,
+                         per_speaker: int | None = None, speakers: Sequence[str] = (),
+                         systems: Sequence[str] = (), channel: str = "eval",
                          progress: bool = True) -> dict[str, Any]:
     """Build the held-out eval database in ``out_dir``; returns what ``corpus.json`` holds.
+
+    ``speakers`` and ``systems`` (default: all) build a part of it, e.g. some voices and their
+    WORLD resyntheses as training material for a model tested on the other voices; the same
+    seed draws the same choices for each system whatever else is built. ``channel`` is the
+    demo corpus split whose channel distribution is drawn: ``"eval"`` (half through codecs
+    training never saw) or ``"train"`` (G.711 and GSM only, for training material).
 
     Raises:
         DependencyError: programs, voices or recordings are missing (all listed at once).
@@ -248,10 +259,19 @@ def build_heldout_corpus(out_dir: Path, *, seed: int = 0, quick: bool = False, j
             len(problems), "\n  - ".join(problems)))
     if jobs < 1:
         raise DataError(f"jobs must be at least 1, got {jobs}")
+    voices = {s.id for s in SPEAKERS}
+    for given, known, what in ((speakers, voices, "speaker"), (systems, set(SYSTEMS), "system")):
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise DataError(f"unknown held-out {what}(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(known))}")
+    if channel not in ("train", "eval"):
+        raise DataError(f"channel must be 'train' or 'eval', got {channel!r}")
+    chosen_systems = [s for s in SYSTEMS if not systems or s in systems]
     per = per_speaker or (QUICK_PER_SPEAKER if quick else PER_SPEAKER)
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir)
-    recordings = find_heldout_recordings()
+    recordings = [r for r in find_heldout_recordings() if not speakers or r.speaker in speakers]
     if quick:  # the first recordings of each speaker are enough for a few utterances
         seen: Counter[str] = Counter()
         kept = []
@@ -262,7 +282,8 @@ def build_heldout_corpus(out_dir: Path, *, seed: int = 0, quick: bool = False, j
         recordings = kept
     analyses = _map(analyse, [AnalyseJob(r, stable_seed(seed, "analyse", r.key))
                               for r in recordings], jobs, "analysing recordings", progress)
-    planned = plan_heldout(speaker_clips(recordings, analyses), out_dir, seed, per)
+    planned = plan_heldout(speaker_clips(recordings, analyses), out_dir, seed, per,
+                           chosen_systems, channel)
     rendered = _map(render, [job for _, job, _ in planned], jobs, "rendering utterances",
                     progress)
     seconds = {utt: sec for utt, sec, _ in rendered}
@@ -271,9 +292,13 @@ def build_heldout_corpus(out_dir: Path, *, seed: int = 0, quick: bool = False, j
     trials = [t for t, _, _ in planned]
     write_protocol(out_dir / "ASVspoof2019_LA_cm_protocols" / LA2019_PROTOCOLS["eval"], trials)
     _licences(out_dir / "LICENSES.md")
+    (out_dir / LANGUAGES).write_text("".join(f"{t.utterance} {lang}\n" for t, _, lang in planned),
+                                     encoding="utf-8")
     summary = split_summary(trials, seconds, {t.utterance: lang for t, _, lang in planned})
     data = {"kind": "heldout", "out_dir": str(out_dir), "seed": seed, "quick": quick,
-            "per_speaker": per, "build_seconds": round(time.monotonic() - started, 1),
+            "per_speaker": per, "only_speakers": sorted(speakers),
+            "only_systems": sorted(systems), "channel": channel,
+            "build_seconds": round(time.monotonic() - started, 1),
             "splits": {"eval": asdict(summary)},
             "speakers": {s.id: {"sex": s.sex, "lang": s.lang, "package": s.package}
                          for s in SPEAKERS},
