@@ -21,7 +21,7 @@ from nes2net_stream.data.corpus.heldout import (
 from nes2net_stream.data.corpus.sources import SPEAKERS as DEMO_SPEAKERS
 from nes2net_stream.data.corpus.synthesis import festival_voice
 from nes2net_stream.data.protocols import audio_path, database_split, read_protocol
-from nes2net_stream.errors import AudioError, DependencyError
+from nes2net_stream.errors import AudioError, DataError, DependencyError
 
 PROBLEMS = check_heldout_requirements()
 pytestmark = [pytest.mark.corpus,
@@ -130,3 +130,30 @@ def test_the_command_line_builds_it(tmp_path: Path) -> None:
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "5 bona fide (5 speakers), 10 spoof" in proc.stdout
+
+
+def test_a_partial_build_holds_only_the_chosen_voices_and_systems(tmp_path: Path) -> None:
+    data = build_heldout_corpus(tmp_path / "part", seed=1, quick=True, jobs=1,
+                                speakers=("CARLO", "JULY"), systems=("H01", "H05"),
+                                channel="train", progress=False)
+    trials = read_protocol(database_split(tmp_path / "part", "eval")[0])
+    assert {t.speaker for t in trials if not t.is_spoof} == {"CARLO", "JULY"}
+    assert {t.system for t in trials if t.is_spoof} == {"H01", "H05"}
+    assert {t.speaker for t in trials if t.system == "H05"} <= {"CARLO", "JULY"}
+    assert {t.environment for t in trials} <= {"mulaw", "alaw", "gsm"}  # the train channel
+    langs = dict(line.split() for line in
+                 (tmp_path / "part" / heldout.LANGUAGES).read_text().splitlines())
+    assert set(langs) == {t.utterance for t in trials}
+    assert set(langs.values()) == {"it", "es"}  # espeak-ng speaks the voices' languages
+    assert data["only_speakers"] == ["CARLO", "JULY"] and data["channel"] == "train"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"speakers": ("NOBODY",)}, "unknown held-out speaker"),
+    ({"systems": ("A01",)}, "unknown held-out system"),
+    ({"channel": "dev"}, "channel must be"),
+])
+def test_bad_partial_builds_are_refused_before_any_work(tmp_path: Path, kwargs, message) -> None:
+    with pytest.raises(DataError, match=message):
+        build_heldout_corpus(tmp_path / "x", quick=True, progress=False, **kwargs)
+    assert not (tmp_path / "x").exists()

@@ -61,3 +61,38 @@ def test_command_line_table_and_bad_arguments(corpus, tmp_path) -> None:
     bad = subprocess.run([sys.executable, str(SCRIPT), str(corpus), str(run)],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "NAME=EVAL_DIR" in bad.stderr
+
+
+POOL = ROOT / "scripts" / "pool_heldout_folds.py"
+_pspec = importlib.util.spec_from_file_location("pool_heldout_folds", POOL)
+pool_folds = importlib.util.module_from_spec(_pspec)
+_pspec.loader.exec_module(pool_folds)
+
+
+def test_folds_are_pooled_by_language(tmp_path) -> None:
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "languages.txt").write_text("U1 fr\nU2 it\nU3 ca\nU4 ru\n")
+    a = tmp_path / "a.txt"
+    a.write_text("U1 1.0\nU2 9.0\nU3 3.0\nU4 4.0\n")
+    b = tmp_path / "b.txt"
+    b.write_text("U1 9.0\nU2 2.0\nU3 5.0\nU4 9.0\n")
+    out = tmp_path / "pooled" / "scores.txt"
+    assert pool_folds.main([str(corpus), str(out), f"fr,ru={a}", f"it,es={b}"]) == 0
+    pooled = dict(line.split() for line in out.read_text().splitlines())
+    # each trial from the fold whose test languages hold its language; ca by hash
+    assert pooled["U1"] == "1.0" and pooled["U2"] == "2.0" and pooled["U4"] == "4.0"
+    import zlib
+    assert pooled["U3"] == ("3.0" if zlib.crc32(b"U3") % 2 == 0 else "5.0")
+
+
+def test_pooling_refuses_a_language_in_two_folds_and_a_missing_score(tmp_path) -> None:
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "languages.txt").write_text("U1 fr\nU2 it\n")
+    a = tmp_path / "a.txt"
+    a.write_text("U1 1.0\n")
+    out = tmp_path / "p.txt"
+    assert pool_folds.main([str(corpus), str(out), f"fr={a}", f"fr,it={a}"]) == 2
+    with pytest.raises(SystemExit, match="U2 \\(it\\) has no score in fold 2"):
+        pool_folds.main([str(corpus), str(out), f"fr={a}", f"it={a}"])
