@@ -69,14 +69,20 @@ pool_folds = importlib.util.module_from_spec(_pspec)
 _pspec.loader.exec_module(pool_folds)
 
 
-def test_folds_are_pooled_by_language(tmp_path) -> None:
+def files(tmp_path: Path, languages: str, *scores: str) -> tuple[Path, ...]:
+    """A corpus folder with languages.txt, and one score file per text given."""
     corpus = tmp_path / "c"
     corpus.mkdir()
-    (corpus / "languages.txt").write_text("U1 fr\nU2 it\nU3 ca\nU4 ru\n")
-    a = tmp_path / "a.txt"
-    a.write_text("U1 1.0\nU2 9.0\nU3 3.0\nU4 4.0\n")
-    b = tmp_path / "b.txt"
-    b.write_text("U1 9.0\nU2 2.0\nU3 5.0\nU4 9.0\n")
+    (corpus / "languages.txt").write_text(languages)
+    paths = [tmp_path / f"s{k}.txt" for k in range(len(scores))]
+    for path, text in zip(paths, scores, strict=True):
+        path.write_text(text)
+    return corpus, *paths
+
+
+def test_folds_are_pooled_by_language(tmp_path) -> None:
+    corpus, a, b = files(tmp_path, "U1 fr\nU2 it\nU3 ca\nU4 ru\n",
+                         "U1 1.0\nU2 9.0\nU3 3.0\nU4 4.0\n", "U1 9.0\nU2 2.0\nU3 5.0\nU4 9.0\n")
     out = tmp_path / "pooled" / "scores.txt"
     assert pool_folds.main([str(corpus), str(out), f"fr,ru={a}", f"it,es={b}"]) == 0
     pooled = dict(line.split() for line in out.read_text().splitlines())
@@ -87,11 +93,7 @@ def test_folds_are_pooled_by_language(tmp_path) -> None:
 
 
 def test_pooling_refuses_a_language_in_two_folds_and_a_missing_score(tmp_path) -> None:
-    corpus = tmp_path / "c"
-    corpus.mkdir()
-    (corpus / "languages.txt").write_text("U1 fr\nU2 it\n")
-    a = tmp_path / "a.txt"
-    a.write_text("U1 1.0\n")
+    corpus, a = files(tmp_path, "U1 fr\nU2 it\n", "U1 1.0\n")
     out = tmp_path / "p.txt"
     assert pool_folds.main([str(corpus), str(out), f"fr={a}", f"fr,it={a}"]) == 2
     with pytest.raises(SystemExit, match="U2 \\(it\\) has no score in fold 2"):
