@@ -381,6 +381,50 @@ async def test_a_stream_added_by_a_reinvite_is_scored_on_a_spare_channel(make_se
     assert starts and min(starts) >= 4.0 - 0.05  # its audio began 4 s into the call
 
 
+async def test_a_stream_removed_by_a_reinvite_is_answered_with_port_0_and_its_slot_reused(
+        make_service, redis_client):
+    """A conference participant leaves: the re-INVITE sets its m= line's port to 0, which the
+    answer must repeat (RFC 3264 §8.2); its port closes and its channel keeps what it heard.
+    A later re-INVITE reusing the slot for a new participant gets a new port and channel."""
+    svc = await service(make_service, score_agent=True)
+    d = new_dialog()
+    packets = rtp_packets(encode_samples(real_speech(seconds=9.0), "mulaw"))
+    async with SiprecClient(svc.sip_port) as src:
+        assert (await src.invite(d)).status == 200
+        first = list(d.ports)
+        await asyncio.gather(*(send_rtp(p, packets[:200]) for p in first))  # 4 s each
+        await asyncio.sleep(0.2)
+        d.cseq += 1
+        with capture_logs() as logs:
+            src.send(src.invite_text(d, sdp=sdp_offer(ports=(49170, 0)),
+                                     metadata=rs_metadata()))
+            left = await src.final(d)
+        assert left.status == 200
+        assert [m.port for m in parse_sdp(left.body.decode()).media] == [first[0], 0]
+        assert any(e["event"] == "stream removed from the recording" and e["channel"] == "agent"
+                   for e in logs)
+        src.send(src.request("ACK", d))
+        await send_rtp(first[0], packets[200:300])
+        await asyncio.sleep(0.2)  # (all of them, before the re-INVITE is read)
+        d.cseq += 1  # the slot carries a new participant's stream
+        src.send(src.invite_text(d, sdp=sdp_offer(labels=("1", "5"), ports=(49170, 49190)),
+                                 metadata=rs_metadata(("1", "5"))))
+        joined = await src.final(d)
+        assert joined.status == 200
+        ports = [m.port for m in parse_sdp(joined.body.decode()).media]
+        assert ports[0] == first[0] and ports[1] > 0 and ports[1] != first[1]
+        src.send(src.request("ACK", d))
+        await asyncio.gather(send_rtp(ports[0], packets[300:]), send_rtp(ports[1], packets[300:]))
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    found = await summaries(redis_client, d.call_id, n=3)
+    assert sorted(s["channel"] for s in found) == ["agent", "agent2", "caller"]
+    by = {s["channel"]: s["summary"] for s in found}
+    assert by["caller"]["duration_s"] == pytest.approx(9.0, abs=0.05)
+    assert by["agent"]["duration_s"] == pytest.approx(4.0, abs=0.05)  # heard until it left
+    assert by["agent2"]["windows_scored"] >= 1
+
+
 async def test_a_reinvite_can_move_the_media_sender(make_service, redis_client):
     """An SBC pair fails over: the re-INVITE names a new media address, accepted from then on
     (before it, packets from there are foreign)."""

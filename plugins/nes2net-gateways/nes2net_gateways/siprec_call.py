@@ -83,6 +83,7 @@ class MediaStream:
     paused: bool = False
     srtp: SrtpReceiver | None = None
     scored: bool = True  # False: packets are counted (and time the call out), not decoded
+    removed: bool = False  # a re-offer set its m= line's port to 0: port closed, slot free
 
 
 def role_names(customer_role: str, count: int, customer_index: int) -> list[str]:
@@ -214,9 +215,12 @@ class RecordingCall(CallTask):
         and the first packet from there is latched again.
         """
         for stream in self.streams:
-            if stream.index >= len(offer.media):
+            if stream.removed or stream.index >= len(offer.media):
                 continue
             media = offer.media[stream.index]
+            if media.port == 0:  # removed (RFC 3264 §8.2): answered with port 0 too
+                self._remove(stream)
+                continue
             stream.paused = media.direction in ("inactive", "recvonly")
             stream.latched = None
             stream.sources = {self.peer.addr[0]}
@@ -224,6 +228,18 @@ class RecordingCall(CallTask):
                 stream.sources.add(media.connection)
             if not stream.paused and stream.last_packet is not None:
                 stream.last_packet = time.monotonic()  # idle time restarts on resume
+
+    def _remove(self, stream: MediaStream) -> None:
+        """Stop receiving a stream a re-offer removed; its channel keeps what it heard.
+
+        The m= line's slot may carry a new stream in a later offer (a spare channel then).
+        """
+        close_ports([stream.port] if stream.port is not None else [])
+        stream.removed, stream.port = True, None
+        if stream.index < len(self.accepted):
+            self.accepted[stream.index] = None
+        self.log.info("stream removed from the recording", call_id=self.handle.call_id,
+                      channel=stream.role, label=stream.label)
 
     def replace_streams(self) -> None:
         """Drop the streams (counted, ports closed) before a new offer's are set up."""

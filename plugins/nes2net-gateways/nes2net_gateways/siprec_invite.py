@@ -225,7 +225,7 @@ class InviteHandler:
         """Streams of a re-offer that join the running call (a conference participant)."""
         if call.handle.session is None or call.plan is None:
             return ()
-        return plan_added(offer, call.plan, {s.index for s in call.streams},
+        return plan_added(offer, call.plan, {s.index for s in call.streams if not s.removed},
                           room=len(_spare_roles(call)), srtp=self.gw.srtp_mode)
 
     async def _add_streams(self, msg: SipMessage, peer: Peer, call: RecordingCall,
