@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,10 +34,11 @@ from nes2net_stream.data.corpus.channel import draw_channels
 from nes2net_stream.data.corpus.heldout_texts import heldout_pools
 from nes2net_stream.data.corpus.licenses import package_notice
 from nes2net_stream.data.corpus.plan import speaker_clips, stable_seed
-from nes2net_stream.data.corpus.render import AnalyseJob, UtteranceJob, analyse, render
+from nes2net_stream.data.corpus.render import AnalyseJob, Clip, UtteranceJob, analyse, render
 from nes2net_stream.data.corpus.sources import Recording, package_folder
 from nes2net_stream.data.corpus.summary import collect_versions, split_summary
 from nes2net_stream.data.corpus.systems import ESPEAK_VARIANTS, draw_voice
+from nes2net_stream.data.corpus.texts import TextPool
 from nes2net_stream.data.protocols import BONAFIDE, LA2019_PROTOCOLS, SPOOF, Trial, write_protocol
 from nes2net_stream.errors import DataError, DependencyError
 
@@ -142,7 +143,23 @@ def find_heldout_recordings() -> list[Recording]:
     return out
 
 
-def _bonafide(clips: dict[str, list], seed: int, per_speaker: int) -> list[tuple]:
+class _Row(NamedTuple):
+    """One planned utterance before its channel and id are drawn."""
+
+    key: str
+    system: str
+    speaker: str
+    lang: str
+    clips: tuple[Clip, ...]
+    texts: tuple[str, ...]
+    params: dict[str, Any]
+    target_s: float
+
+
+Clips = dict[str, list[tuple[Clip, float]]]
+
+
+def _bonafide(clips: Clips, seed: int, per_speaker: int) -> list[_Row]:
     rows = []
     for spk in sorted(clips):
         items = clips[spk]
@@ -151,26 +168,26 @@ def _bonafide(clips: dict[str, list], seed: int, per_speaker: int) -> list[tuple
         durations = [items[i][1] for i in order]
         for group in dsp.pack(durations, rng)[:per_speaker]:
             chosen = tuple(items[order[i]][0] for i in group)
-            rows.append((BONAFIDE, "-", spk, chosen[0][0].lang, chosen, (), {},
-                         sum(durations[i] for i in group)))
+            rows.append(_Row(BONAFIDE, "-", spk, chosen[0][0].lang, chosen, (), {},
+                             sum(durations[i] for i in group)))
     return rows
 
 
-def _spoof(system: str, k: int, bona: list[tuple], clips: dict[str, list], seed: int,
-           pools: dict) -> tuple:
+def _spoof(system: str, k: int, bona: list[_Row], clips: Clips, seed: int,
+           pools: dict[str, TextPool]) -> _Row:
     rng = np.random.default_rng(stable_seed(seed, "heldout", system, k))
-    target = float(np.clip(bona[int(rng.integers(len(bona)))][7] + rng.uniform(-0.25, 0.25),
-                           dsp.UTT_FLOOR_S, dsp.UTT_MAX_S))
     u = rng.uniform
+    target = float(np.clip(bona[int(rng.integers(len(bona)))].target_s + u(-0.25, 0.25),
+                           dsp.UTT_FLOOR_S, dsp.UTT_MAX_S))
     if system in ("H05", "H06"):
-        spk = bona[int(rng.integers(len(bona)))][2]  # speakers weighted by their utterances
+        spk = bona[int(rng.integers(len(bona)))].speaker  # weighted by their utterances
         voice, params = draw_voice("A05" if system == "H05" else "A06", "eval", "", rng, (spk,))
         own = clips[spk]
         picks = rng.permutation(len(own))[:12]
-        return (SPOOF, system, voice, own[0][0][0].lang, tuple(own[i][0] for i in picks), (),
-                params, target)
+        return _Row(SPOOF, system, voice, own[0][0][0].lang, tuple(own[i][0] for i in picks),
+                    (), params, target)
     if system == "H01":
-        lang = bona[int(rng.integers(len(bona)))][3]  # languages as often as in bona fide
+        lang = bona[int(rng.integers(len(bona)))].lang  # languages as often as in bona fide
         bases = ESPEAK_LANGS[lang]
         variant = ESPEAK_VARIANTS["eval"][int(rng.integers(len(ESPEAK_VARIANTS["eval"])))]
         params: dict[str, Any] = {"voice": f"{bases[int(rng.integers(len(bases)))]}+{variant}",
@@ -181,10 +198,10 @@ def _spoof(system: str, k: int, bona: list[tuple], clips: dict[str, list], seed:
         name, lang, encoding, _ = voices[int(rng.integers(len(voices)))]
         params = {"voice": name, "encoding": encoding, "stretch": round(u(0.85, 1.2), 3)}
         voice = f"FESTIVAL-{name.upper()}"
-    return (SPOOF, system, voice, lang, (), tuple(pools[lang].draw(rng, 20)), params, target)
+    return _Row(SPOOF, system, voice, lang, (), tuple(pools[lang].draw(rng, 20)), params, target)
 
 
-def plan_heldout(clips: dict[str, list], out_dir: Path, seed: int, per_speaker: int,
+def plan_heldout(clips: Clips, out_dir: Path, seed: int, per_speaker: int,
                  systems: Sequence[str] = tuple(SYSTEMS),
                  channel: str = "eval") -> list[tuple[Trial, UtteranceJob, str]]:
     """Every utterance of the held-out corpus: its protocol line, render job and language."""
@@ -201,26 +218,26 @@ def plan_heldout(clips: dict[str, list], out_dir: Path, seed: int, per_speaker: 
         rows.extend(_spoof(system, k, bona, clips, seed, pools) for k in range(int(count)))
     channels = {}
     for key in (BONAFIDE, SPOOF):
-        idx = [i for i, r in enumerate(rows) if r[0] == key]
+        idx = [i for i, r in enumerate(rows) if r.key == key]
         rng = np.random.default_rng(stable_seed(seed, "heldout", "channels", key))
         channels.update(zip(idx, draw_channels(channel, len(idx), rng), strict=True))
-    coded = Counter(r[3] for r in bona if r[4][0][0].source_codec)
-    total = Counter(r[3] for r in bona)
+    coded = Counter(r.lang for r in bona if r.clips[0][0].source_codec)
+    total = Counter(r.lang for r in bona)
     order = np.random.default_rng(stable_seed(seed, "heldout", "order")).permutation(len(rows))
     folder = out_dir / "ASVspoof2019_LA_eval" / "flac"
     planned = []
     for n, i in enumerate(order, 1):
         key, system, spk, lang, chosen, texts, params, target = rows[i]
         utt = f"HELD_E_{n:06d}"
-        channel = channels[int(i)]
+        chan = channels[int(i)]
         rng = np.random.default_rng(stable_seed(seed, "heldout", "precode", utt))
         if key == SPOOF and total[lang] and rng.random() < coded[lang] / total[lang]:
-            channel = replace(channel, precode="gsm")  # as the GSM-coded Spanish prompts
+            chan = replace(chan, precode="gsm")  # as the GSM-coded Spanish prompts
         job = UtteranceJob(utterance=utt, out_path=folder / f"{utt}.flac", system=system,
-                           channel=channel, seed=stable_seed(seed, "heldout", "render", utt),
+                           channel=chan, seed=stable_seed(seed, "heldout", "render", utt),
                            clips=chosen, texts=texts, params=params, target_s=target)
         planned.append((Trial(speaker=spk, utterance=utt, system=system, key=key,
-                              environment=channel.environment), job, lang))
+                              environment=chan.environment), job, lang))
     return planned
 
 
