@@ -74,7 +74,7 @@ corpus-extras: setup
 corpus: corpus-extras
 	$(PY) -m nes2net_stream data build-demo corpus/demo --jobs 2
 
-corpus-heldout: corpus-extras heldout-deps
+corpus-heldout: setup heldout-deps
 	$(PY) -m nes2net_stream data build-heldout corpus/heldout --jobs 2
 
 demo-model: corpus-extras
