@@ -216,6 +216,9 @@ def test_trim_removes_leading_and_trailing_silence() -> None:
     y = dsp.trim(x, rate)
     assert len(y) / rate == pytest.approx(1.0 + 2 * dsp.TRIM_MARGIN_S, abs=0.02)
     assert len(dsp.trim(np.zeros(rate, dtype=np.float32), rate)) == 0
+    # an empty recording (one ships in a Debian sounds package) or one shorter than a frame
+    assert dsp.trim_bounds(np.zeros(0, dtype=np.float32), rate) is None
+    assert dsp.trim_bounds(tone[:40], rate) is None
 
 
 def test_pack_makes_2_to_8_second_utterances() -> None:
