@@ -323,19 +323,19 @@ def test_committed_samples_and_fixtures() -> None:
 
 
 def test_rebuild_replaces_only_the_corpus_files(tmp_path: Path) -> None:
-    from nes2net_stream.data.corpus.builder import _prepare_out_dir
+    from nes2net_stream.data.corpus.builder import prepare_out_dir
 
     (tmp_path / "corpus.json").write_text("{}")
     (tmp_path / "ASVspoof2019_LA_train" / "flac").mkdir(parents=True)
     (tmp_path / "ASVspoof2019_LA_train" / "flac" / "old.flac").write_bytes(b"x")
     (tmp_path / "README.txt").write_text("kept")
-    _prepare_out_dir(tmp_path)
+    prepare_out_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.txt"]
 
 
 def test_parallel_map_keeps_order_and_reports_progress(capsys) -> None:
-    from nes2net_stream.data.corpus.builder import _map
+    from nes2net_stream.data.corpus.builder import map_jobs
 
-    assert _map(abs, [-3, 2, -1], 1, "testing", True) == [3, 2, 1]
-    assert _map(abs, list(range(-6, 0)), 2, "testing", False) == [6, 5, 4, 3, 2, 1]
+    assert map_jobs(abs, [-3, 2, -1], 1, "testing", True) == [3, 2, 1]
+    assert map_jobs(abs, list(range(-6, 0)), 2, "testing", False) == [6, 5, 4, 3, 2, 1]
     assert "testing" in capsys.readouterr().err

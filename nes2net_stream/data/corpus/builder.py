@@ -43,7 +43,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir``, or empty the corpus files of an earlier build in it.
+
+    Raises:
+        DataError: it is a file, or a non-empty folder that holds no corpus.
+    """
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"output path exists and is not a folder: {out_dir}")
     if out_dir.is_dir():
@@ -81,7 +86,7 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _map(fn: Callable[[T], R], items: Sequence[T], jobs: int, desc: str,
+def map_jobs(fn: Callable[[T], R], items: Sequence[T], jobs: int, desc: str,
          progress: bool) -> list[R]:
     """``[fn(x) for x in items]`` over ``jobs`` processes, in order, with a progress bar."""
     from tqdm import tqdm
@@ -118,7 +123,7 @@ def _plan(out_dir: Path, seed: int, quick: bool, jobs: int,
     recordings, notes = find_recordings()
     if quick:
         recordings = _quick_subset(recordings, seed)
-    analyses = _map(analyse, [AnalyseJob(r, stable_seed(seed, "analyse", r.key))
+    analyses = map_jobs(analyse, [AnalyseJob(r, stable_seed(seed, "analyse", r.key))
                               for r in recordings], jobs, "analysing recordings", progress)
     clips = speaker_clips(recordings, analyses)
     pools = {"en": english_pool([r.text for r in recordings if r.source == "R1" and r.text],
@@ -178,9 +183,9 @@ def build_demo_corpus(out_dir: Path, *, seed: int = 0, quick: bool = False, jobs
     if jobs < 1:
         raise DataError(f"jobs must be at least 1, got {jobs}")
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir)
+    prepare_out_dir(out_dir)
     recordings, notes, planned = _plan(out_dir, seed, quick, jobs, progress)
-    rendered = _map(render, [p.job for p in planned], jobs, "rendering utterances", progress)
+    rendered = map_jobs(render, [p.job for p in planned], jobs, "rendering utterances", progress)
     seconds = {utt: sec for utt, sec, _ in rendered}
     sums = write_checksums(out_dir, {p.job.out_path: digest
                                      for p, (_, _, digest) in zip(planned, rendered, strict=True)})

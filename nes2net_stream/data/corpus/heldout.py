@@ -26,8 +26,8 @@ import numpy as np
 
 from nes2net_stream.data.corpus import dsp
 from nes2net_stream.data.corpus.builder import (
-    _map,
-    _prepare_out_dir,
+    map_jobs,
+    prepare_out_dir,
     write_checksums,
 )
 from nes2net_stream.data.corpus.channel import draw_channels
@@ -287,7 +287,7 @@ def build_heldout_corpus(out_dir: Path, *, seed: int = 0, quick: bool = False, j
     chosen_systems = [s for s in SYSTEMS if not systems or s in systems]
     per = per_speaker or (QUICK_PER_SPEAKER if quick else PER_SPEAKER)
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir)
+    prepare_out_dir(out_dir)
     recordings = [r for r in find_heldout_recordings() if not speakers or r.speaker in speakers]
     if quick:  # the first recordings of each speaker are enough for a few utterances
         seen: Counter[str] = Counter()
@@ -297,11 +297,11 @@ def build_heldout_corpus(out_dir: Path, *, seed: int = 0, quick: bool = False, j
             if seen[rec.speaker] <= 4 * per:
                 kept.append(rec)
         recordings = kept
-    analyses = _map(analyse, [AnalyseJob(r, stable_seed(seed, "analyse", r.key))
+    analyses = map_jobs(analyse, [AnalyseJob(r, stable_seed(seed, "analyse", r.key))
                               for r in recordings], jobs, "analysing recordings", progress)
     planned = plan_heldout(speaker_clips(recordings, analyses), out_dir, seed, per,
                            chosen_systems, channel)
-    rendered = _map(render, [job for _, job, _ in planned], jobs, "rendering utterances",
+    rendered = map_jobs(render, [job for _, job, _ in planned], jobs, "rendering utterances",
                     progress)
     seconds = {utt: sec for utt, sec, _ in rendered}
     sums = write_checksums(out_dir, {job.out_path: digest for (_, job, _), (_, _, digest)

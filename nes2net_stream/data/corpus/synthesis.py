@@ -26,16 +26,20 @@ WORLD_RATE = 16000
 _piper_voice: Any = None
 
 
-def _run(cmd: list[str], out: Path, *, stdin: str | None = None) -> tuple[np.ndarray, int]:
+def _run(cmd: list[str], out: Path, *, stdin: str | bytes | None = None) -> tuple[np.ndarray, int]:
+    """Run a synthesiser writing ``out`` (text on stdin as ``str``, or already encoded)."""
     try:
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False,
-                              timeout=_TIMEOUT_S)
+        proc = subprocess.run(cmd, input=stdin, capture_output=True,
+                              text=not isinstance(stdin, bytes), check=False, timeout=_TIMEOUT_S)
     except FileNotFoundError as exc:
         raise DependencyError(f"{cmd[0]} is not installed (needed for the demo corpus)") from exc
     except subprocess.TimeoutExpired as exc:
         raise AudioError(f"{cmd[0]} timed out after {_TIMEOUT_S:.0f} s") from exc
-    if proc.returncode != 0 or not out.is_file():
-        msg = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output file"]
+    if proc.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
+        text = proc.stderr or proc.stdout
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        msg = text.strip().splitlines()[-1:] or ["no audio written"]
         raise AudioError(f"{cmd[0]} failed ({' '.join(cmd[1:4])}...): {msg[0]}")
     data, rate = sf.read(str(out), dtype="float32", always_2d=True)
     out.unlink()
@@ -72,19 +76,7 @@ def festival_voice(text: str, params: dict[str, Any], workdir: Path) -> tuple[np
     setup = (f"(begin (voice_{params['voice']}) "
              f"(Parameter.set 'Duration_Stretch {float(params['stretch'])}))")
     encoded = text.encode(str(params.get("encoding", "utf-8")), errors="replace")
-    try:
-        proc = subprocess.run(["text2wave", "-eval", setup, "-o", str(out)], input=encoded,
-                              capture_output=True, check=False, timeout=_TIMEOUT_S)
-    except FileNotFoundError as exc:
-        raise DependencyError("text2wave is not installed: apt-get install festival") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise AudioError(f"text2wave timed out after {_TIMEOUT_S:.0f} s") from exc
-    if proc.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
-        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no audio"]
-        raise AudioError(f"festival voice {params['voice']} failed: {err[0]}")
-    data, rate = sf.read(str(out), dtype="float32", always_2d=True)
-    out.unlink()
-    return data.mean(axis=1), int(rate)
+    return _run(["text2wave", "-eval", setup, "-o", str(out)], out, stdin=encoded)
 
 
 def flite(text: str, params: dict[str, Any], workdir: Path) -> tuple[np.ndarray, int]:
