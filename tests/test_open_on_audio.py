@@ -1,5 +1,8 @@
 """Channels opened at their first audio (``CallStart.open_on_audio``): a party who may never
-be heard gets no state and no summary until it is, then a channel on the call's clock."""
+be heard gets no state and no summary until it is, then a channel on the call's clock. And
+channels ended before their call (``CallHandle.end_channel``): a party leaves a conference, its
+summary is published once its last windows are scored, its later audio is ignored, the alert
+journal owes it nothing more and the other channels go on."""
 
 import asyncio
 
@@ -89,3 +92,51 @@ async def test_interleaved_audio_opens_every_such_channel_at_once(make_service, 
     summaries = await svc.ctx.end_call(session, CallEnd())
     assert sorted(s.channel for s in summaries) == ["agent", "caller", "third"]
     assert {s.to_dict()["summary"]["duration_s"] for s in summaries} == {5.0}
+
+
+async def test_a_party_that_leaves_gets_its_summary_then(make_service, redis_server, audio,
+                                                         tmp_path):
+    journal = tmp_path / "journal"
+    svc = await make_service(redis={"alert_journal_dir": str(journal)})
+    events = []
+    session = svc.ctx.open_call(start("leaves"), sink=events.append)
+    await feed(session, audio, 5.0, third_from=0.0)
+    session.end_channel("third", "left")
+    for _ in range(100):  # its last windows are scored, then its summary is out
+        await asyncio.sleep(0.05)
+        if any(e.type == "summary" for e in events):
+            break
+    (early,) = [e for e in events if e.type == "summary"]
+    body = early.to_dict()
+    assert early.channel == "third"
+    assert body["summary"]["detail"] == "left" and body["summary"]["end_reason"] == "stop"
+    assert body["summary"]["duration_s"] == pytest.approx(5.0, abs=0.03)
+    assert body["summary"]["windows_scored"] >= 1
+    # every window of the channel came before its summary
+    third = [e.type for e in events if e.channel == "third"]
+    assert third[-1] == "summary" and third.count("summary") == 1
+    (wdir,) = worker_dirs(journal).values()
+    assert ["leaves", "third"] not in describe(wdir)["open_calls"]  # nothing owed for it
+    assert ["leaves", "caller"] in describe(wdir)["open_calls"]
+    # its later audio is ignored; the others go on; a second end is a no-op
+    await feed(session, audio, 3.0, third_from=0.0)
+    session.end_channel("third", "again")
+    session.end_channel("nobody")
+    summaries = {s.channel: s.to_dict()["summary"] for s in
+                 await svc.ctx.end_call(session, CallEnd())}
+    assert set(summaries) == {"caller", "agent"}
+    assert summaries["caller"]["duration_s"] == pytest.approx(8.0, abs=0.03)
+    assert [e.channel for e in events if e.type == "summary"].count("third") == 1
+
+
+async def test_a_party_never_heard_that_leaves_gets_no_summary(make_service, audio):
+    svc = await make_service()
+    events = []
+    session = svc.ctx.open_call(start("never", open_on_audio=frozenset({"third"})),
+                                sink=events.append)
+    await feed(session, {k: audio[k] for k in ("caller", "agent")}, 3.0)
+    session.end_channel("third", "left")
+    await feed(session, audio, 3.0, third_from=0.0)  # not reopened by later audio
+    summaries = await svc.ctx.end_call(session, CallEnd())
+    assert sorted(s.channel for s in summaries) == ["agent", "caller"]
+    assert all(e.channel != "third" for e in events)

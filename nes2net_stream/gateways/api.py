@@ -125,6 +125,16 @@ class CallHandle:
         if self.session is not None:
             self.session.discontinuity(gap_s)
 
+    def end_channel(self, role: str, detail: str | None = None) -> None:
+        """End one channel before the call ends (a conference party left, its stream removed).
+
+        Its summary (``end_reason`` "stop", ``detail`` as given) is published once its last
+        windows are scored; later audio for it is ignored. A no-op before ``start``, after the
+        end, for a role not scored or never heard (no summary then).
+        """
+        if self.session is not None:
+            self.session.end_channel(role, detail)
+
     async def end(self, end: CallEnd) -> list[OutputEvent]:
         """End the call; summaries are published. A no-op if it never started."""
         if self.session is None:

@@ -84,6 +84,14 @@ class _Pending:
     hops: int = 1  # hops since the previously scored window of this channel
 
 
+@dataclass
+class _ChannelEnd:
+    """Queued after a channel's last window: its summary follows the windows' scores."""
+
+    channel: _Channel
+    end: CallEnd
+
+
 class CallSession:
     """State of one call from its start to its summary."""
 
@@ -112,7 +120,7 @@ class CallSession:
                 self._unopened[role] = i
             else:
                 self._channels[role] = self._new_channel(role, i)
-        self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._pending: asyncio.Queue[_Pending | _ChannelEnd | None] = asyncio.Queue()
         self._consumer = asyncio.create_task(self._consume(), name=f"call-{start.call_id}")
         self.audio_seconds = 0.0
         self._audio_unreported = 0.0  # received, not yet added to the audio-seconds counter
@@ -196,6 +204,27 @@ class CallSession:
         for ch in self._channels.values():
             self._process(ch, frames[:, ch.index], received)
 
+    def end_channel(self, role: str, detail: str | None = None) -> None:
+        """End one channel before the call (a party left).
+
+        Its summary is published once its last windows are scored, and its later audio is
+        ignored. A channel never heard gets none; an unknown, unscored or already ended role
+        is a no-op.
+        """
+        if self.ended is not None:
+            return
+        if self._unopened.pop(role, None) is not None:
+            return
+        ch = self._channels.pop(role, None)
+        if ch is None:
+            return
+        now = time.monotonic()
+        self._flush(ch, now)
+        for window in ch.pipeline.finish():
+            self._submit(ch, window, now)
+        self._pending.put_nowait(_ChannelEnd(ch, CallEnd("stop", detail)))
+        self.log.info("channel ended", channel=role, detail=detail)
+
     def _report_audio(self) -> None:
         self.ctx.metrics.audio_seconds.inc(self._audio_unreported)
         self._audio_unreported = 0.0
@@ -278,6 +307,10 @@ class CallSession:
     async def _consume(self) -> None:
         structlog.contextvars.bind_contextvars(call_id=self.call_id)
         while (item := await self._pending.get()) is not None:
+            if isinstance(item, _ChannelEnd):  # every earlier window of it is scored now
+                self.ctx.engine.forget(item.channel.cache_key)
+                self._emit(self._summary(item.channel, item.end), None)
+                continue
             try:
                 result = await item.future
             except WindowDropped:

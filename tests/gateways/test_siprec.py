@@ -384,8 +384,8 @@ async def test_a_stream_added_by_a_reinvite_is_scored_on_a_spare_channel(make_se
 async def test_a_stream_removed_by_a_reinvite_is_answered_with_port_0_and_its_slot_reused(
         make_service, redis_client):
     """A conference participant leaves: the re-INVITE sets its m= line's port to 0, which the
-    answer must repeat (RFC 3264 §8.2); its port closes and its channel keeps what it heard.
-    A later re-INVITE reusing the slot for a new participant gets a new port and channel."""
+    answer must repeat (RFC 3264 §8.2); its port closes and its channel's summary is published
+    then. A later re-INVITE reusing the slot for a new participant gets a new port and channel."""
     svc = await service(make_service, score_agent=True)
     d = new_dialog()
     packets = rtp_packets(encode_samples(real_speech(seconds=9.0), "mulaw"))
@@ -404,6 +404,9 @@ async def test_a_stream_removed_by_a_reinvite_is_answered_with_port_0_and_its_sl
         assert any(e["event"] == "stream removed from the recording" and e["channel"] == "agent"
                    for e in logs)
         src.send(src.request("ACK", d))
+        (gone,) = await summaries(redis_client, d.call_id)  # the leaver's verdict, right away
+        assert gone["channel"] == "agent" and gone["summary"]["detail"] == "stream_removed"
+        assert gone["summary"]["duration_s"] == pytest.approx(4.0, abs=0.05)
         await send_rtp(first[0], packets[200:300])
         await asyncio.sleep(0.2)  # (all of them, before the re-INVITE is read)
         d.cseq += 1  # the slot carries a new participant's stream

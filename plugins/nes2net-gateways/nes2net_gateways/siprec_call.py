@@ -230,7 +230,7 @@ class RecordingCall(CallTask):
                 stream.last_packet = time.monotonic()  # idle time restarts on resume
 
     def _remove(self, stream: MediaStream) -> None:
-        """Stop receiving a stream a re-offer removed; its channel keeps what it heard.
+        """Stop receiving a stream a re-offer removed and end its channel (summary now).
 
         The m= line's slot may carry a new stream in a later offer (a spare channel then).
         """
@@ -238,6 +238,7 @@ class RecordingCall(CallTask):
         stream.removed, stream.port = True, None
         if stream.index < len(self.accepted):
             self.accepted[stream.index] = None
+        self.handle.end_channel(stream.role, "stream_removed")
         self.log.info("stream removed from the recording", call_id=self.handle.call_id,
                       channel=stream.role, label=stream.label)
 
