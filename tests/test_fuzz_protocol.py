@@ -24,6 +24,7 @@ from nes2net_stream.service.protocol import (
     PROTOCOL_RATES,
     ROLE_RE,
     apply_update,
+    parse_channel_end,
     parse_json,
     parse_start,
 )
@@ -249,3 +250,18 @@ def test_update_messages_merge_or_are_refused(current, msg, limit):
             assert key not in merged
         else:
             assert merged[key] == changes.get(key, current.get(key))
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["type", "channel", "detail", "x"]),
+                       json_values | st.sampled_from(["caller", "agent", "left", "LEFT"]),
+                       max_size=4))
+def test_channel_end_messages_name_a_channel_or_are_refused(msg):
+    msg = {**msg, "type": "channel_end"}
+    try:
+        role, detail = parse_channel_end(msg, ("caller", "agent"))
+    except ProtocolError as err:
+        _check_error(err, {"bad_message"})
+        return
+    assert role in ("caller", "agent") and set(msg) <= {"type", "channel", "detail"}
+    assert detail is None or re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", detail)

@@ -198,6 +198,54 @@ async def test_metadata_update_during_a_call(make_service, redis_client):
     assert error["code"] == "bad_message" and "update" in error["message"]
 
 
+async def test_a_party_that_leaves_is_summarised_then(make_service, redis_client):
+    """``{"type": "channel_end"}``: the agent leaves a conference call that goes on; its
+    summary comes then (before ``stop``), the caller's at the end; bad ones are refused."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    svc = await make_service()
+    x = tone_bursts(10.0, 8000)
+    frames = encode_samples(np.stack([x, x[::-1].copy()], axis=1).reshape(-1), "mulaw")
+    events = []
+    async with connect(svc.url) as ws:
+        await ws.send(json.dumps({"type": "start", "call_id": "leave-1", "encoding": "mulaw",
+                                  "sample_rate": 8000, "channels": 2,
+                                  "channel_roles": ["caller", "agent"],
+                                  "score_channels": ["caller", "agent"]}))
+        half = len(frames) // 2
+        for i in range(0, half, 3200):
+            await ws.send(frames[i:i + 3200])
+        await ws.send(json.dumps({"type": "channel_end", "channel": "agent",
+                                  "detail": "left"}))
+        for i in range(half, len(frames), 3200):
+            await ws.send(frames[i:i + 3200])
+        await ws.send(json.dumps({"type": "stop"}))
+        async for msg in ws:
+            events.append(json.loads(msg))
+    summaries = [e for e in events if e["type"] == "summary"]
+    assert [s["channel"] for s in summaries] == ["agent", "caller"]
+    agent, caller = (s["summary"] for s in summaries)
+    assert agent["detail"] == "left" and agent["duration_s"] == pytest.approx(5.0, abs=0.03)
+    assert caller["duration_s"] == pytest.approx(10.0, abs=0.03)
+    assert max(e["window"]["end_s"] for e in events
+               if e["type"] == "window" and e["channel"] == "agent") <= 5.0 + 1e-6
+    for bad, message in (({"channel": "nobody"}, "one of the call's channels"),
+                         ({"channel": "caller", "detail": "Left Early"}, "detail"),
+                         ({"channel": "caller", "why": 1}, "unknown fields")):
+        async with connect(svc.url) as ws:
+            await ws.send(json.dumps({"type": "start", "call_id": "leave-2",
+                                      "encoding": "mulaw", "sample_rate": 8000}))
+            await ws.send(json.dumps({"type": "channel_end", **bad}))
+            got = []
+            with contextlib.suppress(ConnectionClosed):
+                async for m in ws:
+                    got.append(json.loads(m))
+            assert ws.close_code == 4400
+        (error,) = [e for e in got if e["type"] == "error"]
+        assert error["code"] == "bad_message" and message in error["message"]
+
+
 async def test_the_client_sends_updates_at_their_time_in_the_audio(make_service):
     svc = await make_service()
     res = await stream_samples(svc.url, tone_bursts(12.0, 8000), 8000, call_id="upd-3",

@@ -127,3 +127,21 @@ def apply_update(msg: dict[str, Any], current: dict[str, Any], *,
         raise ProtocolError("frame_too_large", f"update: metadata exceeds {max_metadata_bytes} "
                             "bytes")
     return merged
+
+
+def parse_channel_end(msg: dict[str, Any], channels: tuple[str, ...]) -> tuple[str, str | None]:
+    """Role and detail of a ``channel_end`` message: one party left a call that goes on.
+
+    Example: ``{"type": "channel_end", "channel": "agent", "detail": "left"}``.
+    """
+    extra = set(msg) - {"type", "channel", "detail"}
+    if extra:
+        raise ProtocolError("bad_message", f"channel_end: unknown fields {sorted(extra)}")
+    role, detail = msg.get("channel"), msg.get("detail")
+    if not isinstance(role, str) or role not in channels:
+        raise ProtocolError("bad_message", f"channel_end: channel must be one of the call's "
+                            f"channels {list(channels)}")
+    if detail is not None and (not isinstance(detail, str) or not ROLE_RE.match(detail)):
+        raise ProtocolError("bad_message", "channel_end: detail must be a short lower-case name "
+                            "such as 'left'")
+    return role, detail

@@ -29,7 +29,12 @@ from nes2net_stream.service.errors import (
     ProtocolError,
 )
 from nes2net_stream.service.events import AudioChunk, CallEnd, OutputEvent, Source
-from nes2net_stream.service.protocol import apply_update, parse_json, parse_start
+from nes2net_stream.service.protocol import (
+    apply_update,
+    parse_channel_end,
+    parse_json,
+    parse_start,
+)
 from nes2net_stream.service.ratelimit import TokenBucket
 from nes2net_stream.service.session import CallSession
 from nes2net_stream.service.ws_poll import Receiver
@@ -218,6 +223,9 @@ async def _stream(conn: ServerConnection, ctx: ServiceContext, session: CallSess
         if kind == "update":
             session.update_metadata(apply_update(control, session.metadata,
                                                  max_metadata_bytes=limits.max_metadata_bytes))
+            continue
+        if kind == "channel_end":
+            session.end_channel(*parse_channel_end(control, session.start.channels))
             continue
         if kind == "start":
             raise ProtocolError("bad_message", "start sent twice on one connection")
