@@ -82,15 +82,19 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
                          extra_start: dict[str, Any] | None = None,
                          open_timeout: float = 10.0,
                          send_log: list[tuple[float, float]] | None = None,
-                         updates: Sequence[tuple[float, dict[str, Any]]] = ()) -> StreamResult:
+                         updates: Sequence[tuple[float, dict[str, Any]]] = (),
+                         channel_ends: Sequence[tuple[float, str]] = ()) -> StreamResult:
     """Stream samples (mono, or frames x channels) as one call and wait for its summary.
 
     ``send_log``, when given, gets one ``(seconds of audio sent so far, wall-clock time)`` pair
     per audio message, right after it was handed to the socket. ``updates`` are
     ``(seconds into the audio, metadata)`` pairs: each is sent as an ``update`` message once
-    that much audio has been sent (e.g. the account the IVR identified).
+    that much audio has been sent (e.g. the account the IVR identified); ``channel_ends``,
+    ``(seconds, role)`` pairs, send a ``channel_end`` message for that role (a party left).
     """
-    pending = sorted(updates, key=lambda u: u[0])
+    pending = sorted([(t, update_message(m)) for t, m in updates]
+                     + [(t, {"type": "channel_end", "channel": role}) for t, role in channel_ends],
+                     key=lambda u: u[0])
     call_id = call_id or f"call-{uuid.uuid4().hex[:12]}"
     x = samples if samples.ndim == 2 else samples[:, None]
     start = start_message(call_id, encoding, sample_rate, x.shape[1],
@@ -122,7 +126,7 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
         try:
             for k, i in enumerate(range(0, x.shape[0], step)):
                 while pending and pending[0][0] * sample_rate <= i:
-                    await ws.send(json.dumps(update_message(pending.pop(0)[1])))
+                    await ws.send(json.dumps(pending.pop(0)[1]))
                 await ws.send(payload[k * frame_bytes:(k + 1) * frame_bytes])
                 result.sent_seconds = min(i + step, x.shape[0]) / sample_rate
                 if send_log is not None:
@@ -135,7 +139,7 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
                 elif i % (step * 50) == 0:
                     await asyncio.sleep(0)
             for _, late in pending:  # past the end of the audio: before the stop
-                await ws.send(json.dumps(update_message(late)))
+                await ws.send(json.dumps(late))
             await ws.send(json.dumps({"type": "stop"}))
         except ConnectionClosed:
             pass

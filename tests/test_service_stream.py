@@ -246,6 +246,18 @@ async def test_a_party_that_leaves_is_summarised_then(make_service, redis_client
         assert error["code"] == "bad_message" and message in error["message"]
 
 
+async def test_the_client_ends_a_channel_at_its_time_in_the_audio(make_service):
+    svc = await make_service()
+    x = tone_bursts(8.0, 8000)
+    res = await stream_samples(svc.url, np.stack([x, x], axis=1), 8000, call_id="leave-3",
+                               encoding="mulaw", channel_roles=["caller", "agent"],
+                               realtime=False, extra_start={"score_channels": ["caller", "agent"]},
+                               channel_ends=[(3.0, "agent")])
+    by = {s["channel"]: s["summary"] for s in res.of_type("summary")}
+    assert by["agent"]["duration_s"] == pytest.approx(3.0, abs=0.03)
+    assert by["caller"]["duration_s"] == pytest.approx(8.0, abs=0.03)
+
+
 async def test_the_client_sends_updates_at_their_time_in_the_audio(make_service):
     svc = await make_service()
     res = await stream_samples(svc.url, tone_bursts(12.0, 8000), 8000, call_id="upd-3",
