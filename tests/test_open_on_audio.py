@@ -140,3 +140,18 @@ async def test_a_party_never_heard_that_leaves_gets_no_summary(make_service, aud
     summaries = await svc.ctx.end_call(session, CallEnd())
     assert sorted(s.channel for s in summaries) == ["agent", "caller"]
     assert all(e.channel != "third" for e in events)
+
+
+async def test_a_call_ended_right_after_a_party_left_sends_each_summary_once(make_service,
+                                                                            audio):
+    svc = await make_service()
+    events = []
+    session = svc.ctx.open_call(start("both"), sink=events.append)
+    await feed(session, audio, 4.0, third_from=0.0)
+    session.end_channel("agent", "left")  # its summary still waits for its last windows...
+    summaries = await svc.ctx.end_call(session, CallEnd())  # ...when the call ends
+    assert sorted(s.channel for s in summaries) == ["caller", "third"]
+    sent = sorted(e.channel for e in events if e.type == "summary")
+    assert sent == ["agent", "caller", "third"]
+    agent = next(e for e in events if e.type == "summary" and e.channel == "agent")
+    assert agent.to_dict()["summary"]["detail"] == "left"
