@@ -56,7 +56,12 @@ if [ -f "$HELDOUT/corpus.json" ] || "$PY" -m nes2net_stream data build-heldout "
   done
   "$PY" scripts/heldout_report.py "$HELDOUT" --json 4s="$RUN/heldout-4s" \
     windows="$RUN/heldout-windows" > "$RUN/heldout-report.json"
-  card_extra=(--heldout-report "$RUN/heldout-report.json")
+  rm -rf "$RUN/heldout-calls" "$RUN/heldout-alerts"
+  "$PY" -m nes2net_stream data build-calls "$HELDOUT" "$RUN/heldout-calls" --split eval
+  "$PY" -m nes2net_stream eval-alerts --model "$RUN/model" --database "$RUN/heldout-calls" \
+    --out "$RUN/heldout-alerts" --no-progress
+  card_extra=(--heldout-report "$RUN/heldout-report.json"
+    --heldout-alerts "$RUN/heldout-alerts/alerts.json")
 fi
 
 rm -rf "$OUT"

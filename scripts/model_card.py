@@ -140,15 +140,11 @@ def sample_scores(bundle: Path, repo: Path) -> str:
     return "\n".join(rows)
 
 
-def alerts_section(reports: dict[str, Path]) -> str:
-    """Call-level alert figures from ``eval-alerts`` reports (label -> ``alerts.json``).
+def alert_rows(loaded: dict[str, dict]) -> list[str]:
+    """Table rows of ``eval-alerts`` reports, one per setting and report.
 
-    One table row per setting and report (e.g. per fold); empty when there are none.
+    A label column is added when there are several reports.
     """
-    loaded = {label: json.loads(path.read_text()) for label, path in reports.items()
-              if path.is_file()}
-    if not loaded:
-        return ""
     multi = len(loaded) > 1
     head = "| `min_windows_for_state` | genuine calls with any alert | of which transient | " \
            "genuine calls reaching spoof | synthetic calls reaching spoof | " \
@@ -166,6 +162,20 @@ def alerts_section(reports: dict[str, Path]) -> str:
                         f"| {n} | {share['false_alert']} | "
                         f"{f['transient_false_alert']['calls']} | {share['false_spoof']} | "
                         f"{share['detected_spoof']} | {f['time_to_alert_s']['median']} |")
+    return rows
+
+
+def alerts_section(reports: dict[str, Path]) -> str:
+    """Call-level alert figures from ``eval-alerts`` reports (label -> ``alerts.json``).
+
+    One table row per setting and report (e.g. per fold); empty when there are none.
+    """
+    loaded = {label: json.loads(path.read_text()) for label, path in reports.items()
+              if path.is_file()}
+    if not loaded:
+        return ""
+    multi = len(loaded) > 1
+    rows = alert_rows(loaded)
     alerts = next(iter(loaded.values()))["alerts"]
     which = ("each fold's distilled model on the calls of its own held-out half" if multi
              else "the model")
@@ -185,8 +195,12 @@ your own recorded calls with `eval-alerts` before acting on states automatically
 """
 
 
-def heldout_section(report_path: Path | None, model_id: str) -> str:
-    """The held-out corpus's figures (new languages and synthesisers), or nothing."""
+def heldout_section(report_path: Path | None, model_id: str,
+                    alerts_path: Path | None = None) -> str:
+    """The held-out corpus's figures (new languages and synthesisers), or nothing.
+
+    ``alerts_path``: ``eval-alerts`` of this model on the held-out corpus's calls, if any.
+    """
     if report_path is None:
         return ""
     runs = {name: r for name, r in json.loads(report_path.read_text()).items()
@@ -207,6 +221,12 @@ def heldout_section(report_path: Path | None, model_id: str) -> str:
                                  f"{r['false_alarms'][lang]['trials']}" for lang in langs)
                     + " |")
     table = chr(10).join(rows)
+    calls = ""
+    if alerts_path is not None and alerts_path.is_file():
+        calls = ("\nIts utterances joined into calls of about 20 s (`data build-calls`) and "
+                 "replayed through the\nalert policy with the default thresholds "
+                 "(`eval-alerts`, as in the whole-call section below):\n\n"
+                 + chr(10).join(alert_rows({"": json.loads(alerts_path.read_text())})) + "\n")
     return f"""## New speakers, languages and synthesisers: the held-out corpus
 
 `nes2net-stream data build-heldout` ([corpus.md](corpus.md#held-out-corpus)): five real IVR
@@ -222,7 +242,7 @@ false alarms a deployment would see before choosing its own thresholds:
 
 Other seeds of a recipe can differ here by several points of EER and in their false alarms
 per language ([training.md](training.md), "The held-out corpus").
-
+{calls}
 """
 
 
@@ -236,6 +256,8 @@ def main() -> None:
     ap.add_argument("--held-out", type=Path, help="speaker-fold evaluations (scripts/exp_all_speakers.sh)")
     ap.add_argument("--heldout-report", type=Path,
                     help="scripts/heldout_report.py --json of this model on the held-out corpus")
+    ap.add_argument("--heldout-alerts", type=Path,
+                    help="eval-alerts of this model on the held-out corpus's calls (alerts.json)")
     a = ap.parse_args()
     database = a.database or a.corpus
     evals_dir = a.held_out or a.run
@@ -454,7 +476,7 @@ same recipe with other seeds have differed by about 7 points of eval EER
 published SSL-based checkpoints ([checkpoints.md](checkpoints.md)) are the route to production
 accuracy.
 
-{heldout_section(a.heldout_report, config['model_id'])}{alerts_section(alert_reports)}
+{heldout_section(a.heldout_report, config['model_id'], a.heldout_alerts)}{alerts_section(alert_reports)}
 ## Sample calls (same words, human vs synthetic)
 
 The human clips are {sample_speaker}; the synthetic ones are Piper's `joe` voice, a

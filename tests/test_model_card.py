@@ -107,6 +107,17 @@ def test_heldout_section_shows_this_models_runs_only(tmp_path):
     assert ("| 4s | 19.50 % (12.0-26.6 %) | 11.38 % | 25.00 % | 22 % of 40 | 0 % of 40 |"
             in text)
     assert "30.00 %" not in text  # another model's run is not this model's figure
+    assert "genuine calls with any alert" not in text  # no calls report given
+    alerts = tmp_path / "alerts.json"
+    share = {"calls": 7, "of": 47}
+    alerts.write_text(json.dumps({"alerts": {"min_windows_for_state": 2}, "results": [{
+        "settings": {}, "figures": {"false_alert": share, "false_spoof": {"calls": 1, "of": 47},
+                                    "detected_spoof": {"calls": 44, "of": 90},
+                                    "transient_false_alert": {"calls": 6},
+                                    "time_to_alert_s": {"median": 5.3}}}]}))
+    with_calls = card.heldout_section(report, "m1", alerts)
+    assert with_calls.startswith(text.rstrip("\n"))
+    assert "| 2 | 7 of 47 | 6 | 1 of 47 | 44 of 90 | 5.3 |" in with_calls
     assert card.heldout_section(None, "m1") == ""
     with pytest.raises(SystemExit, match="no run of m3"):
         card.heldout_section(report, "m3")
