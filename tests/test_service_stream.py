@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import urllib.request
+import uuid
 
 import numpy as np
 import pytest
@@ -157,72 +158,75 @@ async def test_listen_backlog_comes_from_config(make_service):
     assert Settings().server.backlog == 1024
 
 
-async def test_metadata_update_during_a_call(make_service, redis_client):
-    """``{"type": "update"}`` merges into the call's metadata: later events carry the result
-    (the platform learned the customer's account after the IVR); a bad update is refused."""
+async def with_control_midway(url: str, start: dict, audio: bytes, step: int, control: dict,
+                              *, wait_s: float = 0.0) -> list[dict]:
+    """Stream one call: half its audio, (a pause,) ``control``, the rest, stop; its events."""
+    from websockets.asyncio.client import connect
+
+    half = len(audio) // 2 // step * step
+    async with connect(url) as ws:
+        await ws.send(json.dumps(start))
+        for i in range(0, half, step):
+            await ws.send(audio[i:i + step])
+        await asyncio.sleep(wait_s)
+        await ws.send(json.dumps(control))
+        for i in range(half, len(audio), step):
+            await ws.send(audio[i:i + step])
+        await ws.send(json.dumps({"type": "stop"}))
+        return [json.loads(msg) async for msg in ws]
+
+
+async def refused(url: str, control: dict) -> tuple[int | None, dict]:
+    """Start a call, send one control message; the close code and the one error event."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "start", "call_id": f"bad-{uuid.uuid4().hex[:8]}",
+                                  "encoding": "mulaw", "sample_rate": 8000}))
+        await ws.send(json.dumps(control))
+        got = []
+        with contextlib.suppress(ConnectionClosed):
+            async for m in ws:
+                got.append(json.loads(m))
+    (error,) = [e for e in got if e["type"] == "error"]
+    return ws.close_code, error
+
+
+async def test_metadata_update_during_a_call(make_service, redis_client):
+    """``{"type": "update"}`` merges into the call's metadata: later events carry the result
+    (the platform learned the customer's account after the IVR); a bad update is refused."""
+
     svc = await make_service()
     audio = encode_samples(tone_bursts(12.0, 8000), "mulaw")
-    half = len(audio) // 2
-    events = []
-    async with connect(svc.url) as ws:
-        await ws.send(json.dumps({"type": "start", "call_id": "upd-1", "encoding": "mulaw",
-                                  "sample_rate": 8000, "metadata": {"ani": "+15551234567"}}))
-        for i in range(0, half, 1600):
-            await ws.send(audio[i:i + 1600])
-        await asyncio.sleep(1.0)  # the first half's windows are scored before the update
-        await ws.send(json.dumps({"type": "update",
-                                  "metadata": {"account_id": "A-17", "ani": None}}))
-        for i in range(half, len(audio), 1600):
-            await ws.send(audio[i:i + 1600])
-        await ws.send(json.dumps({"type": "stop"}))
-        async for msg in ws:
-            events.append(json.loads(msg))
+    # the first half's windows are scored before the update
+    events = await with_control_midway(
+        svc.url, {"type": "start", "call_id": "upd-1", "encoding": "mulaw", "sample_rate": 8000,
+                  "metadata": {"ani": "+15551234567"}}, audio, 1600,
+        {"type": "update", "metadata": {"account_id": "A-17", "ani": None}}, wait_s=1.0)
     windows = [e for e in events if e["type"] == "window"]
     assert windows[0]["metadata"] == {"ani": "+15551234567"}
     assert windows[-1]["metadata"] == {"account_id": "A-17"}
     (summary,) = [e for e in events if e["type"] == "summary"]
     assert summary["metadata"] == {"account_id": "A-17"}
-    async with connect(svc.url) as ws:
-        await ws.send(json.dumps({"type": "start", "call_id": "upd-2", "encoding": "mulaw",
-                                  "sample_rate": 8000}))
-        await ws.send(json.dumps({"type": "update", "metadata": ["not", "an", "object"]}))
-        got = []
-        with contextlib.suppress(ConnectionClosed):
-            async for m in ws:
-                got.append(json.loads(m))
-        assert ws.close_code == 4400
-    (error,) = [e for e in got if e["type"] == "error"]
+    close_code, error = await refused(svc.url, {"type": "update",
+                                                "metadata": ["not", "an", "object"]})
+    assert close_code == 4400
     assert error["code"] == "bad_message" and "update" in error["message"]
 
 
 async def test_a_party_that_leaves_is_summarised_then(make_service, redis_client):
     """``{"type": "channel_end"}``: the agent leaves a conference call that goes on; its
     summary comes then (before ``stop``), the caller's at the end; bad ones are refused."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
 
     svc = await make_service()
     x = tone_bursts(10.0, 8000)
     frames = encode_samples(np.stack([x, x[::-1].copy()], axis=1).reshape(-1), "mulaw")
-    events = []
-    async with connect(svc.url) as ws:
-        await ws.send(json.dumps({"type": "start", "call_id": "leave-1", "encoding": "mulaw",
-                                  "sample_rate": 8000, "channels": 2,
-                                  "channel_roles": ["caller", "agent"],
-                                  "score_channels": ["caller", "agent"]}))
-        half = len(frames) // 2
-        for i in range(0, half, 3200):
-            await ws.send(frames[i:i + 3200])
-        await ws.send(json.dumps({"type": "channel_end", "channel": "agent",
-                                  "detail": "left"}))
-        for i in range(half, len(frames), 3200):
-            await ws.send(frames[i:i + 3200])
-        await ws.send(json.dumps({"type": "stop"}))
-        async for msg in ws:
-            events.append(json.loads(msg))
+    events = await with_control_midway(
+        svc.url, {"type": "start", "call_id": "leave-1", "encoding": "mulaw",
+                  "sample_rate": 8000, "channels": 2, "channel_roles": ["caller", "agent"],
+                  "score_channels": ["caller", "agent"]}, frames, 3200,
+        {"type": "channel_end", "channel": "agent", "detail": "left"})
     summaries = [e for e in events if e["type"] == "summary"]
     assert [s["channel"] for s in summaries] == ["agent", "caller"]
     agent, caller = (s["summary"] for s in summaries)
@@ -233,16 +237,8 @@ async def test_a_party_that_leaves_is_summarised_then(make_service, redis_client
     for bad, message in (({"channel": "nobody"}, "one of the call's channels"),
                          ({"channel": "caller", "detail": "Left Early"}, "detail"),
                          ({"channel": "caller", "why": 1}, "unknown fields")):
-        async with connect(svc.url) as ws:
-            await ws.send(json.dumps({"type": "start", "call_id": "leave-2",
-                                      "encoding": "mulaw", "sample_rate": 8000}))
-            await ws.send(json.dumps({"type": "channel_end", **bad}))
-            got = []
-            with contextlib.suppress(ConnectionClosed):
-                async for m in ws:
-                    got.append(json.loads(m))
-            assert ws.close_code == 4400
-        (error,) = [e for e in got if e["type"] == "error"]
+        close_code, error = await refused(svc.url, {"type": "channel_end", **bad})
+        assert close_code == 4400
         assert error["code"] == "bad_message" and message in error["message"]
 
 
