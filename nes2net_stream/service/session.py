@@ -218,10 +218,7 @@ class CallSession:
         ch = self._channels.pop(role, None)
         if ch is None:
             return
-        now = time.monotonic()
-        self._flush(ch, now)
-        for window in ch.pipeline.finish():
-            self._submit(ch, window, now)
+        self._finish(ch, time.monotonic())
         self._pending.put_nowait(_ChannelEnd(ch, CallEnd("stop", detail)))
         self.log.info("channel ended", channel=role, detail=detail)
 
@@ -253,6 +250,12 @@ class CallSession:
         ch.held_samples = 0
         for window in ch.pipeline.push(x):
             self._submit(ch, window, received)
+
+    def _finish(self, ch: _Channel, now: float) -> None:
+        """The end of a channel's audio: its held audio, then the pipeline's last windows."""
+        self._flush(ch, now)
+        for window in ch.pipeline.finish():
+            self._submit(ch, window, now)
 
     def _submit(self, ch: _Channel, window: SpeechWindow, received: float) -> None:
         # under overload every call keeps being scored, at a longer hop (engine.stride())
@@ -286,9 +289,7 @@ class CallSession:
         now = time.monotonic()
         self._report_audio()
         for ch in self._channels.values():
-            self._flush(ch, now)
-            for window in ch.pipeline.finish():
-                self._submit(ch, window, now)
+            self._finish(ch, now)
         self._pending.put_nowait(None)
         with contextlib.suppress(asyncio.CancelledError):
             await self._consumer
