@@ -68,9 +68,14 @@ class StreamResult:
 
     @property
     def summary(self) -> dict[str, Any] | None:
-        """The (first) call summary, if one arrived."""
+        """The first summary to arrive, if one did (one per scored channel: see ``summaries``)."""
         found = self.of_type("summary")
         return found[0] if found else None
+
+    @property
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        """Each channel's summary by role (a party that left has its own, earlier)."""
+        return {e.get("channel", ""): e for e in self.of_type("summary")}
 
 
 async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,

@@ -155,3 +155,34 @@ async def test_a_call_ended_right_after_a_party_left_sends_each_summary_once(mak
     assert sent == ["agent", "caller", "third"]
     agent = next(e for e in events if e.type == "summary" and e.channel == "agent")
     assert agent.to_dict()["summary"]["detail"] == "left"
+
+
+async def test_the_call_clock_goes_on_after_the_first_party_left(make_service, audio):
+    svc = await make_service()
+    events = []
+    session = svc.ctx.open_call(start("first-left", open_on_audio=frozenset({"third"})),
+                                sink=events.append)
+    await feed(session, {k: audio[k] for k in ("caller", "agent")}, 3.0)
+    session.end_channel("caller", "left")  # the first channel's audio stops at 3 s
+    # the agent goes on to 7 s; a third party speaks from 5 s
+    await feed(session, {k: audio[k] for k in ("agent", "third")}, 4.0, third_from=2.0)
+    assert session.audio_seconds == pytest.approx(7.0, abs=0.03)
+    summaries = {s.channel: s.to_dict()["summary"] for s in
+                 await svc.ctx.end_call(session, CallEnd())}
+    assert set(summaries) == {"agent", "third"}
+    # opened at 5 s on the call's clock, not where the first channel stopped
+    assert summaries["third"]["duration_s"] == pytest.approx(7.0, abs=0.03)
+    assert summaries["agent"]["duration_s"] == pytest.approx(7.0, abs=0.03)
+    third = [e for e in events if e.channel == "third" and e.type == "window"]
+    assert third and min(e.to_dict()["window"]["start_s"] for e in third) >= 5.0 - 0.03
+
+
+async def test_every_channel_counts_towards_the_call_clock(make_service, audio):
+    """Audio of one channel only (not the first) still advances the clock the limits read."""
+    svc = await make_service()
+    session = svc.ctx.open_call(start("agent-only"))
+    await feed(session, {"agent": audio["agent"]}, 2.0)
+    assert session.audio_seconds == pytest.approx(2.0, abs=0.03)
+    await feed(session, audio, 1.0, third_from=0.0)  # channels together: the furthest one
+    assert session.audio_seconds == pytest.approx(3.0, abs=0.03)
+    await svc.ctx.end_call(session, CallEnd())

@@ -249,7 +249,8 @@ async def test_the_client_ends_a_channel_at_its_time_in_the_audio(make_service):
                                encoding="mulaw", channel_roles=["caller", "agent"],
                                realtime=False, extra_start={"score_channels": ["caller", "agent"]},
                                channel_ends=[(3.0, "agent")])
-    by = {s["channel"]: s["summary"] for s in res.of_type("summary")}
+    by = {role: s["summary"] for role, s in res.summaries.items()}
+    assert res.summary["channel"] == "agent"  # the leaver's came first
     assert by["agent"]["duration_s"] == pytest.approx(3.0, abs=0.03)
     assert by["caller"]["duration_s"] == pytest.approx(8.0, abs=0.03)
 

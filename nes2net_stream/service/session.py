@@ -113,6 +113,10 @@ class CallSession:
         #: scored roles whose channel opens with its first audio: role -> interleaved index
         self._unopened: dict[str, int] = {}
         self._gaps_s = 0.0  # seconds of the provider's audio reported missing (discontinuity)
+        #: each role's position in seconds of its audio received (gaps excluded); a role of
+        #: ``open_on_audio`` joins at the call's clock with its first audio
+        self._heard: dict[str, float] = {r: 0.0 for r in start.channels
+                                         if r not in start.open_on_audio}
         for i, role in enumerate(start.channels):
             if role not in start.score_channels:
                 continue
@@ -122,6 +126,7 @@ class CallSession:
                 self._channels[role] = self._new_channel(role, i)
         self._pending: asyncio.Queue[_Pending | _ChannelEnd | None] = asyncio.Queue()
         self._consumer = asyncio.create_task(self._consume(), name=f"call-{start.call_id}")
+        #: the call's clock: seconds of audio received by its furthest channel (the limits use it)
         self.audio_seconds = 0.0
         self._audio_unreported = 0.0  # received, not yet added to the audio-seconds counter
         self._closing: asyncio.Future[list[OutputEvent]] | None = None
@@ -191,11 +196,7 @@ class CallSession:
         # opened at the call's position before this chunk (interleaved audio opens them all)
         for role in [r for r in self._unopened if chunk.channel in (None, r)]:
             self._open(role)
-        if chunk.channel is None or chunk.channel == self.start.channels[0]:
-            self.audio_seconds += seconds
-            self._audio_unreported += seconds
-            if self._audio_unreported >= METRIC_EVERY_S:
-                self._report_audio()
+        self._count(chunk.channel, seconds)
         if chunk.channel is not None:
             ch = self._channels.get(chunk.channel)
             if ch is not None:
@@ -203,6 +204,26 @@ class CallSession:
             return
         for ch in self._channels.values():
             self._process(ch, frames[:, ch.index], received)
+
+    def _count(self, role: str | None, seconds: float) -> None:
+        """Advance the call's clock (``audio_seconds``) to the furthest any role's audio reached.
+
+        Per-channel audio counts for its role only, so the clock goes on when the first
+        channel's party left, and the rate and length limits see every channel's audio.
+        """
+        if role is None:
+            for r in self._heard:
+                self._heard[r] += seconds
+            ahead = seconds
+        else:
+            heard = self._heard.get(role, self.audio_seconds) + seconds
+            self._heard[role] = heard
+            ahead = heard - self.audio_seconds
+        if ahead > 0.0:
+            self.audio_seconds += ahead
+            self._audio_unreported += ahead
+            if self._audio_unreported >= METRIC_EVERY_S:
+                self._report_audio()
 
     def end_channel(self, role: str, detail: str | None = None) -> None:
         """End one channel before the call (a party left).

@@ -115,6 +115,22 @@ async def test_customer_track_outbound_maps_outbound_to_caller(make_service, red
     assert summary["summary"]["speech_s"] > 3.0
 
 
+async def test_agent_track_alone_is_rate_limited(make_service, redis_client):
+    """Every track counts towards the rate and length limits, not only the customer's."""
+    svc = await make_service(gateways={"twilio": {"enabled": True, "path": PATH,
+                                                  "score_agent": True}},
+                             limits={"max_realtime_factor": 1.0, "realtime_burst_s": 1.0})
+    call, stream = sid("CA", 9), sid("MZ", 9)
+    frames = mulaw_b64_frames(6.0, seed=2)
+    msgs = [m for m in conversation(call, stream, inbound=frames, outbound=frames)
+            if '"track": "inbound"' not in m]
+    _, code, reason = await play(ws_url(svc, PATH), msgs)
+    assert (code, reason) == (4429, "rate_limited")
+    found = {d["channel"]: d["summary"] for d in
+             await summaries(redis_client, f"{call}:{stream}", n=2)}
+    assert found["agent"]["end_reason"] == "error" and found["agent"]["detail"] == "rate_limited"
+
+
 async def test_missing_custom_parameters_and_media_format(make_service, redis_client):
     svc = await service(make_service)
     call, stream = sid("CA", 4), sid("MZ", 4)
