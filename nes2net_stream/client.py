@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from nes2net_stream.audio import g711
-from nes2net_stream.audio.io import float_to_pcm16, load_audio
+from nes2net_stream.audio.io import float_to_pcm16, load_audio, load_audio_channels
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -156,7 +156,17 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
 
 
 async def stream_file(url: str, path: str | Path, *, sample_rate: int = 8000,
-                      **kwargs: Any) -> StreamResult:
-    """Read an audio file (any format), resample it to ``sample_rate`` and stream it."""
-    clip = load_audio(path, sample_rate=sample_rate)
-    return await stream_samples(url, clip.samples, sample_rate, **kwargs)
+                      channel_roles: list[str] | None = None, **kwargs: Any) -> StreamResult:
+    """Read an audio file (any format), resample it to ``sample_rate`` and stream it.
+
+    Without ``channel_roles`` the file's channels are mixed into one call channel (the
+    caller's). With them, the file must have that many channels (a stereo recording of both
+    parties): each is streamed as its role, and every role is scored.
+    """
+    if not channel_roles:
+        clip = load_audio(path, sample_rate=sample_rate)
+        return await stream_samples(url, clip.samples, sample_rate, **kwargs)
+    frames = load_audio_channels(path, sample_rate=sample_rate, channels=len(channel_roles))
+    extra = {"score_channels": list(channel_roles), **(kwargs.pop("extra_start", None) or {})}
+    return await stream_samples(url, frames, sample_rate, channel_roles=list(channel_roles),
+                                extra_start=extra, **kwargs)

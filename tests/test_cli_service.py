@@ -4,6 +4,7 @@ import asyncio
 import subprocess
 import sys
 
+import pytest
 import soundfile as sf
 from helpers import tone_bursts
 
@@ -71,6 +72,43 @@ def test_stream_refuses_malformed_metadata_and_updates(tmp_path):
                           (["--metadata", "{oops"], "not JSON"),
                           (["--update", "soon:{}"], "is not SECONDS:JSON"),
                           (["--update", "-1:{}"], "is not SECONDS:JSON"),
-                          (["--update", '2:"x"'], "must be a JSON object")):
+                          (["--update", '2:"x"'], "must be a JSON object"),
+                          (["--channels", "caller,caller"], "two distinct roles"),
+                          (["--channels", "a,b,c"], "two distinct roles"),
+                          (["--channel-end", "3:agent"], "not a role of --channels"),
+                          (["--channels", "caller,agent", "--channel-end", "x:agent"],
+                           "is not SECONDS:ROLE")):
         out = CliRunner().invoke(cli, ["stream", str(path), *args])
         assert out.exit_code == 2 and message in out.output, (args, out.output)
+
+
+async def test_stream_keeps_a_stereo_recordings_parties(make_service, tmp_path):
+    """--channels streams each channel as its party; --channel-end ends one early."""
+    import json
+
+    import numpy as np
+
+    svc = await make_service()
+    path = tmp_path / "stereo.wav"
+    x = np.stack([tone_bursts(6.0, 16000, seed=1), tone_bursts(6.0, 16000, seed=2)], axis=1)
+    sf.write(path, x, 16000, subtype="PCM_16")
+    stream = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nes2net_stream", "stream", str(path), "--url", svc.url, "--fast",
+        "--json", "--channels", "caller,agent", "--channel-end", "2.5:agent",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(stream.communicate(), 60)
+    assert stream.returncode == 0, err.decode()
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    summaries = {e["channel"]: e["summary"] for e in events if e["type"] == "summary"}
+    assert summaries["agent"]["end_reason"] == "stop"
+    assert summaries["agent"]["duration_s"] == pytest.approx(2.5, abs=0.03)
+    assert summaries["caller"]["duration_s"] == 6.0
+    assert {e["channel"] for e in events if e["type"] == "window"} == {"caller", "agent"}
+    # a mono file is refused for two roles, with the file's channel count named
+    mono = tmp_path / "mono.wav"
+    sf.write(mono, tone_bursts(2.0, 8000), 8000, subtype="PCM_16")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nes2net_stream", "stream", str(mono), "--url", svc.url,
+        "--channels", "caller,agent", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0 and "1 channel(s), 2 expected" in err.decode()

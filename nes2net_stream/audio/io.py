@@ -124,6 +124,20 @@ def validate_samples(samples: np.ndarray, sample_rate: int, *, name: str = "audi
         raise AudioError(f"{name}: the audio is silent (peak below -90 dBFS)")
 
 
+def _read_file(p: Path) -> tuple[np.ndarray, int]:
+    """(frames x channels, rate) of an existing, non-empty audio file."""
+    if not p.exists():
+        raise AudioError(f"audio file not found: {p}")
+    if not p.is_file():
+        raise AudioError(f"not a file: {p}")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{p}: the file is empty")
+    frames, rate = _read_any(p)
+    if rate <= 0:
+        raise AudioError(f"{p}: invalid sample rate {rate}")
+    return frames, rate
+
+
 def load_audio(path: str | Path, *, sample_rate: int | None = MODEL_SAMPLE_RATE,
                channel: ChannelSelect = "mix", allow_silence: bool = False) -> AudioClip:
     """Read an audio file as validated mono float32 at ``sample_rate``.
@@ -138,22 +152,32 @@ def load_audio(path: str | Path, *, sample_rate: int | None = MODEL_SAMPLE_RATE,
     Raises:
         AudioError: the file is missing, unreadable, empty, too short, silent or non-finite.
     """
-    p = Path(path)
-    if not p.exists():
-        raise AudioError(f"audio file not found: {p}")
-    if not p.is_file():
-        raise AudioError(f"not a file: {p}")
-    if p.stat().st_size == 0:
-        raise AudioError(f"{p}: the file is empty")
-    frames, rate = _read_any(p)
-    if rate <= 0:
-        raise AudioError(f"{p}: invalid sample rate {rate}")
+    frames, rate = _read_file(Path(path))
     mono = select_channel(frames, channel)
-    validate_samples(mono, rate, name=str(p), allow_silence=allow_silence)
+    validate_samples(mono, rate, name=str(path), allow_silence=allow_silence)
     mono = np.clip(mono, -1.0, 1.0)
     out_rate = rate if sample_rate is None else sample_rate
     return AudioClip(samples=resample(mono, rate, out_rate), sample_rate=out_rate,
                      source_rate=rate, source_channels=frames.shape[1])
+
+
+def load_audio_channels(path: str | Path, *, sample_rate: int = MODEL_SAMPLE_RATE,
+                        channels: int | None = None) -> np.ndarray:
+    """Read an audio file as (frames x channels) float32 at ``sample_rate``, channels kept.
+
+    The mix is validated as :func:`load_audio` validates audio; a silent channel is allowed (a
+    party who never spoke). ``channels``, when given, is the count the file must have.
+
+    Raises:
+        AudioError: as :func:`load_audio`, or the file has another number of channels.
+    """
+    frames, rate = _read_file(Path(path))
+    if channels is not None and frames.shape[1] != channels:
+        raise AudioError(f"{path}: {frames.shape[1]} channel(s), {channels} expected")
+    validate_samples(select_channel(frames, "mix"), rate, name=str(path))
+    frames = np.clip(frames, -1.0, 1.0)
+    return np.stack([resample(frames[:, i], rate, sample_rate)
+                     for i in range(frames.shape[1])], axis=1)
 
 
 def write_audio(path: str | Path, samples: np.ndarray, sample_rate: int) -> Path:

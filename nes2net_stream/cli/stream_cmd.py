@@ -45,17 +45,44 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
     return value
 
 
-def _update(text: str) -> tuple[float, dict[str, Any]]:
-    """``SECONDS:JSON`` of ``--update``."""
-    at, sep, body = text.partition(":")
+def _timed(text: str, option: str, form: str, example: str) -> tuple[float, str]:
+    """``SECONDS:REST`` of a timed option (``--update``, ``--channel-end``)."""
+    at, sep, rest = text.partition(":")
     try:
         seconds = float(at)
     except ValueError:
         seconds = -1.0
     if not sep or not seconds >= 0:
-        raise click.BadParameter(f"{text!r} is not SECONDS:JSON, e.g. "
-                                 "'5:{\"account_id\": \"A-17\"}'", param_hint="--update")
+        raise click.BadParameter(f"{text!r} is not {form}, e.g. {example!r}",
+                                 param_hint=option)
+    return seconds, rest
+
+
+def _update(text: str) -> tuple[float, dict[str, Any]]:
+    """``SECONDS:JSON`` of ``--update``."""
+    seconds, body = _timed(text, "--update", "SECONDS:JSON", '5:{"account_id": "A-17"}')
     return seconds, _json_object(body, "--update")
+
+
+def _roles(text: str | None) -> list[str] | None:
+    """``--channels caller,agent``: one role per channel of the file (at most two)."""
+    if text is None:
+        return None
+    roles = [r.strip() for r in text.split(",")]
+    if not 1 <= len(roles) <= 2 or "" in roles or len(set(roles)) != len(roles):
+        raise click.BadParameter(f"{text!r}: one or two distinct roles, e.g. caller,agent",
+                                 param_hint="--channels")
+    return roles
+
+
+def _channel_end(text: str, roles: list[str] | None) -> tuple[float, str]:
+    """``SECONDS:ROLE`` of ``--channel-end``: a role of ``--channels``."""
+    seconds, role = _timed(text, "--channel-end", "SECONDS:ROLE", "30:agent")
+    if roles is None or role not in roles:
+        raise click.BadParameter(f"{role!r} is not a role of --channels "
+                                 f"({','.join(roles) if roles else 'not given'})",
+                                 param_hint="--channel-end")
+    return seconds, role
 
 
 @click.command()
@@ -74,15 +101,24 @@ def _update(text: str) -> tuple[float, dict[str, Any]]:
 @click.option("--update", "updates", multiple=True, metavar="SECONDS:JSON",
               help="Merge this JSON object into the call's metadata once SECONDS of audio "
                    "have been sent (an update message; repeat).")
+@click.option("--channels", "channels", default=None, metavar="ROLE[,ROLE]",
+              help="Keep the file's channels as these parties, all scored (a stereo recording: "
+                   "caller,agent); by default the channels are mixed into the caller's.")
+@click.option("--channel-end", "channel_ends", multiple=True, metavar="SECONDS:ROLE",
+              help="That party leaves after SECONDS of audio: its summary comes then (a "
+                   "channel_end message; repeat; roles of --channels).")
 @click.option("--json", "as_json", is_flag=True, help="Print raw JSON events.")
 def stream(file: Path, url: str, realtime: bool, encoding: str, sample_rate: str,
            call_id: str | None, token: str | None, metadata: str | None,
-           updates: tuple[str, ...], as_json: bool) -> None:
+           updates: tuple[str, ...], channels: str | None, channel_ends: tuple[str, ...],
+           as_json: bool) -> None:
     """Stream an audio FILE to the service as one call and print the events it sends back."""
     from nes2net_stream.client import stream_file
 
     meta = _json_object(metadata, "--metadata") if metadata else {"file": file.name}
     timed = [_update(u) for u in updates]
+    roles = _roles(channels)
+    ends = [_channel_end(e, roles) for e in channel_ends]
 
     def show(event: dict[str, Any]) -> None:
         click.echo(json.dumps(event) if as_json else _line(event))
@@ -90,7 +126,8 @@ def stream(file: Path, url: str, realtime: bool, encoding: str, sample_rate: str
 
     result = asyncio.run(stream_file(url, file, sample_rate=int(sample_rate), call_id=call_id,
                                      encoding=encoding, realtime=realtime, token=token,
-                                     metadata=meta, on_event=show, updates=timed))
+                                     metadata=meta, on_event=show, updates=timed,
+                                     channel_roles=roles, channel_ends=ends))
     if result.of_type("error"):
         raise SystemExit(1)
 
