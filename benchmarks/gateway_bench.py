@@ -133,9 +133,15 @@ async def run(args: argparse.Namespace, name: str, env: dict[str, str], level: L
 
 
 def cli(doc: str, main: Callable[[argparse.Namespace], Awaitable[dict[str, Any]]], *,
-        unit: str = "calls", workers: bool = True) -> None:
-    """The benchmarks' command line: ``--<unit> --duration-s --workers --model --smoke ...``."""
+        unit: str = "calls", workers: bool = True,
+        flags: dict[str, str] | None = None) -> None:
+    """The benchmarks' command line: ``--<unit> --duration-s --workers --model --smoke ...``.
+
+    ``flags``: a script's own on/off options, ``{"--name": help}``.
+    """
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    for flag, text in (flags or {}).items():
+        ap.add_argument(flag, action="store_true", help=text)
     ap.add_argument(f"--{unit}", dest="calls", type=int, default=100)
     ap.add_argument("--duration-s", type=float, default=30.0)
     if workers:

@@ -214,6 +214,16 @@ def test_amazon_connect_bench_smoke():
 
 
 @pytest.mark.timeout(300)
+def test_voice_connector_bench_smoke():
+    """Chime Voice Connector calls: two legs' streams each, one call per transaction."""
+    out = run_script("amazon_connect_bench.py", "--voice-connector")
+    vc = out["chime_voice_connector"]
+    assert vc["registered"] == 5 and vc["calls_ended"] == {"stop": 5.0}
+    assert vc["windows_scored"] >= 5 and vc["signature_rejections"] == 0
+    assert vc["cpu_ms_per_contact_second"] > 0 and out["service_exit_code"] == 0
+
+
+@pytest.mark.timeout(300)
 def test_policy_bench_smoke():
     out = run_script("policy_bench.py")
     timings = out["us_per_window_at_call_length"]

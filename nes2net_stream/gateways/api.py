@@ -167,6 +167,8 @@ class Gateway:
         self.reuse_port = False
         #: this ingest process's index when several share the ports (set with ``reuse_port``)
         self.worker_index: int | None = None
+        #: how many ingest processes share the ports (1 without ``reuse_port``)
+        self.worker_count = 1
         self.log = get_logger(f"nes2net.gateway.{self.name}")
 
     @property

@@ -293,6 +293,7 @@ class Service:
             elif gw.transport == "custom":
                 gw.reuse_port = self.reuse_port
                 gw.worker_index = self.worker_index if self.reuse_port else None
+                gw.worker_count = self.settings.server.workers if self.reuse_port else 1
                 await gw.start_serving()
                 self._custom_gateways.append(gw)
                 log.info("gateway listening", gateway=gw.name, host=gw.config.host,

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import time
 from typing import Any
 
@@ -125,3 +126,26 @@ async def summaries(redis_client: Any, call_id: str | None, n: int = 1, within: 
         if len(found) >= n or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.1)
+
+
+def free_port_run(n: int) -> int:
+    """A port P with P..P+n-1 all free for TCP on loopback."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n > 65535:
+            continue
+        try:
+            socks = []
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports")

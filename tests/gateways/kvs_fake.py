@@ -54,6 +54,18 @@ def mkv_fragment(number: int, contact_id: str, customer: bytes, agent: bytes, *,
                  block_bytes: int = 320, rate: float = 8000.0, codec: str = "A_PCM/INT/LIT",
                  extra_tags: tuple[tuple[str, str], ...] = ()) -> bytes:
     """One GetMedia fragment (see the module docstring); PCM is 16-bit little-endian."""
+    return mkv_tracks_fragment(number, ("ContactId", contact_id),
+                               [("AUDIO_FROM_CUSTOMER", customer), ("AUDIO_TO_CUSTOMER", agent)],
+                               block_bytes=block_bytes, rate=rate, codec=codec,
+                               extra_tags=extra_tags)
+
+
+def mkv_tracks_fragment(number: int, id_tag: tuple[str, str],
+                        audio: list[tuple[str, bytes]], *, block_bytes: int = 320,
+                        rate: float = 8000.0, codec: str = "A_PCM/INT/LIT",
+                        extra_tags: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A fragment of the named tracks' PCM, tagged ``id_tag`` (a Voice Connector leg's stream
+    has one track and a ``TransactionId`` tag)."""
     header = el(0x1A45DFA3, uint(0x4286, 1) + uint(0x42F7, 1) + uint(0x42F2, 4)
                 + uint(0x42F3, 8) + text(0x4282, "matroska") + uint(0x4287, 2)
                 + uint(0x4285, 2))
@@ -64,17 +76,18 @@ def mkv_fragment(number: int, contact_id: str, customer: bytes, agent: bytes, *,
         return el(0xAE, uint(0xD7, n) + uint(0x73C5, n) + uint(0x83, 2) + text(0x536E, name)
                   + text(0x86, codec) + audio)
 
-    tracks = el(0x1654AE6B, track(1, "AUDIO_FROM_CUSTOMER") + track(2, "AUDIO_TO_CUSTOMER"))
+    tracks = el(0x1654AE6B, b"".join(track(n, name) for n, (name, _) in enumerate(audio, 1)))
     blocks = []
-    for i in range(0, max(len(customer), len(agent)), block_bytes):
-        for n, pcm in ((1, customer), (2, agent)):
+    numbered = [(n, pcm) for n, (_, pcm) in enumerate(audio, 1)]
+    for i in range(0, max(len(pcm) for _, pcm in numbered), block_bytes):
+        for n, pcm in numbered:
             if i < len(pcm):
                 rel = struct.pack(">h", (i // block_bytes) * 40 % 32000)
                 blocks.append(el(0xA3, bytes([0x80 | n]) + rel + b"\x80" + pcm[i:i + block_bytes]))
     cluster = b"\x1f\x43\xb6\x75" + UNKNOWN + uint(0xE7, number * 1000) + b"".join(blocks)
     tags = [("AWS_KINESISVIDEO_FRAGMENT_NUMBER", str(91343852333181432392682062600000 + number)),
             ("AWS_KINESISVIDEO_SERVER_TIMESTAMP", f"{1700000000 + number}.000"),
-            ("ContactId", contact_id), *extra_tags]
+            id_tag, *extra_tags]
     tag_el = el(0x1254C367, el(0x7373, el(0x63C0, uint(0x68CA, 50))
                                 + b"".join(simple_tag(k, v) for k, v in tags)))
     return header + b"\x18\x53\x80\x67" + UNKNOWN + info + tracks + cluster + tag_el

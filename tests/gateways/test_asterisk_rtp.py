@@ -8,7 +8,7 @@ import struct
 import aiohttp
 import numpy as np
 import pytest
-from gwsupport import summaries, window_scores
+from gwsupport import free_port_run, summaries, window_scores
 from siprec_client import RtpSender, real_speech, rtp_packets, send_rtp
 from structlog.testing import capture_logs
 
@@ -235,36 +235,13 @@ async def test_media_networks_restrict_who_may_send(make_service, redis_client):
     await request("DELETE", made["call_url"])
 
 
-def _free_run(n: int) -> int:
-    """A port P with P..P+n-1 all free for TCP on loopback."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        try:
-            socks = []
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no run of free ports")
-
-
 async def test_two_ingest_workers_each_own_their_calls(small_bundle, redis_server,
                                                        redis_client, tmp_path):
     """With ``server.workers = 2`` both processes share the control port; each call's URL
     names the port of the process that owns its RTP port, so DELETE always reaches it."""
     from nes2net_stream.localstack import ServiceProcess
 
-    port = _free_run(3)
+    port = free_port_run(3)
     svc = ServiceProcess(redis_server.url, model=str(small_bundle), log_path=tmp_path / "log",
                          extra_env={"NES2NET_SERVER__WORKERS": "2", "NES2NET_HTTP__PORT": "0",
                                     "NES2NET_GATEWAYS__ASTERISK_RTP__ENABLED": "true",

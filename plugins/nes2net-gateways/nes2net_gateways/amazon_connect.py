@@ -32,14 +32,12 @@ from nes2net_gateways._common import (
     call_metadata,
     call_start,
     check_call_id,
-    check_roles,
     discard_events,
     parse_json_object,
 )
-from nes2net_gateways._control_api import ControlApiConfig, RegisteredCallsGateway
+from nes2net_gateways._kvs_gateway import KvsGateway, KvsGatewayConfig
 from nes2net_gateways.amazon_connect_call import RATE, ContactCall
-from nes2net_gateways.kvs import KvsClient, region_of
-from nes2net_stream.errors import ConfigError
+from nes2net_gateways.kvs import region_of
 from nes2net_stream.gateways.api import GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
 
@@ -47,55 +45,29 @@ FIELDS = frozenset({"contact_id", "stream_arn", "start_fragment_number", "ani", 
                     "custom"})
 
 
-class AmazonConnectConfig(ControlApiConfig):
+class AmazonConnectConfig(KvsGatewayConfig):
     """``[gateways.amazon_connect]`` settings (see docs/gateways/amazon_connect.md)."""
 
     port: int = Field(9200, ge=0, le=65535)
-    endpoint_url: str = ""
-    aws_profile: str = ""
-    allowed_stream_arns: list[str] = Field(default_factory=list)
-    media_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
-    max_reconnects: int = Field(3, ge=0, le=100)
 
 
-class AmazonConnectGateway(RegisteredCallsGateway):
+class AmazonConnectGateway(KvsGateway):
     """Amazon Connect contacts from Kinesis Video Streams (see the module docstring)."""
 
     name = "amazon_connect"
-    transport = "custom"
     Config = AmazonConnectConfig
     resource = "contacts"
 
     def __init__(self, config: GatewayConfig, ctx: Any, *, auth_required: bool):
         super().__init__(config, ctx, auth_required=auth_required)
-        self.cfg: AmazonConnectConfig = config  # type: ignore[assignment]
-        self.kvs: Any = None
-        self.setup_api()
         self.api.route("POST", "/contacts", self._create)
-
-    def check_config(self) -> None:
-        """Validate the token, the roles and the endpoint; load botocore."""
-        check_roles(self.cfg, self.name)
-        self.api.check()
-        url = self.cfg.endpoint_url
-        if url and not url.startswith(("https://", "http://")):
-            raise ConfigError(f"gateways.{self.name}.endpoint_url: must be an http(s) URL")
-        self.kvs = KvsClient(url, self.cfg.aws_profile)
-
-    async def close(self) -> None:
-        """End the contacts and stop the control API, then close the KVS client."""
-        await super().close()
-        if self.kvs is not None:
-            await self.kvs.close()
 
     # ------------------------------------------------------------------ control API
     async def _create(self, request: web.Request) -> web.Response:
         self.check_accepting()
         doc = parse_registration(await request.read(), self.limits.max_text_bytes)
         arn = doc["stream_arn"]
-        allowed = self.cfg.allowed_stream_arns
-        if allowed and not any(arn.startswith(prefix) for prefix in allowed):
-            raise ProtocolError("unauthorized", "stream_arn is not in allowed_stream_arns")
+        self.check_stream(arn)
         contact = doc["contact_id"]
         meta = call_metadata(self.name, contact, stream_id=arn, ani=doc.get("ani"),
                              dnis=doc.get("dnis"), custom=doc.get("custom"))
