@@ -10,7 +10,7 @@ import aiohttp
 import numpy as np
 import pytest
 from gwsupport import summaries, window_scores
-from kvs_fake import ARN, FakeKvs, Stream, fragment_number, mkv_fragment
+from kvs_fake import ARN, Stream, fragment_number, mkv_fragment
 from siprec_client import real_speech
 
 from nes2net_stream.audio.io import float_to_pcm16
@@ -21,22 +21,7 @@ TOKEN = "connect-lambda-token"
 CONTACT = "5fa1c2d3-0b4e-4c6f-9a8b-7c6d5e4f3a2b"
 
 
-@pytest.fixture(autouse=True)
-def aws_credentials(monkeypatch, tmp_path):
-    from kvs_fake import ACCESS_KEY, SECRET_KEY
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
-@pytest.fixture()
-async def kvs():
-    fake = await FakeKvs().start()
-    yield fake
-    await fake.stop()
+pytestmark = pytest.mark.usefixtures("aws_credentials")
 
 
 async def service(make_service, kvs, limits=None, **section):

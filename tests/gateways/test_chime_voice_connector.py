@@ -10,7 +10,7 @@ import pytest
 from gwsupport import summaries, window_scores
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kvs_fake import ARN, FakeKvs, Stream, fragment_number, mkv_tracks_fragment
+from kvs_fake import ARN, Stream, fragment_number, mkv_tracks_fragment
 from nes2net_gateways.chime_vc_events import parse_event
 from siprec_client import real_speech
 
@@ -25,22 +25,7 @@ CALLER_ARN = ARN.replace("connect-contact-stream", "ChimeVoiceConnector-vc1-call
 CALLEE_ARN = ARN.replace("connect-contact-stream", "ChimeVoiceConnector-vc1-callee")
 
 
-@pytest.fixture(autouse=True)
-def aws_credentials(monkeypatch, tmp_path):
-    from kvs_fake import ACCESS_KEY, SECRET_KEY
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
-@pytest.fixture()
-async def kvs():
-    fake = await FakeKvs().start()
-    yield fake
-    await fake.stop()
+pytestmark = pytest.mark.usefixtures("aws_credentials")
 
 
 async def service(make_service, kvs, **section):

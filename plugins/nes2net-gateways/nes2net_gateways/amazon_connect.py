@@ -37,7 +37,7 @@ from nes2net_gateways._common import (
 )
 from nes2net_gateways._kvs_gateway import KvsGateway, KvsGatewayConfig
 from nes2net_gateways.amazon_connect_call import RATE, ContactCall
-from nes2net_gateways.kvs import region_of
+from nes2net_gateways.kvs import check_fragment_number, check_stream_arn
 from nes2net_stream.gateways.api import GatewayConfig
 from nes2net_stream.service.errors import ProtocolError
 
@@ -91,15 +91,8 @@ def parse_registration(body: bytes, max_bytes: int) -> dict[str, Any]:
     if unknown:
         raise ProtocolError("bad_message", f"unknown field(s): {', '.join(unknown)}"[:200])
     check_call_id(doc.get("contact_id"), "contact_id")
-    arn = doc.get("stream_arn")
-    try:
-        region_of(arn if isinstance(arn, str) else "")
-    except ValueError as exc:
-        raise ProtocolError("bad_message", f"stream_arn: {exc}") from None
-    fragment = doc.get("start_fragment_number")
-    if fragment is not None and not (isinstance(fragment, str) and fragment.isdigit()
-                                     and len(fragment) <= 64):
-        raise ProtocolError("bad_message", "start_fragment_number must be a string of digits")
+    check_stream_arn(doc.get("stream_arn"), "stream_arn")
+    check_fragment_number(doc.get("start_fragment_number"), "start_fragment_number")
     if not isinstance(doc.get("custom", {}), dict):
         raise ProtocolError("bad_message", "custom must be a JSON object")
     for key in ("ani", "dnis"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nes2net_gateways._common import check_call_id, parse_json_object
-from nes2net_gateways.kvs import region_of
+from nes2net_gateways.kvs import check_fragment_number, check_stream_arn
 from nes2net_stream.service.errors import ProtocolError
 
 DETAIL_TYPE = "Chime VoiceConnector Streaming Status"
@@ -82,15 +82,9 @@ def parse_event(body: bytes, max_bytes: int) -> StreamingEvent:
     is_caller = _bool(detail.get("isCaller"), "isCaller")
     arn = detail.get("streamArn")
     if arn is not None:
-        try:
-            region_of(arn if isinstance(arn, str) else "")
-        except ValueError as exc:
-            raise ProtocolError("bad_message", f"detail.streamArn: {exc}") from None
-    fragment = detail.get("startFragmentNumber")
-    if fragment is not None and not (isinstance(fragment, str) and fragment.isdigit()
-                                     and len(fragment) <= 64):
-        raise ProtocolError("bad_message", "detail.startFragmentNumber must be a string of "
-                            "digits")
+        check_stream_arn(arn, "detail.streamArn")
+    fragment = check_fragment_number(detail.get("startFragmentNumber"),
+                                     "detail.startFragmentNumber")
     if status == "STARTED":
         if arn is None or is_caller is None:
             raise ProtocolError("bad_message", "a STARTED event needs detail.streamArn and "

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from nes2net_stream.errors import ConfigError
+from nes2net_stream.service.errors import ProtocolError
 
 SERVICE = "kinesisvideo"
 
@@ -30,6 +31,23 @@ def region_of(stream_arn: str) -> str:
     if len(parts) < 6 or parts[0] != "arn" or parts[2] != SERVICE or not parts[3]:
         raise ValueError(f"not a Kinesis Video stream ARN: {stream_arn[:120]!r}")
     return parts[3]
+
+
+def check_stream_arn(value: Any, what: str) -> str:
+    """A Kinesis Video stream ARN; ProtocolError ``bad_message`` naming ``what`` otherwise."""
+    try:
+        region_of(value if isinstance(value, str) else "")
+    except ValueError as exc:
+        raise ProtocolError("bad_message", f"{what}: {exc}") from None
+    return value
+
+
+def check_fragment_number(value: Any, what: str) -> str | None:
+    """An optional fragment number (a string of digits); ProtocolError otherwise."""
+    if value is not None and not (isinstance(value, str) and value.isdigit()
+                                  and len(value) <= 64):
+        raise ProtocolError("bad_message", f"{what} must be a string of digits")
+    return value
 
 
 class KvsError(Exception):
