@@ -3,6 +3,7 @@
 import asyncio
 import json
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import aiohttp
@@ -44,10 +45,11 @@ async def local_offer(pc: RTCPeerConnection) -> str:
 class Client:
     """An aiortc softphone: one audio track from a WAV file and the events data channel."""
 
-    def __init__(self, wav: Path, codec: str | None = None):
+    def __init__(self, wav: Path | None, codec: str | None = None, track=None):
         self.pc = RTCPeerConnection()
-        self.player = MediaPlayer(str(wav))
-        transceiver = self.pc.addTransceiver(self.player.audio, direction="sendonly")
+        self.player = MediaPlayer(str(wav)) if wav is not None else None
+        track = track or self.player.audio
+        transceiver = self.pc.addTransceiver(track, direction="sendonly")
         if codec:
             caps = RTCRtpSender.getCapabilities("audio").codecs
             transceiver.setCodecPreferences([c for c in caps if c.mimeType == codec])
@@ -114,6 +116,40 @@ async def test_webrtc_calls_opus_and_g711_end_with_summaries_in_redis(make_servi
         assert doc["summary"]["windows_scored"] >= 1
     assert summaries["rtc-opus"]["metadata"] == {"agent": "a-17"}
     assert redis_client.hget("nes2net:call:rtc-pcmu", "ended") == "1"
+    assert svc.ctx.calls == {}
+
+
+class FastTrack(aiortc.MediaStreamTrack):
+    """An audio track that makes its 20 ms frames as fast as the sender takes them."""
+
+    kind = "audio"
+
+    def __init__(self):
+        super().__init__()
+        self.pts = 0
+
+    async def recv(self):
+        import av
+        import numpy as np
+
+        await asyncio.sleep(0)
+        tone = (3000 * np.sin(np.arange(self.pts, self.pts + 960) * 0.05)).astype("<i2")
+        frame = av.AudioFrame.from_ndarray(tone[None, :], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48000, self.pts
+        frame.time_base = Fraction(1, 48000)
+        self.pts += 960
+        return frame
+
+
+async def test_a_peer_faster_than_real_time_is_rate_limited(make_service, redis_client):
+    svc = await make_service(windows=FAST_WINDOWS,
+                             limits={"max_realtime_factor": 1.0, "realtime_burst_s": 1.0})
+    client = Client(None, codec="audio/PCMU", track=FastTrack())
+    await client.call(svc, "rtc-fast", {})
+    await client.wait(lambda: client.of_type("summary"))
+    summary = client.of_type("summary")[0]["summary"]
+    assert (summary["end_reason"], summary["detail"]) == ("limit", "rate_limited")
+    await client.pc.close()
     assert svc.ctx.calls == {}
 
 

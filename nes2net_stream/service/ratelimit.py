@@ -1,8 +1,29 @@
-"""Token buckets: the rate limits of ingest (messages per connection, requests per client)."""
+"""The rate limits of ingest.
+
+Token buckets (messages per connection, requests per client) and the audio of a call against
+real time (``[limits] max_call_s``, ``max_realtime_factor``).
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Any
+
+from nes2net_stream.service.errors import ProtocolError
+
+
+def check_audio_rate(audio_s: float, elapsed_s: float, limits: Any) -> None:
+    """ProtocolError ``call_too_long`` or ``rate_limited`` when a call's audio passes a limit.
+
+    ``audio_s`` is the call's audio position (the furthest channel's), ``elapsed_s`` the wall
+    time since the call started: audio may arrive ``max_realtime_factor`` times faster than real
+    time after a burst of ``realtime_burst_s``.
+    """
+    if audio_s > limits.max_call_s:
+        raise ProtocolError("call_too_long", f"call exceeded {limits.max_call_s:g} s of audio")
+    if audio_s > limits.realtime_burst_s + elapsed_s * limits.max_realtime_factor:
+        raise ProtocolError("rate_limited", f"{audio_s:.1f} s of audio in {elapsed_s:.1f} s "
+                            f"exceeds {limits.max_realtime_factor:g}x real time")
 
 
 class TokenBucket:

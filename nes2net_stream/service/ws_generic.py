@@ -35,7 +35,7 @@ from nes2net_stream.service.protocol import (
     parse_json,
     parse_start,
 )
-from nes2net_stream.service.ratelimit import TokenBucket
+from nes2net_stream.service.ratelimit import TokenBucket, check_audio_rate
 from nes2net_stream.service.session import CallSession
 from nes2net_stream.service.ws_poll import Receiver
 
@@ -233,9 +233,4 @@ async def _stream(conn: ServerConnection, ctx: ServiceContext, session: CallSess
 
 
 def _check_rate(session: CallSession, limits: Any, elapsed: float) -> None:
-    if session.audio_seconds > limits.max_call_s:
-        raise ProtocolError("call_too_long", f"call exceeded {limits.max_call_s:g} s of audio")
-    allowed = limits.realtime_burst_s + elapsed * limits.max_realtime_factor
-    if session.audio_seconds > allowed:
-        raise ProtocolError("rate_limited", f"{session.audio_seconds:.1f} s of audio in "
-                            f"{elapsed:.1f} s exceeds {limits.max_realtime_factor:g}x real time")
+    check_audio_rate(session.audio_seconds, elapsed, limits)

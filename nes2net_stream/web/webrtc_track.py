@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from nes2net_stream.gateways.api import CallHandle
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import AudioChunk, CallEnd, CallStart, Source
+from nes2net_stream.service.ratelimit import check_audio_rate
 
 if TYPE_CHECKING:
     from nes2net_stream.web.webrtc_ingest import WebRTCPeer
@@ -110,8 +112,11 @@ class TrackCall:
         self.handle.audio(AudioChunk(pcm.astype("<i2").tobytes()))
         session = self.handle.session
         assert session is not None
-        if session.audio_seconds > self.peer.ingest.ctx.limits.max_call_s:
-            return CallEnd("limit", "call_too_long")
+        try:  # a peer may send RTP faster than real time: the limits of every gateway apply
+            check_audio_rate(session.audio_seconds, time.monotonic() - session.started_at,
+                             self.peer.ingest.ctx.limits)
+        except ProtocolError as err:
+            return CallEnd("limit", err.code)
         return None
 
     def _check_gap(self, frame: Any, samples: int) -> None:

@@ -35,6 +35,7 @@ from nes2net_stream.service.audio_decode import AudioFormatError
 from nes2net_stream.service.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, ProtocolError
 from nes2net_stream.service.events import AudioChunk, CallEnd, CallStart, OutputEvent, Source
 from nes2net_stream.service.protocol import CALL_ID_RE, ROLE_RE
+from nes2net_stream.service.ratelimit import check_audio_rate
 from nes2net_stream.service.ws_poll import Receiver
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -333,14 +334,7 @@ class RateGuard:
         """Raise ProtocolError ``call_too_long`` / ``rate_limited`` when a limit is passed."""
         if handle.session is None:
             return
-        audio = handle.session.audio_seconds
-        lim = self.limits
-        if audio > lim.max_call_s:
-            raise ProtocolError("call_too_long", f"call exceeded {lim.max_call_s:g} s of audio")
-        elapsed = time.monotonic() - self.t0
-        if audio > lim.realtime_burst_s + elapsed * lim.max_realtime_factor:
-            raise ProtocolError("rate_limited", f"{audio:.1f} s of audio in {elapsed:.1f} s "
-                                f"exceeds {lim.max_realtime_factor:g}x real time")
+        check_audio_rate(handle.session.audio_seconds, time.monotonic() - self.t0, self.limits)
 
 
 async def ws_receive(gateway: Gateway, conn: ServerConnection, *, started: bool) -> str | bytes:
