@@ -153,6 +153,23 @@ async def test_a_peer_faster_than_real_time_is_rate_limited(make_service, redis_
     assert svc.ctx.calls == {}
 
 
+@pytest.mark.parametrize("flood,code", [(["ping"] * 80, "rate_limited"),
+                                        (["x" * 20000], "frame_too_large")])
+async def test_data_channel_floods_and_oversized_messages_end_the_call(make_service, flood,
+                                                                       code):
+    svc = await make_service(windows=FAST_WINDOWS)
+    client = Client(FIXTURES / "synthetic_short.wav")
+    await client.call(svc, f"rtc-{code}", {})
+    await client.wait(lambda: client.of_type("started"))
+    for text in flood:
+        client.channel.send(json.dumps({"type": text}) if text == "ping" else text)
+    await client.wait(lambda: client.of_type("summary"))
+    assert [e["code"] for e in client.of_type("error")] == [code]
+    summary = client.of_type("summary")[0]["summary"]
+    assert (summary["end_reason"], summary["detail"]) == ("error", code)
+    await client.pc.close()
+
+
 async def test_bad_requests_are_refused_with_json_errors(make_service):
     svc = await make_service(webrtc={"max_offer_bytes": 4096})
     pc = RTCPeerConnection()

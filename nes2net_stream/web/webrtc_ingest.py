@@ -27,6 +27,8 @@ from prometheus_client import Counter, Gauge
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd, OutputEvent
+from nes2net_stream.service.ratelimit import TokenBucket
+from nes2net_stream.service.ws_generic import CONTROL_BURST, MAX_CONTROL_PER_S
 from nes2net_stream.settings import WebRTCSection
 from nes2net_stream.web.signalling import OfferRequest, SignallingError, track_call_id
 from nes2net_stream.web.webrtc_track import TrackCall
@@ -52,6 +54,8 @@ class WebRTCPeer:
         self.channel: Any = None
         self.events_skipped = 0
         self._pending: deque[str] = deque(maxlen=PENDING_EVENTS)
+        #: data channel messages: the generic protocol's limits on control messages
+        self._control = TokenBucket(MAX_CONTROL_PER_S, CONTROL_BURST)
         self._connected = asyncio.Event()
         self._all_done = asyncio.Event()
         self._close_task: asyncio.Future[None] | None = None
@@ -107,6 +111,21 @@ class WebRTCPeer:
                 self.channel.send(text)
 
     def _on_message(self, message: Any) -> None:
+        size = len(message.encode() if isinstance(message, str) else bytes(message))
+        code = None
+        if size > self.ingest.ctx.limits.max_text_bytes:
+            code = "frame_too_large"
+        elif not self._control.take():
+            code = "rate_limited"
+        if code is not None:  # as the generic protocol: an error, and the calls end
+            if self.end_reason is None:
+                self.send({"type": "error", "code": code,
+                           "message": "data channel message over [limits] max_text_bytes"
+                           if code == "frame_too_large" else
+                           f"more than {MAX_CONTROL_PER_S:g} messages per second"})
+                log.warning("webrtc data channel refused", peer_id=self.peer_id, code=code)
+                self.ingest.spawn(self.hang_up(CallEnd("error", code)))
+            return
         try:
             kind = json.loads(message).get("type") if isinstance(message, str) else None
         except (json.JSONDecodeError, AttributeError):
