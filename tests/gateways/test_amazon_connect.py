@@ -194,3 +194,26 @@ async def test_control_requests_are_counted_by_status(make_service, kvs):
     reg = svc.ctx.metrics.registry
     assert reg.get_sample_value("nes2net_amazon_connect_requests_total", {"status": "404"}) == 1
     assert reg.get_sample_value("nes2net_amazon_connect_requests_total", {"status": "401"}) == 1
+
+
+async def test_the_kvs_client_holds_more_than_a_hundred_streams_open(kvs):
+    """Every call keeps its GetMedia answer open: the client has no connection pool limit
+    (aiohttp's default of 100 stalled the 101st call until its connect timeout)."""
+    from contextlib import AsyncExitStack
+
+    from nes2net_gateways.kvs import KvsClient
+
+    arns = [ARN.replace("1700000000000", str(k)) for k in range(120)]
+    audio = real_speech(seconds=1.0)
+    for arn in arns:
+        kvs.streams[arn] = Stream(fragments(audio, audio), hang=True)
+    client = KvsClient(kvs.url)
+    try:
+        async with AsyncExitStack() as stack, asyncio.timeout(20):
+            answers = [await stack.enter_async_context(client.get_media(
+                kvs.url, arn, {"StartSelectorType": "NOW"})) for arn in arns]
+            firsts = await asyncio.gather(*(a.content.read(64) for a in answers))
+        assert all(firsts) and len(firsts) == 120
+    finally:
+        await kvs.stop()  # ends the hanging answers
+        await client.close()

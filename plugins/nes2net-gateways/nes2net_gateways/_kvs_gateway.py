@@ -48,7 +48,7 @@ class KvsGateway(RegisteredCallsGateway):
         url = self.cfg.endpoint_url
         if url and not url.startswith(("https://", "http://")):
             raise ConfigError(f"gateways.{self.name}.endpoint_url: must be an http(s) URL")
-        self.kvs = KvsClient(url, self.cfg.aws_profile)
+        self.kvs = KvsClient(url, self.cfg.aws_profile, f"gateways.{self.name}")
 
     def check_stream(self, arn: str) -> None:
         """ProtocolError ``unauthorized`` for a stream outside ``allowed_stream_arns``."""

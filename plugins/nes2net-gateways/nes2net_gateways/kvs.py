@@ -65,13 +65,15 @@ class KvsClient:
         endpoint_url: the control endpoint; "" for ``https://kinesisvideo.<region>.amazonaws.com``
             (set it for VPC endpoints or a test server).
         profile: a named profile of the shared AWS configuration; "" for the default chain.
+        section: the settings section named by a configuration error.
     """
 
-    def __init__(self, endpoint_url: str = "", profile: str = ""):
+    def __init__(self, endpoint_url: str = "", profile: str = "",
+                 section: str = "gateways.amazon_connect"):
         try:
             import botocore.session
         except ImportError:
-            raise ConfigError("gateways.amazon_connect: needs botocore (install "
+            raise ConfigError(f"{section}: needs botocore (install "
                               "nes2net-gateways[aws])") from None
         self.endpoint_url = endpoint_url.rstrip("/")
         self._session = botocore.session.Session(profile=profile or None)
@@ -94,8 +96,12 @@ class KvsClient:
 
     async def _post(self, url: str, region: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
-                total=None, connect=10, sock_connect=10))
+            # every call holds a GetMedia answer open for as long as it lasts: no pool limit
+            # (aiohttp's default of 100 connections stalled the 101st call); [limits] max_calls
+            # bounds them
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10))
         data = json.dumps(body).encode()
         resp = await self._http.post(url, data=data,
                                      headers=await self._signed(url, region, data))
