@@ -186,3 +186,18 @@ async def test_every_channel_counts_towards_the_call_clock(make_service, audio):
     await feed(session, audio, 1.0, third_from=0.0)  # channels together: the furthest one
     assert session.audio_seconds == pytest.approx(3.0, abs=0.03)
     await svc.ctx.end_call(session, CallEnd())
+
+
+async def test_the_call_ended_log_counts_the_parties_who_left(make_service, audio):
+    from structlog.testing import capture_logs
+
+    svc = await make_service()
+    session = svc.ctx.open_call(start("log-left"))
+    await feed(session, audio, 5.0, third_from=0.0)
+    session.end_channel("third", "left")
+    with capture_logs() as logs:
+        summaries = {s.channel: s.to_dict()["summary"] for s in
+                     await svc.ctx.end_call(session, CallEnd())}
+    (ended,) = [e for e in logs if e["event"] == "call ended"]
+    assert "third" in ended["states"] and "third" not in summaries
+    assert ended["windows"] > sum(s["windows_scored"] for s in summaries.values())

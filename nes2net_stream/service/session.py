@@ -112,6 +112,7 @@ class CallSession:
             ctx.alerts, spoof_prior=self.calibration.spoof_prior)
         #: scored roles whose channel opens with its first audio: role -> interleaved index
         self._unopened: dict[str, int] = {}
+        self._left: list[_Channel] = []  # channels ended before the call (end_channel)
         self._gaps_s = 0.0  # seconds of the provider's audio reported missing (discontinuity)
         #: each role's position in seconds of its audio received (gaps excluded); a role of
         #: ``open_on_audio`` joins at the call's clock with its first audio
@@ -239,6 +240,7 @@ class CallSession:
         ch = self._channels.pop(role, None)
         if ch is None:
             return
+        self._left.append(ch)
         self._finish(ch, time.monotonic())
         self._pending.put_nowait(_ChannelEnd(ch, CallEnd("stop", detail)))
         self.log.info("channel ended", channel=role, detail=detail)
@@ -320,10 +322,11 @@ class CallSession:
         summaries = [self._summary(ch, end) for ch in self._channels.values()]
         for ev in summaries:
             self._emit(ev, None)
+        every = [*self._left, *self._channels.values()]  # the log counts the leavers too
         self.log.info("call ended", reason=end.reason, detail=end.detail,
                       audio_s=round(self.audio_seconds, 2),
-                      windows=sum(c.windows_scored for c in self._channels.values()),
-                      states={c.role: c.policy.state for c in self._channels.values()})
+                      windows=sum(c.windows_scored for c in every),
+                      states={c.role: c.policy.state for c in every})
         return summaries
 
     async def _consume(self) -> None:
