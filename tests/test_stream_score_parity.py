@@ -40,3 +40,36 @@ async def test_streamed_windows_match_file_scoring(make_service, small_bundle, t
         assert ev["score"]["llr"] == pytest.approx(win["llr"], abs=1e-3)
     running = streamed.summary["running"]["llr"]
     assert running == pytest.approx(scored["llr"], abs=1e-3)
+
+
+async def test_a_stereo_recording_scores_each_party_as_streaming_does(make_service,
+                                                                      small_bundle, tmp_path):
+    """``score --channel each`` and ``stream --channels caller,agent`` (the same stereo file)
+    give each party the same windows; a party who never spoke gets no score, not an error."""
+    import numpy as np
+
+    x = np.stack([tone_bursts(9.0, 8000, seed=1), tone_bursts(9.0, 8000, seed=2)], axis=1)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, x, 8000, subtype="PCM_16")
+    svc = await make_service()
+    streamed = await stream_file(svc.url, path, sample_rate=8000, realtime=False,
+                                 channel_roles=["caller", "agent"])
+    out = CliRunner().invoke(cli, ["score", str(path), "--model", str(small_bundle), "--json",
+                                   "--channel", "each"])
+    assert out.exit_code == 0, out.output
+    scored = [json.loads(line) for line in out.output.strip().splitlines()[-2:]]
+    assert [s["channel"] for s in scored] == [0, 1]
+    for role, file_score in zip(("caller", "agent"), scored, strict=True):
+        live = [e for e in streamed.of_type("window") if e["channel"] == role]
+        assert len(live) == len(file_score["windows"]) >= 4, role
+        for ev, win in zip(live, file_score["windows"], strict=True):
+            assert ev["score"]["spoof_probability"] == pytest.approx(
+                win["spoof_probability"], abs=1e-4)
+    quiet = tmp_path / "one-party.wav"
+    sf.write(quiet, np.stack([x[:, 0], np.zeros(len(x))], axis=1), 8000, subtype="PCM_16")
+    out = CliRunner().invoke(cli, ["score", str(quiet), "--model", str(small_bundle),
+                                   "--channel", "each"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.strip().splitlines()[-2:]
+    assert lines[0].startswith(f"{quiet}[0]\tspoof_probability=")
+    assert lines[1].startswith(f"{quiet}[1]\tno score")

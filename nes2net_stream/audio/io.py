@@ -161,6 +161,11 @@ def load_audio(path: str | Path, *, sample_rate: int | None = MODEL_SAMPLE_RATE,
                      source_rate=rate, source_channels=frames.shape[1])
 
 
+def channel_count(path: str | Path) -> int:
+    """How many channels an audio file has (AudioError as :func:`load_audio`)."""
+    return _read_file(Path(path))[0].shape[1]
+
+
 def load_audio_channels(path: str | Path, *, sample_rate: int = MODEL_SAMPLE_RATE,
                         channels: int | None = None) -> np.ndarray:
     """Read an audio file as (frames x channels) float32 at ``sample_rate``, channels kept.

@@ -48,15 +48,15 @@ def channel_option(what: str) -> Callable[[F], F]:
              + ", ".join(CODECS) + ".")
 
 
-def parse_audio_channel(value: str, option: str) -> str | int:
-    """``mix`` or a 0-based channel number; usage errors name ``option``."""
-    if value == "mix":
+def parse_audio_channel(value: str, option: str, *, each: bool = False) -> str | int:
+    """``mix``, a 0-based channel number, or with ``each`` ``each``; errors name ``option``."""
+    if value == "mix" or (each and value == "each"):
         return value
     try:
         return int(value)
     except ValueError:
-        raise click.BadParameter("expected 'mix' or a channel number (0-based)",
-                                 param_hint=option) from None
+        raise click.BadParameter("expected 'mix'" + (", 'each'" if each else "")
+                                 + " or a channel number (0-based)", param_hint=option) from None
 
 
 def parse_channel(text: str) -> Channel:

@@ -60,12 +60,14 @@ class FileScore:
     calibrated: bool
     windows: list[WindowScore] = field(default_factory=list)
     note: str | None = None
+    channel: int | None = None  # the file's channel scored (``score --channel each``)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (one line of ``score --json``)."""
         d = asdict(self)
-        if d["note"] is None:
-            del d["note"]
+        for key in ("note", "channel"):
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -103,8 +105,12 @@ def score_file(detector: Detector, path: str | Path, *, mode: ScoreMode = "windo
                vad: VADConfig | None = None, windows: WindowConfig | None = None,
                channel: ChannelSelect = "mix", aggregation: Aggregation = "mean",
                batch_size: int = 16, official_samples: int | None = None,
-               transmit: Callable[[np.ndarray, int], np.ndarray] | None = None) -> FileScore:
+               transmit: Callable[[np.ndarray, int], np.ndarray] | None = None,
+               allow_silence: bool = False) -> FileScore:
     """Score one audio file (any format and rate soundfile/sox/ffmpeg can read).
+
+    ``allow_silence``: a digitally silent channel gets no score instead of an AudioError (one
+    channel of a stereo recording whose party never spoke).
 
     ``official_samples`` is the crop of ``mode="4s"``: by default the bundle's
     ``metadata.source.official_crop_samples`` (converted checkpoints) or 64,600.
@@ -118,7 +124,7 @@ def score_file(detector: Detector, path: str | Path, *, mode: ScoreMode = "windo
     windows = windows or WindowConfig()
     calibrated = detector.calibration.fitted
     if mode == "windows":
-        clip = load_audio(path, sample_rate=None, channel=channel)
+        clip = load_audio(path, sample_rate=None, channel=channel, allow_silence=allow_silence)
         samples = clip.samples
         if transmit is not None and samples.size:
             samples = transmit(samples, clip.sample_rate)
@@ -142,7 +148,7 @@ def score_file(detector: Detector, path: str | Path, *, mode: ScoreMode = "windo
         return result
     if transmit is not None:
         raise AudioError("a transmission channel applies to mode 'windows' only")
-    clip = load_audio(path, sample_rate=16000, channel=channel)
+    clip = load_audio(path, sample_rate=16000, channel=channel, allow_silence=allow_silence)
     x = clip.samples
     if mode == "4s":
         x = pad_by_repetition(x, official_samples)
