@@ -14,7 +14,6 @@ codecs training never saw). See ``docs/corpus.md``.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from nes2net_stream.data.corpus.heldout_texts import heldout_pools
 from nes2net_stream.data.corpus.licenses import package_notice
 from nes2net_stream.data.corpus.plan import speaker_clips, stable_seed
 from nes2net_stream.data.corpus.render import AnalyseJob, Clip, UtteranceJob, analyse, render
+from nes2net_stream.data.corpus.requirements import missing_modules, missing_programs
 from nes2net_stream.data.corpus.sources import Recording, package_folder
 from nes2net_stream.data.corpus.summary import collect_versions, split_summary
 from nes2net_stream.data.corpus.systems import ESPEAK_VARIANTS, draw_voice
@@ -108,11 +108,7 @@ _SKIP = ("beep", "silence/", "tone", "tt-monkeys", "confbridge-join", "confbridg
 
 def check_heldout_requirements() -> list[str]:
     """Every missing program, package and Python module, each with its install command."""
-    problems = []
-    for program, package in (("espeak-ng", "espeak-ng"), ("text2wave", "festival"),
-                             ("sox", "sox libsox-fmt-all"), ("ffmpeg", "ffmpeg")):
-        if shutil.which(program) is None:
-            problems.append(f"{program} is not installed: apt-get install {package}")
+    problems = missing_programs(("espeak-ng", "text2wave", "sox", "ffmpeg"))
     for spk in SPEAKERS:
         if package_folder(spk.package, spk.folder) is None:
             problems.append(f"bona fide voice {spk.id} is missing: apt-get install {spk.package}")
@@ -120,11 +116,7 @@ def check_heldout_requirements() -> list[str]:
         for voice, _lang, _enc, package in voices:
             if not any(Path("/usr/share/festival/voices").glob(f"*/{voice}")):
                 problems.append(f"festival voice {voice} is missing: apt-get install {package}")
-    try:
-        import pyworld  # noqa: F401
-    except ImportError:
-        problems.append("pyworld cannot be imported: pip install pyworld 'setuptools<81'")
-    return problems
+    return problems + missing_modules(("pyworld",))
 
 
 def find_heldout_recordings() -> list[Recording]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,20 @@ MODULES = (("pyworld", "pyworld 'setuptools<81'"), ("piper", "piper-tts"),
 CHANNEL_CODECS = (("gsm", None), ("g726", 32000), ("g723_1", None), ("opus_nb", 12000))
 
 
+def missing_programs(names: Iterable[str]) -> list[str]:
+    """A problem line for each of these :data:`PROGRAMS` not on the PATH, with its package."""
+    packages = dict(PROGRAMS)
+    return [f"{name} is not installed: apt-get install {packages[name]}" for name in names
+            if shutil.which(name) is None]
+
+
+def missing_modules(names: Iterable[str]) -> list[str]:
+    """A problem line for each of these :data:`MODULES` that is not installed."""
+    requirements = dict(MODULES)
+    return [f"Python package {name} is not installed: pip install {requirements[name]}"
+            for name in names if module_folder(name) is None]
+
+
 def _flite_voices() -> set[str]:
     proc = subprocess.run(["flite", "-lv"], capture_output=True, text=True, check=False,
                           timeout=30)
@@ -39,12 +54,8 @@ def check_requirements() -> list[str]:
         Human-readable problems, for example ``"espeak-ng is not installed: apt-get install
         espeak-ng"``; empty when the demo corpus can be built.
     """
-    problems: list[str] = []
-    missing = set()
-    for program, package in PROGRAMS:
-        if shutil.which(program) is None:
-            missing.add(program)
-            problems.append(f"{program} is not installed: apt-get install {package}")
+    problems = missing_programs(name for name, _ in PROGRAMS)
+    missing = {name for name, _ in PROGRAMS if shutil.which(name) is None}
     if "flite" not in missing:
         absent = [v for v in FLITE_VOICES if v not in _flite_voices()]
         if absent:
@@ -54,10 +65,7 @@ def check_requirements() -> list[str]:
             package_folder("festvox-kallpc16k", KAL_DIPHONE) is None):
         problems.append("festival's kal_diphone voice is not installed: apt-get install "
                         "festvox-kallpc16k")
-    for module, requirement in MODULES:
-        if module_folder(module) is None:
-            problems.append(f"Python package {module} is not installed: pip install "
-                            f"{requirement}")
+    problems += missing_modules(name for name, _ in MODULES)
     for package, default, source in DATA_PACKAGES:
         if package_folder(package, default) is None:
             problems.append(f"bona fide recordings {source} are missing ({default} not "
