@@ -163,7 +163,10 @@ def load_audio(path: str | Path, *, sample_rate: int | None = MODEL_SAMPLE_RATE,
 
 def channel_count(path: str | Path) -> int:
     """How many channels an audio file has (AudioError as :func:`load_audio`)."""
-    return _read_file(Path(path))[0].shape[1]
+    try:
+        return int(sf.info(str(path)).channels)  # from the header, where soundfile reads it
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return _read_file(Path(path))[0].shape[1]
 
 
 def load_audio_channels(path: str | Path, *, sample_rate: int = MODEL_SAMPLE_RATE,
