@@ -77,6 +77,13 @@ class ChimeVoiceConnectorGateway(KvsGateway):
         self.api.route("POST", "/events", self._event)
         self.api.route("POST", "/events/{call_id}", self._event)  # for balancers hashing URIs
         self._finished: OrderedDict[str, float] = OrderedDict()
+        self._peers: aiohttp.ClientSession | None = None  # to the other ingest workers
+
+    async def close(self) -> None:
+        """End the calls, stop the control API, close the KVS client and the peer session."""
+        await super().close()
+        if self._peers is not None:
+            await self._peers.close()
 
     def forget(self, call: Any) -> None:
         """Drop a finished call, remembering its id for an hour."""
@@ -165,10 +172,10 @@ class ChimeVoiceConnectorGateway(KvsGateway):
         headers = {FORWARDED: str(self.worker_index), "Content-Type": "application/json"}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
+        if self._peers is None:
+            self._peers = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0))
         try:
-            timeout = aiohttp.ClientTimeout(total=5.0)
-            async with aiohttp.ClientSession(timeout=timeout) as http, http.post(
-                    url, data=body, headers=headers, ssl=False) as resp:
+            async with self._peers.post(url, data=body, headers=headers, ssl=False) as resp:
                 return web.json_response(await resp.json(), status=resp.status)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.log.warning("ingest worker did not answer", worker=owner, error=str(exc)[:200])
