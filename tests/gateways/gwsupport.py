@@ -149,3 +149,38 @@ def free_port_run(n: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no run of free ports")
+
+
+#: codec -> (FFmpeg encoder/decoder, encoder rate, decoded rate) of the wideband RTP codecs
+AV_CODECS = {"G722": ("g722", 16000, 16000), "OPUS": ("libopus", 16000, 48000)}
+
+
+def encode_packets(codec: str, samples: np.ndarray) -> list[bytes]:
+    """20 ms packets of ``samples`` (16 kHz float) in ``codec`` (G722 or OPUS), via PyAV."""
+    import av
+
+    name, rate, _ = AV_CODECS[codec]
+    enc = av.CodecContext.create(name, "w")
+    enc.sample_rate, enc.layout, enc.format = rate, "mono", "s16"
+    if codec == "OPUS":
+        enc.bit_rate = 24000
+    enc.open()
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    frame, out = rate // 50, []
+    for i in range(0, len(pcm) - frame + 1, frame):
+        f = av.AudioFrame.from_ndarray(pcm[None, i:i + frame], format="s16", layout="mono")
+        f.sample_rate = rate
+        out += [bytes(p) for p in enc.encode(f)]
+    return out + [bytes(p) for p in enc.encode(None)]
+
+
+def decode_packets(codec: str, packets: list[bytes]) -> tuple[np.ndarray, int]:
+    """What a receiver decodes from ``packets``: float samples and their rate."""
+    import av
+
+    name, _, rate = AV_CODECS[codec]
+    dec = av.CodecContext.create(name, "r")
+    dec.sample_rate, dec.layout, dec.format = rate, "mono", "s16"
+    dec.open()
+    pcm = [f.to_ndarray().reshape(-1) for p in packets for f in dec.decode(av.Packet(p))]
+    return np.concatenate(pcm).astype(np.float32) / 32768.0, rate

@@ -9,10 +9,13 @@ import pytest
 from gwsupport import (
     FUZZ_EXAMPLES,
     chunks,
+    decode_packets,
+    encode_packets,
     handshake_status,
     mulaw_b64_frames,
     pcm16,
     play,
+    reference_scores,
     speech,
     summaries,
     window_scores,
@@ -141,6 +144,33 @@ async def test_pcma_and_big_endian_l16(make_service, redis_client):
     assert s["summary"]["windows_scored"] >= 1 and s["summary"]["speech_s"] > 2.0
 
 
+@pytest.mark.parametrize("codec,declared_rate", [("G722", 16000), ("OPUS", 48000)])
+async def test_hd_codecs_decoded_per_track_after_reordering(make_service, redis_client, codec,
+                                                            declared_rate):
+    """``stream_codec`` G722 / OPUS: RTP payloads decoded per track, scored as their audio."""
+    pytest.importorskip("av")
+    svc = await service(make_service, score_agent=True, stream_in_call_id=False)
+    caller, agent = speech(6.0, 16000, seed=8), speech(6.0, 16000, seed=9)
+    packets = {"in": encode_packets(codec, caller), "out": encode_packets(codec, agent)}
+    b64 = {k: [base64.b64encode(p).decode() for p in v] for k, v in packets.items()}
+    ccid = f"v3:{codec.lower()}"
+    # Opus is declared as RFC 7587 names it (48 kHz, 2 channels); it decodes to mono
+    extra = {"media_format": {"encoding": codec, "sample_rate": declared_rate,
+                              "channels": 2 if codec == "OPUS" else 1}}
+    msgs = conversation("hd", frames(b64["in"], b64["out"], order=local_shuffle(6)),
+                        ccid=ccid, extra=extra)
+    _, code, _ = await play(ws_url(svc, PATH), msgs)
+    assert code == 1000
+    found = {d["channel"]: d for d in await summaries(redis_client, ccid, n=2)}
+    for role, key in (("caller", "in"), ("agent", "out")):
+        audio, rate = decode_packets(codec, packets[key])
+        assert found[role]["summary"]["duration_s"] == pytest.approx(len(audio) / rate,
+                                                                     abs=0.005)
+        got = await window_scores(redis_client, ccid, channel=role)
+        assert len(got) >= 2
+        assert got == pytest.approx(await reference_scores(svc, audio, rate), abs=1e-4)
+
+
 async def test_token_auth_on_upgrade(make_service, redis_client):
     svc = await service(make_service, stream_auth_token=TOKEN)
     url = ws_url(svc, PATH)
@@ -156,7 +186,7 @@ async def test_token_auth_on_upgrade(make_service, redis_client):
 
 
 @pytest.mark.parametrize("case,close", [
-    ("g722", 4415), ("stereo", 4415), ("media_first", 4400), ("binary", 4400),
+    ("amr_wb", 4415), ("stereo", 4415), ("media_first", 4400), ("binary", 4400),
     ("bad_track", 4400), ("bad_chunk", 4400), ("huge", 4413), ("no_ccid", 4400),
 ])
 async def test_bad_input(make_service, case, close):
@@ -165,7 +195,7 @@ async def test_bad_input(make_service, case, close):
     start = json.loads(msgs[1])
     media = json.loads(msgs[2])
     bad = {
-        "g722": [msgs[0], msgs[1].replace('"PCMU"', '"G722"')],
+        "amr_wb": [msgs[0], msgs[1].replace('"PCMU"', '"AMR-WB"')],
         "stereo": [msgs[0], msgs[1].replace('"channels": 1', '"channels": 2')],
         "media_first": [msgs[0], msgs[2]],
         "binary": [msgs[0], msgs[1], b"\x00" * 160],

@@ -4,6 +4,8 @@ Telnyx dials the service and sends JSON text frames: ``connected``, ``start`` (`
 ``start.call_control_id``, ``media_format``), ``media`` (base64 RTP payload of one track),
 ``dtmf``, ``mark``, ``error``, ``stop``. Telnyx documents that media frame order is not
 guaranteed, so frames are re-ordered per track by ``media.chunk`` within a small window.
+PCMU, PCMA and L16 payloads are samples; G.722 and Opus payloads (``stream_codec`` for HD
+calls) are decoded per track, after re-ordering, by FFmpeg through PyAV (``rtp_payload``).
 Authentication: the ``stream_auth_token`` given to Telnyx, checked on the upgrade. See
 docs/gateways/telnyx.md.
 """
@@ -39,14 +41,19 @@ from nes2net_gateways._json_media import (
     json_uint,
     stream_call_id,
 )
+from nes2net_gateways.rtp_payload import CODECS, PayloadDecoder
 from nes2net_stream.gateways.api import CallHandle, Gateway, GatewayConfig, HandshakeRejected
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallEnd
 
 TRACKS = ("inbound", "outbound")
-#: media_format.encoding -> internal encoding (L16 byte order is configurable)
+#: media_format.encoding -> internal encoding (L16 byte order is configurable) or, for the
+#: compressed codecs, the key of ``rtp_payload.CODECS`` decoding them
 ENCODINGS = {"PCMU": "mulaw", "AUDIO/X-MULAW": "mulaw", "PCMA": "alaw", "AUDIO/X-ALAW": "alaw",
-             "L16": "l16", "AUDIO/L16": "l16", "AUDIO/X-L16": "l16"}
+             "L16": "l16", "AUDIO/L16": "l16", "AUDIO/X-L16": "l16",
+             "G722": "G722", "AUDIO/G722": "G722", "OPUS": "OPUS", "AUDIO/OPUS": "OPUS"}
+#: RTP clock rate of the decoded codecs (RFC 3551: G.722 on an 8 kHz clock; RFC 7587: Opus 48 kHz)
+CLOCK_RATES = {"G722": 8000, "OPUS": 48000}
 
 
 class TelnyxConfig(GatewayConfig):
@@ -142,14 +149,18 @@ def _parse_start(msg: dict[str, Any], seq: int | None) -> TelnyxStart:
     enc = ENCODINGS.get(enc_name.upper()) if isinstance(enc_name, str) else None
     if enc is None:
         raise ProtocolError("unsupported_format", f"media_format.encoding {enc_name!r} is not "
-                            "supported: set stream_codec to PCMU, PCMA or L16")
+                            "supported: set stream_codec to PCMU, PCMA, L16, G722 or OPUS")
+    if enc in CODECS and not CODECS[enc].available:
+        raise ProtocolError("unsupported_format", f"media_format.encoding {enc_name!r} needs "
+                            "PyAV (the 'webrtc' extra): set stream_codec to PCMU, PCMA or L16")
     rate = fmt.get("sample_rate", 8000)
     if isinstance(rate, str) and rate.isascii() and rate.isdigit() and len(rate) <= 6:
         rate = int(rate)
     if isinstance(rate, bool) or not isinstance(rate, int):
         raise ProtocolError("unsupported_format", f"media_format.sample_rate {rate!r}")
     channels = fmt.get("channels", 1)
-    if channels not in (1, "1"):
+    # an Opus stream may be declared stereo (RFC 7587 always names 2); it decodes to mono
+    if channels not in ((1, "1", 2, "2") if enc == "OPUS" else (1, "1")):
         raise ProtocolError("unsupported_format", f"media_format.channels {channels!r}: "
                             "each Telnyx track is mono")
     custom = _custom(start.get("custom_parameters"))
@@ -284,11 +295,14 @@ class TelnyxGateway(Gateway):
         meta = call_metadata(self.name, msg.call_control_id, stream_id=msg.stream_id,
                              ani=msg.ani, dnis=msg.dnis, custom=msg.custom,
                              account_id=msg.account_id)
-        encoding = msg.encoding
+        encoding, rate = msg.encoding, msg.sample_rate
         if encoding == "l16":
             encoding = "pcm_s16be" if cfg.l16_byte_order == "be" else "pcm_s16le"
+        elif encoding in CODECS:  # decoded here: the codec's own output, whatever was declared
+            codec = CODECS[encoding]
+            encoding, rate = codec.encoding, codec.rate(CLOCK_RATES[msg.encoding])
         handle.start(call_start(self, call_id=call_id, encoding=encoding,
-                                sample_rate=msg.sample_rate,
+                                sample_rate=rate,
                                 channels=(cfg.customer_role, AGENT_ROLE), metadata=meta,
                                 remote=remote))
         return call_id
@@ -298,9 +312,12 @@ class TelnyxGateway(Gateway):
         remote = remote_of(conn)
         guard = RateGuard(self.limits)
         buffers = {t: ReorderBuffer(cfg.reorder_window) for t in TRACKS}
+        decoders: dict[str, PayloadDecoder] = {}  # per track, for G.722 and Opus
 
         def play(track: str, payloads: list[bytes]) -> None:
             for p in payloads:
+                if p and decoders:
+                    p = decoders[track].decode(p)[0]
                 if p:
                     feed_track(handle, cfg, track, p, guard)
 
@@ -310,6 +327,9 @@ class TelnyxGateway(Gateway):
                 if isinstance(msg, TelnyxStart):
                     check_first_start(handle)
                     self._start(handle, msg, remote)
+                    if msg.encoding in CODECS:
+                        codec, clock = CODECS[msg.encoding], CLOCK_RATES[msg.encoding]
+                        decoders.update((t, codec.decoder(clock)) for t in TRACKS)
                 elif isinstance(msg, TelnyxMedia):
                     check_media(handle, None, None, "stream")
                     play(msg.track, buffers[msg.track].push(msg.chunk, msg.payload))
@@ -327,3 +347,7 @@ class TelnyxGateway(Gateway):
             if stats:
                 self.log.info("media order repaired", call_id=handle.call_id,
                               reordered_late_lost=stats)
+            bad = {t: n for t, d in decoders.items() if (n := getattr(d, "errors", 0))}
+            if bad:
+                self.log.warning("undecodable payloads dropped", call_id=handle.call_id,
+                                 per_track=bad)
