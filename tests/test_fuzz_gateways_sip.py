@@ -23,7 +23,7 @@ from gateway_fuzzing import (
 )
 from hypothesis import example, given
 from hypothesis import strategies as st
-from nes2net_gateways import plivo, telnyx, twilio, vonage
+from nes2net_gateways import plivo, sinch, telnyx, twilio, vonage
 from nes2net_gateways.asterisk_rtp import parse_registration
 from nes2net_gateways.asterisk_rtp_call import FORMATS as RTP_FORMATS
 from nes2net_gateways.asterisk_ws import FORMATS, MediaStart, parse_control, parse_media_start
@@ -333,7 +333,8 @@ def test_audiosocket_oversized_frame_refused_from_header(kind, length):
 @given(st.sampled_from([t for t in NASTY_JSON]))
 def test_nasty_json_everywhere(text):
     for parse in (twilio.parse_message, telnyx.parse_message, plivo.parse_message,
-                  vonage.parse_connected, vonage.parse_event):
+                  vonage.parse_connected, vonage.parse_event, sinch.parse_connect,
+                  sinch.parse_control):
         expect(parse, text, 1 << 20)
     expect(parse_client_message, text)
     if isinstance(text, str):
