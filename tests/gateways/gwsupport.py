@@ -184,3 +184,48 @@ def decode_packets(codec: str, packets: list[bytes]) -> tuple[np.ndarray, int]:
     dec.open()
     pcm = [f.to_ndarray().reshape(-1) for p in packets for f in dec.decode(av.Packet(p))]
     return np.concatenate(pcm).astype(np.float32) / 32768.0, rate
+
+
+def amr_pack(frames: list[bytes], bits: tuple[int, ...], octet: bool, cmr: int = 15) -> bytes:
+    """An RFC 4867 RTP payload of storage-format AMR / AMR-WB ``frames`` (header byte and
+    padded speech bits each), octet-aligned or bandwidth-efficient; ``bits``: speech bits per
+    frame type."""
+    value, n = 0, 0
+
+    def push(v: int, width: int) -> None:
+        nonlocal value, n
+        value, n = (value << width) | v, n + width
+
+    push(cmr, 4)
+    if octet:
+        push(0, 4)
+    types = [((f[0] >> 3) & 15, (f[0] >> 2) & 1) for f in frames]
+    for i, (ft, q) in enumerate(types):
+        push(int(i < len(frames) - 1), 1)
+        push(ft, 4)
+        push(q, 1)
+        if octet:
+            push(0, 2)
+    for f, (ft, _) in zip(frames, types, strict=True):
+        size = bits[ft] if ft < len(bits) else 0
+        push(int.from_bytes(f[1:], "big") >> (len(f[1:]) * 8 - size) if size else 0, size)
+        if octet:
+            push(0, -size % 8)
+    push(0, -n % 8)
+    return value.to_bytes(n // 8, "big")
+
+
+def amr_nb_frames(samples: np.ndarray) -> list[bytes]:
+    """Storage-format AMR frames (12.2 kbit/s) of 8 kHz float ``samples``, via PyAV."""
+    import av
+
+    enc = av.CodecContext.create("libopencore_amrnb", "w")
+    enc.sample_rate, enc.layout, enc.format, enc.bit_rate = 8000, "mono", "s16", 12200
+    enc.open()
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    out: list[bytes] = []
+    for i in range(0, len(pcm) - 159, 160):
+        f = av.AudioFrame.from_ndarray(pcm[None, i:i + 160], format="s16", layout="mono")
+        f.sample_rate = 8000
+        out += [bytes(p) for p in enc.encode(f)]
+    return out + [bytes(p) for p in enc.encode(None)]

@@ -32,15 +32,17 @@ def real_speech(name: str = "human_call.wav", seconds: float | None = None) -> n
 def sdp_offer(ip: str = "127.0.0.1", labels: tuple[str, ...] = ("1", "2"),
               formats: str = "0 8 101", ports: tuple[int, ...] | None = None,
               direction: str = "sendonly", proto: str = "RTP/AVP",
-              crypto: list[str] | None = None, rtpmaps: tuple[str, ...] = ()) -> str:
+              crypto: list[str] | None = None, rtpmaps: tuple[str, ...] = (),
+              fmtps: tuple[str, ...] = ()) -> str:
     """An SRC's offer: one send-only audio stream per label (PCMU, PCMA, telephone-event),
-    each with the ``a=crypto`` lines given (SRTP offers)."""
+    each with the ``a=crypto`` lines given (SRTP offers) and extra rtpmap/fmtp values."""
     lines = ["v=0", f"o=SBC 2890844526 2890844526 IN IP4 {ip}", "s=SIPREC",
              f"c=IN IP4 {ip}", "t=0 0"]
     for i, label in enumerate(labels):
         port = ports[i] if ports else 49170 + 2 * i
         lines += [f"m=audio {port} {proto} {formats}", "a=rtpmap:0 PCMU/8000",
                   "a=rtpmap:8 PCMA/8000", *(f"a=rtpmap:{m}" for m in rtpmaps),
+                  *(f"a=fmtp:{f}" for f in fmtps),
                   "a=rtpmap:101 telephone-event/8000",
                   "a=fmtp:101 0-15", f"a=label:{label}", f"a={direction}"]
         lines += [f"a=crypto:{c}" for c in crypto or []]

@@ -487,7 +487,7 @@ async def test_requests_from_other_networks_are_ignored(make_service, redis_clie
 
 
 @pytest.mark.parametrize("case,status", [
-    ("require", 420), ("no_sdp", 488), ("srtp_only", 488), ("g729_only", 488),
+    ("require", 420), ("no_sdp", 488), ("srtp_only", 488), ("ilbc_only", 488),
     ("bad_sdp", 400), ("doctype", 400), ("bye_unknown", 481), ("options", 200),
     ("register", 405), ("bad_content_type", 415),
 ])
@@ -505,7 +505,8 @@ async def test_bad_requests_get_an_answer_and_other_calls_go_on(make_service, re
             "require": lambda: src.invite_text(d, extra=["Require: 100rel"]),
             "no_sdp": lambda: src.request("INVITE", d, extra=["Require: siprec"]),
             "srtp_only": lambda: src.invite_text(d, sdp=sdp_offer(proto="RTP/SAVP")),
-            "g729_only": lambda: src.invite_text(d, sdp=sdp_offer(formats="18")),
+            "ilbc_only": lambda: src.invite_text(d, sdp=sdp_offer(formats="97",
+                                                                  rtpmaps=("97 iLBC/8000",))),
             "bad_sdp": lambda: src.invite_text(d, sdp="m=audio x RTP/AVP 0\r\n"),
             "doctype": lambda: src.invite_text(d, metadata="<!DOCTYPE r [<!ENTITY a 'b'>]>"
                                                "<recording/>"),
@@ -561,7 +562,7 @@ async def test_config_errors_name_the_key(make_service):
     with pytest.raises(ConfigError, match="gateways.siprec.customer_aor"):
         await make_service(gateways={"siprec": {"enabled": True, "customer_aor": "(+"}})
     with pytest.raises(ConfigError, match="gateways.siprec.codecs"):
-        await make_service(gateways={"siprec": {"enabled": True, "codecs": ["G729"]}})
+        await make_service(gateways={"siprec": {"enabled": True, "codecs": ["ILBC"]}})
 
 
 async def test_two_ingest_workers_share_the_sip_port(small_bundle, redis_server, redis_client,

@@ -5,10 +5,13 @@ import json
 import struct
 import uuid
 
+import numpy as np
 import pytest
+from gwsupport import amr_nb_frames, amr_pack, summaries, window_scores
 from gwsupport import decode_packets as decode
 from gwsupport import encode_packets as encode
-from gwsupport import summaries, window_scores
+from nes2net_gateways.rtp_amr import AMR
+from nes2net_gateways.rtp_payload import CODECS
 from siprec_client import Dialog, RtpSender, SiprecClient, real_speech, sdp_offer
 
 from nes2net_stream.audio.io import resample
@@ -91,3 +94,61 @@ async def test_the_codec_picks_the_calibration(make_service, redis_client, tmp_p
     assert windows and all(w["score"]["calibration"] == "g722" for w in windows)
     assert all(w["score"]["llr"] == pytest.approx(w["score"]["raw"] - 6.0, abs=2e-5)
                for w in windows)
+
+
+@pytest.mark.parametrize("octet", [True, False], ids=["octet-aligned", "bandwidth-efficient"])
+async def test_amr_stream_decoded_in_the_negotiated_packing(make_service, redis_client, octet):
+    """AMR (mobile calls): the answer echoes ``octet-align``; payloads re-packed and decoded."""
+    svc = await make_service(gateways={"siprec": {"enabled": True, "port": 0,
+                                                  "rtp_port_min": 0, "codecs": ["AMR"]}})
+    (gw,) = svc.gateways
+    frames = amr_nb_frames(real_speech(seconds=8.0))
+    fmtp = "96 mode-change-capability=2" + ("; octet-align=1" if octet else "")
+    payloads = [amr_pack([f], AMR.bits, octet) for f in frames]
+    packets = [struct.pack("!BBHII", 0x80, 96, k, k * 160, 77) + p
+               for k, p in enumerate(payloads)]
+    d = Dialog(call_id=f"{uuid.uuid4().hex}@sbc", from_tag="t1")
+    async with SiprecClient(gw.bound_port) as src, RtpSender() as sbc:
+        offer = sdp_offer(formats="96 0", rtpmaps=("96 AMR/8000",), fmtps=(fmtp,))
+        resp = await src.invite(d, sdp=offer)
+        assert resp.status == 200, resp.get("Warning")
+        assert all(m.payload_types[0] == 96 and m.fmtp[96] == fmtp.split(" ", 1)[1]
+                   for m in d.answer.media)
+        await sbc.send(d.ports[0], packets)
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    (s,) = await summaries(redis_client, d.call_id)
+    assert s["metadata"]["custom"]["codec"] == "amr"
+    dec = CODECS["AMR"].decoder(8000, "octet-align=1")
+    audio = np.frombuffer(b"".join(dec.decode(amr_pack([f], AMR.bits, True))[0]
+                                   for f in frames), "<i2").astype(np.float32) / 32768.0
+    assert s["summary"]["duration_s"] == pytest.approx(len(audio) / 8000, abs=0.005)
+    got = await window_scores(redis_client, d.call_id)
+    ref = await stream_samples(svc.url, audio, 8000, realtime=False)
+    assert len(got) >= 2
+    assert got == pytest.approx([w["score"]["spoof_probability"]
+                                 for w in ref.of_type("window")], abs=1e-4)
+
+
+async def test_g729_static_payload_type_with_annex_b_silence(make_service, redis_client):
+    """G.729 (PT 18, no rtpmap line): 20 ms payloads and a SID-only payload keep the clock."""
+    svc = await make_service(gateways={"siprec": {"enabled": True, "port": 0,
+                                                  "rtp_port_min": 0}})
+    (gw,) = svc.gateways
+    rng = np.random.default_rng(8)
+    payloads = [rng.integers(0, 256, 20, dtype=np.uint8).tobytes() for _ in range(150)]
+    payloads[100] = b"\x12\x34"  # Annex B SID: comfort noise, here silence
+    packets = [struct.pack("!BBHII", 0x80, 18, k, k * 160, 77) + p
+               for k, p in enumerate(payloads)]
+    d = Dialog(call_id=f"{uuid.uuid4().hex}@sbc", from_tag="t1")
+    async with SiprecClient(gw.bound_port) as src, RtpSender() as sbc:
+        resp = await src.invite(d, sdp=sdp_offer(formats="18"))
+        assert resp.status == 200, resp.get("Warning")
+        assert [m.payload_types[0] for m in d.answer.media] == [18, 18]
+        await sbc.send(d.ports[0], packets)
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    (s,) = await summaries(redis_client, d.call_id)
+    assert s["metadata"]["custom"]["codec"] == "g729"
+    # the SID decodes to 10 ms; the receiver fills the rest up to the next RTP timestamp
+    assert s["summary"]["duration_s"] == pytest.approx(150 * 0.02, abs=0.005)

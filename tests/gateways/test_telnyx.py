@@ -8,6 +8,7 @@ import random
 import pytest
 from gwsupport import (
     FUZZ_EXAMPLES,
+    amr_pack,
     chunks,
     decode_packets,
     encode_packets,
@@ -23,6 +24,7 @@ from gwsupport import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nes2net_gateways.rtp_amr import AMR_WB
 from nes2net_gateways.telnyx import ReorderBuffer, parse_message
 
 from nes2net_stream.audio import g711
@@ -171,6 +173,28 @@ async def test_hd_codecs_decoded_per_track_after_reordering(make_service, redis_
         assert got == pytest.approx(await reference_scores(svc, audio, rate), abs=1e-4)
 
 
+async def test_amr_wb_packing_read_off_the_stream(make_service, redis_client):
+    """AMR-WB (mobile HD calls): bandwidth-efficient RFC 4867 payloads, decoded per track."""
+    pytest.importorskip("av")
+    svc = await service(make_service, score_agent=True, stream_in_call_id=False)
+    rng = random.Random(10)
+
+    def payloads(n):
+        frames = [bytes([2 << 3 | 4]) + rng.getrandbits(256).to_bytes(32, "big")
+                  for _ in range(n)]
+        return [amr_pack([f], AMR_WB.bits, octet=False) for f in frames]
+
+    inbound, outbound = payloads(150), payloads(100)
+    b64 = [[base64.b64encode(p).decode() for p in x] for x in (inbound, outbound)]
+    extra = {"media_format": {"encoding": "AMR-WB", "sample_rate": 16000, "channels": 1}}
+    _, code, _ = await play(ws_url(svc, PATH), conversation("amr", frames(*b64),
+                                                            ccid="v3:amr-wb", extra=extra))
+    assert code == 1000
+    found = {d["channel"]: d for d in await summaries(redis_client, "v3:amr-wb", n=2)}
+    assert found["caller"]["summary"]["duration_s"] == pytest.approx(3.0, abs=0.005)
+    assert found["agent"]["summary"]["duration_s"] == pytest.approx(2.0, abs=0.005)
+
+
 async def test_token_auth_on_upgrade(make_service, redis_client):
     svc = await service(make_service, stream_auth_token=TOKEN)
     url = ws_url(svc, PATH)
@@ -186,7 +210,7 @@ async def test_token_auth_on_upgrade(make_service, redis_client):
 
 
 @pytest.mark.parametrize("case,close", [
-    ("amr_wb", 4415), ("stereo", 4415), ("media_first", 4400), ("binary", 4400),
+    ("speex", 4415), ("stereo", 4415), ("media_first", 4400), ("binary", 4400),
     ("bad_track", 4400), ("bad_chunk", 4400), ("huge", 4413), ("no_ccid", 4400),
 ])
 async def test_bad_input(make_service, case, close):
@@ -195,7 +219,7 @@ async def test_bad_input(make_service, case, close):
     start = json.loads(msgs[1])
     media = json.loads(msgs[2])
     bad = {
-        "amr_wb": [msgs[0], msgs[1].replace('"PCMU"', '"AMR-WB"')],
+        "speex": [msgs[0], msgs[1].replace('"PCMU"', '"SPEEX"')],
         "stereo": [msgs[0], msgs[1].replace('"channels": 1', '"channels": 2')],
         "media_first": [msgs[0], msgs[2]],
         "binary": [msgs[0], msgs[1], b"\x00" * 160],

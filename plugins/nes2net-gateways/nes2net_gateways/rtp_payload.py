@@ -1,10 +1,12 @@
 """RTP payload formats the SIPREC gateway records, and their decoders.
 
 G.711 (PCMU, PCMA) and L16 pass through as samples of the internal event model's encodings;
-G.722 (RFC 3551: 16 kHz audio on an 8 kHz RTP clock) and Opus (RFC 7587: a 48 kHz clock)
-are decoded here to 16-bit PCM with FFmpeg's decoders through PyAV (installed with the
-``webrtc`` extra). Each decoder also says how many RTP clock units a payload covered, so the
-receiver can tell gaps from the timestamps, and makes silence for a gap of so many units.
+G.722 (RFC 3551: 16 kHz audio on an 8 kHz RTP clock), G.729 (RFC 3551: 10-byte frames, an
+Annex B SID frame of 2 bytes last), Opus (RFC 7587: a 48 kHz clock), AMR and AMR-WB (RFC 4867,
+re-packed by :mod:`rtp_amr`) are decoded here to 16-bit PCM with FFmpeg's
+decoders through PyAV (installed with the ``webrtc`` extra). Each decoder also says how many
+RTP clock units a payload covered, so the receiver can tell gaps from the timestamps, and
+makes silence for a gap of so many units.
 """
 
 from __future__ import annotations
@@ -12,6 +14,17 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from nes2net_gateways.rtp_amr import (
+    AMR,
+    AMR_WB,
+    NO_DATA,
+    AmrFlavour,
+    AmrPayloadError,
+    depacketize,
+    detect_octet_aligned,
+    octet_aligned_in,
+)
 
 
 class PayloadDecoder(Protocol):
@@ -33,19 +46,30 @@ class PayloadCodec:
     name: str  # rtpmap encoding name, upper case
     encoding: str  # encoding of the internal event model
     sample_rate: int | None  # of the decoded audio; None: the RTP clock rate (G.711, L16)
-    av_decoder: str | None = None  # FFmpeg decoder (G.722, Opus)
+    av_decoder: str | None = None  # FFmpeg decoder (G.722, Opus, AMR, AMR-WB)
     channels: tuple[int, ...] = (1,)  # rtpmap channel counts accepted
+    amr: AmrFlavour | None = None  # RFC 4867 payloads, re-packed before decoding
 
     def rate(self, clock_rate: int) -> int:
         """Sample rate of the decoded audio for an RTP clock of ``clock_rate``."""
         return self.sample_rate or clock_rate
 
-    def decoder(self, clock_rate: int) -> PayloadDecoder:
-        """A decoder for one stream."""
+    def decoder(self, clock_rate: int, fmtp: str | None = None) -> PayloadDecoder:
+        """A decoder for one stream.
+
+        ``fmtp``: the stream's ``a=fmtp`` parameters (AMR: ``octet-align``); None when no
+        SDP was seen, and an AMR stream's packing is then guessed from its first payload.
+        """
         if self.av_decoder is None:
             return _Samples(2 if self.encoding == "pcm_s16be" else 1,
                             b"\xff" if self.encoding == "mulaw" else
                             b"\xd5" if self.encoding == "alaw" else b"\x00")
+        if self.amr is not None:
+            octet = None if fmtp is None else octet_aligned_in(fmtp)
+            return _AmrDecoder(self.av_decoder, self.rate(clock_rate), clock_rate, self.amr,
+                               octet)
+        if self.name == "G729":
+            return _G729Decoder(self.av_decoder, self.rate(clock_rate), clock_rate)
         return _AvDecoder(self.av_decoder, self.rate(clock_rate), clock_rate)
 
     @property
@@ -60,6 +84,9 @@ CODECS: dict[str, PayloadCodec] = {c.name: c for c in (
     PayloadCodec("L16", "pcm_s16be", None),
     PayloadCodec("G722", "pcm_s16le", 16000, "g722"),
     PayloadCodec("OPUS", "pcm_s16le", 48000, "libopus", channels=(1, 2)),
+    PayloadCodec("G729", "pcm_s16le", 8000, "g729"),
+    PayloadCodec("AMR-WB", "pcm_s16le", 16000, "amrwb", amr=AMR_WB),
+    PayloadCodec("AMR", "pcm_s16le", 8000, "amrnb", amr=AMR),
 )}
 
 
@@ -115,3 +142,52 @@ class _AvDecoder:
 
     def silence(self, units: int) -> bytes:
         return b"\x00\x00" * round(units * self.ratio)
+
+
+class _AmrDecoder(_AvDecoder):
+    """AMR / AMR-WB: RFC 4867 payloads re-packed into storage-format frames, then decoded.
+
+    A NO_DATA frame (lost or not sent) becomes 20 ms of silence; a payload that does not fit
+    the packing is dropped and counted in ``errors``.
+    """
+
+    def __init__(self, name: str, rate: int, clock_rate: int, flavour: AmrFlavour,
+                 octet: bool | None):
+        super().__init__(name, rate, clock_rate)
+        self.flavour = flavour
+        self.octet = octet
+
+    def decode(self, payload: bytes) -> tuple[bytes, int]:
+        if self.octet is None:
+            self.octet = detect_octet_aligned(payload, self.flavour)
+        try:
+            frames = depacketize(payload, self.flavour, self.octet)
+        except AmrPayloadError:
+            self.errors += 1
+            return b"", 0
+        out, units = [], 0
+        for frame in frames:
+            if frame[0] >> 3 == NO_DATA:
+                pcm, n = b"\x00\x00" * self.flavour.samples, self.flavour.samples
+            else:
+                pcm, n = super().decode(frame)
+            out.append(pcm)
+            units += n
+        return b"".join(out), units
+
+
+class _G729Decoder(_AvDecoder):
+    """G.729: 10-byte frames of 10 ms; an Annex B SID frame (2 bytes, last) becomes silence."""
+
+    FRAME, SID, SAMPLES = 10, 2, 80
+
+    def decode(self, payload: bytes) -> tuple[bytes, int]:
+        extra = len(payload) % self.FRAME
+        if extra not in (0, self.SID):
+            self.errors += 1
+            return b"", 0
+        pcm, units = super().decode(payload[:len(payload) - extra]) if len(payload) > extra \
+            else (b"", 0)
+        if extra:
+            pcm, units = pcm + b"\x00\x00" * self.SAMPLES, units + self.SAMPLES
+        return pcm, units

@@ -303,6 +303,7 @@ class AcceptedStream:
     rtpmap: RtpMap
     telephone_event: int | None = None
     crypto: str | None = None
+    fmtp: str | None = None  # a=fmtp parameters of the chosen payload type
 
 
 def answer_sdp(
@@ -332,6 +333,8 @@ def answer_sdp(
         rtp = stream.rtpmap
         channels = f"/{rtp.channels}" if rtp.channels != 1 else ""
         lines.append(f"a=rtpmap:{stream.payload_type} {rtp.encoding}/{rtp.clock_rate}{channels}")
+        if stream.fmtp:
+            lines.append(f"a=fmtp:{stream.payload_type} {stream.fmtp}")
         if stream.telephone_event is not None:
             te = offered.rtpmap.get(stream.telephone_event)
             rate = te.clock_rate if te is not None else rtp.clock_rate

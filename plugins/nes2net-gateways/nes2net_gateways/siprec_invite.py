@@ -405,7 +405,8 @@ def _media_stream(role: str, sp: StreamPlan, *, scored: bool = False) -> MediaSt
     """The receiving side of one planned stream (its port bound later)."""
     return MediaStream(role, sp.index, sp.label, None,
                        RtpReceiver(sp.payload_type, sp.rtpmap.clock_rate,
-                                   CODECS[sp.rtpmap.encoding].decoder(sp.rtpmap.clock_rate)),
+                                   CODECS[sp.rtpmap.encoding].decoder(sp.rtpmap.clock_rate,
+                                                                      sp.fmtp or "")),
                        srtp=SrtpReceiver(sp.crypto) if sp.crypto is not None else None,
                        scored=scored)
 
@@ -414,8 +415,10 @@ def _accepted(stream: MediaStream, sp: StreamPlan) -> AcceptedStream:
     """What the answer says of a recorded stream: its port, codec and SDES key."""
     assert stream.port is not None
     crypto = answer_crypto(sp.crypto) if sp.crypto is not None else None
+    # AMR's packing (octet-align) must be the same both ways: the offer's parameters echoed
+    fmtp = sp.fmtp if CODECS[sp.rtpmap.encoding].amr is not None else None
     return AcceptedStream(stream.port.port, sp.payload_type, sp.rtpmap, sp.telephone_event,
-                          crypto)
+                          crypto, fmtp)
 
 
 def _customer_first(roles: list[str], customer: str) -> tuple[str, ...]:

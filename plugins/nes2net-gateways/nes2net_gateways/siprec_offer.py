@@ -37,6 +37,7 @@ class StreamPlan:
     telephone_event: int | None
     label: str | None
     crypto: Crypto | None = None  # the offered SDES key used (SRTP streams)
+    fmtp: str | None = None  # the offer's a=fmtp of the payload type (AMR: octet-align)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def _stream_plan(index: int, media: MediaDescription, codec: str) -> StreamPlan:
     pt, rtpmap = _codec_of(media, codec)  # type: ignore[misc]
     crypto = pick_crypto(media.crypto) if media.proto.upper() in SECURE_RTP else None
     return StreamPlan(index, pt, rtpmap, _telephone_event(media, rtpmap.clock_rate),
-                      media.label, crypto)
+                      media.label, crypto, media.fmtp.get(pt))
 
 
 def customer_label(offer: SessionDescription, metadata: RecordingMetadata | None,

@@ -4,8 +4,10 @@ Telnyx dials the service and sends JSON text frames: ``connected``, ``start`` (`
 ``start.call_control_id``, ``media_format``), ``media`` (base64 RTP payload of one track),
 ``dtmf``, ``mark``, ``error``, ``stop``. Telnyx documents that media frame order is not
 guaranteed, so frames are re-ordered per track by ``media.chunk`` within a small window.
-PCMU, PCMA and L16 payloads are samples; G.722 and Opus payloads (``stream_codec`` for HD
-calls) are decoded per track, after re-ordering, by FFmpeg through PyAV (``rtp_payload``).
+PCMU, PCMA and L16 payloads are samples; G.722, Opus and AMR-WB payloads (``stream_codec``
+for HD calls) are decoded per track, after re-ordering, by FFmpeg through PyAV
+(``rtp_payload``; AMR-WB's packing, which the stream does not state, is read off its first
+payload).
 Authentication: the ``stream_auth_token`` given to Telnyx, checked on the upgrade. See
 docs/gateways/telnyx.md.
 """
@@ -51,9 +53,11 @@ TRACKS = ("inbound", "outbound")
 #: compressed codecs, the key of ``rtp_payload.CODECS`` decoding them
 ENCODINGS = {"PCMU": "mulaw", "AUDIO/X-MULAW": "mulaw", "PCMA": "alaw", "AUDIO/X-ALAW": "alaw",
              "L16": "l16", "AUDIO/L16": "l16", "AUDIO/X-L16": "l16",
-             "G722": "G722", "AUDIO/G722": "G722", "OPUS": "OPUS", "AUDIO/OPUS": "OPUS"}
-#: RTP clock rate of the decoded codecs (RFC 3551: G.722 on an 8 kHz clock; RFC 7587: Opus 48 kHz)
-CLOCK_RATES = {"G722": 8000, "OPUS": 48000}
+             "G722": "G722", "AUDIO/G722": "G722", "OPUS": "OPUS", "AUDIO/OPUS": "OPUS",
+             "AMR-WB": "AMR-WB", "AUDIO/AMR-WB": "AMR-WB"}
+#: RTP clock rate of the decoded codecs (RFC 3551: G.722 on an 8 kHz clock; RFC 7587: Opus
+#: 48 kHz; RFC 4867: AMR-WB 16 kHz)
+CLOCK_RATES = {"G722": 8000, "OPUS": 48000, "AMR-WB": 16000}
 
 
 class TelnyxConfig(GatewayConfig):
@@ -149,7 +153,8 @@ def _parse_start(msg: dict[str, Any], seq: int | None) -> TelnyxStart:
     enc = ENCODINGS.get(enc_name.upper()) if isinstance(enc_name, str) else None
     if enc is None:
         raise ProtocolError("unsupported_format", f"media_format.encoding {enc_name!r} is not "
-                            "supported: set stream_codec to PCMU, PCMA, L16, G722 or OPUS")
+                            "supported: set stream_codec to PCMU, PCMA, L16, G722, OPUS or "
+                            "AMR-WB")
     if enc in CODECS and not CODECS[enc].available:
         raise ProtocolError("unsupported_format", f"media_format.encoding {enc_name!r} needs "
                             "PyAV (the 'webrtc' extra): set stream_codec to PCMU, PCMA or L16")
