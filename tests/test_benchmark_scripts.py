@@ -169,6 +169,18 @@ def test_gpu_e2e_smoke_runs_the_service_with_ingest_workers():
 
 
 @pytest.mark.timeout(300)
+def test_rtp_codec_bench_smoke():
+    """Every codec's payloads decode to the audio's length, without errors, with a cost."""
+    pytest.importorskip("av")
+    out = run_script("rtp_codec_bench.py")
+    assert [r["codec"] for r in out["rows"]] == ["PCMU", "L16", "G722", "OPUS", "G729", "AMR",
+                                                 "AMR-WB"]
+    for row in out["rows"]:
+        assert row["errors"] == 0 and row["audio_s"] == pytest.approx(2.0, abs=0.05)
+        assert row["cpu_us_per_call_second"] > 0
+
+
+@pytest.mark.timeout(300)
 def test_ws_receive_bench_smoke():
     """Both receive forms run against real loopback connections and report CPU per message."""
     out = run_script("ws_receive_bench.py")
