@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from nes2net_stream.audio.io import load_audio, resample
+from nes2net_stream.bench.codecs import encode_packets
 from nes2net_stream.bench.engine import emit, environment
 from nes2net_stream.demo import sample_path
 
@@ -43,24 +44,6 @@ def speech(seconds: float, rate: int) -> np.ndarray:
     x = load_audio(sample_path("human_call.wav"), sample_rate=8000).samples
     x = np.tile(x, int(np.ceil(seconds * 8000 / len(x))))[:int(seconds * 8000)]
     return resample(x, 8000, rate)
-
-
-def av_packets(name: str, rate: int, samples: np.ndarray, bit_rate: int | None) -> list[bytes]:
-    """20 ms packets of ``samples`` from an FFmpeg encoder."""
-    import av
-
-    enc = av.CodecContext.create(name, "w")
-    enc.sample_rate, enc.layout, enc.format = rate, "mono", "s16"
-    if bit_rate:
-        enc.bit_rate = bit_rate
-    enc.open()
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    step, out = rate // 50, []
-    for i in range(0, len(pcm) - step + 1, step):
-        frame = av.AudioFrame.from_ndarray(pcm[None, i:i + step], format="s16", layout="mono")
-        frame.sample_rate = rate
-        out += [bytes(p) for p in enc.encode(frame)]
-    return out
 
 
 def amr_payload(frame: bytes, bits: int) -> bytes:
@@ -82,11 +65,13 @@ def payloads(codec: str, seconds: float) -> list[bytes]:
     if codec == "L16":
         return [bytes(320)] * n
     if codec == "G722":
-        return av_packets("g722", 16000, speech(seconds, 16000), None)
+        return encode_packets("g722", 16000, speech(seconds, 16000), flush=False)
     if codec == "OPUS":
-        return av_packets("libopus", 16000, speech(seconds, 16000), 24000)
+        return encode_packets("libopus", 16000, speech(seconds, 16000),
+                              bit_rate=24000, flush=False)
     if codec == "AMR":
-        frames = av_packets("libopencore_amrnb", 8000, speech(seconds, 8000), 12200)
+        frames = encode_packets("libopencore_amrnb", 8000, speech(seconds, 8000),
+                                bit_rate=12200, flush=False)
         return [amr_payload(f, 244) for f in frames]
     if codec == "AMR-WB":  # mode 8, 23.85 kbit/s
         bits = AMR_WB.bits[8]

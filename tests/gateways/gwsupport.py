@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from nes2net_stream.audio.io import float_to_pcm16
+from nes2net_stream.bench import codecs as bench_codecs
 from nes2net_stream.client import encode_samples, stream_samples
 
 FUZZ_EXAMPLES = int(os.environ.get("NES2NET_FUZZ_EXAMPLES", 300))
@@ -157,21 +158,9 @@ AV_CODECS = {"G722": ("g722", 16000, 16000), "OPUS": ("libopus", 16000, 48000)}
 
 def encode_packets(codec: str, samples: np.ndarray) -> list[bytes]:
     """20 ms packets of ``samples`` (16 kHz float) in ``codec`` (G722 or OPUS), via PyAV."""
-    import av
-
     name, rate, _ = AV_CODECS[codec]
-    enc = av.CodecContext.create(name, "w")
-    enc.sample_rate, enc.layout, enc.format = rate, "mono", "s16"
-    if codec == "OPUS":
-        enc.bit_rate = 24000
-    enc.open()
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    frame, out = rate // 50, []
-    for i in range(0, len(pcm) - frame + 1, frame):
-        f = av.AudioFrame.from_ndarray(pcm[None, i:i + frame], format="s16", layout="mono")
-        f.sample_rate = rate
-        out += [bytes(p) for p in enc.encode(f)]
-    return out + [bytes(p) for p in enc.encode(None)]
+    return bench_codecs.encode_packets(name, rate, samples,
+                                       bit_rate=24000 if codec == "OPUS" else None)
 
 
 def decode_packets(codec: str, packets: list[bytes]) -> tuple[np.ndarray, int]:
@@ -217,15 +206,4 @@ def amr_pack(frames: list[bytes], bits: tuple[int, ...], octet: bool, cmr: int =
 
 def amr_nb_frames(samples: np.ndarray) -> list[bytes]:
     """Storage-format AMR frames (12.2 kbit/s) of 8 kHz float ``samples``, via PyAV."""
-    import av
-
-    enc = av.CodecContext.create("libopencore_amrnb", "w")
-    enc.sample_rate, enc.layout, enc.format, enc.bit_rate = 8000, "mono", "s16", 12200
-    enc.open()
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    out: list[bytes] = []
-    for i in range(0, len(pcm) - 159, 160):
-        f = av.AudioFrame.from_ndarray(pcm[None, i:i + 160], format="s16", layout="mono")
-        f.sample_rate = 8000
-        out += [bytes(p) for p in enc.encode(f)]
-    return out + [bytes(p) for p in enc.encode(None)]
+    return bench_codecs.encode_packets("libopencore_amrnb", 8000, samples, bit_rate=12200)

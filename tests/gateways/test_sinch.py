@@ -4,6 +4,7 @@ import asyncio
 import json
 
 import pytest
+from fuzzing import json_values
 from gwsupport import (
     FUZZ_EXAMPLES,
     alerts,
@@ -170,10 +171,6 @@ def test_connect_parsing():
     assert parse_control("{}", 4096) is None
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=3), max_leaves=8)
 firsts = st.fixed_dictionaries({}, optional={
     "command": st.sampled_from(["connect", "heartbeat", 1]),
     "callId": st.sampled_from(["abc", "", "x" * 200, 5]),
