@@ -32,8 +32,9 @@ for mode in 4s windows; do
   "$PY" -m nes2net_stream eval --model "$RUN/model" --database "$CORPUS" --split eval \
     --mode "$mode" --out "$RUN/eval-$mode"
 done
-# robustness to codecs never used in training, on top of each trial's own channel
-for channel in g726:16000 g723_1 opus_nb:8000; do
+# robustness to codecs never used in training, on top of each trial's own channel (AMR-NB:
+# mobile calls, which the SIPREC gateway now takes in their own codec; highest and lowest mode)
+for channel in g726:16000 g723_1 opus_nb:8000 amr_nb:12200 amr_nb:4750; do
   "$PY" -m nes2net_stream eval --model "$RUN/model" --database "$CORPUS" --split eval \
     --mode 4s --channel "$channel" --out "$RUN/eval-channel-${channel//:/-}"
 done
