@@ -1,4 +1,4 @@
-"""RTP payload formats the SIPREC gateway records, and their decoders.
+"""RTP payload formats of the SIPREC, Asterisk External Media and Telnyx gateways; decoders.
 
 G.711 (PCMU, PCMA) and L16 pass through as samples of the internal event model's encodings;
 G.722 (RFC 3551: 16 kHz audio on an 8 kHz RTP clock), G.729 (RFC 3551: 10-byte frames, an
