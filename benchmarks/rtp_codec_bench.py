@@ -1,8 +1,8 @@
 """CPU per call-second of decoding each RTP codec the SIPREC, Asterisk and Telnyx gateways read.
 
 The bundled human sample call is encoded in 20 ms payloads of each codec (G.722, Opus and AMR
-with FFmpeg's encoders through PyAV; G.729 and AMR-WB, which have no encoder here, as random
-frames of the real frame sizes: the decoders' work does not depend on the bits), then the
+with FFmpeg's encoders through PyAV; G.729, AMR-WB and GSM as random frames of the real frame
+sizes: the decoders' work does not depend on the bits), then the
 gateway's own decoder (``nes2net_gateways.rtp_payload``) decodes them; G.711 and L16 are the
 pass-through baseline. Prints CPU microseconds per call-second and calls one core could decode,
 as JSON; decoding is only part of a call's cost (resampling, VAD and scoring follow).
@@ -36,7 +36,7 @@ from nes2net_stream.demo import sample_path
 
 #: codec -> (rtpmap clock rate, how the payloads are made)
 CODECS = {"PCMU": 8000, "L16": 8000, "G722": 8000, "OPUS": 48000, "G729": 8000,
-          "AMR": 8000, "AMR-WB": 16000}
+          "AMR": 8000, "AMR-WB": 16000, "GSM": 8000}
 
 
 def speech(seconds: float, rate: int) -> np.ndarray:
@@ -77,6 +77,9 @@ def payloads(codec: str, seconds: float) -> list[bytes]:
         bits = AMR_WB.bits[8]
         return [amr_payload(bytes([8 << 3 | 4]) + rng.getrandbits(bits).to_bytes(
             (bits + 7) // 8, "big"), bits) for _ in range(n)]
+    if codec == "GSM":  # 33-byte frames; the top nibble of each is the 0xD signature
+        return [bytes([0xD0 | rng.getrandbits(4)]) + bytes(rng.getrandbits(8) for _ in range(32))
+                for _ in range(n)]
     return [bytes(rng.getrandbits(8) for _ in range(20)) for _ in range(n)]  # G729
 
 

@@ -174,7 +174,7 @@ def test_rtp_codec_bench_smoke():
     pytest.importorskip("av")
     out = run_script("rtp_codec_bench.py")
     assert [r["codec"] for r in out["rows"]] == ["PCMU", "L16", "G722", "OPUS", "G729", "AMR",
-                                                 "AMR-WB"]
+                                                 "AMR-WB", "GSM"]
     for row in out["rows"]:
         assert row["errors"] == 0 and row["audio_s"] == pytest.approx(2.0, abs=0.05)
         assert row["cpu_us_per_call_second"] > 0

@@ -207,3 +207,14 @@ def amr_pack(frames: list[bytes], bits: tuple[int, ...], octet: bool, cmr: int =
 def amr_nb_frames(samples: np.ndarray) -> list[bytes]:
     """Storage-format AMR frames (12.2 kbit/s) of 8 kHz float ``samples``, via PyAV."""
     return bench_codecs.encode_packets("libopencore_amrnb", 8000, samples, bit_rate=12200)
+
+
+def gsm_frames(samples: np.ndarray) -> list[bytes]:
+    """33-byte GSM 06.10 frames (20 ms each) of 8 kHz float ``samples``, encoded by SoX."""
+    import subprocess
+
+    pcm = float_to_pcm16(samples).astype("<i2").tobytes()
+    out = subprocess.run(["sox", "-t", "raw", "-r", "8000", "-e", "signed", "-b", "16", "-c",
+                          "1", "-", "-t", "gsm", "-"], input=pcm, capture_output=True,
+                         check=True).stdout
+    return [out[i:i + 33] for i in range(0, len(out) - 32, 33)]

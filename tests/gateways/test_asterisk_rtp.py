@@ -2,13 +2,14 @@
 
 import asyncio
 import json
+import shutil
 import socket
 import struct
 
 import aiohttp
 import numpy as np
 import pytest
-from gwsupport import free_port_run, summaries, window_scores
+from gwsupport import free_port_run, gsm_frames, summaries, window_scores
 from siprec_client import RtpSender, real_speech, rtp_packets, send_rtp
 from structlog.testing import capture_logs
 
@@ -127,6 +128,24 @@ async def test_g729_frames_are_decoded(make_service, redis_client):
     (s,) = await summaries(redis_client, "g729-1")
     assert s["summary"]["duration_s"] == pytest.approx(2.0, abs=0.005)
     assert s["metadata"]["custom"]["codec"] == "g729"
+
+
+async def test_gsm_frames_are_decoded(make_service, redis_client):
+    """``format=gsm`` (Asterisk's built-in GSM 06.10): PT 3, 33-byte frames of 20 ms."""
+    pytest.importorskip("av")
+    if shutil.which("sox") is None:
+        pytest.skip("needs sox (GSM encoder)")
+    svc = await service(make_service)
+    _, made = await request("POST", f"{svc.api}/calls", {"call_id": "gsm-1", "format": "gsm"})
+    frames = gsm_frames(real_speech(seconds=4.0))
+    packets = [struct.pack("!BBHII", 0x80, 3, 9 + k, 160 * k, 0x6510) + f
+               for k, f in enumerate(frames)]
+    await send_rtp(made["port"], packets)
+    await asyncio.sleep(0.3)
+    await request("DELETE", made["call_url"])
+    (s,) = await summaries(redis_client, "gsm-1")
+    assert s["summary"]["duration_s"] == pytest.approx(len(frames) * 0.02, abs=0.005)
+    assert s["summary"]["speech_s"] > 1.0 and s["metadata"]["custom"]["codec"] == "gsm"
 
 
 async def test_another_codecs_payload_type_ends_the_call_with_an_error(make_service,

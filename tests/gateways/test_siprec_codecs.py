@@ -2,12 +2,13 @@
 
 import asyncio
 import json
+import shutil
 import struct
 import uuid
 
 import numpy as np
 import pytest
-from gwsupport import amr_nb_frames, amr_pack, summaries, window_scores
+from gwsupport import amr_nb_frames, amr_pack, gsm_frames, summaries, window_scores
 from gwsupport import decode_packets as decode
 from gwsupport import encode_packets as encode
 from nes2net_gateways.rtp_amr import AMR
@@ -152,3 +153,35 @@ async def test_g729_static_payload_type_with_annex_b_silence(make_service, redis
     assert s["metadata"]["custom"]["codec"] == "g729"
     # the SID decodes to 10 ms; the receiver fills the rest up to the next RTP timestamp
     assert s["summary"]["duration_s"] == pytest.approx(150 * 0.02, abs=0.005)
+
+
+async def test_gsm_static_payload_type_two_frames_a_packet(make_service, redis_client):
+    """GSM 06.10 (PT 3, no rtpmap line), 40 ms packets: scored as the decoded audio."""
+    if shutil.which("sox") is None:
+        pytest.skip("needs sox (GSM encoder)")
+    svc = await make_service(gateways={"siprec": {"enabled": True, "port": 0,
+                                                  "rtp_port_min": 0, "codecs": ["GSM"]}})
+    (gw,) = svc.gateways
+    frames = gsm_frames(real_speech(seconds=8.0))
+    payloads = [b"".join(frames[i:i + 2]) for i in range(0, len(frames) - 1, 2)]
+    packets = [struct.pack("!BBHII", 0x80, 3, k, k * 320, 77) + p
+               for k, p in enumerate(payloads)]
+    d = Dialog(call_id=f"{uuid.uuid4().hex}@sbc", from_tag="t1")
+    async with SiprecClient(gw.bound_port) as src, RtpSender() as sbc:
+        resp = await src.invite(d, sdp=sdp_offer(formats="3 0"))
+        assert resp.status == 200, resp.get("Warning")
+        assert [m.payload_types[0] for m in d.answer.media] == [3, 3]
+        await sbc.send(d.ports[0], packets)
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    (s,) = await summaries(redis_client, d.call_id)
+    assert s["metadata"]["custom"]["codec"] == "gsm"
+    dec = CODECS["GSM"].decoder(8000)
+    pcm = b"".join(dec.decode(p)[0] for p in payloads)
+    audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+    assert s["summary"]["duration_s"] == pytest.approx(len(audio) / 8000, abs=0.005)
+    got = await window_scores(redis_client, d.call_id)
+    ref = await stream_samples(svc.url, audio, 8000, realtime=False)
+    assert len(got) >= 2
+    assert got == pytest.approx([w["score"]["spoof_probability"]
+                                 for w in ref.of_type("window")], abs=1e-4)

@@ -70,6 +70,7 @@ FORMATS: dict[str, MediaFormat] = {f.name: f for f in (
     MediaFormat("alaw", "PCMA", 8000, 8),
     MediaFormat("g722", "G722", 8000, 9),
     MediaFormat("g729", "G729", 8000, 18),  # needs a G.729 codec module in Asterisk
+    MediaFormat("gsm", "GSM", 8000, 3),
     MediaFormat("opus", "OPUS", 48000, None),
     *(MediaFormat(f"slin{k or ''}", "L16", rate, None) for k, rate in (
         (None, 8000), (12, 12000), (16, 16000), (24, 24000), (32, 32000), (44, 44100),

@@ -2,11 +2,11 @@
 
 G.711 (PCMU, PCMA) and L16 pass through as samples of the internal event model's encodings;
 G.722 (RFC 3551: 16 kHz audio on an 8 kHz RTP clock), G.729 (RFC 3551: 10-byte frames, an
-Annex B SID frame of 2 bytes last), Opus (RFC 7587: a 48 kHz clock), AMR and AMR-WB (RFC 4867,
-re-packed by :mod:`rtp_amr`) are decoded here to 16-bit PCM with FFmpeg's
-decoders through PyAV (installed with the ``webrtc`` extra). Each decoder also says how many
-RTP clock units a payload covered, so the receiver can tell gaps from the timestamps, and
-makes silence for a gap of so many units.
+Annex B SID frame of 2 bytes last), GSM 06.10 (33-byte frames), Opus (RFC 7587: a 48 kHz
+clock), AMR and AMR-WB (RFC 4867, re-packed by :mod:`rtp_amr`) are decoded here to 16-bit PCM
+with FFmpeg's decoders through PyAV (installed with the ``webrtc`` extra). Each decoder also
+says how many RTP clock units a payload covered, so the receiver can tell gaps from the
+timestamps, and makes silence for a gap of so many units.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ CODECS: dict[str, PayloadCodec] = {c.name: c for c in (
     PayloadCodec("G722", "pcm_s16le", 16000, "g722"),
     PayloadCodec("OPUS", "pcm_s16le", 48000, "libopus", channels=(1, 2)),
     PayloadCodec("G729", "pcm_s16le", 8000, "g729"),
+    PayloadCodec("GSM", "pcm_s16le", 8000, "gsm"),
     PayloadCodec("AMR-WB", "pcm_s16le", 16000, "amrwb", amr=AMR_WB),
     PayloadCodec("AMR", "pcm_s16le", 8000, "amrnb", amr=AMR),
 )}

@@ -43,9 +43,10 @@ class SiprecConfig(GatewayConfig):
     customer_label: str = ""
     customer_aor: str = ""
     customer_wait_s: float = Field(60.0, ge=0.0, le=3600.0)
-    codecs: list[Literal["PCMU", "PCMA", "G722", "OPUS", "G729", "AMR-WB", "AMR", "L16"]] = \
-        Field(default_factory=lambda: ["PCMU", "PCMA", "G722", "OPUS", "G729", "AMR-WB", "AMR",
-                                       "L16"], min_length=1)
+    codecs: list[Literal["PCMU", "PCMA", "G722", "OPUS", "G729", "AMR-WB", "AMR", "GSM",
+                         "L16"]] = Field(default_factory=lambda: [
+                             "PCMU", "PCMA", "G722", "OPUS", "G729", "AMR-WB", "AMR", "GSM",
+                             "L16"], min_length=1)
     max_streams: int = Field(4, ge=1, le=16)
     max_requests_per_s: float = Field(200.0, gt=0)
 
