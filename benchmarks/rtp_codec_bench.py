@@ -29,8 +29,8 @@ except ImportError:  # run from a source checkout without installing
 import numpy as np
 import torch
 
+from nes2net_stream.audio.av_codecs import encode_packets
 from nes2net_stream.audio.io import load_audio, resample
-from nes2net_stream.bench.codecs import encode_packets
 from nes2net_stream.bench.engine import emit, environment
 from nes2net_stream.demo import sample_path
 

@@ -18,7 +18,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from nes2net_stream.audio import g711
+from nes2net_stream.audio import av_codecs, g711
 from nes2net_stream.audio.io import float_to_pcm16, load_audio, load_audio_channels
 
 EventCallback = Callable[[dict[str, Any]], None]
@@ -78,6 +78,23 @@ class StreamResult:
         return {e.get("channel", ""): e for e in self.of_type("summary")}
 
 
+def audio_frames(x: np.ndarray, encoding: str, sample_rate: int, step: int, frame_ms: int
+                 ) -> list[bytes]:
+    """The binary messages of a call: ``step`` frames of samples each, or Opus packets.
+
+    ``opus`` (mono only; PyAV needed) sends one packet of ``frame_ms`` per message at 32
+    kbit/s; the per-sample encodings are encoded once and sliced.
+    """
+    if encoding == "opus":
+        if x.shape[1] != 1 or frame_ms not in (10, 20, 40, 60):
+            raise ValueError("opus streams are mono, in frames of 10, 20, 40 or 60 ms")
+        return av_codecs.encode_packets("libopus", sample_rate, x[:, 0], bit_rate=32000,
+                                        frame_ms=frame_ms)
+    payload = encode_samples(x, encoding)
+    size = len(payload) // max(1, x.shape[0]) * step
+    return [payload[i:i + size] for i in range(0, len(payload), size)] if size else []
+
+
 async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
                          call_id: str | None = None, encoding: str = "pcm_s16le",
                          channel_roles: list[str] | None = None, realtime: bool = True,
@@ -108,9 +125,7 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
     headers = {"Authorization": f"Bearer {token}"} if token else None
     result = StreamResult(call_id=call_id)
     step = max(1, sample_rate * frame_ms // 1000)
-    # every supported encoding is per sample: encode the whole call once, send slices
-    payload = encode_samples(x, encoding)
-    frame_bytes = len(payload) // max(1, x.shape[0]) * step
+    frames = audio_frames(x, encoding, sample_rate, step, frame_ms)
     async with connect(url, additional_headers=headers, max_size=None,
                        open_timeout=open_timeout, close_timeout=10) as ws:
 
@@ -129,10 +144,11 @@ async def stream_samples(url: str, samples: np.ndarray, sample_rate: int, *,
         t0 = result.start_wall = time.time()
         mono0 = time.monotonic()
         try:
-            for k, i in enumerate(range(0, x.shape[0], step)):
+            for k, frame in enumerate(frames):
+                i = k * step
                 while pending and pending[0][0] * sample_rate <= i:
                     await ws.send(json.dumps(pending.pop(0)[1]))
-                await ws.send(payload[k * frame_bytes:(k + 1) * frame_bytes])
+                await ws.send(frame)
                 result.sent_seconds = min(i + step, x.shape[0]) / sample_rate
                 if send_log is not None:
                     send_log.append((result.sent_seconds, time.time()))

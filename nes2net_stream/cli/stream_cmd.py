@@ -90,7 +90,8 @@ def _channel_end(text: str, roles: list[str] | None) -> tuple[float, str]:
 @click.option("--url", default="ws://127.0.0.1:8080/v1/stream", show_default=True)
 @click.option("--realtime/--fast", default=True, show_default=True,
               help="Pace audio at real time, or send as fast as possible.")
-@click.option("--encoding", type=click.Choice(["pcm_s16le", "mulaw", "alaw"]), default="mulaw",
+@click.option("--encoding", type=click.Choice(["pcm_s16le", "mulaw", "alaw", "opus"]),
+              default="mulaw",
               show_default=True)
 @click.option("--sample-rate", type=click.Choice(["8000", "16000", "48000"]), default="8000",
               show_default=True)
@@ -119,6 +120,15 @@ def stream(file: Path, url: str, realtime: bool, encoding: str, sample_rate: str
     timed = [_update(u) for u in updates]
     roles = _roles(channels)
     ends = [_channel_end(e, roles) for e in channel_ends]
+    if encoding == "opus":
+        from nes2net_stream.audio import av_codecs
+
+        if roles and len(roles) > 1:
+            raise click.UsageError("--encoding opus sends one party (mono): leave out "
+                                   "--channels or use another encoding")
+        if not av_codecs.available():
+            raise click.UsageError("--encoding opus needs PyAV: pip install "
+                                   "'nes2net-stream[webrtc]'")
 
     def show(event: dict[str, Any]) -> None:
         click.echo(json.dumps(event) if as_json else _line(event))

@@ -9,10 +9,13 @@ import json
 import re
 from typing import Any
 
+from nes2net_stream.audio import av_codecs
 from nes2net_stream.service.errors import ProtocolError
 from nes2net_stream.service.events import CallStart, Source
 
-PROTOCOL_ENCODINGS = ("pcm_s16le", "mulaw", "alaw")
+PROTOCOL_ENCODINGS = ("pcm_s16le", "mulaw", "alaw", "opus")
+#: encodings sent as one compressed packet per binary message, decoded at the ingest edge
+PACKET_ENCODINGS = ("opus",)
 PROTOCOL_RATES = (8000, 16000, 48000)
 # \Z, not $: "$" also matches before a trailing newline ("abc\n" is not a valid call id)
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/=-]{0,127}\Z")
@@ -84,6 +87,14 @@ def parse_start(msg: dict[str, Any], *, source: Source, max_metadata_bytes: int 
     channels = msg.get("channels", 1)
     if isinstance(channels, bool) or channels not in (1, 2):
         raise ProtocolError("unsupported_format", "channels must be 1 or 2")
+    if encoding in PACKET_ENCODINGS:
+        if channels != 1:
+            raise ProtocolError("unsupported_format", f"{encoding} calls are mono: send one "
+                                "connection per party")
+        if not av_codecs.available():
+            raise ProtocolError("unsupported_format", f"{encoding} needs PyAV (the 'webrtc' "
+                                "extra) on the service; send pcm_s16le, mulaw or alaw")
+        encoding = "pcm_s16le"  # what the packets decode to (see ws_generic)
     roles = (_roles(msg["channel_roles"], "channel_roles") if "channel_roles" in msg
              else DEFAULT_ROLES[channels])
     if len(roles) != channels:

@@ -19,6 +19,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from nes2net_stream.audio import av_codecs
 from nes2net_stream.logs import get_logger
 from nes2net_stream.service.audio_decode import AudioFormatError
 from nes2net_stream.service.context import ServiceContext
@@ -30,6 +31,7 @@ from nes2net_stream.service.errors import (
 )
 from nes2net_stream.service.events import AudioChunk, CallEnd, OutputEvent, Source
 from nes2net_stream.service.protocol import (
+    PACKET_ENCODINGS,
     apply_update,
     parse_channel_end,
     parse_json,
@@ -123,14 +125,17 @@ async def handle_generic(conn: ServerConnection, ctx: ServiceContext) -> None:
                                 f"{limits.start_timeout_s:g} s") from None
         if isinstance(first, bytes):
             raise ProtocolError("audio_before_start", "send the JSON start message first")
-        start = parse_start(parse_json(first, limits.max_text_bytes),
-                            source=Source("websocket", "generic", _remote(conn)),
+        first_msg = parse_json(first, limits.max_text_bytes)
+        start = parse_start(first_msg, source=Source("websocket", "generic", _remote(conn)),
                             max_metadata_bytes=limits.max_metadata_bytes)
+        # packet encodings (opus) are decoded here: the call itself carries 16-bit PCM
+        packets = (av_codecs.PacketDecoder("libopus", start.sample_rate)
+                   if first_msg["encoding"] in PACKET_ENCODINGS else None)
         session = ctx.open_call(start, sink=out.event)
         out.message({"type": "started", "call_id": start.call_id,
                      "score_channels": session.scored_roles, "model_id": ctx.engine.model_id,
                      "window_s": ctx.windows.window_s, "hop_s": ctx.windows.hop_s})
-        end = await _stream(conn, ctx, session, out)
+        end = await _stream(conn, ctx, session, out, packets)
     except ProtocolError as err:
         ctx.metrics.protocol_errors.labels(code=err.code).inc()
         log.warning("protocol error", code=err.code, detail=err.message,
@@ -173,7 +178,7 @@ def _closed_end(conn: ServerConnection, out: Outbound) -> CallEnd:
 
 
 async def _stream(conn: ServerConnection, ctx: ServiceContext, session: CallSession,
-                  out: Outbound) -> CallEnd:
+                  out: Outbound, packets: av_codecs.PacketDecoder | None = None) -> CallEnd:
     limits = ctx.limits
     t0 = time.monotonic()
     last_message = time.monotonic()
@@ -205,8 +210,8 @@ async def _stream(conn: ServerConnection, ctx: ServiceContext, session: CallSess
                 raise ProtocolError("frame_too_large", f"audio message of {len(msg)} bytes "
                                     f"exceeds the {limits.max_frame_bytes}-byte limit")
             try:
-                session.feed(AudioChunk(msg))
-            except AudioFormatError as exc:
+                session.feed(AudioChunk(msg if packets is None else packets.decode(msg)))
+            except (AudioFormatError, av_codecs.PacketError) as exc:
                 raise ProtocolError("bad_audio_frame", str(exc)) from None
             _check_rate(session, limits, time.monotonic() - t0)
             continue

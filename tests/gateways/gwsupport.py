@@ -15,8 +15,8 @@ from helpers import tone_bursts
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from nes2net_stream.audio import av_codecs
 from nes2net_stream.audio.io import float_to_pcm16
-from nes2net_stream.bench import codecs as bench_codecs
 from nes2net_stream.client import encode_samples, stream_samples
 
 FUZZ_EXAMPLES = int(os.environ.get("NES2NET_FUZZ_EXAMPLES", 300))
@@ -159,7 +159,7 @@ AV_CODECS = {"G722": ("g722", 16000, 16000), "OPUS": ("libopus", 16000, 48000)}
 def encode_packets(codec: str, samples: np.ndarray) -> list[bytes]:
     """20 ms packets of ``samples`` (16 kHz float) in ``codec`` (G722 or OPUS), via PyAV."""
     name, rate, _ = AV_CODECS[codec]
-    return bench_codecs.encode_packets(name, rate, samples,
+    return av_codecs.encode_packets(name, rate, samples,
                                        bit_rate=24000 if codec == "OPUS" else None)
 
 
@@ -206,7 +206,7 @@ def amr_pack(frames: list[bytes], bits: tuple[int, ...], octet: bool, cmr: int =
 
 def amr_nb_frames(samples: np.ndarray) -> list[bytes]:
     """Storage-format AMR frames (12.2 kbit/s) of 8 kHz float ``samples``, via PyAV."""
-    return bench_codecs.encode_packets("libopencore_amrnb", 8000, samples, bit_rate=12200)
+    return av_codecs.encode_packets("libopencore_amrnb", 8000, samples, bit_rate=12200)
 
 
 def gsm_frames(samples: np.ndarray) -> list[bytes]:
