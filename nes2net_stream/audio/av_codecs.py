@@ -49,7 +49,9 @@ class PacketDecoder:
             pcm = frame.to_ndarray()
             if pcm.dtype.kind == "f":  # a decoder that ignored the s16 request
                 pcm = (np.clip(pcm, -1, 1) * 32767).astype("<i2")
-            out.append(pcm[:1].reshape(-1).astype("<i2", copy=False).tobytes())
+            if pcm.ndim == 2 and pcm.shape[0] > 1:  # planar channels: keep the first
+                pcm = pcm[:1]
+            out.append(pcm.reshape(-1).astype("<i2", copy=False).tobytes())
         return b"".join(out)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from nes2net_gateways.rtp_amr import (
     AMR,
@@ -25,6 +25,7 @@ from nes2net_gateways.rtp_amr import (
     detect_octet_aligned,
     octet_aligned_in,
 )
+from nes2net_stream.audio.av_codecs import PacketDecoder, PacketError
 
 
 class PayloadDecoder(Protocol):
@@ -112,34 +113,17 @@ class _AvDecoder:
     """An FFmpeg decoder (through PyAV) producing 16-bit mono PCM at ``rate``."""
 
     def __init__(self, name: str, rate: int, clock_rate: int):
-        import av
-
-        self._av: Any = av
-        self.ctx: Any = av.CodecContext.create(name, "r")
-        self.ctx.sample_rate = rate
-        self.ctx.layout = "mono"
-        self.ctx.format = "s16"
-        self.ctx.open()
+        self.packets = PacketDecoder(name, rate)
         self.ratio = rate / clock_rate  # decoded samples per RTP clock unit
         self.errors = 0
 
     def decode(self, payload: bytes) -> tuple[bytes, int]:
         try:
-            frames = self.ctx.decode(self._av.Packet(payload))
-        except (self._av.error.FFmpegError, ValueError):
+            pcm = self.packets.decode(payload)
+        except PacketError:
             self.errors += 1
             return b"", 0
-        out, samples = [], 0
-        for frame in frames:
-            pcm = frame.to_ndarray()
-            if pcm.dtype.kind == "f":  # a decoder that ignored the s16 request
-                pcm = (pcm.clip(-1, 1) * 32767).astype("<i2")
-            if pcm.ndim == 2 and pcm.shape[0] > 1:  # planar channels: keep the first
-                pcm = pcm[:1]
-            mono = pcm.reshape(-1).astype("<i2", copy=False)
-            out.append(mono.tobytes())
-            samples += mono.shape[0]
-        return b"".join(out), round(samples / self.ratio)
+        return pcm, round(len(pcm) // 2 / self.ratio)
 
     def silence(self, units: int) -> bytes:
         return b"\x00\x00" * round(units * self.ratio)
