@@ -97,6 +97,25 @@ async def test_the_codec_picks_the_calibration(make_service, redis_client, tmp_p
                for w in windows)
 
 
+async def record(gw, offer: str, packets: list[bytes]) -> Dialog:
+    """One recording session: INVITE with ``offer`` (answered 200), ``packets`` to the first
+    stream, BYE. Returns the dialog (its ``answer`` and ``call_id``)."""
+    d = Dialog(call_id=f"{uuid.uuid4().hex}@sbc", from_tag="t1")
+    async with SiprecClient(gw.bound_port) as src, RtpSender() as sbc:
+        resp = await src.invite(d, sdp=offer)
+        assert resp.status == 200, resp.get("Warning")
+        await sbc.send(d.ports[0], packets)
+        await asyncio.sleep(0.3)
+        await src.bye(d)
+    return d
+
+
+def rtp_of(pt: int, payloads: list[bytes], units: int) -> list[bytes]:
+    """RTP packets of ``payloads`` (payload type ``pt``, ``units`` clock units apart)."""
+    return [struct.pack("!BBHII", 0x80, pt, k, k * units, 77) + p
+            for k, p in enumerate(payloads)]
+
+
 @pytest.mark.parametrize("octet", [True, False], ids=["octet-aligned", "bandwidth-efficient"])
 async def test_amr_stream_decoded_in_the_negotiated_packing(make_service, redis_client, octet):
     """AMR (mobile calls): the answer echoes ``octet-align``; payloads re-packed and decoded."""
@@ -106,18 +125,10 @@ async def test_amr_stream_decoded_in_the_negotiated_packing(make_service, redis_
     frames = amr_nb_frames(real_speech(seconds=8.0))
     fmtp = "96 mode-change-capability=2" + ("; octet-align=1" if octet else "")
     payloads = [amr_pack([f], AMR.bits, octet) for f in frames]
-    packets = [struct.pack("!BBHII", 0x80, 96, k, k * 160, 77) + p
-               for k, p in enumerate(payloads)]
-    d = Dialog(call_id=f"{uuid.uuid4().hex}@sbc", from_tag="t1")
-    async with SiprecClient(gw.bound_port) as src, RtpSender() as sbc:
-        offer = sdp_offer(formats="96 0", rtpmaps=("96 AMR/8000",), fmtps=(fmtp,))
-        resp = await src.invite(d, sdp=offer)
-        assert resp.status == 200, resp.get("Warning")
-        assert all(m.payload_types[0] == 96 and m.fmtp[96] == fmtp.split(" ", 1)[1]
-                   for m in d.answer.media)
-        await sbc.send(d.ports[0], packets)
-        await asyncio.sleep(0.3)
-        await src.bye(d)
+    offer = sdp_offer(formats="96 0", rtpmaps=("96 AMR/8000",), fmtps=(fmtp,))
+    d = await record(gw, offer, rtp_of(96, payloads, 160))
+    assert all(m.payload_types[0] == 96 and m.fmtp[96] == fmtp.split(" ", 1)[1]
+               for m in d.answer.media)
     (s,) = await summaries(redis_client, d.call_id)
     assert s["metadata"]["custom"]["codec"] == "amr"
     dec = CODECS["AMR"].decoder(8000, "octet-align=1")
@@ -139,16 +150,8 @@ async def test_g729_static_payload_type_with_annex_b_silence(make_service, redis
     rng = np.random.default_rng(8)
     payloads = [rng.integers(0, 256, 20, dtype=np.uint8).tobytes() for _ in range(150)]
     payloads[100] = b"\x12\x34"  # Annex B SID: comfort noise, here silence
-    packets = [struct.pack("!BBHII", 0x80, 18, k, k * 160, 77) + p
-               for k, p in enumerate(payloads)]
-    d = Dialog(call_id=f"{uuid.uuid4().hex}@sbc", from_tag="t1")
-    async with SiprecClient(gw.bound_port) as src, RtpSender() as sbc:
-        resp = await src.invite(d, sdp=sdp_offer(formats="18"))
-        assert resp.status == 200, resp.get("Warning")
-        assert [m.payload_types[0] for m in d.answer.media] == [18, 18]
-        await sbc.send(d.ports[0], packets)
-        await asyncio.sleep(0.3)
-        await src.bye(d)
+    d = await record(gw, sdp_offer(formats="18"), rtp_of(18, payloads, 160))
+    assert [m.payload_types[0] for m in d.answer.media] == [18, 18]
     (s,) = await summaries(redis_client, d.call_id)
     assert s["metadata"]["custom"]["codec"] == "g729"
     # the SID decodes to 10 ms; the receiver fills the rest up to the next RTP timestamp
@@ -164,16 +167,8 @@ async def test_gsm_static_payload_type_two_frames_a_packet(make_service, redis_c
     (gw,) = svc.gateways
     frames = gsm_frames(real_speech(seconds=8.0))
     payloads = [b"".join(frames[i:i + 2]) for i in range(0, len(frames) - 1, 2)]
-    packets = [struct.pack("!BBHII", 0x80, 3, k, k * 320, 77) + p
-               for k, p in enumerate(payloads)]
-    d = Dialog(call_id=f"{uuid.uuid4().hex}@sbc", from_tag="t1")
-    async with SiprecClient(gw.bound_port) as src, RtpSender() as sbc:
-        resp = await src.invite(d, sdp=sdp_offer(formats="3 0"))
-        assert resp.status == 200, resp.get("Warning")
-        assert [m.payload_types[0] for m in d.answer.media] == [3, 3]
-        await sbc.send(d.ports[0], packets)
-        await asyncio.sleep(0.3)
-        await src.bye(d)
+    d = await record(gw, sdp_offer(formats="3 0"), rtp_of(3, payloads, 320))
+    assert [m.payload_types[0] for m in d.answer.media] == [3, 3]
     (s,) = await summaries(redis_client, d.call_id)
     assert s["metadata"]["custom"]["codec"] == "gsm"
     dec = CODECS["GSM"].decoder(8000)
