@@ -12,9 +12,6 @@ from typing import Any
 
 import numpy as np
 
-#: sample rates libopus decodes to (and encodes from)
-OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
-
 
 class PacketError(ValueError):
     """A packet the decoder rejects."""

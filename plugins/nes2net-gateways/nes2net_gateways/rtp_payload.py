@@ -11,7 +11,6 @@ timestamps, and makes silence for a gap of so many units.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +24,7 @@ from nes2net_gateways.rtp_amr import (
     detect_octet_aligned,
     octet_aligned_in,
 )
+from nes2net_stream.audio import av_codecs
 from nes2net_stream.audio.av_codecs import PacketDecoder, PacketError
 
 
@@ -76,7 +76,7 @@ class PayloadCodec:
     @property
     def available(self) -> bool:
         """False when the decoder's library (PyAV) is not installed."""
-        return self.av_decoder is None or importlib.util.find_spec("av") is not None
+        return self.av_decoder is None or av_codecs.available()
 
 
 CODECS: dict[str, PayloadCodec] = {c.name: c for c in (
