@@ -349,7 +349,10 @@ def exported_metrics() -> dict[str, set[str]]:
     from prometheus_client import CollectorRegistry
 
     out: dict[str, set[str]] = {}
-    gateway_metrics = vars(SiprecMetrics(CollectorRegistry())).values()
+    gateway_metrics = []
+    for value in vars(SiprecMetrics(CollectorRegistry())).values():  # RtpCounters: a group
+        gateway_metrics += vars(value).values() if hasattr(value, "__dataclass_fields__") \
+            else [value]
     for metric in [*vars(ServiceMetrics()).values(), *gateway_metrics]:
         name, kind = getattr(metric, "_name", None), getattr(metric, "_type", None)
         if name is None:

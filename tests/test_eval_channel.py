@@ -1,6 +1,7 @@
 """`eval --channel`: every trial through a telephone codec before scoring."""
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from nes2net_stream.bundle import load_model
 from nes2net_stream.cli import main
 from nes2net_stream.data.protocols import audio_path, database_split, read_protocol
 from nes2net_stream.errors import AudioError
-from nes2net_stream.evaluation.protocol_scoring import codec_channel, score_trials
+from nes2net_stream.evaluation.protocol_scoring import codec_channel, loss_channel, score_trials
 from nes2net_stream.scoring.files import OFFICIAL_SAMPLES, score_arrays
 
 
@@ -91,3 +92,53 @@ def test_a_bad_channel_is_refused_before_scoring(capsys, toy_corpus, value, mess
 def test_codec_channel_checks_its_codec():
     with pytest.raises(AudioError, match="valid codecs"):
         codec_channel("g999")
+
+
+def test_a_loss_channel_loses_the_same_packets_after_the_codec():
+    from nes2net_stream.audio.plc import lose_packets
+
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    calls = []
+
+    def codec(y, rate):
+        calls.append(rate)
+        return y * 0.5
+
+    silent = loss_channel(0.1, fill="silence", then=codec)
+    a, b = silent(x, 16000), silent(x, 16000)
+    np.testing.assert_array_equal(a, b)  # the same losses in every run
+    assert calls == [16000, 16000]
+    packets = a.reshape(50, 320)
+    dropped = [i for i in range(50) if not packets[i].any()]
+    assert 1 <= len(dropped) <= 15 and 0 not in dropped
+    kept = [i for i in range(50) if i not in dropped]
+    np.testing.assert_array_equal(packets[kept], (x * 0.5).reshape(50, 320)[kept])
+    concealed = loss_channel(0.1)(x, 16000)  # the same packets lost, concealed instead
+    seed_rng = np.random.default_rng(zlib.crc32(x.tobytes()))
+    np.testing.assert_array_equal(concealed, lose_packets(x, 320, 0.1, seed_rng))
+    assert not np.array_equal(concealed[320 * dropped[0]:320 * (dropped[0] + 1)], 0)
+    with pytest.raises(AudioError, match="outside"):
+        loss_channel(1.0)
+    with pytest.raises(AudioError, match="fill"):
+        loss_channel(0.1, fill="noise")
+
+
+def test_eval_reports_the_packet_loss(capsys, tmp_path, toy_corpus):
+    args = ["eval", "--model", "builtin:demo", "--database", str(toy_corpus), "--split", "eval",
+            "--bootstrap", "0"]
+    results = {}
+    for fill in ("conceal", "silence"):
+        out = tmp_path / fill
+        code = main([*args, "--packet-loss", "0.3", "--loss-fill", fill, "--out", str(out)])
+        assert code == 0, capsys.readouterr().err
+        results[fill] = json.loads((out / "metrics.json").read_text())
+        assert results[fill]["packet_loss"] == {"rate": 0.3, "packet_ms": 20, "fill": fill}
+        assert "channel" not in results[fill]
+    clean = tmp_path / "clean"
+    assert main([*args, "--out", str(clean)]) == 0
+    scores = [(tmp_path / d / "scores.txt").read_text() for d in ("conceal", "silence", "clean")]
+    assert len(set(scores)) == 3
+    assert "packet_loss" not in json.loads((clean / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main([*args, "--packet-loss", "0.9"]) == 2
+    assert "--packet-loss" in capsys.readouterr().err

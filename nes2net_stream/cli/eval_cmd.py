@@ -44,6 +44,12 @@ from nes2net_stream.cli.common import (
 @click.option("--layout", type=click.Choice(["2021", "asvspoof5"]), default="2021",
               show_default=True, help="Score file layout written to --out.")
 @channel_option("trial")
+@click.option("--packet-loss", type=click.FloatRange(0.0, 0.5), default=0.0, show_default=True,
+              help="Lose this share of 20 ms packets of every trial (after --channel), the "
+                   "same packets in every run.")
+@click.option("--loss-fill", type=click.Choice(["conceal", "silence"]), default="conceal",
+              show_default=True, help="What replaces a lost packet: conceal (repeat the last "
+              "one, fading, as the RTP gateways do) or silence.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000,
               show_default=True, help="Bootstrap resamples for confidence intervals (0: none).")
 @bootstrap_unit_option
@@ -58,7 +64,8 @@ from nes2net_stream.cli.common import (
 def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | None, split: str,
              calibrate_on: str, save_calibration: bool, calibration_out: Path | None,
              mode: str, out_dir: Path | None,
-             layout: str, channel: str | None, n_boot: int, bootstrap_unit: str,
+             layout: str, channel: str | None, packet_loss: float, loss_fill: str,
+             n_boot: int, bootstrap_unit: str,
              confidence: float, compare_file: Path | None, batch_size: int,
              model_path: str | None, config_file: Path | None, device: str | None) -> None:
     """Compute EER, minDCF, actDCF (ASVspoof 5 costs), Cllr and their confidence intervals."""
@@ -72,7 +79,7 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
                            compare_file)
         if channel:  # the channel these scores were made through: a label in the report
             parse_channel(channel)
-            report["channel"] = channel
+        report.update(_channel_labels(channel, packet_loss, loss_fill))
         _finish(report, out_dir)
         click.echo(format_report(report))
         return
@@ -84,6 +91,13 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
     from nes2net_stream.evaluation.protocol_scoring import cm_scores, fit_calibration, score_trials
 
     transmit = parse_channel(channel) if channel else None
+    label = channel or ""
+    if packet_loss:
+        from nes2net_stream.evaluation.protocol_scoring import loss_channel
+
+        fill = "silence" if loss_fill == "silence" else "conceal"
+        transmit = loss_channel(packet_loss, fill=fill, then=transmit)
+        label = f"{label} + {packet_loss:.0%} packet loss ({loss_fill})".lstrip(" +")
     settings = settings_from(config_file, model__path=model_path, model__device=device)
     detector = open_detector(settings)
     kwargs = {"mode": mode, "vad": settings.vad.to_config(),
@@ -95,7 +109,7 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
         raw = score_trials(detector, trials, audio, **kwargs)
         source = f"{database.name}/{calibrate_on} ({mode})"
         detector.calibration = fit_calibration(
-            raw, trials, source=source + (f" through {channel}" if channel else ""))
+            raw, trials, source=source + (f" through {label}" if label else ""))
         cal = detector.calibration
         click.echo(f"calibration fitted on {calibrate_on}: llr = {cal.scale:.4f} * raw "
                    f"{cal.offset:+.4f}", err=True)
@@ -121,10 +135,17 @@ def eval_cmd(score_file: Path | None, key_file: Path | None, database: Path | No
     report["model_id"] = detector.model_id
     report["calibrated"] = detector.calibration.fitted
     report["mode"] = mode
-    if channel:
-        report["channel"] = channel
+    report.update(_channel_labels(channel, packet_loss, loss_fill))
     _finish(report, out_dir)
     click.echo(format_report(report))
+
+
+def _channel_labels(channel: str | None, packet_loss: float, fill: str) -> dict:
+    """Report entries naming the channel and packet loss the trials were scored through."""
+    labels: dict = {"channel": channel} if channel else {}
+    if packet_loss:
+        labels["packet_loss"] = {"rate": packet_loss, "packet_ms": 20, "fill": fill}
+    return labels
 
 
 def _evaluate(scores: Path, key: Path, out_dir: Path | None, n_boot: int, unit: str,

@@ -25,15 +25,13 @@ from scipy import signal
 
 from nes2net_stream.audio.codecs import CODECS, available_codecs, encode_decode
 from nes2net_stream.audio.io import MODEL_SAMPLE_RATE, resample
+from nes2net_stream.audio.plc import lose_packets
 from nes2net_stream.data.rawboost import RAWBOOST_ALGOS, RawBoostParams, rawboost
 from nes2net_stream.errors import AudioError, ConfigError, DependencyError
 
 log = logging.getLogger(__name__)
 
 NOISE_COLORS = ("white", "pink", "brown")
-#: Level of each repeated packet relative to the one before in a run of losses.
-PLC_FADE = 0.7
-
 #: Default codec mix: telephone codecs weighted by how common they are on calls.
 DEFAULT_CODEC_WEIGHTS: dict[str, float] = {
     "mulaw": 2.0, "alaw": 2.0, "gsm": 1.0, "amr_nb": 2.0, "g726": 1.0, "g722": 1.0,
@@ -233,27 +231,12 @@ def coloured_noise(n: int, color: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def packet_loss(x: np.ndarray, packet: int, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Drop packets of ``packet`` samples at ``rate`` and conceal each by repeating the previous.
+    """Drop packets of ``packet`` samples at ``rate`` and conceal each run of losses.
 
-    Repeats in a run of losses fade by :data:`PLC_FADE` each. At least one packet (never the
-    first) is lost when the audio has two or more packets.
+    The concealment is the gateways' (:func:`nes2net_stream.audio.plc.conceal`). At least
+    one packet (never the first) is lost when the audio has two or more packets.
     """
-    n_packets = math.ceil(len(x) / packet)
-    lost = rng.random(n_packets) < rate
-    lost[0] = False
-    if n_packets > 1 and not lost.any():
-        lost[rng.integers(1, n_packets)] = True
-    y = np.array(x, copy=True)
-    run = 0
-    for i in range(1, n_packets):
-        if not lost[i]:
-            run = 0
-            continue
-        run += 1
-        start = i * packet
-        stop = min(start + packet, len(y))
-        y[start:stop] = y[start - packet:stop - packet] * PLC_FADE ** (run - 1)
-    return y
+    return lose_packets(x, packet, rate, rng, at_least_one=True)
 
 
 class TelephoneAugment:

@@ -7,6 +7,7 @@ evaluation code works on CM scores, higher = bona fide, i.e. ``-llr``.
 from __future__ import annotations
 
 import sys
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -15,10 +16,11 @@ import numpy as np
 from tqdm import tqdm
 
 from nes2net_stream.audio.io import load_audio, resample
+from nes2net_stream.audio.plc import LOSS_FILLS, LossFill, lose_packets
 from nes2net_stream.audio.vad import VADConfig
 from nes2net_stream.audio.windows import WindowConfig, pad_by_repetition
 from nes2net_stream.data.protocols import Trial, audio_path
-from nes2net_stream.errors import DataError, DependencyError
+from nes2net_stream.errors import AudioError, DataError, DependencyError
 from nes2net_stream.evaluation.calibration import fit_affine_calibration
 from nes2net_stream.models.detector import Calibration, Detector
 from nes2net_stream.scoring.files import OFFICIAL_SAMPLES, pipeline_windows, score_arrays
@@ -43,6 +45,29 @@ def codec_channel(codec: str, bitrate: int | None = None) -> Channel:
 
     def apply(samples: np.ndarray, sample_rate: int) -> np.ndarray:
         return encode_decode(samples, sample_rate, spec.name, bitrate=rate)
+
+    return apply
+
+
+def loss_channel(rate: float, *, fill: LossFill = "conceal", packet_ms: float = 20.0,
+                 then: Channel | None = None) -> Channel:
+    """A channel that loses packets of ``packet_ms`` at ``rate`` after ``then`` (a codec).
+
+    ``fill`` is what a receiver puts in their place (:func:`~nes2net_stream.audio.plc.\
+lose_packets`): ``conceal`` as the RTP gateways do, ``silence`` as a receiver without
+    concealment. The losses of a recording are drawn from a generator seeded by its samples,
+    so every run (and every model compared) meets the same losses.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise AudioError(f"packet loss rate {rate} is outside [0, 1)")
+    if fill not in LOSS_FILLS:
+        raise AudioError(f"loss fill {fill!r} is not one of {', '.join(LOSS_FILLS)}")
+
+    def apply(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        x = then(samples, sample_rate) if then is not None else samples
+        seed = zlib.crc32(np.ascontiguousarray(samples).tobytes())
+        packet = max(1, round(packet_ms * sample_rate / 1000.0))
+        return lose_packets(x, packet, rate, np.random.default_rng(seed), fill=fill)
 
     return apply
 

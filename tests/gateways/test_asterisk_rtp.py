@@ -45,6 +45,27 @@ def l16_packets(samples: np.ndarray, rate: int, pt: int) -> list[bytes]:
             for k, i in enumerate(range(0, len(pcm) // 2, frame))]
 
 
+async def test_lost_and_reordered_packets_keep_the_call_whole(make_service, redis_client):
+    """Losses are concealed, a swapped pair is put back in order, and packets still held
+    back waiting for a lost one are fed when the call is deleted."""
+    svc = await service(make_service, rtp_reorder_packets=3)
+    packets = rtp_packets(encode_samples(real_speech(seconds=4.0), "mulaw"))
+    sent = [p for k, p in enumerate(packets) if k not in (50, 120, 197)]  # 197: near the end
+    sent[80], sent[81] = sent[81], sent[80]
+    status, made = await request("POST", f"{svc.api}/calls", {"call_id": "loss.1"})
+    assert status == 201, made
+    await send_rtp(made["port"], sent)
+    await asyncio.sleep(0.3)
+    status, state = await request("GET", made["call_url"])
+    assert (state["packets"], state["reordered"], state["late"]) == (197, 1, 0)
+    assert state["lost"] == 2 and state["concealed_s"] == pytest.approx(0.04)
+    # 198 and 199 are held back waiting for 197 (up to 3 packets): 3.94 s fed so far
+    assert state["audio_s"] == pytest.approx(3.94, abs=0.001)
+    status, _ = await request("DELETE", made["call_url"])
+    (s,) = await summaries(redis_client, "loss.1")
+    assert s["summary"]["duration_s"] == pytest.approx(4.0, abs=0.001)
+
+
 @pytest.mark.both_loops
 async def test_an_external_media_call_end_to_end(make_service, redis_client):
     svc = await service(make_service)

@@ -225,7 +225,7 @@ async def test_loss_reordering_and_foreign_packets(make_service, redis_client):
     audio = encode_samples(real_speech(seconds=6.0), "mulaw")
     packets_ = rtp_packets(audio, seq=65500)  # the sequence number wraps during the call
     kept = [p for k, p in enumerate(packets_) if k % 25 != 7]  # 4 % loss
-    kept[10], kept[11] = kept[11], kept[10]  # one pair out of order: the late one is dropped
+    kept[10], kept[11] = kept[11], kept[10]  # one pair out of order: put back in order
     async with SiprecClient(svc.sip_port) as src, RtpSender() as sbc:
         assert (await src.invite(d)).status == 200
         await sbc.send(d.ports[0], kept[:100])
@@ -235,18 +235,20 @@ async def test_loss_reordering_and_foreign_packets(make_service, redis_client):
         await asyncio.sleep(0.3)
         await src.bye(d)
     (s,) = await summaries(redis_client, d.call_id)
-    # gaps are filled with silence, so stream time follows the sender's clock
+    # lost packets are concealed, so stream time follows the sender's clock
     assert s["summary"]["duration_s"] == pytest.approx(6.0, abs=0.05)
     reg = svc.ctx.metrics.registry
 
     def packets(result):
         return reg.get_sample_value("nes2net_siprec_rtp_packets_total", {"result": result})
 
-    assert packets("received") == len(kept) - 1
-    # the swapped packet counts once as lost (when its successor came first), once as late
-    assert (packets("lost"), packets("late"), packets("invalid")) == (
-        len(packets_) - len(kept) + 1, 1, 100)
-    assert reg.get_sample_value("nes2net_siprec_rtp_gap_fill_seconds_total") > 0.2
+    assert packets("received") == len(kept)
+    assert (packets("lost"), packets("late"), packets("reordered"), packets("invalid")) == (
+        len(packets_) - len(kept), None, 1, 100)  # None: never counted
+    # each lost packet (20 ms) concealed; nothing left to fill with silence
+    assert reg.get_sample_value("nes2net_siprec_rtp_concealed_seconds_total") == \
+        pytest.approx(0.02 * (len(packets_) - len(kept)))
+    assert reg.get_sample_value("nes2net_siprec_rtp_gap_fill_seconds_total") == 0
     assert reg.get_sample_value("nes2net_siprec_responses_total", {"status": "200"}) == 2
 
 

@@ -61,6 +61,8 @@ class AsteriskRtpConfig(ControlApiConfig):
     media_address: str = ""
     rtp_port_min: int = Field(30000, ge=0, le=65535)
     rtp_port_max: int = Field(30999, ge=0, le=65535)
+    rtp_reorder_packets: int = Field(4, ge=0, le=50)
+    rtp_conceal_ms: float = Field(60.0, ge=0.0, le=500.0)
     media_networks: list[str] | None = None
     media_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
     default_format: str = "ulaw"
@@ -77,9 +79,8 @@ class AsteriskRtpGateway(RegisteredCallsGateway):
         super().__init__(config, ctx, auth_required=auth_required)
         self.cfg: AsteriskRtpConfig = config  # type: ignore[assignment]
         self.networks: list[Any] = []
-        self.rtp_packets, self.rtp_filled = rtp_counters("nes2net_asterisk_rtp",
-                                                         "External Media calls",
-                                                         metrics_registry(ctx))
+        self.rtp = rtp_counters("nes2net_asterisk_rtp", "External Media calls",
+                                metrics_registry(ctx))
         self.setup_api()
         self.api.route("POST", "/calls", self._create)
 

@@ -24,8 +24,16 @@ import numpy as np
 
 from nes2net_gateways._common import RateGuard, feed
 from nes2net_gateways.call_task import CallTask
-from nes2net_gateways.rtp import RTCP_TYPES, RtpPort, RtpReceiver, RtpStats, count_rtp, parse_rtp
-from nes2net_gateways.rtp_payload import CODECS
+from nes2net_gateways.rtp import (
+    RTCP_TYPES,
+    RtpPort,
+    RtpReceiver,
+    RtpStats,
+    count_rtp,
+    flush_held,
+    parse_rtp,
+)
+from nes2net_gateways.rtp_payload import CODECS, conceal_audio
 from nes2net_stream.audio.g711 import MULAW_DECODE
 from nes2net_stream.gateways.api import CallHandle
 from nes2net_stream.service.errors import ProtocolError
@@ -88,6 +96,9 @@ class _MulawAsL16:
     def silence(self, units: int) -> bytes:
         return b"\x00\x00" * units
 
+    def conceal(self, last: bytes, units: int) -> bytes:
+        return conceal_audio(last, units, "pcm_s16be")
+
 
 class MediaCall(CallTask):
     """One registered call and its RTP stream (see the module docstring)."""
@@ -100,7 +111,9 @@ class MediaCall(CallTask):
         self.call_url = call_url
         self.call_id = handle.call_id or ""
         self.port: RtpPort | None = None
-        self.receiver = RtpReceiver(-1, fmt.clock_rate, CODECS[fmt.codec].decoder(fmt.clock_rate))
+        self.receiver = RtpReceiver(-1, fmt.clock_rate, CODECS[fmt.codec].decoder(fmt.clock_rate),
+                                    reorder=gateway.cfg.rtp_reorder_packets,
+                                    conceal_s=gateway.cfg.rtp_conceal_ms / 1000.0)
         self.latched: tuple[str, int] | None = None
         self.created = time.monotonic()
         self.last_packet: float | None = None
@@ -190,17 +203,19 @@ class MediaCall(CallTask):
         return TICK_S
 
     def _count(self) -> None:
-        self._counted = count_rtp(self.receiver.stats, self._counted, self.gw.rtp_packets,
-                                  self.gw.rtp_filled)
+        self._counted = count_rtp(self.receiver.stats, self._counted, self.gw.rtp)
 
     async def close(self) -> None:
         """Close the port and publish the summary."""
         if self.port is not None:
             self.port.close()
+        if self.end is None or self.end.reason != "error":
+            flush_held(self.receiver, self.handle)
         self._count()
         st = self.receiver.stats
         self.log.info("media stream ended", packets=st.packets, lost=st.lost, late=st.late,
-                      other=st.other, invalid=st.invalid, filled_s=round(st.filled_s, 3))
+                      reordered=st.reordered, other=st.other, invalid=st.invalid,
+                      concealed_s=round(st.concealed_s, 3), filled_s=round(st.filled_s, 3))
         try:
             await self.handle.end(self.end or CallEnd("shutdown"))
         finally:
@@ -213,6 +228,8 @@ class MediaCall(CallTask):
         return {"call_id": self.call_id, "format": self.fmt.name,
                 "port": self.port.port if self.port else None,
                 "media_from": f"{self.latched[0]}:{self.latched[1]}" if self.latched else None,
-                "packets": st.packets, "lost": st.lost, "late": st.late, "invalid": st.invalid,
+                "packets": st.packets, "lost": st.lost, "late": st.late,
+                "reordered": st.reordered, "invalid": st.invalid,
+                "concealed_s": round(st.concealed_s, 3),
                 "audio_s": round(session.audio_seconds, 3) if session else 0.0,
                 "ended": self.end.reason if self.end else None}

@@ -16,9 +16,13 @@ import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nes2net_gateways._common import feed
 from nes2net_gateways.rtp_payload import PayloadDecoder
+
+if TYPE_CHECKING:
+    from nes2net_stream.gateways.api import CallHandle
 
 RTP_VERSION = 2
 HEADER = 12
@@ -76,102 +80,171 @@ class RtpStats:
     """Counters of one stream (logged when the call ends)."""
 
     packets: int = 0
-    lost: int = 0  # sequence numbers never seen
-    late: int = 0  # duplicates and packets behind the stream
+    lost: int = 0  # sequence numbers never seen (or seen too late to be put back)
+    late: int = 0  # duplicates and packets too late to be put back in order
+    reordered: int = 0  # out of order, put back in order (also counted in packets)
     other: int = 0  # other payload types (telephone-event, comfort noise), dropped
     invalid: int = 0  # not RTP, or from an address that does not send this stream
     resyncs: int = 0  # new SSRC or a jump in the sequence: a new stream from here
+    concealed_s: float = 0.0  # lost audio concealed by repeating the last packet, fading
     filled_s: float = 0.0  # silence inserted for gaps
 
 
-def rtp_counters(prefix: str, streams: str, registry: Any) -> tuple[Any, Any]:
-    """The RTP counters of a gateway: packets by result and seconds of gap fill.
+#: outcomes counted by ``<prefix>_packets_total{result}`` and the RtpStats field of each
+PACKET_RESULTS = (("received", "packets"), ("lost", "lost"), ("late", "late"),
+                  ("reordered", "reordered"), ("other", "other"), ("invalid", "invalid"))
 
-    ``<prefix>_packets_total{result}`` and ``<prefix>_gap_fill_seconds_total`` (prefix
-    ``nes2net_siprec_rtp``, for instance); ``streams`` names the streams in their help texts.
+
+@dataclass(frozen=True)
+class RtpCounters:
+    """The Prometheus counters of a gateway's RTP streams (see :func:`rtp_counters`)."""
+
+    packets: Any
+    concealed: Any
+    filled: Any
+
+
+def rtp_counters(prefix: str, streams: str, registry: Any) -> RtpCounters:
+    """The RTP counters of a gateway: packets by result, seconds concealed and filled.
+
+    ``<prefix>_packets_total{result}``, ``<prefix>_concealed_seconds_total`` and
+    ``<prefix>_gap_fill_seconds_total`` (prefix ``nes2net_siprec_rtp``, for instance);
+    ``streams`` names the streams in their help texts.
     """
     from prometheus_client import Counter
 
     packets = Counter(
-        f"{prefix}_packets_total", f"RTP packets of {streams}, by outcome "
-        "(received, lost, late, other payload types, invalid or from a foreign address)",
+        f"{prefix}_packets_total", f"RTP packets of {streams}, by outcome (received; lost; "
+        "late; reordered: received out of order and put back in order, also counted as "
+        "received; other payload types; invalid or from a foreign address)",
         ["result"], registry=registry)
+    concealed = Counter(f"{prefix}_concealed_seconds_total",
+                        f"Seconds of lost RTP audio of {streams} concealed by repeating the "
+                        "last packet, fading", registry=registry)
     filled = Counter(f"{prefix}_gap_fill_seconds_total",
-                     f"Seconds of silence inserted for RTP gaps of {streams} (loss or silence "
-                     "suppression)", registry=registry)
-    return packets, filled
+                     f"Seconds of silence inserted for RTP gaps of {streams} (silence "
+                     "suppression, or loss beyond the concealed part)", registry=registry)
+    return RtpCounters(packets, concealed, filled)
 
 
-def count_rtp(now: RtpStats, was: RtpStats, packets: Any, filled: Any) -> RtpStats:
-    """Add what ``now`` counts beyond ``was`` to the Prometheus counters; return a snapshot.
-
-    ``packets`` is a counter labelled by ``result`` (received, lost, late, other, invalid),
-    ``filled`` one of seconds of silence inserted for gaps.
-    """
-    for result, value, old in (("received", now.packets, was.packets),
-                               ("lost", now.lost, was.lost), ("late", now.late, was.late),
-                               ("other", now.other, was.other),
-                               ("invalid", now.invalid, was.invalid)):
+def count_rtp(now: RtpStats, was: RtpStats, counters: RtpCounters) -> RtpStats:
+    """Add what ``now`` counts beyond ``was`` to the Prometheus counters; return a snapshot."""
+    for result, name in PACKET_RESULTS:
+        value, old = getattr(now, name), getattr(was, name)
         if value > old:
-            packets.labels(result=result).inc(value - old)
+            counters.packets.labels(result=result).inc(value - old)
+    if now.concealed_s > was.concealed_s:
+        counters.concealed.inc(now.concealed_s - was.concealed_s)
     if now.filled_s > was.filled_s:
-        filled.inc(now.filled_s - was.filled_s)
+        counters.filled.inc(now.filled_s - was.filled_s)
     return RtpStats(**vars(now))
 
 
 class RtpReceiver:
-    """Orders the packets of one stream and fills its gaps (see the module docstring).
+    """Orders the packets of one stream, conceals losses and fills gaps (module docstring).
 
     Args:
         payload_type: the negotiated payload type; others are counted and dropped.
         clock_rate: RTP clock of the payload format (units per second).
-        decoder: turns payloads into audio bytes and makes silence
+        decoder: turns payloads into audio bytes, conceals and makes silence
             (:mod:`nes2net_gateways.rtp_payload`).
         max_gap_s: longest gap filled; a longer one is filled only this far (stream time then
             runs behind the sender's clock by the rest).
+        reorder: packets held back at most while waiting for a missing one (0: none; a
+            packet arriving after the ones behind it were released is late). Packets in
+            order are never held.
+        conceal_s: longest part of a gap after lost packets that is concealed (0: none).
     """
 
     def __init__(self, payload_type: int, clock_rate: int, decoder: PayloadDecoder,
-                 max_gap_s: float = 2.0):
+                 max_gap_s: float = 2.0, *, reorder: int = 4, conceal_s: float = 0.06):
         self.payload_type = payload_type
         self.clock_rate = clock_rate
         self.decoder = decoder
         self.max_gap = int(max_gap_s * clock_rate)
+        self.reorder = reorder
+        self.conceal_units = int(conceal_s * clock_rate)
         self.stats = RtpStats()
         self._ssrc: int | None = None
-        self._seq = 0
-        self._next_ts = 0
+        self._held: dict[int, RtpPacket] = {}  # by extended sequence number
+        self._top: int | None = None  # highest extended sequence number accepted
+        self._next: int | None = None  # extended sequence number of the next to release
+        self._next_ts: int | None = None
+        self._last = b""  # audio of the last packet released
 
     def push(self, packet: RtpPacket) -> list[bytes]:
-        """Audio bytes to feed for ``packet`` (silence first when it follows a gap)."""
+        """Audio bytes to feed, in order, after ``packet`` arrived (maybe none yet)."""
         st = self.stats
         if packet.payload_type != self.payload_type:
             st.other += 1
             return []
         out: list[bytes] = []
-        if self._ssrc != packet.ssrc or abs(_seq_delta(packet.sequence, self._seq)) > \
-                MAX_SEQ_JUMP:
+        top = self._top
+        if self._ssrc != packet.ssrc or (
+                top is not None and abs(_seq_delta(packet.sequence, top)) > MAX_SEQ_JUMP):
             if self._ssrc is not None:
                 st.resyncs += 1
+                out += self.flush()
             self._ssrc = packet.ssrc
-        else:
-            step = _seq_delta(packet.sequence, self._seq)
-            if step <= 0:
-                st.late += 1
-                return []
-            st.lost += step - 1
+            self._top = self._next = self._next_ts = None
+            self._last = b""
+            top = None
+        ext = packet.sequence if top is None else top + _seq_delta(packet.sequence, top)
+        if self._next is not None and (ext < self._next or ext in self._held):
+            st.late += 1
+            return out
+        st.packets += 1
+        if top is not None and ext < top:
+            st.reordered += 1
+        self._held[ext] = packet
+        self._top = ext if top is None else max(top, ext)
+        if self._next is None:
+            self._next = ext
+        return out + self._release(self.reorder)
+
+    def flush(self) -> list[bytes]:
+        """Release every packet held back (the stream ended or paused); the gaps are lost."""
+        return self._release(0)
+
+    def _release(self, keep: int) -> list[bytes]:
+        out: list[bytes] = []
+        while self._held:
+            first = min(self._held)
+            if first != self._next and len(self._held) <= keep:
+                break
+            lost = first - (self._next if self._next is not None else first)
+            self._emit(self._held.pop(first), lost, out)
+            self._next = first + 1
+        return out
+
+    def _emit(self, packet: RtpPacket, lost: int, out: list[bytes]) -> None:
+        st = self.stats
+        st.lost += lost
+        if self._next_ts is not None:
             gap = _ts_delta(packet.timestamp, self._next_ts)
             if gap > 0:
                 fill = min(gap, self.max_gap)
-                out.append(self.decoder.silence(fill))
-                st.filled_s += fill / self.clock_rate
-        st.packets += 1
+                hidden = min(fill, self.conceal_units) if lost else 0
+                if hidden:
+                    out.append(self.decoder.conceal(self._last, hidden))
+                    st.concealed_s += hidden / self.clock_rate
+                if fill > hidden:
+                    out.append(self.decoder.silence(fill - hidden))
+                    st.filled_s += (fill - hidden) / self.clock_rate
         audio, units = self.decoder.decode(packet.payload)
-        self._seq = packet.sequence
         self._next_ts = (packet.timestamp + units) % 0x1_0000_0000
         if audio:
             out.append(audio)
-        return out
+            self._last = audio
+
+
+def flush_held(receiver: RtpReceiver, handle: CallHandle, channel: str | None = None) -> None:
+    """Feed what ``receiver`` still holds back to a call that is ending (errors ignored)."""
+    if not handle.started or handle.session is None:
+        return
+    with contextlib.suppress(Exception):  # the call ends either way
+        for audio in receiver.flush():
+            feed(handle, audio, channel)
 
 
 class _Datagrams(asyncio.DatagramProtocol):

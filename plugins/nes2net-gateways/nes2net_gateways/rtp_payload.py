@@ -6,13 +6,16 @@ Annex B SID frame of 2 bytes last), GSM 06.10 (33-byte frames), Opus (RFC 7587: 
 clock), AMR and AMR-WB (RFC 4867, re-packed by :mod:`rtp_amr`) are decoded here to 16-bit PCM
 with FFmpeg's decoders through PyAV (installed with the ``webrtc`` extra). Each decoder also
 says how many RTP clock units a payload covered, so the receiver can tell gaps from the
-timestamps, and makes silence for a gap of so many units.
+timestamps, makes silence for a gap of so many units, and conceals lost packets in the
+decoded audio's own encoding (:func:`conceal_audio`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from nes2net_gateways.rtp_amr import (
     AMR,
@@ -24,8 +27,9 @@ from nes2net_gateways.rtp_amr import (
     detect_octet_aligned,
     octet_aligned_in,
 )
-from nes2net_stream.audio import av_codecs
+from nes2net_stream.audio import av_codecs, plc
 from nes2net_stream.audio.av_codecs import PacketDecoder, PacketError
+from nes2net_stream.audio.g711 import alaw_decode, alaw_encode, mulaw_decode, mulaw_encode
 
 
 class PayloadDecoder(Protocol):
@@ -38,6 +42,25 @@ class PayloadDecoder(Protocol):
     def silence(self, units: int) -> bytes:
         """Silence lasting ``units`` RTP clock units."""
         ...
+
+    def conceal(self, last: bytes, units: int) -> bytes:
+        """``units`` RTP clock units concealing lost packets after the audio ``last``."""
+        ...
+
+
+def conceal_audio(last: bytes, samples: int, encoding: str) -> bytes:
+    """``samples`` samples of ``encoding`` concealing a loss after ``last`` (same encoding).
+
+    The concealment rule is :func:`nes2net_stream.audio.plc.conceal`; G.711 is concealed in
+    the linear domain and encoded again.
+    """
+    if encoding == "mulaw":
+        return mulaw_encode(plc.conceal(mulaw_decode(last), samples)).tobytes()
+    if encoding == "alaw":
+        return alaw_encode(plc.conceal(alaw_decode(last), samples)).tobytes()
+    dtype = ">i2" if encoding == "pcm_s16be" else "<i2"
+    pcm = np.frombuffer(last[:len(last) - len(last) % 2], dtype).astype(np.int16)
+    return plc.conceal(pcm, samples).astype(dtype).tobytes()
 
 
 @dataclass(frozen=True)
@@ -62,9 +85,7 @@ class PayloadCodec:
         SDP was seen, and an AMR stream's packing is then guessed from its first payload.
         """
         if self.av_decoder is None:
-            return _Samples(2 if self.encoding == "pcm_s16be" else 1,
-                            b"\xff" if self.encoding == "mulaw" else
-                            b"\xd5" if self.encoding == "alaw" else b"\x00")
+            return _Samples(self.encoding)
         if self.amr is not None:
             octet = None if fmtp is None else octet_aligned_in(fmtp)
             return _AmrDecoder(self.av_decoder, self.rate(clock_rate), clock_rate, self.amr,
@@ -92,12 +113,16 @@ CODECS: dict[str, PayloadCodec] = {c.name: c for c in (
 )}
 
 
+_SILENCE = {"mulaw": b"\xff", "alaw": b"\xd5", "pcm_s16be": b"\x00\x00"}
+
+
 class _Samples:
     """G.711 and L16: the payload is the samples (a trailing partial sample is dropped)."""
 
-    def __init__(self, width: int, silence: bytes):
-        self.width = width
-        self.zero = silence * width
+    def __init__(self, encoding: str):
+        self.encoding = encoding
+        self.zero = _SILENCE[encoding]
+        self.width = len(self.zero)
 
     def decode(self, payload: bytes) -> tuple[bytes, int]:
         extra = len(payload) % self.width
@@ -107,6 +132,9 @@ class _Samples:
 
     def silence(self, units: int) -> bytes:
         return self.zero * units
+
+    def conceal(self, last: bytes, units: int) -> bytes:
+        return conceal_audio(last, units, self.encoding)
 
 
 class _AvDecoder:
@@ -127,6 +155,9 @@ class _AvDecoder:
 
     def silence(self, units: int) -> bytes:
         return b"\x00\x00" * round(units * self.ratio)
+
+    def conceal(self, last: bytes, units: int) -> bytes:
+        return conceal_audio(last, round(units * self.ratio), "pcm_s16le")
 
 
 class _AmrDecoder(_AvDecoder):

@@ -86,8 +86,7 @@ class SiprecGateway(Gateway):
         self._connections = 0  # SIP over TCP/TLS
         self.invites = InviteHandler(self)
         metrics = SiprecMetrics(metrics_registry(ctx))
-        self.rtp_packets = metrics.rtp_packets
-        self.rtp_filled = metrics.rtp_filled
+        self.rtp = metrics.rtp
         self.responses = metrics.responses
 
     # ------------------------------------------------------------------ configuration
@@ -360,8 +359,7 @@ class SiprecMetrics:
     """The gateway's Prometheus counters (base units, no per-call labels)."""
 
     def __init__(self, registry: CollectorRegistry | None):
-        self.rtp_packets, self.rtp_filled = rtp_counters("nes2net_siprec_rtp", "recorded streams",
-                                                         registry)
+        self.rtp = rtp_counters("nes2net_siprec_rtp", "recorded streams", registry)
         self.responses = Counter("nes2net_siprec_responses_total",
                                  "SIP responses sent, by status code", ["status"],
                                  registry=registry)

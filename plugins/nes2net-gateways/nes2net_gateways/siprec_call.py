@@ -26,6 +26,7 @@ from nes2net_gateways.rtp import (
     RtpStats,
     close_ports,
     count_rtp,
+    flush_held,
     parse_rtp,
 )
 from nes2net_gateways.sip_message import SipMessage, addr_uri, header_params, new_branch
@@ -301,12 +302,16 @@ class RecordingCall(CallTask):
         """Add the streams' RTP counts since the last call to the gateway's metrics."""
         for i, stream in enumerate(self.streams):
             self._counted[i] = count_rtp(stream.receiver.stats, self._counted.get(i, RtpStats()),
-                                         self.gw.rtp_packets, self.gw.rtp_filled)
+                                         self.gw.rtp)
 
     async def close(self) -> None:
         """Close the ports, publish the summary and send BYE unless the client did."""
         end = self.end or CallEnd("shutdown")
         close_ports([s.port for s in self.streams if s.port is not None])
+        if end.reason != "error":
+            for stream in self.streams:
+                if stream.scored:
+                    flush_held(stream.receiver, self.handle, stream.role)
         self._count_rtp()
         try:
             await self.handle.end(end)

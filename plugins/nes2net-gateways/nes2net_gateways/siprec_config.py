@@ -36,6 +36,8 @@ class SiprecConfig(GatewayConfig):
     media_address: str = ""
     rtp_port_min: int = Field(20000, ge=0, le=65535)
     rtp_port_max: int = Field(29999, ge=0, le=65535)
+    rtp_reorder_packets: int = Field(4, ge=0, le=50)
+    rtp_conceal_ms: float = Field(60.0, ge=0.0, le=500.0)
     allowed_networks: list[str] | None = None
     username: str = "nes2net"
     password: str = ""

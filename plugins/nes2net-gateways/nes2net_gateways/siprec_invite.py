@@ -49,6 +49,7 @@ from nes2net_stream.service.events import CallEnd
 
 if TYPE_CHECKING:
     from nes2net_gateways.siprec import SiprecGateway
+    from nes2net_gateways.siprec_config import SiprecConfig
 
 #: option tags a client may require (``timer``: session refreshes are answered, RFC 4028)
 SUPPORTED = {"siprec", "timer"}
@@ -193,7 +194,7 @@ class InviteHandler:
         gw, cfg = self.gw, self.gw.cfg
         roles = role_names(cfg.customer_role, len(plan.streams), plan.customer)
         for role, sp in zip(roles, plan.streams, strict=True):
-            call.streams.append(_media_stream(role, sp))
+            call.streams.append(_media_stream(cfg, role, sp))
         call.update_media(offer)  # senders' addresses, paused streams
         try:
             for stream in call.streams:
@@ -238,7 +239,7 @@ class InviteHandler:
             scored = set(session.scored_roles)
             new: list[tuple[MediaStream, StreamPlan]] = []
             for role, sp in zip(_spare_roles(call), added, strict=False):
-                stream = _media_stream(role, sp, scored=role in scored)
+                stream = _media_stream(gw.cfg, role, sp, scored=role in scored)
                 try:
                     await self._bind_port(call, stream)
                 except OSError as exc:  # that stream stays rejected; the call goes on
@@ -401,12 +402,15 @@ def _spare_roles(call: RecordingCall) -> list[str]:
     return [r for r in session.start.channels if r not in taken] if session else []
 
 
-def _media_stream(role: str, sp: StreamPlan, *, scored: bool = False) -> MediaStream:
+def _media_stream(cfg: SiprecConfig, role: str, sp: StreamPlan, *,
+                  scored: bool = False) -> MediaStream:
     """The receiving side of one planned stream (its port bound later)."""
+    rate = sp.rtpmap.clock_rate
+    decoder = CODECS[sp.rtpmap.encoding].decoder(rate, sp.fmtp or "")
     return MediaStream(role, sp.index, sp.label, None,
-                       RtpReceiver(sp.payload_type, sp.rtpmap.clock_rate,
-                                   CODECS[sp.rtpmap.encoding].decoder(sp.rtpmap.clock_rate,
-                                                                      sp.fmtp or "")),
+                       RtpReceiver(sp.payload_type, rate, decoder,
+                                   reorder=cfg.rtp_reorder_packets,
+                                   conceal_s=cfg.rtp_conceal_ms / 1000.0),
                        srtp=SrtpReceiver(sp.crypto) if sp.crypto is not None else None,
                        scored=scored)
 
