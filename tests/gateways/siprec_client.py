@@ -289,3 +289,18 @@ async def send_rtp(port: int, packets: list[bytes], *, pace_s: float = 0.0) -> N
     """Send RTP packets to ``127.0.0.1:port`` from a new UDP socket."""
     async with RtpSender() as sender:
         await sender.send(port, packets, pace_s=pace_s)
+
+
+async def siprec_service(make_service, limits=None, redis=None, **section):
+    """A service (the ``make_service`` fixture) with the SIPREC gateway on free ports."""
+    cfg = {"enabled": True, "port": 0, "rtp_port_min": 0, **section}
+    svc = await make_service(gateways={"siprec": cfg}, limits=limits or {}, redis=redis or {})
+    (gw,) = svc.gateways
+    svc.sip_port = gw.bound_port
+    svc.gw = gw
+    return svc
+
+
+def new_dialog() -> Dialog:
+    """A dialog with a fresh Call-ID and From tag."""
+    return Dialog(call_id=f"{uuid.uuid4().hex}@sbc.example", from_tag=uuid.uuid4().hex[:8])

@@ -4,14 +4,20 @@ import asyncio
 import base64
 import os
 import ssl
-import uuid
 
 import pytest
 from gwsupport import summaries, window_scores
 from nes2net_gateways.sip_sdp import Crypto
 from nes2net_gateways.srtp import SrtpSender
 from pki import make_pki
-from siprec_client import Dialog, RtpSender, SiprecClient, real_speech, rtp_packets, sdp_offer
+from siprec_client import (
+    RtpSender,
+    SiprecClient,
+    new_dialog,
+    real_speech,
+    rtp_packets,
+    sdp_offer,
+)
 
 from nes2net_stream.client import encode_samples, stream_samples
 from nes2net_stream.errors import ConfigError
@@ -37,10 +43,6 @@ async def tls_service(make_service, pki, **section):
     svc = await make_service(gateways={"siprec": cfg})
     (svc.gw,) = svc.gateways
     return svc
-
-
-def new_dialog() -> Dialog:
-    return Dialog(call_id=f"{uuid.uuid4().hex}@sbc.example", from_tag=uuid.uuid4().hex[:8])
 
 
 def key_line(suite: str, tag: int = 1) -> tuple[str, Crypto]:
