@@ -53,7 +53,7 @@ $(VENV)/.installed: pyproject.toml plugins/nes2net-gateways/pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev,corpus,webrtc]"
-	$(PIP) install -q -e "plugins/nes2net-gateways[aws]"
+	$(PIP) install -q -e "plugins/nes2net-gateways[aws,grpc]"
 	touch $@
 
 lint: setup

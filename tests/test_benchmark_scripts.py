@@ -323,3 +323,14 @@ def test_acs_bench_smoke():
     assert acs["calls_ended"] == {"stop": 5.0} and acs["windows_scored"] >= 5
     assert acs["cpu_ms_per_call_second"] > 0 and out["generic"]["cpu_ms_per_call_second"] > 0
     assert out["service_exit_code"] == 0
+
+
+@pytest.mark.timeout(300)
+def test_webex_cc_bench_smoke():
+    """Media forking gRPC streams (caller and agent, signed tokens) and generic calls against
+    one service: every stream accepted, answered "ok", scored and ended."""
+    out = run_script("webex_cc_bench.py")
+    webex = out["webex_cc"]
+    assert webex["streams_failed"] == 0 and webex["messages_sent"] == 5 * 2 * 250
+    assert webex["calls_ended"] == {"stop": 5.0} and webex["windows_scored"] >= 5
+    assert webex["cpu_ms_per_call_second"] > 0 and out["service_exit_code"] == 0

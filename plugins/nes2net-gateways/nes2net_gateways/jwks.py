@@ -158,13 +158,24 @@ class JwksKeys:
 
 
 class JwtVerifier:
-    """Verify RS256 bearer tokens against a :class:`JwksKeys` (issuer, audience, lifetime)."""
+    """Verify RS256 bearer tokens against a :class:`JwksKeys` (issuer, audience, lifetime).
 
-    def __init__(self, keys: JwksKeys, *, issuer: str, audience: str, leeway_s: float = 60.0):
+    ``audience=None`` accepts any audience but still requires the claim; ``require`` lists
+    the claims a token must carry.
+    """
+
+    def __init__(self, keys: JwksKeys, *, issuer: str, audience: str | None,
+                 leeway_s: float = 60.0, require: tuple[str, ...] = ("exp", "iss", "aud")):
         self.keys, self.issuer, self.audience, self.leeway_s = keys, issuer, audience, leeway_s
+        self.require = require
 
     async def verify(self, token: str | None) -> dict[str, Any]:
         """The token's claims; raises TokenRejected or KeysUnavailable."""
+        return await self.verify_with(token, self.keys, self.issuer)
+
+    async def verify_with(self, token: str | None, keys: JwksKeys, issuer: str
+                          ) -> dict[str, Any]:
+        """Verify ``token`` against ``keys`` and ``issuer`` (the checks of :meth:`verify`)."""
         if not token:
             raise TokenRejected("missing bearer token")
         try:
@@ -174,16 +185,18 @@ class JwtVerifier:
         if header.get("alg") not in ALGORITHMS:
             raise TokenRejected(f"token algorithm {str(header.get('alg'))[:20]!r} is not RS256")
         kid = header.get("kid")
-        candidates = await self.keys.key_for(kid if isinstance(kid, str) else None)
+        candidates = await keys.key_for(kid if isinstance(kid, str) else None)
         if not candidates:
             raise TokenRejected("token signed with an unknown key")
         error = "invalid token"
+        options: dict[str, Any] = {"require": list(self.require)}
+        if self.audience is None:
+            options["verify_aud"] = False
         for key in candidates:
             try:
                 return jwt.decode(token, key, algorithms=list(ALGORITHMS),
-                                  audience=self.audience, issuer=self.issuer,
-                                  leeway=self.leeway_s,
-                                  options={"require": ["exp", "iss", "aud"]})
+                                  audience=self.audience, issuer=issuer,
+                                  leeway=self.leeway_s, options=options)
             except jwt.InvalidSignatureError:
                 error = "bad signature"
             except jwt.InvalidTokenError as exc:
