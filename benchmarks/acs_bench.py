@@ -29,7 +29,7 @@ import jwt
 import numpy as np
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gateway_bench import cli, human_call, run
+from gateway_bench import cli, human_call, run, stream_figures
 from websockets.asyncio.client import connect
 
 from nes2net_stream.audio.io import resample
@@ -97,12 +97,8 @@ async def acs_level(url: str, key: Any, customer: list[str], agent: list[str], c
     cpu_used, elapsed = cpu() - cpu0, time.monotonic() - t0
     own = time.process_time() - own0  # this load generator shares the machine
     duration_s = len(customer) * 0.02
-    return {"calls": calls, "duration_s": duration_s, "participants_per_stream": 2,
-            "elapsed_s": round(elapsed, 2), "service_cpu_s": round(cpu_used, 2),
-            "load_generator_cpu_s": round(own, 2),
-            "cpu_ms_per_call_second": round(1000 * cpu_used / (calls * duration_s), 3),
-            "messages_sent": calls * 2 * len(customer), "streams_failed": len(errors),
-            "first_errors": errors[:3]}
+    return stream_figures(calls, duration_s, elapsed, cpu_used, own, calls * 2 * len(customer),
+                          errors, participants_per_stream=2)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -82,6 +82,16 @@ def human_call() -> Any:
 Level = Callable[[ServiceProcess, str], Awaitable[dict[str, Any]]]
 
 
+def stream_figures(calls: int, duration_s: float, elapsed: float, cpu_used: float, own: float,
+                   messages: int, errors: list[str], **extra: Any) -> dict[str, Any]:
+    """A streaming level's JSON figures: service CPU per call-second, failures, ``extra``."""
+    return {"calls": calls, "duration_s": duration_s, **extra, "elapsed_s": round(elapsed, 2),
+            "service_cpu_s": round(cpu_used, 2), "load_generator_cpu_s": round(own, 2),
+            "cpu_ms_per_call_second": round(1000 * cpu_used / (calls * duration_s), 3),
+            "messages_sent": messages, "streams_failed": len(errors),
+            "first_errors": errors[:3]}
+
+
 async def run(args: argparse.Namespace, name: str, env: dict[str, str], level: Level, *,
               calls: int, call_prefix: str, rtp_metric: str | None = None,
               generic: bool = True) -> dict[str, Any]:

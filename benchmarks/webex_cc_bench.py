@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gateway_bench import cli, human_call, run
+from gateway_bench import cli, human_call, run, stream_figures
 from nes2net_gateways.webex_cc_proto import (
     AGENT,
     CALLER,
@@ -101,12 +101,8 @@ async def webex_level(target: str, key: Any, caller: list[bytes], agent: list[by
     cpu_used, elapsed = cpu() - cpu0, time.monotonic() - t0
     own = time.process_time() - own0  # this load generator shares the machine
     duration_s = len(caller) * step
-    return {"calls": calls, "duration_s": duration_s, "parties_per_stream": 2,
-            "chunk_ms": CHUNK_MS, "elapsed_s": round(elapsed, 2),
-            "service_cpu_s": round(cpu_used, 2), "load_generator_cpu_s": round(own, 2),
-            "cpu_ms_per_call_second": round(1000 * cpu_used / (calls * duration_s), 3),
-            "messages_sent": calls * 2 * len(caller), "streams_failed": len(errors),
-            "first_errors": errors[:3]}
+    return stream_figures(calls, duration_s, elapsed, cpu_used, own, calls * 2 * len(caller),
+                          errors, parties_per_stream=2, chunk_ms=CHUNK_MS)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:

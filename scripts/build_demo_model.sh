@@ -39,6 +39,13 @@ for channel in g726:16000 g723_1 opus_nb:8000 amr_nb:12200 amr_nb:4750; do
     --mode 4s --channel "$channel" --out "$RUN/eval-channel-${channel//:/-}"
 done
 
+# packet loss (RTP trunks): concealed as the RTP gateways do, and zero-filled for comparison
+for spec in conceal:0.05 conceal:0.10 silence:0.10; do
+  "$PY" -m nes2net_stream eval --model "$RUN/model" --database "$CORPUS" --split eval \
+    --mode 4s --packet-loss "${spec#*:}" --loss-fill "${spec%%:*}" \
+    --out "$RUN/eval-loss-${spec//:/-}"
+done
+
 # whole calls: what the alert states say (one extra window before a first state and without)
 rm -rf "$RUN/calls" "$RUN/alerts"
 "$PY" -m nes2net_stream data build-calls "$CORPUS" "$RUN/calls" --split eval

@@ -29,7 +29,7 @@ from nes2net_stream.models.nes2net import count_parameters
 from nes2net_stream.scoring.files import score_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # when loaded by path (tests)
-from model_card_sections import alerts_section, heldout_section, pct  # noqa: E402
+from model_card_sections import alerts_section, heldout_section, loss_section, pct  # noqa: E402
 
 SYSTEMS = {
     "A01": "espeak-ng formant synthesis (several voices, en/fr)",
@@ -353,8 +353,7 @@ of the EER threshold; [evaluation.md](evaluation.md#reports-and-plots)):
 On codecs never used in training, applied on top of each eval trial's own channel
 (`nes2net-stream eval --channel`, `4s` mode):
 
-{channel_table(evals_dir, evals.get('4s', {}))}
-
+{channel_table(evals_dir, evals.get('4s', {}))}{loss_section(evals_dir, evals.get('4s', {}))}
 The eval split is small ({eval_split['bonafide']} bona fide and {eval_split['spoof']}
 spoofed utterances from {len(eval_split['bonafide_speakers'])} real speakers): one
 utterance more or less moves the EER by about a percentage point.

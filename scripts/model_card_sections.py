@@ -117,3 +117,31 @@ Other seeds of a recipe can differ here by several points of EER and in their fa
 per language ([training.md](training.md), "The held-out corpus").
 {calls}
 """
+
+
+def loss_section(evals_dir: Path, clean: dict) -> str:
+    """Packet loss on every eval trial (``eval-loss-*``, ``eval --packet-loss``), or nothing.
+
+    Starts with a blank line (it follows the codec table), ends without a newline.
+    """
+    paths = sorted(evals_dir.glob("eval-loss-*/metrics.json"))
+    reports = [json.loads(p.read_text()) for p in paths]
+    if not reports:
+        return ""
+    rows = ["| 20 ms packets lost | filled with | EER | minDCF | actDCF |",
+            "|---|---|---|---|---|"]
+    if clean:
+        m = clean["metrics"]
+        rows.append(f"| none | | {pct(m['eer'])} | {m['min_dcf']:.4f} | {m['act_dcf']:.4f} |")
+    for rep in sorted(reports, key=lambda r: (r["packet_loss"]["rate"],
+                                              r["packet_loss"]["fill"])):
+        loss, m = rep["packet_loss"], rep["metrics"]
+        rows.append(f"| {100 * loss['rate']:g} % | {loss['fill']} | {pct(m['eer'])} | "
+                    f"{m['min_dcf']:.4f} | {m['act_dcf']:.4f} |")
+    return f"""
+
+With packets lost on top of each eval trial's channel (`nes2net-stream eval --packet-loss`,
+`4s` mode; *conceal* repeats the last packet, fading, as the RTP gateways do; *silence* is what
+a receiver without concealment feeds; [evaluation.md](evaluation.md#packet-loss---packet-loss)):
+
+{chr(10).join(rows)}"""

@@ -121,3 +121,26 @@ def test_heldout_section_shows_this_models_runs_only(tmp_path):
     assert card.heldout_section(None, "m1") == ""
     with pytest.raises(SystemExit, match="no run of m3"):
         card.heldout_section(report, "m3")
+
+
+def test_loss_section_lists_each_packet_loss_run(tmp_path):
+    import importlib.util
+
+    script = REPO / "scripts" / "model_card.py"
+    spec = importlib.util.spec_from_file_location("model_card_loss", script)
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    assert card.loss_section(tmp_path, {}) == ""  # no runs: no section, no blank lines
+    for rate, fill, eer in ((0.1, "silence", 0.2663), (0.05, "conceal", 0.2116)):
+        out = tmp_path / f"eval-loss-{fill}-{rate}"
+        out.mkdir()
+        (out / "metrics.json").write_text(json.dumps({
+            "packet_loss": {"rate": rate, "packet_ms": 20, "fill": fill},
+            "metrics": {"eer": eer, "min_dcf": 0.5, "act_dcf": 0.6}}))
+    clean = {"metrics": {"eer": 0.1958, "min_dcf": 0.527, "act_dcf": 0.5617}}
+    text = card.loss_section(tmp_path, clean)
+    assert text.startswith("\n\nWith packets lost") and not text.endswith("\n")
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["| none | | 19.58 % | 0.5270 | 0.5617 |",
+                        "| 5 % | conceal | 21.16 % | 0.5000 | 0.6000 |",
+                        "| 10 % | silence | 26.63 % | 0.5000 | 0.6000 |"]

@@ -218,3 +218,37 @@ def gsm_frames(samples: np.ndarray) -> list[bytes]:
                           "1", "-", "-t", "gsm", "-"], input=pcm, capture_output=True,
                          check=True).stdout
     return [out[i:i + 33] for i in range(0, len(out) - 32, 33)]
+
+
+async def loopback_http(routes: dict[str, Any]) -> tuple[Any, str]:
+    """Serve ``{path: aiohttp handler}`` (GET) on a loopback port: (runner, base URL)."""
+    from aiohttp import web
+
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+
+class StubHandle:
+    """A call handle for a gateway's pure message rules: ``start`` only records the call."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.call_id: str | None = None
+
+    def start(self, start: Any) -> None:
+        self.started, self.call_id = True, start.call_id
+
+
+def stub_gateway(config: Any, name: str) -> Any:
+    """What a gateway's pure message rules read of their gateway: config, name, limits, log."""
+    quiet = staticmethod(lambda *a, **k: None)
+    return type("StubGateway", (), {
+        "cfg": config, "config": config, "name": name,
+        "limits": type("Limits", (), {"max_metadata_bytes": 4096})(),
+        "log": type("Log", (), {"info": quiet, "warning": quiet, "debug": quiet})()})()

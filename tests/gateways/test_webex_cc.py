@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gwsupport import FUZZ_EXAMPLES, summaries, window_scores
+from gwsupport import (
+    FUZZ_EXAMPLES,
+    StubHandle,
+    loopback_http,
+    stub_gateway,
+    summaries,
+    window_scores,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nes2net_gateways.webex_cc_proto import (
@@ -173,13 +180,8 @@ async def test_keys_come_from_the_issuers_key_url(make_service, redis_client):
         hits.append(request.path)
         return web.json_response({"keys": [jwk(KEY)]})
 
-    app = web.Application()
-    app.router.add_get("/idb/oauth2/v2/keys/verificationjwk", keys)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    issuer = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/idb"
+    runner, base = await loopback_http({"/idb/oauth2/v2/keys/verificationjwk": keys})
+    issuer = f"{base}/idb"
     try:
         svc = await service(make_service, issuers=[issuer])
         msgs = [audio("conv-keys", b"\xff" * 1600)]
@@ -257,6 +259,18 @@ async def test_capacity_limits_and_oversized_messages(make_service, redis_client
     assert [r.status_message for r in got] == ["ok"]  # the service goes on
 
 
+async def test_new_streams_are_rate_limited_per_address(make_service, jwks_file):
+    svc = await service(make_service, jwks_file, max_streams_per_s=1.0)
+    codes = []
+    for k in range(4):  # each on its own connection (its own port): limited by address
+        got = await fork(svc.target, [audio(f"conv-r{k}", b"\xff" * 160)])
+        codes.append(got.code() if isinstance(got, grpc.aio.AioRpcError) else grpc.StatusCode.OK)
+    assert codes[:2] == [grpc.StatusCode.OK] * 2  # a burst of two
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[2:]
+    assert svc.ctx.metrics.registry.get_sample_value(
+        "nes2net_calls_rejected_total", {"reason": "rate_limited"}) >= 1
+
+
 async def test_an_idle_stream_times_out(make_service, redis_client, jwks_file):
     svc = await service(make_service, jwks_file, limits={"idle_timeout_s": 0.3})
     msgs = [audio("conv-idle", b"\xff" * 1600)]
@@ -290,17 +304,6 @@ async def test_undecodable_messages_end_that_stream_only(make_service, jwks_file
     assert [r.status_message for r in got] == ["ok"]
 
 
-class _Handle:
-    """A stand-in call handle for the pure message rules."""
-
-    def __init__(self):
-        self.started = False
-        self.call_id = None
-
-    def start(self, start):
-        self.started, self.call_id = True, start.call_id
-
-
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(st.lists(st.binary(max_size=300), min_size=1, max_size=6))
 def test_message_rules_raise_only_protocol_errors(payloads):
@@ -308,16 +311,11 @@ def test_message_rules_raise_only_protocol_errors(payloads):
 
     from nes2net_stream.service.errors import ProtocolError
 
-    class _Gw:
-        cfg = config = WebexCcConfig(enabled=True)
-        name = "webex_cc"
-        limits = type("L", (), {"max_metadata_bytes": 4096})()
-        log = type("Log", (), {"info": staticmethod(lambda *a, **k: None)})()
-
-    rules, handle = _Conversation(_Gw()), _Handle()
+    rules = _Conversation(stub_gateway(WebexCcConfig(enabled=True), "webex_cc"))
+    handle = StubHandle()
     for payload in payloads:
         try:
-            role, data = rules.on_message(parse_request(payload, 200), handle, None)
+            role, data = rules.on_message(parse_request(payload), handle, None)
         except ProtocolError:
             continue
         assert role in ("caller", "agent") and isinstance(data, bytes)
