@@ -134,7 +134,6 @@ class _Dialog:
         self.encoding: str | None = None
         self.rate = 0
         self.segments: dict[str, str] = {}  # segment id -> role ("" for a bot: not scored)
-        self.bot_audio = 0
 
     def on_event(self, ev: Any) -> tuple[str, bytes]:
         """The role and audio of a media event; ("", b"") for other events (ProtocolError)."""
@@ -157,9 +156,7 @@ class _Dialog:
             if role is None:
                 raise ProtocolError("bad_message", f"media of segment "
                                     f"{media.segment_id[:64]!r}, which is not started")
-            if not role:
-                self.bot_audio += 1
-            return role, media.audio_content.payload
+            return role, media.audio_content.payload  # role "" (a bot): not fed
         elif kind == "segment_stop":
             self.segments.pop(ev.segment_stop.segment_id, None)
         return "", b""

@@ -17,7 +17,6 @@ data source's URL (``com.cisco.datasource.url``) and schema id
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -233,7 +232,6 @@ class _Conversation:
         self.org = ""
         self.fmt: tuple[int, int] | None = None
         self.legs: dict[str, str] = {}
-        self.started_at = time.monotonic()
 
     def on_message(self, msg: Any, handle: CallHandle, remote: str | None
                    ) -> tuple[str, bytes]:
