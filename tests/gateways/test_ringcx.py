@@ -189,6 +189,15 @@ def test_event_rules_raise_only_protocol_errors(payloads):
         assert role in ("", "caller", "agent") and isinstance(data, bytes)
 
 
+async def test_health_check(make_service):
+    svc = await service(make_service, allowed_networks=["192.0.2.0/24"])  # not for health
+    async with grpc.aio.insecure_channel(svc.target) as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                    request_serializer=lambda b: b,
+                                    response_deserializer=lambda b: b)
+        assert await check(b"") == b"\x08\x01"
+
+
 async def test_config_errors_name_the_key(make_service):
     with pytest.raises(ConfigError, match="gateways.ringcx.allowed_networks"):
         await make_service(gateways={"ringcx": {"enabled": True, "host": "0.0.0.0"}})

@@ -321,6 +321,22 @@ def test_message_rules_raise_only_protocol_errors(payloads):
         assert role in ("caller", "agent") and isinstance(data, bytes)
 
 
+async def test_health_checks_answer_without_a_token(make_service, jwks_file):
+    """The standard gRPC health service and Cisco's (same messages): SERVING, no token."""
+    svc = await service(make_service, jwks_file)
+    async with grpc.aio.insecure_channel(svc.target) as channel:
+        for name in ("grpc.health.v1.Health", "com.cisco.wcc.ccai.v1.Health"):
+            check = channel.unary_unary(f"/{name}/Check", request_serializer=lambda b: b,
+                                        response_deserializer=lambda b: b)
+            assert await check(b"") == b"\x08\x01"  # HealthCheckResponse{status: SERVING}
+        watch = channel.unary_stream("/grpc.health.v1.Health/Watch",
+                                     request_serializer=lambda b: b,
+                                     response_deserializer=lambda b: b)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            [r async for r in watch(b"")]
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 async def test_config_errors_name_the_key(make_service, tmp_path):
     with pytest.raises(ConfigError, match="gateways.webex_cc.datasource_url"):
         await make_service(gateways={"webex_cc": {"enabled": True, "host": "0.0.0.0"}})

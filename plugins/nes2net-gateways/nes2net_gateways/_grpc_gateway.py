@@ -32,6 +32,8 @@ from nes2net_stream.service.ratelimit import KeyedBuckets
 
 #: bytes a message may hold besides its audio (ids, names, timestamps, maps)
 ENVELOPE = 4096
+#: gRPC health checking's HealthCheckResponse (field 1, status): SERVING, NOT_SERVING
+SERVING, NOT_SERVING = b"\x08\x01", b"\x08\x02"
 #: protocol error code -> the gRPC status a stream ends with (others: INTERNAL)
 STATUS = {
     "unsupported_format": grpc.StatusCode.INVALID_ARGUMENT,
@@ -76,6 +78,8 @@ class GrpcGateway(Gateway):
     stream_responses: ClassVar[bool] = True
     #: serializes the method's response messages
     response_serializer: ClassVar[Callable[[Any], bytes]]
+    #: health services answered (``Check``: SERVING, NOT_SERVING while draining; no auth)
+    health_services: ClassVar[tuple[str, ...]] = ("grpc.health.v1.Health",)
 
     def __init__(self, config: GatewayConfig, ctx: Any, *, auth_required: bool):
         super().__init__(config, ctx, auth_required=auth_required)
@@ -133,8 +137,11 @@ class GrpcGateway(Gateway):
         make = grpc.stream_stream_rpc_method_handler if self.stream_responses \
             else grpc.stream_unary_rpc_method_handler
         handler = make(self._serve, response_serializer=self.response_serializer)
+        health = grpc.unary_unary_rpc_method_handler(self._health)  # raw bytes both ways
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(service, {method: handler}),))
+            (grpc.method_handlers_generic_handler(service, {method: handler}),
+             *(grpc.method_handlers_generic_handler(name, {"Check": health})
+               for name in self.health_services)))
         address = f"{cfg.host}:{cfg.port}"
         if self._tls is not None:
             port = server.add_secure_port(address, grpc.ssl_server_credentials([self._tls]))
@@ -161,6 +168,10 @@ class GrpcGateway(Gateway):
         """End the stream before its call starts, counted as a rejected call."""
         self.ctx.metrics.calls_rejected.labels(reason=reason).inc()
         await context.abort(status, f"{reason}: {message}")
+
+    async def _health(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """A health check: serving, unless the service is draining (any service name)."""
+        return NOT_SERVING if self.ctx.draining else SERVING
 
     # ------------------------------------------------------------------ one stream
     async def _serve(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -121,6 +121,8 @@ class WebexCcGateway(GrpcGateway):
     Config = WebexCcConfig
     method = METHOD
     response_serializer = staticmethod(ForkingResponse.SerializeToString)
+    #: Cisco's media forking sample serves its own health service (same messages) unsigned
+    health_services = ("grpc.health.v1.Health", "com.cisco.wcc.ccai.v1.Health")
 
     def __init__(self, config: GatewayConfig, ctx: Any, *, auth_required: bool):
         super().__init__(config, ctx, auth_required=auth_required)
