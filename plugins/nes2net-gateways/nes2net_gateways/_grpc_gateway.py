@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 from pydantic import Field
 
@@ -58,6 +59,14 @@ class GrpcGatewayConfig(GatewayConfig):
     tls_cert: str = ""
     tls_key: str = ""
     max_streams_per_s: float = Field(50.0, gt=0.0)
+
+
+def parse_message(cls: Any, raw: bytes) -> Any:
+    """A protobuf message of ``cls`` from its bytes (ProtocolError ``bad_message`` if not)."""
+    try:
+        return cls.FromString(raw)
+    except DecodeError:
+        raise ProtocolError("bad_message", f"not a {cls.DESCRIPTOR.name}") from None
 
 
 def peer_address(peer: str | None) -> str | None:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import grpc
-from google.protobuf.message import DecodeError
 from pydantic import Field
 
 from nes2net_gateways._common import (
@@ -31,7 +30,7 @@ from nes2net_gateways._common import (
     feed,
     parse_networks,
 )
-from nes2net_gateways._grpc_gateway import GrpcGateway, GrpcGatewayConfig
+from nes2net_gateways._grpc_gateway import GrpcGateway, GrpcGatewayConfig, parse_message
 from nes2net_gateways.ringcx_proto import (
     AGENT,
     CONTACT,
@@ -118,10 +117,7 @@ class RingCxGateway(GrpcGateway):
 
 def parse_event(raw: bytes) -> Any:
     """A ``StreamEvent`` from its bytes (ProtocolError ``bad_message`` when it is not one)."""
-    try:
-        return StreamEvent.FromString(raw)
-    except DecodeError:
-        raise ProtocolError("bad_message", "not a StreamEvent") from None
+    return parse_message(StreamEvent, raw)
 
 
 class _Dialog:

@@ -22,11 +22,10 @@ from typing import Any
 
 import grpc
 import jwt
-from google.protobuf.message import DecodeError
 from pydantic import Field
 
 from nes2net_gateways._common import AGENT_ROLE, RateGuard, call_start, check_roles, feed
-from nes2net_gateways._grpc_gateway import GrpcGateway, GrpcGatewayConfig
+from nes2net_gateways._grpc_gateway import GrpcGateway, GrpcGatewayConfig, parse_message
 from nes2net_gateways.jwks import (
     JwksKeys,
     JwtVerifier,
@@ -219,10 +218,7 @@ class WebexCcGateway(GrpcGateway):
 
 def parse_request(raw: bytes) -> Any:
     """A request from its bytes (ProtocolError ``bad_message`` when it is not one)."""
-    try:
-        return ForkingRequest.FromString(raw)
-    except DecodeError:
-        raise ProtocolError("bad_message", "not a ConversationAudioForkingRequest") from None
+    return parse_message(ForkingRequest, raw)
 
 
 class _Conversation:
